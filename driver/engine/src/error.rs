@@ -1,0 +1,80 @@
+//! Errors of the engine, one enum per concern.
+
+use crate::types::{GroupEpoch, RoleGeneration};
+
+/// A configuration the engine refuses.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Block size not a power of two or above 1 MiB.
+    #[error("block size {0} must be a power of two of at most 1 MiB")]
+    BlockSize(usize),
+    /// A volume of zero blocks.
+    #[error("a volume needs at least one block")]
+    EmptyVolume,
+    /// Region size not a power of two.
+    #[error("write-intent region of {0} blocks must be a power of two")]
+    RegionSize(u64),
+    /// Mode name not known.
+    #[error("unknown replication mode {0:?}: expected continuous, log or interval")]
+    UnknownMode(String),
+}
+
+/// The store underneath a state machine failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}")]
+pub struct StoreError {
+    /// What the engine was doing, as a verb phrase.
+    pub op: &'static str,
+    /// The underlying failure.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Why the engine refused a command or an event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A freeze while the previous epoch is not yet committed or aborted.
+    #[error("epoch {pending} is still being replicated; the freeze merges into the next one")]
+    FreezeBusy {
+        /// Group epoch still in flight.
+        pending: GroupEpoch,
+    },
+    /// A freeze whose group epoch does not increase.
+    #[error("group epoch {requested} is not after the last one, {last}")]
+    StaleEpoch {
+        /// Epoch asked for.
+        requested: GroupEpoch,
+        /// Last epoch this volume closed.
+        last: GroupEpoch,
+    },
+    /// A command or frame from an older role generation.
+    #[error("generation {theirs:?} is older than ours, {ours:?}: refused (fencing)")]
+    Fenced {
+        /// Generation carried by the refused input.
+        theirs: RoleGeneration,
+        /// Our generation.
+        ours: RoleGeneration,
+    },
+    /// A host I/O outside the volume.
+    #[error("I/O at byte {offset} of length {len} runs past the end of the volume ({size} bytes)")]
+    OutOfRange {
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+        /// Volume size.
+        size: u64,
+    },
+    /// The operation needs another role.
+    #[error("volume is {actual}, the operation needs {needed}")]
+    WrongRole {
+        /// Role needed.
+        needed: &'static str,
+        /// Role held.
+        actual: &'static str,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

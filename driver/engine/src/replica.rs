@@ -1,0 +1,473 @@
+//! The DR side of one volume: staging apart from the consistent image,
+//! manifest checks, folds decided by the group coordinator, promote.
+//!
+//! The image only ever changes by a fold of a complete, verified, durably
+//! staged epoch that the coordinator committed, so at every instant the image
+//! (plus, after a crash, the redo of a decided fold) is a freeze point.
+
+use std::collections::BTreeMap;
+
+use crate::coordinator::DecisionRecord;
+use crate::error::{EngineError, StoreError};
+use crate::frame::{FromCoordinator, MemberIndex, Payload, Reply, ToCoordinator, ToPrimary, ToReplica};
+use crate::primary::Primary;
+use crate::store::{Role, StagedRecord, VolumeMeta, VolumeStore};
+use crate::types::{hash_block, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq};
+
+/// Counters a replica keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Block versions staged.
+    pub blocks_staged: u64,
+    /// Versions dropped because a newer one was already staged.
+    pub stale_dropped: u64,
+    /// Frames refused for an older generation or incarnation.
+    pub fenced_frames: u64,
+    /// Seals whose staged data did not hash to the manifest.
+    pub manifest_mismatches: u64,
+    /// Epochs folded into the image.
+    pub folds: u64,
+}
+
+#[derive(Debug)]
+struct PendingSeal {
+    local: LocalEpoch,
+    group: GroupEpoch,
+    manifest: Vec<ManifestEntry>,
+}
+
+/// A volume in the replica role.
+#[derive(Debug)]
+pub struct Replica<S: VolumeStore> {
+    store: S,
+    geo: Geometry,
+    member: MemberIndex,
+    meta: VolumeMeta,
+    /// Unsealed staging: local epoch → block → highest sequence staged.
+    stream: BTreeMap<LocalEpoch, BTreeMap<BlockIndex, SendSeq>>,
+    pending_seal: Option<PendingSeal>,
+    /// Frames for local epochs at or below this are dropped.
+    floor: LocalEpoch,
+    to_primary: Vec<ToPrimary>,
+    to_coordinator: Vec<ToCoordinator>,
+    buf: Vec<u8>,
+    stats: ReplicaStats,
+}
+
+impl<S: VolumeStore> Replica<S> {
+    /// Initialise a new replica (empty image) accepting `generation` and newer.
+    pub fn create(mut store: S, geo: Geometry, member: MemberIndex, generation: RoleGeneration) -> Result<Self, EngineError> {
+        let mut meta = VolumeMeta::new(Role::Replica, generation);
+        meta.incarnation = 1;
+        store.put_meta(&meta)?;
+        store.sync()?;
+        Ok(Self::assemble(store, geo, member, meta))
+    }
+
+    /// Reopen after a restart or crash: unsealed staging is dropped (the
+    /// primary re-sends it), a staged epoch is re-reported to the coordinator,
+    /// which answers with the fold (redo) or the drop it decided.
+    pub fn open(mut store: S, geo: Geometry, member: MemberIndex) -> Result<Self, EngineError> {
+        let mut meta = store
+            .get_meta()?
+            .ok_or_else(|| StoreError { op: "load volume metadata", source: "volume was never initialised".into() })?;
+        if meta.role != Role::Replica {
+            return Err(EngineError::WrongRole { needed: "replica", actual: "primary" });
+        }
+        meta.incarnation += 1;
+        store.put_meta(&meta)?;
+        store.sync()?;
+        let keep = meta.staged.as_ref().map(|s| s.local);
+        for e in store.stage_epochs()? {
+            if Some(e) != keep {
+                store.stage_drop(e)?;
+            }
+        }
+        let mut me = Self::assemble(store, geo, member, meta);
+        if let Some(st) = &me.meta.staged {
+            me.to_coordinator.push(ToCoordinator::Staged { member, group: st.group });
+        }
+        Ok(me)
+    }
+
+    fn assemble(store: S, geo: Geometry, member: MemberIndex, meta: VolumeMeta) -> Self {
+        Replica {
+            store,
+            geo,
+            member,
+            floor: meta.committed,
+            meta,
+            stream: BTreeMap::new(),
+            pending_seal: None,
+            to_primary: Vec::new(),
+            to_coordinator: Vec::new(),
+            buf: vec![0; geo.block_size()],
+            stats: ReplicaStats::default(),
+        }
+    }
+
+    /// Turn a fenced or retiring primary into the replica of the new one.
+    ///
+    /// Its failback candidates are the blocks its write-intent record cannot
+    /// rule out (everything it wrote after the last epoch it knows committed).
+    /// Unless `discard_strays`, the image as it stands — stray writes included —
+    /// is kept as a local snapshot first.
+    pub fn from_demotion(primary: Primary<S>, member: MemberIndex, discard_strays: bool) -> Result<Self, EngineError> {
+        let candidates = primary.intent_blocks();
+        let regions = primary.intent_regions();
+        let window_open = primary.closing_window_open();
+        let (mut store, mut meta, mode, geo) = primary.into_parts();
+        // A log-mode freeze log still holds the newest writes: merge it first.
+        if window_open && mode == Mode::Log {
+            let mut buf = vec![0; geo.block_size()];
+            for b in store.side_blocks()? {
+                if store.side_get(b, &mut buf)? {
+                    store.write_image(b, &buf)?;
+                }
+            }
+        }
+        store.side_clear()?;
+        store.sync()?;
+        if !discard_strays {
+            let name = format!("pre-failback-g{}-i{}", meta.generation.counter, meta.incarnation);
+            store.snapshot_image(&name)?;
+        }
+        for r in regions {
+            store.intent_set(r, false)?;
+        }
+        meta.role = Role::Replica;
+        meta.committed = 0;
+        meta.committed_group = 0;
+        meta.staged = None;
+        meta.peer_incarnation = 0;
+        meta.resync_candidates = Some(candidates);
+        store.put_meta(&meta)?;
+        store.sync()?;
+        Ok(Self::assemble(store, geo, member, meta))
+    }
+
+    /// Promote this replica (failover): finish the staged epoch if the group
+    /// decided it, drop it otherwise, and become primary under a generation
+    /// newer than any the old primary can hold.
+    pub fn promote(mut self, decision: &DecisionRecord, site: u64, mode: Mode) -> Result<Primary<S>, EngineError> {
+        if let Some(st) = self.meta.staged.clone() {
+            if decision.committed == st.group {
+                self.fold_staged(&st)?;
+            } else {
+                self.drop_staged(&st)?;
+            }
+        }
+        for e in self.store.stage_epochs()? {
+            self.store.stage_drop(e)?;
+        }
+        let mut meta = self.meta;
+        meta.role = Role::Primary;
+        meta.generation = meta.generation.promoted_by(site);
+        meta.last_sealed = meta.committed;
+        meta.last_sealed_group = meta.committed_group;
+        meta.resync_candidates = None;
+        self.store.put_meta(&meta)?;
+        self.store.sync()?;
+        Ok(Primary::from_promotion(self.store, self.geo, mode, meta))
+    }
+
+    /// A frame from the primary.
+    pub fn on_frame(&mut self, frame: ToReplica) -> Result<(), EngineError> {
+        match frame {
+            ToReplica::Hello { generation, incarnation, session } => self.on_hello(generation, incarnation, session),
+            ToReplica::Blocks { generation, local, blocks } => {
+                if !self.accepts(generation) {
+                    return Ok(());
+                }
+                if local <= self.floor || self.staged_local() == Some(local) {
+                    return Ok(());
+                }
+                for sb in blocks {
+                    if sb.seq.incarnation != self.meta.peer_incarnation || sb.index >= self.geo.blocks() {
+                        self.stats.fenced_frames += 1;
+                        continue;
+                    }
+                    let idx = self.stream.entry(local).or_default();
+                    if let Some(old) = idx.get(&sb.index) {
+                        let stale = if cfg!(feature = "bug-accept-lower-seq") { *old == sb.seq } else { *old >= sb.seq };
+                        if stale {
+                            self.stats.stale_dropped += 1;
+                            continue;
+                        }
+                    }
+                    match &sb.payload {
+                        Payload::Zero => {
+                            self.buf.fill(0);
+                            self.store.stage_put(local, sb.index, &self.buf)?;
+                        }
+                        Payload::Data(d) if d.len() == self.buf.len() => self.store.stage_put(local, sb.index, d)?,
+                        Payload::Data(_) => {
+                            self.stats.fenced_frames += 1;
+                            continue;
+                        }
+                    }
+                    idx.insert(sb.index, sb.seq);
+                    self.stats.blocks_staged += 1;
+                }
+                if self.pending_seal.as_ref().is_some_and(|p| p.local == local) {
+                    self.try_stage()?;
+                }
+                Ok(())
+            }
+            ToReplica::Sealed { generation, incarnation, local, group, manifest } => {
+                if !self.accepts(generation) || incarnation != self.meta.peer_incarnation {
+                    return Ok(());
+                }
+                if local <= self.meta.committed {
+                    if local == self.meta.committed {
+                        self.reply(Reply::Consistent { local, group: self.meta.committed_group });
+                    }
+                    return Ok(());
+                }
+                match self.staged_local() {
+                    Some(s) if s == local => self.reply(Reply::StagedAck { local }),
+                    Some(_) => {}
+                    None if local > self.floor => {
+                        self.pending_seal = Some(PendingSeal { local, group, manifest });
+                        self.try_stage()?;
+                    }
+                    None => {}
+                }
+                Ok(())
+            }
+            ToReplica::EpochAborted { generation, local, group } => {
+                if !self.accepts(generation) {
+                    return Ok(());
+                }
+                if self.meta.staged.as_ref().is_some_and(|s| s.group == group) {
+                    // Too late to drop on our own: the coordinator decides.
+                    self.to_coordinator.push(ToCoordinator::Abort { member: self.member, group });
+                    return Ok(());
+                }
+                if let Some(l) = local {
+                    if self.stream.remove(&l).is_some() {
+                        self.store.stage_drop(l)?;
+                    }
+                    if self.pending_seal.as_ref().is_some_and(|p| p.local == l) {
+                        self.pending_seal = None;
+                    }
+                    self.floor = self.floor.max(l);
+                }
+                self.to_coordinator.push(ToCoordinator::Abort { member: self.member, group });
+                Ok(())
+            }
+            ToReplica::ResyncHashRequest { generation, blocks } => {
+                if !self.accepts(generation) {
+                    return Ok(());
+                }
+                let mut entries = Vec::with_capacity(blocks.len());
+                for b in blocks.into_iter().filter(|&b| b < self.geo.blocks()) {
+                    self.store.read_image(b, &mut self.buf)?;
+                    entries.push((b, hash_block(&self.buf)));
+                }
+                self.reply(Reply::ResyncHashes { entries });
+                Ok(())
+            }
+        }
+    }
+
+    fn on_hello(&mut self, generation: RoleGeneration, incarnation: u64, session: u64) -> Result<(), EngineError> {
+        if generation < self.meta.generation {
+            self.stats.fenced_frames += 1;
+            self.reply(Reply::Fenced { generation: self.meta.generation });
+            return Ok(());
+        }
+        if generation > self.meta.generation {
+            self.meta.generation = generation;
+            self.meta.peer_incarnation = 0;
+        }
+        if incarnation < self.meta.peer_incarnation {
+            return Ok(());
+        }
+        if incarnation > self.meta.peer_incarnation {
+            self.meta.peer_incarnation = incarnation;
+        }
+        self.store.put_meta(&self.meta)?;
+        self.store.sync()?;
+        // Resume from what is durable: unsealed staging is re-sent by the primary.
+        for (e, _) in std::mem::take(&mut self.stream) {
+            self.store.stage_drop(e)?;
+        }
+        self.pending_seal = None;
+        self.reply(Reply::Welcome {
+            for_incarnation: incarnation,
+            for_session: session,
+            incarnation: self.meta.incarnation,
+            committed: self.meta.committed,
+            staged: self.meta.staged.as_ref().map(|s| (s.local, s.group)),
+            resync_candidates: self.meta.resync_candidates.clone(),
+        });
+        Ok(())
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.to_primary.push(ToPrimary { generation: self.meta.generation, reply });
+    }
+
+    fn accepts(&mut self, generation: RoleGeneration) -> bool {
+        if generation < self.meta.generation {
+            self.stats.fenced_frames += 1;
+            self.reply(Reply::Fenced { generation: self.meta.generation });
+            return false;
+        }
+        generation == self.meta.generation
+    }
+
+    fn staged_local(&self) -> Option<LocalEpoch> {
+        self.meta.staged.as_ref().map(|s| s.local)
+    }
+
+    /// Stage the pending seal if every manifest entry is here at exactly its
+    /// sequence and hashes right; durable before the staged-ack.
+    fn try_stage(&mut self) -> Result<(), EngineError> {
+        let Some(seal) = self.pending_seal.take() else { return Ok(()) };
+        let complete = {
+            let idx = self.stream.get(&seal.local);
+            seal.manifest
+                .iter()
+                .all(|e| idx.and_then(|i| i.get(&e.index)).is_some_and(|s| *s == e.seq))
+        };
+        if !complete {
+            self.pending_seal = Some(seal);
+            return Ok(());
+        }
+        for e in &seal.manifest {
+            let present = self.store.stage_get(seal.local, e.index, &mut self.buf)?;
+            if !present || hash_block(&self.buf) != e.hash {
+                // Same sequence, other bytes: corruption on the way or at rest.
+                // Nothing of it is used; the primary re-sends on its next session.
+                self.stats.manifest_mismatches += 1;
+                self.stream.remove(&seal.local);
+                self.store.stage_drop(seal.local)?;
+                return Ok(());
+            }
+        }
+        self.store.sync()?;
+        let record = StagedRecord { local: seal.local, group: seal.group, manifest: seal.manifest };
+        self.meta.staged = Some(record.clone());
+        self.store.put_meta(&self.meta)?;
+        self.store.sync()?;
+        // Older unsealed streams can never seal now.
+        let older: Vec<LocalEpoch> = self.stream.range(..=seal.local).map(|(e, _)| *e).collect();
+        for e in older {
+            self.stream.remove(&e);
+            if e != seal.local {
+                self.store.stage_drop(e)?;
+            }
+        }
+        self.reply(Reply::StagedAck { local: record.local });
+        self.to_coordinator.push(ToCoordinator::Staged { member: self.member, group: record.group });
+        if cfg!(feature = "bug-fold-before-decision") {
+            self.fold_staged(&record)?;
+            self.reply(Reply::Consistent { local: record.local, group: record.group });
+        }
+        Ok(())
+    }
+
+    /// A decision of the group coordinator.
+    pub fn on_coordinator(&mut self, msg: FromCoordinator) -> Result<(), EngineError> {
+        match msg {
+            FromCoordinator::Fold { group } => {
+                if let Some(st) = self.meta.staged.clone().filter(|s| s.group == group) {
+                    self.fold_staged(&st)?;
+                    self.reply(Reply::Consistent { local: st.local, group });
+                } else if self.meta.committed_group == group {
+                    self.reply(Reply::Consistent { local: self.meta.committed, group });
+                }
+            }
+            FromCoordinator::Drop { group } => {
+                if let Some(st) = self.meta.staged.clone().filter(|s| s.group == group) {
+                    self.drop_staged(&st)?;
+                }
+                self.reply(Reply::Aborted { group });
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a staged epoch to the image. Redo-able: until the metadata says
+    /// committed, the staging stays and a restart folds it again.
+    fn fold_staged(&mut self, st: &StagedRecord) -> Result<(), EngineError> {
+        for e in &st.manifest {
+            if !self.store.stage_get(st.local, e.index, &mut self.buf)? {
+                return Err(StoreError { op: "read staged block for fold", source: "staged block missing".into() }.into());
+            }
+            self.store.write_image(e.index, &self.buf)?;
+        }
+        self.store.sync()?;
+        self.meta.committed = st.local;
+        self.meta.committed_group = st.group;
+        self.meta.staged = None;
+        self.meta.resync_candidates = None;
+        self.store.put_meta(&self.meta)?;
+        self.store.sync()?;
+        self.store.stage_drop(st.local)?;
+        self.floor = self.floor.max(st.local);
+        self.stats.folds += 1;
+        Ok(())
+    }
+
+    fn drop_staged(&mut self, st: &StagedRecord) -> Result<(), EngineError> {
+        self.meta.staged = None;
+        self.store.put_meta(&self.meta)?;
+        self.store.sync()?;
+        self.store.stage_drop(st.local)?;
+        self.floor = self.floor.max(st.local);
+        Ok(())
+    }
+
+    /// Drain frames for the primary.
+    pub fn take_to_primary(&mut self) -> Vec<ToPrimary> {
+        std::mem::take(&mut self.to_primary)
+    }
+
+    /// Drain messages for the coordinator.
+    pub fn take_to_coordinator(&mut self) -> Vec<ToCoordinator> {
+        std::mem::take(&mut self.to_coordinator)
+    }
+
+    /// Last group epoch folded.
+    pub fn committed_group(&self) -> GroupEpoch {
+        self.meta.committed_group
+    }
+
+    /// Group epoch staged and awaiting the decision, if any.
+    pub fn staged_group(&self) -> Option<GroupEpoch> {
+        self.meta.staged.as_ref().map(|s| s.group)
+    }
+
+    /// Generation accepted.
+    pub fn generation(&self) -> RoleGeneration {
+        self.meta.generation
+    }
+
+    /// Failback candidates still offered, if any.
+    pub fn resync_candidates(&self) -> Option<&[BlockIndex]> {
+        self.meta.resync_candidates.as_deref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ReplicaStats {
+        &self.stats
+    }
+
+    /// Member index in the group.
+    pub fn member(&self) -> MemberIndex {
+        self.member
+    }
+
+    /// The store, for inspection.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Give up the volume (crash or shutdown), keeping its store.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+}

@@ -1,0 +1,123 @@
+//! The one narrow trait through which a state machine reaches storage.
+//!
+//! A volume's store holds four areas and a metadata record:
+//! - the **image**: the live volume on a primary, the consistent image on a DR replica;
+//! - the **side** area: copy-on-write preserved blocks (continuous, interval) or the
+//!   redirect-on-write freeze log (log) of the closing epoch, on a primary;
+//! - the **staging** area: blocks received per local epoch, on a DR replica;
+//! - the **write-intent** record: one bit per region, on a primary;
+//! - the **metadata** record ([`VolumeMeta`]).
+//!
+//! Every mutation is buffered until [`VolumeStore::sync`], which makes all of
+//! them durable at once. A crash loses what was not synced and may keep any
+//! part of it (torn writes). The engine calls `sync` exactly where the
+//! durability rules of `docs/protocol.md` require it, and nowhere else.
+
+use crate::error::StoreError;
+use crate::types::{BlockIndex, GroupEpoch, LocalEpoch, ManifestEntry, RoleGeneration};
+
+/// Storage of one volume, whatever its role.
+pub trait VolumeStore {
+    /// Read block `b` of the image into `buf` (one block long).
+    fn read_image(&self, b: BlockIndex, buf: &mut [u8]) -> Result<(), StoreError>;
+    /// Write block `b` of the image.
+    fn write_image(&mut self, b: BlockIndex, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Put block `b` into the side area, replacing any earlier copy.
+    fn side_put(&mut self, b: BlockIndex, data: &[u8]) -> Result<(), StoreError>;
+    /// Read block `b` from the side area; `false` if it holds none.
+    fn side_get(&self, b: BlockIndex, buf: &mut [u8]) -> Result<bool, StoreError>;
+    /// Blocks held in the side area, ascending.
+    fn side_blocks(&self) -> Result<Vec<BlockIndex>, StoreError>;
+    /// Empty the side area.
+    fn side_clear(&mut self) -> Result<(), StoreError>;
+
+    /// Stage block `b` of local epoch `epoch`, replacing any earlier version.
+    fn stage_put(&mut self, epoch: LocalEpoch, b: BlockIndex, data: &[u8]) -> Result<(), StoreError>;
+    /// Read a staged block; `false` if it is not staged.
+    fn stage_get(&self, epoch: LocalEpoch, b: BlockIndex, buf: &mut [u8]) -> Result<bool, StoreError>;
+    /// Drop every staged block of `epoch`.
+    fn stage_drop(&mut self, epoch: LocalEpoch) -> Result<(), StoreError>;
+    /// Local epochs with anything staged, ascending.
+    fn stage_epochs(&self) -> Result<Vec<LocalEpoch>, StoreError>;
+
+    /// Set or clear write-intent bit `region`.
+    fn intent_set(&mut self, region: u64, on: bool) -> Result<(), StoreError>;
+    /// Regions whose write-intent bit is set, ascending.
+    fn intent_regions(&self) -> Result<Vec<u64>, StoreError>;
+
+    /// Replace the metadata record.
+    fn put_meta(&mut self, meta: &VolumeMeta) -> Result<(), StoreError>;
+    /// The metadata record; `None` for a volume never initialised.
+    fn get_meta(&self) -> Result<Option<VolumeMeta>, StoreError>;
+
+    /// Keep a named point-in-time copy of the image (a local snapshot).
+    fn snapshot_image(&mut self, name: &str) -> Result<(), StoreError>;
+
+    /// Make every earlier mutation durable.
+    fn sync(&mut self) -> Result<(), StoreError>;
+}
+
+/// The role a volume's metadata records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Owns the live volume and ships its changes.
+    Primary,
+    /// Holds the consistent image and stages incoming epochs.
+    Replica,
+}
+
+/// An epoch sealed and staged at a replica, durable before its staged-ack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedRecord {
+    /// The primary's local epoch.
+    pub local: LocalEpoch,
+    /// The group epoch it closes.
+    pub group: GroupEpoch,
+    /// The seal's manifest: exactly the blocks a fold applies.
+    pub manifest: Vec<ManifestEntry>,
+}
+
+/// The durable metadata record of a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeMeta {
+    /// Current role.
+    pub role: Role,
+    /// Role generation this volume serves (primary) or accepts (replica).
+    pub generation: RoleGeneration,
+    /// Own incarnation; bumped and synced at every start.
+    pub incarnation: u64,
+    /// Primary: last local epoch sealed (persisted before its seal goes out).
+    pub last_sealed: LocalEpoch,
+    /// Primary: group epoch of `last_sealed`.
+    pub last_sealed_group: GroupEpoch,
+    /// Replica: last local epoch folded into the image.
+    pub committed: LocalEpoch,
+    /// Replica: group epoch of `committed`.
+    pub committed_group: GroupEpoch,
+    /// Replica: the epoch sealed and staged, awaiting the group decision.
+    pub staged: Option<StagedRecord>,
+    /// Replica: incarnation of the primary whose frames are accepted.
+    pub peer_incarnation: u64,
+    /// Replica: blocks of a failback still to be compared (the old primary's
+    /// write-intent blocks), until the first fold from the new primary.
+    pub resync_candidates: Option<Vec<BlockIndex>>,
+}
+
+impl VolumeMeta {
+    /// Metadata of a freshly created volume.
+    pub fn new(role: Role, generation: RoleGeneration) -> Self {
+        VolumeMeta {
+            role,
+            generation,
+            incarnation: 0,
+            last_sealed: 0,
+            last_sealed_group: 0,
+            committed: 0,
+            committed_group: 0,
+            staged: None,
+            peer_incarnation: 0,
+            resync_candidates: None,
+        }
+    }
+}
