@@ -81,10 +81,12 @@ impl<L: DecisionLog> Coordinator<L> {
                 if group < self.record.committed {
                     return Ok(());
                 }
-                if !self.record.aborted.contains(&group) {
-                    self.record.aborted.push(group);
-                    self.log.record(&self.record)?;
+                if self.record.aborted.contains(&group) {
+                    self.out.push((member, FromCoordinator::Drop { group }));
+                    return Ok(());
                 }
+                self.record.aborted.push(group);
+                self.log.record(&self.record)?;
                 self.staged.remove(&group);
                 for m in 0..self.members {
                     self.out.push((m, FromCoordinator::Drop { group }));

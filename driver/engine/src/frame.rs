@@ -44,6 +44,8 @@ pub enum ToReplica {
     Blocks {
         /// Sender's role generation.
         generation: RoleGeneration,
+        /// Session the frame belongs to; frames of older sessions are dropped.
+        session: u64,
         /// Local epoch the versions belong to.
         local: LocalEpoch,
         /// The versions.
@@ -55,6 +57,8 @@ pub enum ToReplica {
         generation: RoleGeneration,
         /// Incarnation that sealed.
         incarnation: u64,
+        /// Session the seal belongs to.
+        session: u64,
         /// The local epoch sealed.
         local: LocalEpoch,
         /// The group epoch it closes.

@@ -533,7 +533,7 @@ impl<S: VolumeStore> Primary<S> {
             }
         }
         if !blocks.is_empty() {
-            return Ok(Some(ToReplica::Blocks { generation: self.meta.generation, local: c.local, blocks }));
+            return Ok(Some(ToReplica::Blocks { generation: self.meta.generation, session: self.session, local: c.local, blocks }));
         }
         // Everything sent: the seal point is durable before the seal leaves,
         // so a restarted primary never reuses this local epoch.
@@ -545,6 +545,7 @@ impl<S: VolumeStore> Primary<S> {
         Ok(Some(ToReplica::Sealed {
             generation: self.meta.generation,
             incarnation: self.meta.incarnation,
+            session: self.session,
             local: c.local,
             group: c.group,
             manifest: c.shipped.values().copied().collect(),
@@ -570,7 +571,7 @@ impl<S: VolumeStore> Primary<S> {
         if blocks.is_empty() {
             return Ok(None);
         }
-        Ok(Some(ToReplica::Blocks { generation: self.meta.generation, local: self.open, blocks }))
+        Ok(Some(ToReplica::Blocks { generation: self.meta.generation, session: self.session, local: self.open, blocks }))
     }
 
     /// Turn one block version into a shipment, unless failback found the
@@ -625,12 +626,14 @@ impl<S: VolumeStore> Primary<S> {
             Reply::StagedAck { local } => self.on_staged(local)?,
             Reply::Consistent { local, group } => self.on_consistent(local, group)?,
             Reply::Aborted { group } => {
-                self.abort_requests.remove(&group);
+                let requested = self.abort_requests.remove(&group);
                 if self.replica_pending == Some(group) {
                     self.replica_pending = None;
                 }
                 if self.closing.as_ref().is_some_and(|c| c.group == group) {
                     self.abort_closing()?;
+                } else if requested {
+                    self.events.push(PrimaryEvent::Aborted(group));
                 }
             }
             Reply::ResyncHashes { entries } => {
@@ -696,10 +699,15 @@ impl<S: VolumeStore> Primary<S> {
             self.outbox.push(ToReplica::EpochAborted { generation: self.meta.generation, local, group });
         }
         match candidates {
-            Some(theirs) if self.since_promote.is_some() => {
+            Some(theirs) => {
+                // The replica's image is not one of our freeze points yet:
+                // compare its candidates and ours. Ours are the blocks written
+                // since promotion, or after a restart the write-intent record
+                // (no epoch has committed since promotion, so it covers them).
                 let mut all: BTreeSet<BlockIndex> = theirs.into_iter().filter(|&b| b < self.geo.blocks()).collect();
-                if let Some(sp) = &self.since_promote {
-                    all.extend(sp.iter_ones());
+                match &self.since_promote {
+                    Some(sp) => all.extend(sp.iter_ones()),
+                    None => all.extend(self.intent_blocks()),
                 }
                 self.resync = Resync::AwaitingHashes;
                 self.outbox.push(ToReplica::ResyncHashRequest {
@@ -745,7 +753,7 @@ impl<S: VolumeStore> Primary<S> {
                 self.closing = Some(c);
             }
         }
-        if self.since_promote.is_some() && matches!(self.resync, Resync::Comparing(_)) {
+        if matches!(self.resync, Resync::Comparing(_)) {
             // The replica now holds one of our freeze points: the failback is over.
             self.since_promote = None;
             self.resync = Resync::Idle;

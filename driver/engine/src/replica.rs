@@ -48,6 +48,8 @@ pub struct Replica<S: VolumeStore> {
     pending_seal: Option<PendingSeal>,
     /// Frames for local epochs at or below this are dropped.
     floor: LocalEpoch,
+    /// Current session of the primary (set by its Hello); frames of others are dropped.
+    session: u64,
     to_primary: Vec<ToPrimary>,
     to_coordinator: Vec<ToCoordinator>,
     buf: Vec<u8>,
@@ -96,6 +98,7 @@ impl<S: VolumeStore> Replica<S> {
             geo,
             member,
             floor: meta.committed,
+            session: 0,
             meta,
             stream: BTreeMap::new(),
             pending_seal: None,
@@ -175,8 +178,8 @@ impl<S: VolumeStore> Replica<S> {
     pub fn on_frame(&mut self, frame: ToReplica) -> Result<(), EngineError> {
         match frame {
             ToReplica::Hello { generation, incarnation, session } => self.on_hello(generation, incarnation, session),
-            ToReplica::Blocks { generation, local, blocks } => {
-                if !self.accepts(generation) {
+            ToReplica::Blocks { generation, session, local, blocks } => {
+                if !self.accepts(generation) || session != self.session {
                     return Ok(());
                 }
                 if local <= self.floor || self.staged_local() == Some(local) {
@@ -214,8 +217,8 @@ impl<S: VolumeStore> Replica<S> {
                 }
                 Ok(())
             }
-            ToReplica::Sealed { generation, incarnation, local, group, manifest } => {
-                if !self.accepts(generation) || incarnation != self.meta.peer_incarnation {
+            ToReplica::Sealed { generation, incarnation, session, local, group, manifest } => {
+                if !self.accepts(generation) || incarnation != self.meta.peer_incarnation || session != self.session {
                     return Ok(());
                 }
                 if local <= self.meta.committed {
@@ -285,8 +288,15 @@ impl<S: VolumeStore> Replica<S> {
             return Ok(());
         }
         if incarnation > self.meta.peer_incarnation {
+            // A restarted primary reuses the numbers of epochs it never sealed.
             self.meta.peer_incarnation = incarnation;
+            self.session = 0;
+            self.floor = self.meta.committed.max(self.staged_local().unwrap_or(0));
         }
+        if session <= self.session {
+            return Ok(());
+        }
+        self.session = session;
         self.store.put_meta(&self.meta)?;
         self.store.sync()?;
         // Resume from what is durable: unsealed staging is re-sent by the primary.

@@ -1,0 +1,72 @@
+//! Model tests: random schedules in every mode against the reference model.
+//!
+//! `FLOE_MODEL_SCHEDULES` (default 10,000) schedules per mode, seeds from
+//! `FLOE_MODEL_SEED_BASE` on; `FLOE_MODEL_SEED` (with `FLOE_MODEL_MODE`)
+//! replays one schedule and prints its trace.
+
+mod sim;
+
+use floe_engine::Mode;
+use sim::{Config, RunStats, World};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+fn run_mode(mode: Mode) {
+    if let Some(want) = std::env::var("FLOE_MODEL_MODE").ok().filter(|m| !m.is_empty()) {
+        if want != mode.name() {
+            println!("{}: skipped by FLOE_MODEL_MODE={want}", mode.name());
+            return;
+        }
+    }
+    if let Some(seed) = env_u64("FLOE_MODEL_SEED") {
+        let mut w = World::new(Config::small(mode), seed);
+        let out = w.run();
+        for line in &w.trace {
+            println!("  {line}");
+        }
+        if let Err(e) = out {
+            panic!("{} seed {seed}: {e}", mode.name());
+        }
+        println!("{} seed {seed}: ok", mode.name());
+        return;
+    }
+    let n = env_u64("FLOE_MODEL_SCHEDULES").unwrap_or(10_000);
+    let base = env_u64("FLOE_MODEL_SEED_BASE").unwrap_or(0);
+    let mut total = RunStats::default();
+    for i in 0..n {
+        let seed = base.wrapping_mul(1_000_003).wrapping_add(i);
+        let mut w = World::new(Config::small(mode), seed);
+        if let Err(e) = w.run() {
+            let tail: Vec<&String> = w.trace.iter().rev().take(25).collect();
+            for line in tail.into_iter().rev() {
+                eprintln!("  {line}");
+            }
+            panic!(
+                "{} schedule {i} failed: {e}\nreplay: FLOE_MODEL_SEED={seed} FLOE_MODEL_MODE={} cargo test -p floe-engine --test model -- --nocapture",
+                mode.name(),
+                mode.name()
+            );
+        }
+        total.add(&w.stats);
+    }
+    println!("{}: {n} schedules from seed base {base}: {total:?}", mode.name());
+    assert!(n < 100 || total.commits > n, "schedules commit too rarely to prove anything: {total:?}");
+    assert!(n < 100 || total.failbacks_done > 0, "no schedule completed a failback: {total:?}");
+}
+
+#[test]
+fn model_continuous_holds_i1_to_i5() {
+    run_mode(Mode::Continuous);
+}
+
+#[test]
+fn model_log_holds_i1_to_i5() {
+    run_mode(Mode::Log);
+}
+
+#[test]
+fn model_interval_holds_i1_to_i5() {
+    run_mode(Mode::Interval);
+}

@@ -1,0 +1,1049 @@
+//! Two sites, one replication group, a lossy network and a controller, driven
+//! by a seeded schedule; every invariant is checked as the schedule runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use floe_engine::{
+    Coordinator, DecisionRecord, FromCoordinator, Geometry, GroupEpoch, Mode, Primary, PrimaryEvent, Reply, Replica,
+    RoleGeneration, ToCoordinator, ToPrimary, ToReplica,
+};
+
+use super::reference::Reference;
+use super::rng::Rng;
+use super::store::{SimLog, SimStore};
+
+pub type Outcome = Result<(), String>;
+
+/// Shape of a schedule.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub mode: Mode,
+    pub members: usize,
+    pub block_size: usize,
+    pub blocks: u64,
+    pub region_blocks: u64,
+    pub steps: usize,
+}
+
+impl Config {
+    pub fn small(mode: Mode) -> Self {
+        Config { mode, members: 3, block_size: 8, blocks: 24, region_blocks: 4, steps: 160 }
+    }
+}
+
+enum Vol {
+    Primary(Box<Primary<SimStore>>),
+    Replica(Box<Replica<SimStore>>),
+    Down(SimStore, bool),
+}
+
+enum Coord {
+    Up(Coordinator<SimLog>),
+    Down(SimLog),
+}
+
+impl Coord {
+    fn log(&self) -> SimLog {
+        match self {
+            Coord::Up(c) => SimLog { record: c.record().clone(), version: 0 },
+            Coord::Down(l) => l.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Net {
+    to_replica: Vec<ToReplica>,
+    to_primary: Vec<ToPrimary>,
+    connected: bool,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+enum Phase {
+    /// Primary site serves; the other site is a replica site with a
+    /// consistent image of the current pairing.
+    Paired,
+    /// The DR site was promoted; the old site is down or fenced.
+    FailedOver,
+    /// The old site is the new replica site; its first fold is pending.
+    FailingBack,
+}
+
+struct Failback {
+    /// Per member: blocks the new primary wrote since promotion.
+    n_written: Vec<BTreeSet<u64>>,
+    /// Per member: blocks the old primary wrote after the last epoch it knew committed, plus strays.
+    o_written: Vec<BTreeSet<u64>>,
+    /// Per member: the old site's image and the new primary's content when the hashes arrived,
+    /// and what the new primary wrote since.
+    compare: Vec<Option<(Vec<u8>, Vec<u8>, BTreeSet<u64>)>>,
+}
+
+pub struct World {
+    cfg: Config,
+    geo: Geometry,
+    rng: Rng,
+    sites: [Vec<Vol>; 2],
+    coords: [Option<Coord>; 2],
+    prim: usize,
+    site_ids: [u64; 2],
+    net: Vec<Net>,
+    to_coord: Vec<ToCoordinator>,
+    from_coord: Vec<(u32, FromCoordinator)>,
+    reference: Reference,
+    next_group: GroupEpoch,
+    pending: Option<GroupEpoch>,
+    abort_needed: Option<GroupEpoch>,
+    consistent: Vec<GroupEpoch>,
+    aborted: Vec<BTreeSet<GroupEpoch>>,
+    reported: GroupEpoch,
+    phase: Phase,
+    failovers: u32,
+    failback: Option<Failback>,
+    ships: Vec<Vec<u64>>,
+    base: Vec<(Vec<u64>, Vec<u64>)>,
+    epoch_ships: Vec<BTreeMap<(u64, u64), u32>>,
+    dr_fingerprint: u64,
+    pub trace: Vec<String>,
+    pub stats: RunStats,
+}
+
+/// What a schedule exercised, summed over a run to show the tests reach the
+/// interesting paths.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunStats {
+    pub commits: u64,
+    pub aborts: u64,
+    pub primary_crashes: u64,
+    pub dr_crashes: u64,
+    pub failovers: u64,
+    pub failbacks_done: u64,
+    pub resync_skipped: u64,
+    pub dr_checks: u64,
+    pub blocks_written: u64,
+    pub blocks_shipped: u64,
+}
+
+impl RunStats {
+    pub fn add(&mut self, o: &RunStats) {
+        self.commits += o.commits;
+        self.aborts += o.aborts;
+        self.primary_crashes += o.primary_crashes;
+        self.dr_crashes += o.dr_crashes;
+        self.failovers += o.failovers;
+        self.failbacks_done += o.failbacks_done;
+        self.resync_skipped += o.resync_skipped;
+        self.dr_checks += o.dr_checks;
+        self.blocks_written += o.blocks_written;
+        self.blocks_shipped += o.blocks_shipped;
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, String> {
+    Err(msg.into())
+}
+
+impl World {
+    pub fn new(cfg: Config, seed: u64) -> Self {
+        let geo = Geometry::new(cfg.block_size, cfg.blocks, cfg.region_blocks).expect("valid test geometry");
+        let gen0 = RoleGeneration { counter: 1, site: 1 };
+        let mut prim = Vec::new();
+        let mut repl = Vec::new();
+        for m in 0..cfg.members {
+            let p = Primary::create(SimStore::new(cfg.block_size), geo, cfg.mode, gen0).expect("create primary");
+            prim.push(Vol::Primary(Box::new(p)));
+            let r = Replica::create(SimStore::new(cfg.block_size), geo, m as u32, gen0).expect("create replica");
+            repl.push(Vol::Replica(Box::new(r)));
+        }
+        let coord = Coordinator::open(SimLog::default(), cfg.members as u32).expect("open coordinator");
+        World {
+            cfg,
+            geo,
+            rng: Rng::new(seed),
+            sites: [prim, repl],
+            coords: [None, Some(Coord::Up(coord))],
+            prim: 0,
+            site_ids: [1, 2],
+            net: (0..cfg.members).map(|_| Net::default()).collect(),
+            to_coord: Vec::new(),
+            from_coord: Vec::new(),
+            reference: Reference::new(cfg.members, cfg.block_size, cfg.blocks),
+            next_group: 1,
+            pending: None,
+            abort_needed: None,
+            consistent: vec![0; cfg.members],
+            aborted: vec![BTreeSet::new(); cfg.members],
+            reported: 0,
+            phase: Phase::Paired,
+            failovers: 0,
+            failback: None,
+            ships: vec![vec![0; cfg.blocks as usize]; cfg.members],
+            base: vec![(vec![0; cfg.blocks as usize], vec![0; cfg.blocks as usize]); cfg.members],
+            epoch_ships: vec![BTreeMap::new(); cfg.members],
+            dr_fingerprint: u64::MAX,
+            trace: Vec::new(),
+            stats: RunStats::default(),
+        }
+    }
+
+    fn dr(&self) -> usize {
+        1 - self.prim
+    }
+
+    fn note(&mut self, s: String) {
+        self.trace.push(s);
+    }
+
+    // ----- the schedule -----------------------------------------------------
+
+    pub fn run(&mut self) -> Outcome {
+        for step in 0..self.cfg.steps {
+            let roll = self.rng.below(1000);
+            self.step(roll).map_err(|e| format!("step {step}: {e}"))?;
+            self.after_step().map_err(|e| format!("step {step}: {e}"))?;
+        }
+        self.settle().map_err(|e| format!("settle: {e}"))
+    }
+
+    fn step(&mut self, roll: u64) -> Outcome {
+        let m = self.rng.below(self.cfg.members as u64) as usize;
+        match roll {
+            0..=249 => self.host_write(m),
+            250..=279 => self.host_zero(m),
+            280..=319 => self.host_flush(m),
+            320..=379 => self.freeze(),
+            380..=389 => self.controller_abort(),
+            390..=589 => self.pump(m),
+            590..=849 => self.deliver_random(),
+            850..=864 => self.duplicate_random(),
+            865..=884 => self.disconnect(m),
+            885..=934 => self.connect(m),
+            935..=944 => self.crash_primary(m),
+            945..=969 => self.restart_primary(m),
+            970..=973 => self.crash_dr(),
+            974..=989 => self.restart_dr(),
+            990..=993 => self.failover(),
+            _ => self.failback(),
+        }
+    }
+
+    // ----- host I/O -------------------------------------------------------
+
+    fn primary(&mut self, m: usize) -> Option<&mut Primary<SimStore>> {
+        match &mut self.sites[self.prim][m] {
+            Vol::Primary(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Zipf-like block choice: low blocks are hot, so overwrites coalesce.
+    fn pick_offset(&mut self) -> (u64, u64) {
+        let bs = self.cfg.block_size as u64;
+        let size = self.cfg.blocks * bs;
+        let hot = self.rng.chance(0.6);
+        let block = if hot { self.rng.below(4) } else { self.rng.below(self.cfg.blocks) };
+        let unaligned = self.rng.chance(0.3);
+        let offset = block * bs + if unaligned { self.rng.below(bs) } else { 0 };
+        let len = if unaligned { 1 + self.rng.below(bs * 2) } else { bs * (1 + self.rng.below(3)) };
+        (offset.min(size - 1), len.min(size - offset.min(size - 1)))
+    }
+
+    fn host_write(&mut self, m: usize) -> Outcome {
+        let (offset, len) = self.pick_offset();
+        let mut data = vec![0; len as usize];
+        self.rng.fill(&mut data);
+        self.write_common(m, offset, len, Some(data))
+    }
+
+    fn host_zero(&mut self, m: usize) -> Outcome {
+        let (offset, len) = self.pick_offset();
+        self.write_common(m, offset, len, None)
+    }
+
+    fn write_common(&mut self, m: usize, offset: u64, len: u64, data: Option<Vec<u8>>) -> Outcome {
+        let open = self.next_group;
+        let strays = self.phase == Phase::FailedOver;
+        let site = if strays { self.dr() } else { self.prim };
+        let Vol::Primary(p) = &mut self.sites[site][m] else { return Ok(()) };
+        if strays && p.fenced_by().is_none() && p.generation().site != self.site_ids[site] {
+            return Ok(());
+        }
+        match &data {
+            Some(d) => p.write(offset, d),
+            None => p.zero(offset, len),
+        }
+        .map_err(|e| format!("write: {e}"))?;
+        self.stats.blocks_written += 1;
+        let bs = self.cfg.block_size as u64;
+        let blocks = offset / bs..(offset + len).div_ceil(bs);
+        if strays {
+            // The old primary, cut off by a failover, keeps taking writes.
+            if let Some(fb) = &mut self.failback {
+                fb.o_written[m].extend(blocks);
+            }
+            return Ok(());
+        }
+        self.note(format!("write m{m} {offset}+{len}{}", if data.is_none() { " zero" } else { "" }));
+        self.reference.write(m, offset, len, data.as_deref(), open);
+        if let Some(fb) = &mut self.failback {
+            fb.n_written[m].extend(blocks.clone());
+            if let Some((_, _, since)) = &mut fb.compare[m] {
+                since.extend(blocks);
+            }
+        }
+        Ok(())
+    }
+
+    fn host_flush(&mut self, m: usize) -> Outcome {
+        if let Some(p) = self.primary(m) {
+            p.flush().map_err(|e| format!("flush: {e}"))?;
+            self.reference.flush(m);
+        }
+        Ok(())
+    }
+
+    // ----- the controller's freeze sequence ----------------------------------
+
+    fn freeze(&mut self) -> Outcome {
+        if self.pending.is_some() || self.abort_needed.is_some() || self.phase == Phase::FailedOver {
+            return Ok(());
+        }
+        let g = self.next_group;
+        self.next_group += 1;
+        // syncfs on every filesystem of the group, then the flips.
+        for m in 0..self.cfg.members {
+            self.host_flush(m)?;
+        }
+        self.reference.freeze(g);
+        let mut refused = false;
+        for m in 0..self.cfg.members {
+            match self.primary(m) {
+                Some(p) => {
+                    if p.freeze(g).is_err() {
+                        refused = true;
+                    }
+                }
+                None => refused = true,
+            }
+        }
+        self.note(format!("freeze g{g}{}", if refused { " refused" } else { "" }));
+        self.pending = Some(g);
+        if refused {
+            self.abort_everywhere(g)?;
+        }
+        for m in 0..self.cfg.members {
+            self.reset_coalescing(m);
+        }
+        Ok(())
+    }
+
+    fn controller_abort(&mut self) -> Outcome {
+        if let Some(g) = self.pending {
+            self.note(format!("controller aborts g{g}"));
+            self.abort_everywhere(g)?;
+        }
+        Ok(())
+    }
+
+    fn abort_everywhere(&mut self, g: GroupEpoch) -> Outcome {
+        self.abort_needed = Some(g);
+        for m in 0..self.cfg.members {
+            if let Some(p) = self.primary(m) {
+                p.abort(g).map_err(|e| format!("abort: {e}"))?;
+            }
+        }
+        self.collect_events()
+    }
+
+    fn collect_events(&mut self) -> Outcome {
+        for m in 0..self.cfg.members {
+            let site = self.prim;
+            let Vol::Primary(p) = &mut self.sites[site][m] else { continue };
+            for ev in p.take_events() {
+                match ev {
+                    PrimaryEvent::Consistent(g) => {
+                        self.trace.push(format!("  event p{m} consistent g{g}"));
+                        self.consistent[m] = self.consistent[m].max(g);
+                    }
+                    PrimaryEvent::Aborted(g) => {
+                        self.trace.push(format!("  event p{m} aborted g{g}"));
+                        self.aborted[m].insert(g);
+                        self.reset_coalescing(m);
+                    }
+                    PrimaryEvent::Fenced(_) => {}
+                    PrimaryEvent::ResyncCompared { block, shipped } => {
+                        self.check_resync_decision(m, block, shipped)?;
+                    }
+                }
+            }
+        }
+        if let Some(g) = self.pending {
+            let all_consistent = (0..self.cfg.members).all(|m| self.consistent[m] >= g);
+            let resolved = (0..self.cfg.members).all(|m| self.consistent[m] >= g || self.aborted[m].contains(&g));
+            if resolved {
+                if all_consistent {
+                    self.reported = self.reported.max(g);
+                    self.stats.commits += 1;
+                } else {
+                    self.stats.aborts += 1;
+                }
+                if (0..self.cfg.members).any(|m| self.consistent[m] >= g) && !all_consistent {
+                    return err(format!("group epoch {g} both committed and aborted across members"));
+                }
+                self.note(format!("g{g} resolved {}", if all_consistent { "consistent" } else { "aborted" }));
+                self.pending = None;
+                if self.abort_needed == Some(g) {
+                    self.abort_needed = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- the network --------------------------------------------------------
+
+    fn pump(&mut self, m: usize) -> Outcome {
+        if !self.net[m].connected {
+            return Ok(());
+        }
+        let max = 1 + self.rng.below(4) as usize;
+        let Some(p) = self.primary(m) else { return Ok(()) };
+        let frame = p.poll_send(max).map_err(|e| format!("poll_send: {e}"))?;
+        let Some(frame) = frame else { return self.collect_events() };
+        self.observe_outgoing(m, &frame)?;
+        self.net[m].to_replica.push(frame);
+        self.collect_events()
+    }
+
+    fn observe_outgoing(&mut self, m: usize, frame: &ToReplica) -> Outcome {
+        match frame {
+            ToReplica::Blocks { local, blocks, .. } => {
+                for b in blocks {
+                    let i = b.index as usize;
+                    self.ships[m][i] += 1;
+                    self.stats.blocks_shipped += 1;
+                    let per_epoch = self.epoch_ships[m].entry((*local, b.index)).or_default();
+                    *per_epoch += 1;
+                    if self.cfg.mode == Mode::Interval && *per_epoch > 1 {
+                        return err(format!("I3: interval mode shipped block {} of member {m} twice in epoch {local}", b.index));
+                    }
+                    let (bw, bs) = &self.base[m];
+                    let written = self.reference.writes[m][i] - bw[i];
+                    let shipped = self.ships[m][i] - bs[i];
+                    if shipped > written + 2 {
+                        return err(format!(
+                            "I3: member {m} block {} shipped {shipped} times for {written} writes since the last resume",
+                            b.index
+                        ));
+                    }
+                }
+            }
+            ToReplica::ResyncHashRequest { blocks, .. } => {
+                let Some(fb) = &self.failback else { return err("hash request outside a failback") };
+                // Region granularity: after a restart either side knows its
+                // writes only through its write-intent record.
+                let regions: BTreeSet<u64> =
+                    fb.o_written[m].iter().chain(fb.n_written[m].iter()).map(|b| self.geo.region_of(*b)).collect();
+                for b in blocks {
+                    if !regions.contains(&self.geo.region_of(*b)) {
+                        return err(format!(
+                            "I5: failback candidate block {b} of member {m} was written neither on the new primary since \
+                             promotion nor (region-wise) on the old one after its last committed epoch"
+                        ));
+                    }
+                }
+                self.reset_coalescing(m);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Re-sends after a resume, restart, abort or failback are exempt from I3.
+    fn reset_coalescing(&mut self, m: usize) {
+        self.base[m] = (self.reference.writes[m].clone(), self.ships[m].clone());
+        self.epoch_ships[m].clear();
+    }
+
+    fn deliver_random(&mut self) -> Outcome {
+        let total_net: usize = self.net.iter().map(|n| n.to_replica.len() + n.to_primary.len()).sum();
+        let total = total_net + self.to_coord.len() + self.from_coord.len();
+        if total == 0 {
+            return Ok(());
+        }
+        let mut pick = self.rng.below(total as u64) as usize;
+        if pick < self.to_coord.len() {
+            let msg = self.to_coord.remove(pick);
+            return self.deliver_to_coord(msg);
+        }
+        pick -= self.to_coord.len();
+        if pick < self.from_coord.len() {
+            let (m, msg) = self.from_coord.remove(pick);
+            return self.deliver_from_coord(m as usize, msg);
+        }
+        pick -= self.from_coord.len();
+        for m in 0..self.cfg.members {
+            let n = &mut self.net[m];
+            if pick < n.to_replica.len() {
+                let f = n.to_replica.remove(pick);
+                return self.deliver_to_replica(m, f);
+            }
+            pick -= n.to_replica.len();
+            if pick < n.to_primary.len() {
+                let f = n.to_primary.remove(pick);
+                return self.deliver_to_primary(m, f);
+            }
+            pick -= n.to_primary.len();
+        }
+        Ok(())
+    }
+
+    fn duplicate_random(&mut self) -> Outcome {
+        let m = self.rng.below(self.cfg.members as u64) as usize;
+        let n = &mut self.net[m];
+        if !n.to_replica.is_empty() && self.rng.chance(0.5) {
+            let i = self.rng.below(n.to_replica.len() as u64) as usize;
+            let f = n.to_replica[i].clone();
+            n.to_replica.push(f);
+        } else if !n.to_primary.is_empty() {
+            let i = self.rng.below(n.to_primary.len() as u64) as usize;
+            let f = n.to_primary[i].clone();
+            n.to_primary.push(f);
+        }
+        Ok(())
+    }
+
+    fn deliver_to_replica(&mut self, m: usize, f: ToReplica) -> Outcome {
+        self.note(format!("  -> r{m} {}", brief_to_replica(&f)));
+        let dr = self.dr();
+        let Vol::Replica(r) = &mut self.sites[dr][m] else { return Ok(()) };
+        r.on_frame(f).map_err(|e| format!("replica on_frame: {e}"))?;
+        let replies = r.take_to_primary();
+        let to_coord = r.take_to_coordinator();
+        self.net[m].to_primary.extend(replies);
+        if self.coord_up() {
+            self.to_coord.extend(to_coord);
+        }
+        Ok(())
+    }
+
+    fn deliver_to_primary(&mut self, m: usize, f: ToPrimary) -> Outcome {
+        self.note(format!("  -> p{m} {:?}", f.reply).chars().take(160).collect());
+        let is_welcome = matches!(f.reply, Reply::Welcome { .. });
+        let is_hashes = matches!(f.reply, Reply::ResyncHashes { .. });
+        let prim = self.prim;
+        let Vol::Primary(p) = &mut self.sites[prim][m] else { return Ok(()) };
+        let was_connected = p.is_connected();
+        p.on_frame(f).map_err(|e| format!("primary on_frame: {e}"))?;
+        if is_welcome && !was_connected && p.is_connected() {
+            self.reset_coalescing(m);
+        }
+        if is_hashes {
+            self.snapshot_for_compare(m);
+        }
+        self.collect_events()
+    }
+
+    fn coord_up(&self) -> bool {
+        matches!(self.coords[self.dr()], Some(Coord::Up(_)))
+    }
+
+    fn deliver_to_coord(&mut self, msg: ToCoordinator) -> Outcome {
+        self.note(format!("  -> coord {msg:?}"));
+        let dr = self.dr();
+        let Some(Coord::Up(c)) = &mut self.coords[dr] else { return Ok(()) };
+        c.on_message(msg).map_err(|e| format!("coordinator: {e}"))?;
+        let out = c.take_out();
+        self.from_coord.extend(out);
+        Ok(())
+    }
+
+    fn deliver_from_coord(&mut self, m: usize, msg: FromCoordinator) -> Outcome {
+        self.note(format!("  coord -> r{m} {msg:?}"));
+        let dr = self.dr();
+        let Vol::Replica(r) = &mut self.sites[dr][m] else { return Ok(()) };
+        r.on_coordinator(msg).map_err(|e| format!("replica on_coordinator: {e}"))?;
+        let replies = r.take_to_primary();
+        self.net[m].to_primary.extend(replies);
+        let to_coord = r.take_to_coordinator();
+        self.to_coord.extend(to_coord);
+        Ok(())
+    }
+
+    fn disconnect(&mut self, m: usize) -> Outcome {
+        if !self.net[m].connected {
+            return Ok(());
+        }
+        self.note(format!("disconnect m{m}"));
+        self.net[m].connected = false;
+        if let Some(p) = self.primary(m) {
+            p.disconnect();
+        }
+        // Frames on the wire are lost or delayed past the reconnect.
+        let keep: Vec<bool> = (0..self.net[m].to_replica.len()).map(|_| self.rng.chance(0.3)).collect();
+        let mut it = keep.into_iter();
+        self.net[m].to_replica.retain(|_| it.next().unwrap_or(false));
+        let keep: Vec<bool> = (0..self.net[m].to_primary.len()).map(|_| self.rng.chance(0.3)).collect();
+        let mut it = keep.into_iter();
+        self.net[m].to_primary.retain(|_| it.next().unwrap_or(false));
+        Ok(())
+    }
+
+    fn connect(&mut self, m: usize) -> Outcome {
+        if self.net[m].connected || self.phase == Phase::FailedOver {
+            return Ok(());
+        }
+        let dr = self.dr();
+        if !matches!(self.sites[dr][m], Vol::Replica(_)) {
+            return Ok(());
+        }
+        let Some(p) = self.primary(m) else { return Ok(()) };
+        if p.fenced_by().is_some() {
+            return Ok(());
+        }
+        let hello = p.connect();
+        self.net[m].connected = true;
+        self.net[m].to_replica.push(hello);
+        self.note(format!("connect m{m}"));
+        Ok(())
+    }
+
+    // ----- crashes and restarts ---------------------------------------------
+
+    fn crash_primary(&mut self, m: usize) -> Outcome {
+        let prim = self.prim;
+        let vol = std::mem::replace(&mut self.sites[prim][m], Vol::Down(SimStore::new(1), true));
+        let Vol::Primary(p) = vol else {
+            self.sites[prim][m] = vol;
+            return Ok(());
+        };
+        self.note(format!("crash primary m{m}"));
+        self.stats.primary_crashes += 1;
+        let mut store = p.into_store();
+        store.crash(&mut self.rng);
+        self.sites[prim][m] = Vol::Down(store, true);
+        self.net[m].connected = false;
+        if let Some(g) = self.pending {
+            if self.consistent[m] < g {
+                self.abort_everywhere(g)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn restart_primary(&mut self, m: usize) -> Outcome {
+        let prim = self.prim;
+        if !matches!(self.sites[prim][m], Vol::Down(_, true)) {
+            return Ok(());
+        }
+        let Vol::Down(store, _) = std::mem::replace(&mut self.sites[prim][m], Vol::Down(SimStore::new(1), true)) else {
+            unreachable!("checked above")
+        };
+        let mut p = Primary::open(store, self.geo, self.cfg.mode).map_err(|e| format!("reopen primary: {e}"))?;
+        // I4: a restarted primary re-sends exactly its write-intent regions.
+        let regions = p.store().durable_intent();
+        let expect: u64 = regions.iter().map(|r| self.geo.region_range(*r).count() as u64).sum();
+        if p.dirty_blocks() != expect {
+            return err(format!("I4: restarted member {m} re-sends {} blocks, its intent record covers {expect}", p.dirty_blocks()));
+        }
+        let mut actual = vec![0; self.cfg.block_size * self.cfg.blocks as usize];
+        p.read(0, &mut actual).map_err(|e| format!("read: {e}"))?;
+        if self.phase != Phase::FailedOver {
+            self.reference.adopt_after_crash(m, &actual, self.next_group)?;
+        }
+        self.note(format!("restart primary m{m}"));
+        if let Some(g) = self.abort_needed {
+            p.abort(g).map_err(|e| format!("abort: {e}"))?;
+        }
+        self.sites[prim][m] = Vol::Primary(Box::new(p));
+        self.reset_coalescing(m);
+        self.collect_events()
+    }
+
+    fn crash_dr(&mut self) -> Outcome {
+        if self.phase == Phase::FailedOver {
+            return Ok(());
+        }
+        let dr = self.dr();
+        self.note("crash DR site".into());
+        self.stats.dr_crashes += 1;
+        for m in 0..self.cfg.members {
+            let vol = std::mem::replace(&mut self.sites[dr][m], Vol::Down(SimStore::new(1), false));
+            self.sites[dr][m] = match vol {
+                Vol::Replica(r) => {
+                    let mut s = r.into_store();
+                    s.crash(&mut self.rng);
+                    Vol::Down(s, false)
+                }
+                other => other,
+            };
+        }
+        self.coords[dr] = match self.coords[dr].take() {
+            Some(Coord::Up(c)) => Some(Coord::Down(c.into_log())),
+            other => other,
+        };
+        self.to_coord.clear();
+        self.from_coord.clear();
+        Ok(())
+    }
+
+    fn restart_dr(&mut self) -> Outcome {
+        let dr = self.dr();
+        if let Some(Coord::Down(log)) = &self.coords[dr] {
+            let c = Coordinator::open(log.clone(), self.cfg.members as u32).map_err(|e| format!("coordinator: {e}"))?;
+            self.coords[dr] = Some(Coord::Up(c));
+        }
+        for m in 0..self.cfg.members {
+            if !matches!(self.sites[dr][m], Vol::Down(_, false)) {
+                continue;
+            }
+            let Vol::Down(store, _) = std::mem::replace(&mut self.sites[dr][m], Vol::Down(SimStore::new(1), false)) else {
+                unreachable!("checked above")
+            };
+            let mut r = Replica::open(store, self.geo, m as u32).map_err(|e| format!("reopen replica: {e}"))?;
+            self.to_coord.extend(r.take_to_coordinator());
+            self.sites[dr][m] = Vol::Replica(Box::new(r));
+            self.note(format!("restart replica m{m}"));
+        }
+        Ok(())
+    }
+
+    // ----- failover and failback ----------------------------------------------
+
+    fn failover(&mut self) -> Outcome {
+        if self.phase != Phase::Paired || self.failovers >= 2 {
+            return Ok(());
+        }
+        self.note("FAILOVER".into());
+        self.failovers += 1;
+        self.stats.failovers += 1;
+        // The primary site is lost: every primary crashes.
+        let prim = self.prim;
+        let mut o_written = Vec::new();
+        for m in 0..self.cfg.members {
+            let known = self.consistent[m];
+            o_written.push(
+                (0..self.cfg.blocks).filter(|&b| self.reference.write_group[m][b as usize] > known).collect::<BTreeSet<_>>(),
+            );
+            let vol = std::mem::replace(&mut self.sites[prim][m], Vol::Down(SimStore::new(1), true));
+            self.sites[prim][m] = match vol {
+                Vol::Primary(p) => {
+                    let mut s = p.into_store();
+                    s.crash(&mut self.rng);
+                    Vol::Down(s, true)
+                }
+                other => other,
+            };
+            self.net[m].connected = false;
+        }
+        self.restart_dr()?;
+        let dr = self.dr();
+        let record = match &self.coords[dr] {
+            Some(c) => c.log().record,
+            None => return err("no coordinator at the DR site"),
+        };
+        let k = record.committed;
+        let expected = self.reference.image_at(k).ok_or(format!("no freeze point {k} in the model"))?;
+        let site_id = self.site_ids[dr];
+        for m in 0..self.cfg.members {
+            let vol = std::mem::replace(&mut self.sites[dr][m], Vol::Down(SimStore::new(1), false));
+            let Vol::Replica(r) = vol else { return err("DR member not a replica at failover") };
+            let mut p = r.promote(&record, site_id, self.cfg.mode).map_err(|e| format!("promote: {e}"))?;
+            let mut img = vec![0; expected[m].len()];
+            p.read(0, &mut img).map_err(|e| format!("read: {e}"))?;
+            if img != expected[m] {
+                return err(format!("I5: promoted member {m} is not the image of group epoch {k}"));
+            }
+            self.sites[dr][m] = Vol::Primary(Box::new(p));
+        }
+        self.to_coord.clear();
+        self.from_coord.clear();
+        self.coords[dr] = None;
+        self.prim = dr;
+        self.phase = Phase::FailedOver;
+        // The model continues from freeze point k: later writes were lost (RPO).
+        self.reference.live = expected;
+        for m in 0..self.cfg.members {
+            self.reference.flush(m);
+            self.consistent[m] = 0;
+            self.aborted[m].clear();
+            self.reset_coalescing(m);
+        }
+        self.pending = None;
+        self.abort_needed = None;
+        self.reported = 0;
+        self.failback = Some(Failback {
+            n_written: vec![BTreeSet::new(); self.cfg.members],
+            o_written,
+            compare: vec![None; self.cfg.members],
+        });
+        Ok(())
+    }
+
+    fn failback(&mut self) -> Outcome {
+        match self.phase {
+            Phase::FailedOver => {}
+            Phase::Paired | Phase::FailingBack => {
+                // The old site, cut off, may come back and take stray writes first.
+                return self.restart_old_site();
+            }
+        }
+        let old = self.dr();
+        self.restart_old_site()?;
+        self.note("FAILBACK".into());
+        for m in 0..self.cfg.members {
+            let vol = std::mem::replace(&mut self.sites[old][m], Vol::Down(SimStore::new(1), false));
+            let Vol::Primary(p) = vol else { return err("old member not a primary at failback") };
+            let discard = self.rng.chance(0.3);
+            let r = Replica::from_demotion(*p, m as u32, discard).map_err(|e| format!("demote: {e}"))?;
+            if !discard && r.store().snapshots() == 0 {
+                return err(format!("I5: member {m}'s stray writes were not kept as a snapshot"));
+            }
+            self.sites[old][m] = Vol::Replica(Box::new(r));
+        }
+        let c = Coordinator::open(SimLog::default(), self.cfg.members as u32).map_err(|e| format!("coordinator: {e}"))?;
+        self.coords[old] = Some(Coord::Up(c));
+        for n in &mut self.net {
+            n.connected = false;
+        }
+        self.phase = Phase::FailingBack;
+        self.dr_fingerprint = u64::MAX;
+        Ok(())
+    }
+
+    fn restart_old_site(&mut self) -> Outcome {
+        if self.phase != Phase::FailedOver {
+            return Ok(());
+        }
+        let old = self.dr();
+        for m in 0..self.cfg.members {
+            if let Vol::Down(_, true) = self.sites[old][m] {
+                let Vol::Down(store, _) = std::mem::replace(&mut self.sites[old][m], Vol::Down(SimStore::new(1), true))
+                else {
+                    unreachable!("checked above")
+                };
+                let p = Primary::open(store, self.geo, self.cfg.mode).map_err(|e| format!("reopen old primary: {e}"))?;
+                self.sites[old][m] = Vol::Primary(Box::new(p));
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot_for_compare(&mut self, m: usize) {
+        let old = self.dr();
+        let Some(fb) = &mut self.failback else { return };
+        let Vol::Replica(r) = &self.sites[old][m] else { return };
+        let o_img = r.store().image_bytes(self.cfg.blocks);
+        fb.compare[m] = Some((o_img, self.reference.live[m].clone(), BTreeSet::new()));
+    }
+
+    /// I5: a candidate not rewritten since the hashes arrived ships exactly
+    /// when its bytes differ between the two sites.
+    fn check_resync_decision(&mut self, m: usize, block: u64, shipped: bool) -> Outcome {
+        if !shipped {
+            self.stats.resync_skipped += 1;
+        }
+        let Some(fb) = &self.failback else { return err("resync decision outside a failback") };
+        let Some((o_img, n_img, since)) = &fb.compare[m] else { return err("resync decision before hashes") };
+        if since.contains(&block) {
+            return Ok(());
+        }
+        let bs = self.cfg.block_size;
+        let r = block as usize * bs..(block as usize + 1) * bs;
+        let differs = o_img[r.clone()] != n_img[r];
+        if differs != shipped {
+            return err(format!(
+                "I5: failback {} block {block} of member {m}, which {}",
+                if shipped { "shipped" } else { "skipped" },
+                if differs { "differs" } else { "is identical" }
+            ));
+        }
+        Ok(())
+    }
+
+    // ----- invariants ---------------------------------------------------------
+
+    fn after_step(&mut self) -> Outcome {
+        self.collect_events()?;
+        if self.phase == Phase::FailedOver {
+            return Ok(());
+        }
+        let dr = self.dr();
+        let mut fp = match &self.coords[dr] {
+            Some(Coord::Up(c)) => c.record().committed * 7919 + c.record().aborted.len() as u64,
+            Some(Coord::Down(l)) => l.record.committed * 7919 + l.record.aborted.len() as u64,
+            None => 0,
+        };
+        for vol in &self.sites[dr] {
+            fp = fp.wrapping_mul(31).wrapping_add(match vol {
+                Vol::Replica(r) => r.store().durable_version,
+                Vol::Down(s, _) => s.durable_version,
+                Vol::Primary(_) => 0,
+            });
+        }
+        if fp == self.dr_fingerprint {
+            return Ok(());
+        }
+        self.dr_fingerprint = fp;
+        self.check_dr_alone()
+    }
+
+    /// I1: from its durable state alone — crash now, restart, redo decided
+    /// folds, promote — the DR site yields every member at one freeze point,
+    /// no older than the newest the primaries were told is consistent.
+    fn check_dr_alone(&mut self) -> Outcome {
+        let dr = self.dr();
+        let Some(coord) = &self.coords[dr] else { return Ok(()) };
+        let log = coord.log();
+        if self.phase == Phase::FailingBack && log.record.committed == 0 {
+            return Ok(());
+        }
+        if self.phase == Phase::FailingBack {
+            self.phase = Phase::Paired;
+            self.stats.failbacks_done += 1;
+            self.failback = None;
+        }
+        self.stats.dr_checks += 1;
+        let mut replicas = Vec::new();
+        for (m, vol) in self.sites[dr].iter().enumerate() {
+            let store = match vol {
+                Vol::Replica(r) => r.store().durable_copy(),
+                Vol::Down(s, false) => s.durable_copy(),
+                _ => return err("DR member in an unexpected role"),
+            };
+            replicas.push(Replica::open(store, self.geo, m as u32).map_err(|e| format!("reopen replica: {e}"))?);
+        }
+        let mut c = Coordinator::open(log, self.cfg.members as u32).map_err(|e| format!("coordinator: {e}"))?;
+        let mut queue: Vec<ToCoordinator> = replicas.iter_mut().flat_map(|r| r.take_to_coordinator()).collect();
+        while let Some(msg) = queue.pop() {
+            c.on_message(msg).map_err(|e| format!("coordinator: {e}"))?;
+            for (m, d) in c.take_out() {
+                let r = &mut replicas[m as usize];
+                r.on_coordinator(d).map_err(|e| format!("redo: {e}"))?;
+                queue.extend(r.take_to_coordinator());
+            }
+        }
+        let record: DecisionRecord = c.record().clone();
+        let k = record.committed;
+        if k < self.reported {
+            return err(format!("I1: DR site can only produce group epoch {k}, but {} was reported consistent", self.reported));
+        }
+        let expected = self.reference.image_at(k).ok_or(format!("I1: DR committed {k}, which the model never froze"))?;
+        for (m, r) in replicas.into_iter().enumerate() {
+            let mut p = r.promote(&record, 99, self.cfg.mode).map_err(|e| format!("promote: {e}"))?;
+            let mut img = vec![0; expected[m].len()];
+            p.read(0, &mut img).map_err(|e| format!("read: {e}"))?;
+            if img != expected[m] {
+                let bs = self.cfg.block_size;
+                let bad: Vec<usize> = (0..self.cfg.blocks as usize)
+                    .filter(|b| img[b * bs..(b + 1) * bs] != expected[m][b * bs..(b + 1) * bs])
+                    .collect();
+                return err(format!("I1: DR member {m} is not the image of group epoch {k} (blocks {bad:?} differ)"));
+            }
+        }
+        Ok(())
+    }
+
+    // ----- the end: heal everything and demand progress ---------------------
+
+    fn settle(&mut self) -> Outcome {
+        if self.phase == Phase::FailedOver {
+            self.failback()?;
+        }
+        for m in 0..self.cfg.members {
+            self.restart_primary(m)?;
+        }
+        self.restart_dr()?;
+        self.drain()?;
+        if let Some(g) = self.pending {
+            return err(format!("group epoch {g} neither committed nor aborted after the network healed"));
+        }
+        let g = self.next_group;
+        self.freeze()?;
+        self.drain()?;
+        if (0..self.cfg.members).any(|m| self.consistent[m] < g) {
+            return err(format!("final group epoch {g} not consistent on every member after the network healed"));
+        }
+        self.after_step()?;
+        self.check_dr_alone()?;
+        if self.reported < g {
+            return err(format!("final group epoch {g} not reported consistent"));
+        }
+        if self.phase != Phase::Paired {
+            return err("failback did not complete");
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Outcome {
+        for _ in 0..20_000 {
+            for m in 0..self.cfg.members {
+                self.connect(m)?;
+            }
+            let mut progressed = false;
+            for m in 0..self.cfg.members {
+                let Some(p) = self.primary(m) else { continue };
+                if let Some(f) = p.poll_send(8).map_err(|e| format!("poll_send: {e}"))? {
+                    self.observe_outgoing(m, &f)?;
+                    self.net[m].to_replica.push(f);
+                    progressed = true;
+                }
+            }
+            self.collect_events()?;
+            for m in 0..self.cfg.members {
+                while !self.net[m].to_replica.is_empty() {
+                    let f = self.net[m].to_replica.remove(0);
+                    self.deliver_to_replica(m, f)?;
+                    progressed = true;
+                }
+                while !self.net[m].to_primary.is_empty() {
+                    let f = self.net[m].to_primary.remove(0);
+                    self.deliver_to_primary(m, f)?;
+                    progressed = true;
+                }
+            }
+            while !self.to_coord.is_empty() || !self.from_coord.is_empty() {
+                if !self.to_coord.is_empty() {
+                    let msg = self.to_coord.remove(0);
+                    self.deliver_to_coord(msg)?;
+                }
+                if !self.from_coord.is_empty() {
+                    let (m, msg) = self.from_coord.remove(0);
+                    self.deliver_from_coord(m as usize, msg)?;
+                }
+                progressed = true;
+            }
+            self.after_step()?;
+            if !progressed {
+                return Ok(());
+            }
+        }
+        err("the sites never went quiet")
+    }
+
+    /// Counters of the primaries, for the wire-ratio report.
+    pub fn primary_stats(&self) -> (u64, u64) {
+        let mut shipped = 0;
+        let mut written = 0;
+        for vol in &self.sites[self.prim] {
+            if let Vol::Primary(p) = vol {
+                shipped += p.stats().blocks_shipped;
+                written += p.stats().blocks_written;
+            }
+        }
+        (written, shipped)
+    }
+}
+
+fn brief_to_replica(f: &ToReplica) -> String {
+    match f {
+        ToReplica::Blocks { local, blocks, .. } => {
+            let list: Vec<String> = blocks.iter().map(|b| format!("{}@{}.{}", b.index, b.seq.incarnation, b.seq.counter)).collect();
+            format!("Blocks l{local} [{}]", list.join(" "))
+        }
+        ToReplica::Sealed { local, group, manifest, incarnation, .. } => {
+            format!("Sealed l{local} g{group} i{incarnation} ({} entries)", manifest.len())
+        }
+        other => format!("{other:?}"),
+    }
+}

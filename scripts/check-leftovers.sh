@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Fails when a test left something of floe behind on the machine: a mount
+# that mentions floe, a loop device backed by a file under a path containing
+# floe, or a network namespace whose name starts with floe. Prints each.
+set -uo pipefail
+
+found=0
+report() {
+    echo "leftover: $*"
+    found=$((found + 1))
+}
+
+# Mounts (source, target, type or options mentioning floe).
+if [[ -r /proc/mounts ]]; then
+    while IFS= read -r line; do
+        report "mount: $line"
+    done < <(grep -i floe /proc/mounts || true)
+fi
+
+# Loop devices, from sysfs (no dependency on losetup). The backing path may
+# end in " (deleted)" when the file was removed under the device.
+for f in /sys/block/loop*/loop/backing_file; do
+    [[ -r $f ]] || continue
+    backing=$(<"$f")
+    if [[ $backing == *floe* ]]; then
+        dev=${f#/sys/block/}
+        report "loop device /dev/${dev%%/*} backed by $backing"
+    fi
+done
+
+# Network namespaces: named ones live in /run/netns (what `ip netns list` reads).
+for dir in /run/netns /var/run/netns; do
+    [[ -d $dir ]] || continue
+    for ns in "$dir"/floe*; do
+        [[ -e $ns ]] || continue
+        report "network namespace ${ns##*/} ($ns)"
+    done
+    # /var/run is a symlink to /run on Debian: look once.
+    [[ $dir -ef /run/netns ]] && break
+done
+
+if [[ $found -gt 0 ]]; then
+    echo "check-leftovers: $found leftover(s) of floe on this machine"
+    exit 1
+fi
+echo "check-leftovers: no floe mounts, loop devices or network namespaces"
