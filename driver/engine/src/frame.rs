@@ -65,6 +65,10 @@ pub enum ToReplica {
         group: GroupEpoch,
         /// Last version of every block of the epoch, with its hash.
         manifest: Vec<ManifestEntry>,
+        /// The epoch was frozen after the failback comparison began, so it
+        /// carries every differing candidate block. A replica that still
+        /// offers candidates stages no other.
+        covers_resync: bool,
     },
     /// The primary gave up group epoch `group` (refused freeze, timeout, operator).
     EpochAborted {
@@ -107,6 +111,8 @@ pub enum Reply {
         incarnation: u64,
         /// Last local epoch folded.
         committed: LocalEpoch,
+        /// Its group epoch.
+        committed_group: GroupEpoch,
         /// Local and group epoch staged and awaiting the group decision, if any.
         staged: Option<(LocalEpoch, GroupEpoch)>,
         /// Failback: the replica's own candidate blocks, until its first fold.

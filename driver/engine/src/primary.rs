@@ -43,6 +43,7 @@ struct Closing {
     members: Bitmap,
     preserved: Bitmap,
     shipped: BTreeMap<BlockIndex, ManifestEntry>,
+    covers_resync: bool,
 }
 
 impl Closing {
@@ -129,8 +130,6 @@ pub struct Primary<S: VolumeStore> {
     dirty: Bitmap,
     open_shipped: BTreeMap<BlockIndex, ManifestEntry>,
     closing: Option<Closing>,
-    /// A staged epoch of an earlier incarnation still awaits its group decision.
-    replica_pending: Option<GroupEpoch>,
     abort_requests: BTreeSet<GroupEpoch>,
     intent: Bitmap,
     region_epoch: Vec<LocalEpoch>,
@@ -201,7 +200,6 @@ impl<S: VolumeStore> Primary<S> {
             dirty: Bitmap::new(n),
             open_shipped: BTreeMap::new(),
             closing: None,
-            replica_pending: None,
             abort_requests: BTreeSet::new(),
             intent: Bitmap::new(geo.regions()),
             region_epoch: vec![0; geo.regions() as usize],
@@ -366,9 +364,6 @@ impl<S: VolumeStore> Primary<S> {
         if let Some(c) = &self.closing {
             return Err(EngineError::FreezeBusy { pending: c.group });
         }
-        if let Some(g) = self.replica_pending {
-            return Err(EngineError::FreezeBusy { pending: g });
-        }
         if group <= self.last_frozen_group {
             return Err(EngineError::StaleEpoch { requested: group, last: self.last_frozen_group });
         }
@@ -388,6 +383,7 @@ impl<S: VolumeStore> Primary<S> {
             members,
             preserved: Bitmap::new(n),
             shipped: std::mem::take(&mut self.open_shipped),
+            covers_resync: matches!(self.resync, Resync::Comparing(_)),
         });
         self.open += 1;
         self.last_frozen_group = group;
@@ -525,7 +521,7 @@ impl<S: VolumeStore> Primary<S> {
             if !aside {
                 self.store.read_image(b, &mut data)?;
             }
-            let shipped = self.ship_block(b, &data);
+            let shipped = self.ship_block(b, &data, c.covers_resync);
             self.buf = data;
             if let Some((sb, entry)) = shipped {
                 c.shipped.insert(b, entry);
@@ -549,10 +545,14 @@ impl<S: VolumeStore> Primary<S> {
             local: c.local,
             group: c.group,
             manifest: c.shipped.values().copied().collect(),
+            covers_resync: c.covers_resync,
         }))
     }
 
     fn ship_open(&mut self, max: usize) -> Result<Option<ToReplica>, EngineError> {
+        // Once an epoch carrying the failback is frozen, the replica's image
+        // may change under the hashes: only that epoch's blocks compare.
+        let may_compare = self.closing.as_ref().is_none_or(|c| !c.covers_resync);
         let mut blocks = Vec::new();
         let mut cursor = 0;
         while blocks.len() < max {
@@ -561,7 +561,7 @@ impl<S: VolumeStore> Primary<S> {
             self.dirty.set(b, false);
             let mut data = std::mem::take(&mut self.buf);
             self.read_current(b, &mut data)?;
-            let shipped = self.ship_block(b, &data);
+            let shipped = self.ship_block(b, &data, may_compare);
             self.buf = data;
             if let Some((sb, entry)) = shipped {
                 self.open_shipped.insert(b, entry);
@@ -576,9 +576,9 @@ impl<S: VolumeStore> Primary<S> {
 
     /// Turn one block version into a shipment, unless failback found the
     /// replica already holds the same bytes.
-    fn ship_block(&mut self, b: BlockIndex, data: &[u8]) -> Option<(ShippedBlock, ManifestEntry)> {
+    fn ship_block(&mut self, b: BlockIndex, data: &[u8], may_compare: bool) -> Option<(ShippedBlock, ManifestEntry)> {
         let hash = hash_block(data);
-        if let Resync::Comparing(theirs) = &mut self.resync {
+        if let (true, Resync::Comparing(theirs)) = (may_compare, &mut self.resync) {
             if let Some(h) = theirs.remove(&b) {
                 let same = h == hash;
                 self.events.push(PrimaryEvent::ResyncCompared { block: b, shipped: !same });
@@ -618,18 +618,15 @@ impl<S: VolumeStore> Primary<S> {
                 }
             }
             _ if self.link == Link::Down || self.fenced_by.is_some() => {}
-            Reply::Welcome { for_incarnation, for_session, committed, staged, resync_candidates, .. } => {
+            Reply::Welcome { for_incarnation, for_session, committed, committed_group, staged, resync_candidates, .. } => {
                 if for_incarnation == self.meta.incarnation && for_session == self.session {
-                    self.on_welcome(committed, staged, resync_candidates)?
+                    self.on_welcome((committed, committed_group), staged, resync_candidates)?
                 }
             }
             Reply::StagedAck { local } => self.on_staged(local)?,
             Reply::Consistent { local, group } => self.on_consistent(local, group)?,
             Reply::Aborted { group } => {
                 let requested = self.abort_requests.remove(&group);
-                if self.replica_pending == Some(group) {
-                    self.replica_pending = None;
-                }
                 if self.closing.as_ref().is_some_and(|c| c.group == group) {
                     self.abort_closing()?;
                 } else if requested {
@@ -638,14 +635,25 @@ impl<S: VolumeStore> Primary<S> {
             }
             Reply::ResyncHashes { entries } => {
                 if self.resync == Resync::AwaitingHashes {
+                    // With an epoch carrying the failback already frozen, the
+                    // hashes serve its re-send; otherwise every candidate
+                    // joins the open epoch, to be compared as it ships.
+                    let covered = self.closing.as_ref().is_some_and(|c| c.covers_resync);
                     let mut theirs = BTreeMap::new();
                     for (b, h) in entries {
                         if b < self.geo.blocks() {
-                            self.dirty.set(b, true);
+                            if !covered {
+                                self.dirty.set(b, true);
+                            }
                             theirs.insert(b, h);
                         }
                     }
                     self.resync = Resync::Comparing(theirs);
+                    // An epoch frozen before the comparison lacks the
+                    // candidates: the replica will not stage it, so give it up.
+                    if let Some(g) = self.closing.as_ref().filter(|c| !c.covers_resync).map(|c| c.group) {
+                        self.abort(g)?;
+                    }
                 }
             }
         }
@@ -654,7 +662,7 @@ impl<S: VolumeStore> Primary<S> {
 
     fn on_welcome(
         &mut self,
-        committed: LocalEpoch,
+        (committed, committed_group): (LocalEpoch, GroupEpoch),
         staged: Option<(LocalEpoch, GroupEpoch)>,
         candidates: Option<Vec<BlockIndex>>,
     ) -> Result<(), EngineError> {
@@ -668,9 +676,10 @@ impl<S: VolumeStore> Primary<S> {
             self.dirty.set(b, true);
         }
         self.open_shipped.clear();
-        self.replica_pending = None;
+        if committed > self.committed {
+            self.on_consistent(committed, committed_group)?;
+        }
         match self.closing.as_ref().map(|c| (c.local, c.group)) {
-            Some((local, group)) if committed >= local => self.on_consistent(local, group)?,
             Some((local, _)) if staged.is_some_and(|(l, _)| l == local) => self.on_staged(local)?,
             Some(_) => {
                 let c = self.closing.as_mut().expect("matched Some above");
@@ -683,16 +692,7 @@ impl<S: VolumeStore> Primary<S> {
                     c.state = ClosingState::Shipping;
                 }
             }
-            None => {
-                if let Some((l, g)) = staged {
-                    if l > committed {
-                        self.replica_pending = Some(g);
-                    }
-                }
-            }
-        }
-        if committed > self.committed {
-            self.committed = committed;
+            None => {}
         }
         for &group in &self.abort_requests {
             let local = self.closing.as_ref().filter(|c| c.group == group).map(|c| c.local);
@@ -735,23 +735,20 @@ impl<S: VolumeStore> Primary<S> {
     }
 
     fn on_consistent(&mut self, local: LocalEpoch, group: GroupEpoch) -> Result<(), EngineError> {
-        if local > self.committed {
-            self.committed = local;
-            self.consistent_group = self.consistent_group.max(group);
-        }
+        self.committed = self.committed.max(local);
         self.abort_requests.remove(&group);
-        if self.replica_pending == Some(group) {
-            self.replica_pending = None;
-        }
         if let Some(c) = self.closing.take() {
             if c.local <= local {
                 if c.window_open() {
                     self.close_window(&c)?;
                 }
-                self.events.push(PrimaryEvent::Consistent(c.group));
             } else {
                 self.closing = Some(c);
             }
+        }
+        if group > self.consistent_group {
+            self.consistent_group = group;
+            self.events.push(PrimaryEvent::Consistent(group));
         }
         if matches!(self.resync, Resync::Comparing(_)) {
             // The replica now holds one of our freeze points: the failback is over.

@@ -217,8 +217,13 @@ impl<S: VolumeStore> Replica<S> {
                 }
                 Ok(())
             }
-            ToReplica::Sealed { generation, incarnation, session, local, group, manifest } => {
+            ToReplica::Sealed { generation, incarnation, session, local, group, manifest, covers_resync } => {
                 if !self.accepts(generation) || incarnation != self.meta.peer_incarnation || session != self.session {
+                    return Ok(());
+                }
+                if self.meta.resync_candidates.is_some() && !covers_resync {
+                    // Our image is not a freeze point of this primary yet;
+                    // only an epoch that carries the failback may fold.
                     return Ok(());
                 }
                 if local <= self.meta.committed {
@@ -229,6 +234,9 @@ impl<S: VolumeStore> Replica<S> {
                 }
                 match self.staged_local() {
                     Some(s) if s == local => self.reply(Reply::StagedAck { local }),
+                    // An earlier incarnation's epoch awaits its decision:
+                    // this seal waits for it (staged after the fold or drop).
+                    Some(s) if local > s => self.pending_seal = Some(PendingSeal { local, group, manifest }),
                     Some(_) => {}
                     None if local > self.floor => {
                         self.pending_seal = Some(PendingSeal { local, group, manifest });
@@ -309,6 +317,7 @@ impl<S: VolumeStore> Replica<S> {
             for_session: session,
             incarnation: self.meta.incarnation,
             committed: self.meta.committed,
+            committed_group: self.meta.committed_group,
             staged: self.meta.staged.as_ref().map(|s| (s.local, s.group)),
             resync_candidates: self.meta.resync_candidates.clone(),
         });
@@ -335,6 +344,9 @@ impl<S: VolumeStore> Replica<S> {
     /// Stage the pending seal if every manifest entry is here at exactly its
     /// sequence and hashes right; durable before the staged-ack.
     fn try_stage(&mut self) -> Result<(), EngineError> {
+        if self.meta.staged.is_some() {
+            return Ok(());
+        }
         let Some(seal) = self.pending_seal.take() else { return Ok(()) };
         let complete = {
             let idx = self.stream.get(&seal.local);
@@ -386,6 +398,7 @@ impl<S: VolumeStore> Replica<S> {
                 if let Some(st) = self.meta.staged.clone().filter(|s| s.group == group) {
                     self.fold_staged(&st)?;
                     self.reply(Reply::Consistent { local: st.local, group });
+                    self.try_stage()?;
                 } else if self.meta.committed_group == group {
                     self.reply(Reply::Consistent { local: self.meta.committed, group });
                 }
@@ -395,6 +408,7 @@ impl<S: VolumeStore> Replica<S> {
                     self.drop_staged(&st)?;
                 }
                 self.reply(Reply::Aborted { group });
+                self.try_stage()?;
             }
         }
         Ok(())

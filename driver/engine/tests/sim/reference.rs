@@ -55,11 +55,8 @@ impl Reference {
         self.unflushed[m].clear();
     }
 
-    /// Freeze point `group`: every member was flushed first (syncfs).
+    /// Freeze point `group` (the caller flushed every member that is up).
     pub fn freeze(&mut self, group: u64) {
-        for u in &mut self.unflushed {
-            u.clear();
-        }
         self.freezes.insert(group, self.live.clone());
     }
 

@@ -27,7 +27,7 @@ pub struct Config {
 
 impl Config {
     pub fn small(mode: Mode) -> Self {
-        Config { mode, members: 3, block_size: 8, blocks: 24, region_blocks: 4, steps: 160 }
+        Config { mode, members: 3, block_size: 8, blocks: 24, region_blocks: 4, steps: 600 }
     }
 }
 
@@ -95,6 +95,9 @@ pub struct World {
     pending: Option<GroupEpoch>,
     abort_needed: Option<GroupEpoch>,
     consistent: Vec<GroupEpoch>,
+    /// Per member: the consistent epoch known at its last flush; write-intent
+    /// clears for it are durable since (they are lazy, made durable by any sync).
+    flushed_known: Vec<GroupEpoch>,
     aborted: Vec<BTreeSet<GroupEpoch>>,
     reported: GroupEpoch,
     phase: Phase,
@@ -104,6 +107,7 @@ pub struct World {
     base: Vec<(Vec<u64>, Vec<u64>)>,
     epoch_ships: Vec<BTreeMap<(u64, u64), u32>>,
     dr_fingerprint: u64,
+    last_out: Vec<Option<ToReplica>>,
     pub trace: Vec<String>,
     pub stats: RunStats,
 }
@@ -172,6 +176,7 @@ impl World {
             pending: None,
             abort_needed: None,
             consistent: vec![0; cfg.members],
+            flushed_known: vec![0; cfg.members],
             aborted: vec![BTreeSet::new(); cfg.members],
             reported: 0,
             phase: Phase::Paired,
@@ -181,6 +186,7 @@ impl World {
             base: vec![(vec![0; cfg.blocks as usize], vec![0; cfg.blocks as usize]); cfg.members],
             epoch_ships: vec![BTreeMap::new(); cfg.members],
             dr_fingerprint: u64::MAX,
+            last_out: vec![None; cfg.members],
             trace: Vec::new(),
             stats: RunStats::default(),
         }
@@ -197,9 +203,14 @@ impl World {
     // ----- the schedule -----------------------------------------------------
 
     pub fn run(&mut self) -> Outcome {
+        // Each schedule draws how stormy it is: calm ones commit many epochs,
+        // stormy ones hit every crash point.
+        let fault_rate = [0.005, 0.02, 0.06, 0.15][self.rng.below(4) as usize];
         for step in 0..self.cfg.steps {
+            let fault = self.rng.chance(fault_rate);
             let roll = self.rng.below(1000);
-            self.step(roll).map_err(|e| format!("step {step}: {e}"))?;
+            let result = if fault { self.fault(roll) } else { self.step(roll) };
+            result.map_err(|e| format!("step {step}: {e}"))?;
             self.after_step().map_err(|e| format!("step {step}: {e}"))?;
         }
         self.settle().map_err(|e| format!("settle: {e}"))
@@ -208,23 +219,33 @@ impl World {
     fn step(&mut self, roll: u64) -> Outcome {
         let m = self.rng.below(self.cfg.members as u64) as usize;
         match roll {
-            0..=249 => self.host_write(m),
-            250..=279 => self.host_zero(m),
-            280..=319 => self.host_flush(m),
-            320..=379 => self.freeze(),
-            380..=389 => self.controller_abort(),
-            390..=589 => self.pump(m),
-            590..=849 => self.deliver_random(),
-            850..=864 => self.duplicate_random(),
-            865..=884 => self.disconnect(m),
-            885..=934 => self.connect(m),
-            935..=944 => self.crash_primary(m),
-            945..=969 => self.restart_primary(m),
-            970..=973 => self.crash_dr(),
-            974..=989 => self.restart_dr(),
-            990..=993 => self.failover(),
+            0..=219 => self.host_write(m),
+            220..=249 => self.host_zero(m),
+            250..=289 => self.host_flush(m),
+            290..=339 => self.freeze(),
+            340..=619 => self.pump(m),
+            620..=949 => self.deliver_random(),
+            950..=959 => self.duplicate_random(),
+            960..=989 => self.connect(m),
+            _ => self.restart_any(m),
+        }
+    }
+
+    fn fault(&mut self, roll: u64) -> Outcome {
+        let m = self.rng.below(self.cfg.members as u64) as usize;
+        match roll {
+            0..=99 => self.controller_abort(),
+            100..=399 => self.disconnect(m),
+            400..=599 => self.crash_primary(m),
+            600..=749 => self.crash_dr(),
+            750..=849 => self.failover(),
             _ => self.failback(),
         }
+    }
+
+    fn restart_any(&mut self, m: usize) -> Outcome {
+        self.restart_primary(m)?;
+        self.restart_dr()
     }
 
     // ----- host I/O -------------------------------------------------------
@@ -298,6 +319,7 @@ impl World {
         if let Some(p) = self.primary(m) {
             p.flush().map_err(|e| format!("flush: {e}"))?;
             self.reference.flush(m);
+            self.flushed_known[m] = self.consistent[m];
         }
         Ok(())
     }
@@ -416,6 +438,7 @@ impl World {
     }
 
     fn observe_outgoing(&mut self, m: usize, frame: &ToReplica) -> Outcome {
+        self.last_out[m] = Some(frame.clone());
         match frame {
             ToReplica::Blocks { local, blocks, .. } => {
                 for b in blocks {
@@ -465,37 +488,54 @@ impl World {
         self.epoch_ships[m].clear();
     }
 
+    /// Deliver one frame: a random non-empty channel, a random frame in it
+    /// (so frames overtake each other within a channel too).
     fn deliver_random(&mut self) -> Outcome {
-        let total_net: usize = self.net.iter().map(|n| n.to_replica.len() + n.to_primary.len()).sum();
-        let total = total_net + self.to_coord.len() + self.from_coord.len();
-        if total == 0 {
+        let mut channels = Vec::new();
+        if !self.to_coord.is_empty() {
+            channels.push(0usize);
+        }
+        if !self.from_coord.is_empty() {
+            channels.push(1);
+        }
+        for m in 0..self.cfg.members {
+            if !self.net[m].to_replica.is_empty() {
+                channels.push(2 + 2 * m);
+            }
+            if !self.net[m].to_primary.is_empty() {
+                channels.push(3 + 2 * m);
+            }
+        }
+        if channels.is_empty() {
             return Ok(());
         }
-        let mut pick = self.rng.below(total as u64) as usize;
-        if pick < self.to_coord.len() {
-            let msg = self.to_coord.remove(pick);
-            return self.deliver_to_coord(msg);
-        }
-        pick -= self.to_coord.len();
-        if pick < self.from_coord.len() {
-            let (m, msg) = self.from_coord.remove(pick);
-            return self.deliver_from_coord(m as usize, msg);
-        }
-        pick -= self.from_coord.len();
-        for m in 0..self.cfg.members {
-            let n = &mut self.net[m];
-            if pick < n.to_replica.len() {
-                let f = n.to_replica.remove(pick);
-                return self.deliver_to_replica(m, f);
+        let ch = channels[self.rng.below(channels.len() as u64) as usize];
+        // Mostly in order, sometimes out of it.
+        let pick = |rng: &mut Rng, len: usize| if rng.chance(0.7) { 0 } else { rng.below(len as u64) as usize };
+        match ch {
+            0 => {
+                let i = pick(&mut self.rng, self.to_coord.len());
+                let msg = self.to_coord.remove(i);
+                self.deliver_to_coord(msg)
             }
-            pick -= n.to_replica.len();
-            if pick < n.to_primary.len() {
-                let f = n.to_primary.remove(pick);
-                return self.deliver_to_primary(m, f);
+            1 => {
+                let i = pick(&mut self.rng, self.from_coord.len());
+                let (m, msg) = self.from_coord.remove(i);
+                self.deliver_from_coord(m as usize, msg)
             }
-            pick -= n.to_primary.len();
+            c if c % 2 == 0 => {
+                let m = (c - 2) / 2;
+                let i = pick(&mut self.rng, self.net[m].to_replica.len());
+                let f = self.net[m].to_replica.remove(i);
+                self.deliver_to_replica(m, f)
+            }
+            c => {
+                let m = (c - 3) / 2;
+                let i = pick(&mut self.rng, self.net[m].to_primary.len());
+                let f = self.net[m].to_primary.remove(i);
+                self.deliver_to_primary(m, f)
+            }
         }
-        Ok(())
     }
 
     fn duplicate_random(&mut self) -> Outcome {
@@ -622,7 +662,7 @@ impl World {
         let mut store = p.into_store();
         store.crash(&mut self.rng);
         self.sites[prim][m] = Vol::Down(store, true);
-        self.net[m].connected = false;
+        self.disconnect(m)?;
         if let Some(g) = self.pending {
             if self.consistent[m] < g {
                 self.abort_everywhere(g)?;
@@ -684,6 +724,10 @@ impl World {
         };
         self.to_coord.clear();
         self.from_coord.clear();
+        // Every session to the site breaks with it.
+        for m in 0..self.cfg.members {
+            self.disconnect(m)?;
+        }
         Ok(())
     }
 
@@ -721,7 +765,7 @@ impl World {
         let prim = self.prim;
         let mut o_written = Vec::new();
         for m in 0..self.cfg.members {
-            let known = self.consistent[m];
+            let known = self.flushed_known[m];
             o_written.push(
                 (0..self.cfg.blocks).filter(|&b| self.reference.write_group[m][b as usize] > known).collect::<BTreeSet<_>>(),
             );
@@ -766,6 +810,7 @@ impl World {
         for m in 0..self.cfg.members {
             self.reference.flush(m);
             self.consistent[m] = 0;
+            self.flushed_known[m] = 0;
             self.aborted[m].clear();
             self.reset_coalescing(m);
         }
@@ -837,26 +882,29 @@ impl World {
         fb.compare[m] = Some((o_img, self.reference.live[m].clone(), BTreeSet::new()));
     }
 
-    /// I5: a candidate not rewritten since the hashes arrived ships exactly
-    /// when its bytes differ between the two sites.
+    /// I5: a candidate ships only if the version shipped differs from the old
+    /// site's copy (which does not change before the first fold). A candidate
+    /// skipped wrongly would leave the old site's image off the freeze point,
+    /// which the I1 check after the first fold catches.
     fn check_resync_decision(&mut self, m: usize, block: u64, shipped: bool) -> Outcome {
         if !shipped {
             self.stats.resync_skipped += 1;
-        }
-        let Some(fb) = &self.failback else { return err("resync decision outside a failback") };
-        let Some((o_img, n_img, since)) = &fb.compare[m] else { return err("resync decision before hashes") };
-        if since.contains(&block) {
             return Ok(());
         }
+        let Some(fb) = &self.failback else { return err("resync decision outside a failback") };
+        let Some((o_img, _, _)) = &fb.compare[m] else { return err("resync decision before hashes") };
+        let Some(ToReplica::Blocks { blocks, .. }) = &self.last_out[m] else {
+            return err("resync shipment without a frame");
+        };
+        let Some(sb) = blocks.iter().find(|b| b.index == block) else { return err("compared block not in the frame") };
         let bs = self.cfg.block_size;
-        let r = block as usize * bs..(block as usize + 1) * bs;
-        let differs = o_img[r.clone()] != n_img[r];
-        if differs != shipped {
-            return err(format!(
-                "I5: failback {} block {block} of member {m}, which {}",
-                if shipped { "shipped" } else { "skipped" },
-                if differs { "differs" } else { "is identical" }
-            ));
+        let theirs = &o_img[block as usize * bs..(block as usize + 1) * bs];
+        let same = match &sb.payload {
+            floe_engine::Payload::Zero => theirs.iter().all(|&x| x == 0),
+            floe_engine::Payload::Data(d) => d[..] == theirs[..],
+        };
+        if same {
+            return err(format!("I5: failback shipped block {block} of member {m}, which the old site already holds"));
         }
         Ok(())
     }
