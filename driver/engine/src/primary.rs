@@ -617,7 +617,9 @@ impl<S: VolumeStore> Primary<S> {
                     self.events.push(PrimaryEvent::Fenced(generation));
                 }
             }
-            _ if self.link == Link::Down || self.fenced_by.is_some() => {}
+            // Replies other than the Welcome state durable facts about epochs:
+            // they hold whichever session carried them.
+            _ if self.fenced_by.is_some() => {}
             Reply::Welcome { for_incarnation, for_session, committed, committed_group, staged, resync_candidates, .. } => {
                 if for_incarnation == self.meta.incarnation && for_session == self.session {
                     self.on_welcome((committed, committed_group), staged, resync_candidates)?
@@ -750,7 +752,7 @@ impl<S: VolumeStore> Primary<S> {
             self.consistent_group = group;
             self.events.push(PrimaryEvent::Consistent(group));
         }
-        if matches!(self.resync, Resync::Comparing(_)) {
+        if self.resync != Resync::Idle {
             // The replica now holds one of our freeze points: the failback is over.
             self.since_promote = None;
             self.resync = Resync::Idle;

@@ -242,7 +242,8 @@ impl<S: VolumeStore> Replica<S> {
                         self.pending_seal = Some(PendingSeal { local, group, manifest });
                         self.try_stage()?;
                     }
-                    None => {}
+                    // Dropped here by an abort: say so again.
+                    None => self.reply(Reply::Aborted { group }),
                 }
                 Ok(())
             }

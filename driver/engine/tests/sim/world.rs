@@ -462,7 +462,9 @@ impl World {
                 }
             }
             ToReplica::ResyncHashRequest { blocks, .. } => {
-                let Some(fb) = &self.failback else { return err("hash request outside a failback") };
+                // A request sent on a Welcome that predates the first fold
+                // is answered and then ignored.
+                let Some(fb) = &self.failback else { return Ok(()) };
                 // Region granularity: after a restart either side knows its
                 // writes only through its write-intent record.
                 let regions: BTreeSet<u64> =
@@ -690,6 +692,13 @@ impl World {
         p.read(0, &mut actual).map_err(|e| format!("read: {e}"))?;
         if self.phase != Phase::FailedOver {
             self.reference.adopt_after_crash(m, &actual, self.next_group)?;
+            // What the record could not rule out is re-sent in the open
+            // epoch: for failback it counts as written now.
+            for r in &regions {
+                for b in self.geo.region_range(*r) {
+                    self.reference.write_group[m][b as usize] = self.next_group;
+                }
+            }
         }
         self.note(format!("restart primary m{m}"));
         if let Some(g) = self.abort_needed {
@@ -913,6 +922,16 @@ impl World {
 
     fn after_step(&mut self) -> Outcome {
         self.collect_events()?;
+        if self.phase == Phase::Paired && self.failback.is_some() {
+            let dr = self.dr();
+            let done = self.sites[dr].iter().all(|v| match v {
+                Vol::Replica(r) => r.resync_candidates().is_none(),
+                Vol::Down(..) | Vol::Primary(_) => false,
+            });
+            if done {
+                self.failback = None;
+            }
+        }
         if self.phase == Phase::FailedOver {
             return Ok(());
         }
@@ -949,7 +968,6 @@ impl World {
         if self.phase == Phase::FailingBack {
             self.phase = Phase::Paired;
             self.stats.failbacks_done += 1;
-            self.failback = None;
         }
         self.stats.dr_checks += 1;
         let mut replicas = Vec::new();
