@@ -312,29 +312,25 @@ impl<S: VolumeStore> Primary<S> {
         if let Some(sp) = &mut self.since_promote {
             sp.set(b, true);
         }
-        if let Some(c) = &mut self.closing {
-            if c.window_open() && c.members.get(b) {
-                match self.mode {
-                    Mode::Log => {
-                        c.preserved.set(b, true);
-                        self.stats.redirected_writes += 1;
-                        self.store.side_put(b, data)?;
-                        return Ok(());
-                    }
-                    Mode::Continuous | Mode::Interval => {
-                        if !c.preserved.get(b) && !cfg!(feature = "bug-no-cow") {
-                            // Copy-on-write: the closing epoch's version moves
-                            // aside before the overwrite reaches the image. It
-                            // needs no fsync: a crash aborts an unsealed epoch
-                            // and a sealed one is re-read from nowhere (see
-                            // docs/protocol.md, "Preserved blocks").
-                            self.store.read_image(b, &mut self.buf)?;
-                            self.store.side_put(b, &self.buf)?;
-                            c.preserved.set(b, true);
-                            self.stats.cow_copies += 1;
-                        }
-                    }
-                }
+        // The closing epoch's version of a member block must survive until
+        // the replica holds the epoch durably.
+        let keep_old = !cfg!(feature = "bug-no-cow");
+        if let Some(c) = self.closing.as_mut().filter(|c| keep_old && c.window_open() && c.members.get(b)) {
+            if self.mode == Mode::Log {
+                // Redirect-on-write: the new version goes to the freeze log.
+                c.preserved.set(b, true);
+                self.stats.redirected_writes += 1;
+                self.store.side_put(b, data)?;
+                return Ok(());
+            }
+            if !c.preserved.get(b) {
+                // Copy-on-write: the old version moves aside first. No fsync:
+                // after a crash the closing epoch is either staged at the DR
+                // already or aborted and re-sent from the write-intent record.
+                self.store.read_image(b, &mut self.buf)?;
+                self.store.side_put(b, &self.buf)?;
+                c.preserved.set(b, true);
+                self.stats.cow_copies += 1;
             }
         }
         self.store.write_image(b, data)?;

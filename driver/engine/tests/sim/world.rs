@@ -205,7 +205,7 @@ impl World {
     pub fn run(&mut self) -> Outcome {
         // Each schedule draws how stormy it is: calm ones commit many epochs,
         // stormy ones hit every crash point.
-        let fault_rate = [0.005, 0.02, 0.06, 0.15][self.rng.below(4) as usize];
+        let fault_rate = [0.002, 0.008, 0.025, 0.07][self.rng.below(4) as usize];
         for step in 0..self.cfg.steps {
             let fault = self.rng.chance(fault_rate);
             let roll = self.rng.below(1000);
