@@ -37,6 +37,7 @@ build: deps
 lint: deps
 	@$(STAGE) fmt $(CARGO) fmt --all --check
 	@$(STAGE) clippy $(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	@$(STAGE) engine-purity scripts/check-engine-purity.sh
 
 # $(1): extra environment for the workspace tests.
 define run-tests

@@ -12,12 +12,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let proto_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
 
     compile(&proto_dir, &out_dir, "csi", tonic_build::configure())?;
-    compile(
-        &proto_dir,
-        &out_dir,
-        "replication",
-        tonic_build::configure(),
-    )?;
+    compile(&proto_dir, &out_dir, "replication", tonic_build::configure())?;
     // node.proto reuses RoleGeneration from the replication package.
     let node = tonic_build::configure().extern_path(".floe.replication.v1", "crate::replication");
     compile(&proto_dir, &out_dir, "node", node)?;
@@ -27,12 +22,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 /// Compiles `<stem>.proto` into `OUT_DIR/<stem>/`, with `descriptor.bin`
 /// beside the code. One folder each: prost writes a (stub) module for an
 /// extern package too, which would clobber the real one.
-fn compile(
-    proto_dir: &Path,
-    out_dir: &Path,
-    stem: &str,
-    builder: tonic_build::Builder,
-) -> Result<(), Box<dyn Error>> {
+fn compile(proto_dir: &Path, out_dir: &Path, stem: &str, builder: tonic_build::Builder) -> Result<(), Box<dyn Error>> {
     let dir = out_dir.join(stem);
     std::fs::create_dir_all(&dir)?;
     builder

@@ -13,5 +13,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::bail!("floe-controller in {}: the reconciler is not built yet (see the controller issue)", args.namespace)
+    anyhow::bail!(
+        "floe-controller in {}: the reconciler is not built yet (see the controller issue)",
+        args.namespace
+    )
 }

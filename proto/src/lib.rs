@@ -26,21 +26,16 @@ pub mod csi {
 
     /// Encoded `FileDescriptorSet` of `csi.proto` and its imports, as protoc
     /// wrote it (custom options kept).
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/csi/descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/csi/descriptor.bin"));
 }
 
 /// Site-to-site replication stream, package `floe.replication.v1`.
 #[allow(missing_docs)]
 pub mod replication {
-    include!(concat!(
-        env!("OUT_DIR"),
-        "/replication/floe.replication.v1.rs"
-    ));
+    include!(concat!(env!("OUT_DIR"), "/replication/floe.replication.v1.rs"));
 
     /// Encoded `FileDescriptorSet` of `replication.proto`.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/replication/descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/replication/descriptor.bin"));
 }
 
 /// Controller-to-node admin API, package `floe.node.v1`.
@@ -49,8 +44,7 @@ pub mod node {
     include!(concat!(env!("OUT_DIR"), "/node/floe.node.v1.rs"));
 
     /// Encoded `FileDescriptorSet` of `node.proto` and its imports.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/node/descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/node/descriptor.bin"));
 }
 
 #[cfg(test)]
@@ -70,12 +64,10 @@ mod tests {
         let req = CreateVolumeRequest {
             name: "pvc-1".into(),
             volume_capabilities: vec![VolumeCapability {
-                access_type: Some(volume_capability::AccessType::Mount(
-                    volume_capability::MountVolume {
-                        fs_type: "ext4".into(),
-                        ..Default::default()
-                    },
-                )),
+                access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
+                    fs_type: "ext4".into(),
+                    ..Default::default()
+                })),
                 access_mode: Some(volume_capability::AccessMode {
                     mode: volume_capability::access_mode::Mode::SingleNodeWriter.into(),
                 }),
@@ -88,9 +80,7 @@ mod tests {
 
     #[test]
     fn replication_block_batch_frame_survives_encode_decode() {
-        use crate::replication::{
-            frame, Block, BlockBatch, Frame, RoleGeneration, SendSeq, ZeroRange,
-        };
+        use crate::replication::{frame, Block, BlockBatch, Frame, RoleGeneration, SendSeq, ZeroRange};
         let seq = SendSeq {
             generation_counter: 3,
             incarnation: 7,
@@ -100,10 +90,7 @@ mod tests {
             kind: Some(frame::Kind::BlockBatch(BlockBatch {
                 group: "g".into(),
                 volume: "v".into(),
-                generation: Some(RoleGeneration {
-                    counter: 3,
-                    site_id: 2,
-                }),
+                generation: Some(RoleGeneration { counter: 3, site_id: 2 }),
                 epoch: 42,
                 blocks: vec![Block {
                     index: 9,
@@ -127,10 +114,7 @@ mod tests {
         use crate::replication::RoleGeneration;
         let status = StatusResponse {
             role: Role::Secondary.into(),
-            generation: Some(RoleGeneration {
-                counter: 1,
-                site_id: 5,
-            }),
+            generation: Some(RoleGeneration { counter: 1, site_id: 5 }),
             open_epoch: 12,
             staged_epoch: 11,
             committed_epoch: 10,
@@ -150,11 +134,7 @@ mod tests {
                 "replication.proto",
                 "floe.replication.v1",
             ),
-            (
-                crate::node::FILE_DESCRIPTOR_SET,
-                "node.proto",
-                "floe.node.v1",
-            ),
+            (crate::node::FILE_DESCRIPTOR_SET, "node.proto", "floe.node.v1"),
         ] {
             let set = FileDescriptorSet::decode(bytes).expect("build.rs wrote a valid set");
             let found = set

@@ -18,8 +18,8 @@ use std::process::Command;
 
 use prost::Message;
 use prost_types::{
-    DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, FileDescriptorProto,
-    FileDescriptorSet, ServiceDescriptorProto,
+    DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+    ServiceDescriptorProto,
 };
 
 const SPEC_MODULE: &str = "github.com/container-storage-interface/spec@v1.12.0";
@@ -49,8 +49,8 @@ fn upstream_spec_dir() -> PathBuf {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let dir = json_string(&stdout, "Dir")
-        .unwrap_or_else(|| panic!("no \"Dir\" in the output of go mod download:\n{stdout}"));
+    let dir =
+        json_string(&stdout, "Dir").unwrap_or_else(|| panic!("no \"Dir\" in the output of go mod download:\n{stdout}"));
     let _ = fs::remove_dir_all(&scratch);
     PathBuf::from(dir)
 }
@@ -70,9 +70,7 @@ fn compile_upstream(dir: &Path) -> Vec<u8> {
         .arg(&include)
         .arg(CSI_FILE)
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `{protoc}` ({e}): install protobuf-compiler and libprotobuf-dev")
-        });
+        .unwrap_or_else(|e| panic!("cannot run `{protoc}` ({e}): install protobuf-compiler and libprotobuf-dev"));
     assert!(
         output.status.success(),
         "protoc failed on the upstream csi.proto in {}:\n{}",
@@ -155,16 +153,12 @@ fn wire_fields(mut buf: &[u8]) -> Result<Vec<(u64, Wire)>, String> {
         let key = read_varint(&mut buf)?;
         let value = match key & 7 {
             0 => Wire::Varint(read_varint(&mut buf)?),
-            1 => Wire::Fixed64(u64::from_le_bytes(
-                take(&mut buf, 8)?.try_into().expect("took 8 bytes"),
-            )),
+            1 => Wire::Fixed64(u64::from_le_bytes(take(&mut buf, 8)?.try_into().expect("took 8 bytes"))),
             2 => {
                 let len = usize::try_from(read_varint(&mut buf)?).map_err(|e| e.to_string())?;
                 Wire::Bytes(take(&mut buf, len)?.to_vec())
             }
-            5 => Wire::Fixed32(u32::from_le_bytes(
-                take(&mut buf, 4)?.try_into().expect("took 4 bytes"),
-            )),
+            5 => Wire::Fixed32(u32::from_le_bytes(take(&mut buf, 4)?.try_into().expect("took 4 bytes"))),
             other => return Err(format!("unsupported wire type {other}")),
         };
         fields.push((key >> 3, value));
@@ -273,11 +267,7 @@ fn raw_message(buf: &[u8], scope: &str, out: &mut RawOptions) {
 
 fn raw_field(buf: &[u8], kind: &str, scope: &str, out: &mut RawOptions) {
     let raw = raw_descriptor(buf, 8);
-    insert(
-        out,
-        format!("{kind} {}", join(scope, &raw.name)),
-        raw.options,
-    );
+    insert(out, format!("{kind} {}", join(scope, &raw.name)), raw.options);
 }
 
 fn raw_enum(buf: &[u8], scope: &str, out: &mut RawOptions) {
@@ -288,11 +278,7 @@ fn raw_enum(buf: &[u8], scope: &str, out: &mut RawOptions) {
     for (number, child) in &raw.children {
         if *number == 2 {
             let value = raw_descriptor(child, 3);
-            insert(
-                out,
-                format!("enum value {full}.{}", value.name),
-                value.options,
-            );
+            insert(out, format!("enum value {full}.{}", value.name), value.options);
         }
     }
 }
@@ -305,11 +291,7 @@ fn raw_service(buf: &[u8], scope: &str, out: &mut RawOptions) {
     for (number, child) in &raw.children {
         if *number == 2 {
             let method = raw_descriptor(child, 4);
-            insert(
-                out,
-                format!("method {full}.{}", method.name),
-                method.options,
-            );
+            insert(out, format!("method {full}.{}", method.name), method.options);
         }
     }
 }
@@ -337,9 +319,8 @@ struct Comparison {
 impl Comparison {
     fn value<T: PartialEq + Debug>(&mut self, path: &str, what: &str, ours: T, upstream: T) {
         if ours != upstream {
-            self.diffs.push(format!(
-                "{path}: {what}: ours {ours:?}, upstream {upstream:?}"
-            ));
+            self.diffs
+                .push(format!("{path}: {what}: ours {ours:?}, upstream {upstream:?}"));
         }
     }
 
@@ -361,12 +342,8 @@ impl Comparison {
             map
         };
         let (ours_by_name, upstream_by_name) = (index(ours), index(upstream));
-        for name in ours_by_name
-            .keys()
-            .filter(|n| !upstream_by_name.contains_key(*n))
-        {
-            self.diffs
-                .push(format!("{kind} {}: only in ours", join(scope, name)));
+        for name in ours_by_name.keys().filter(|n| !upstream_by_name.contains_key(*n)) {
+            self.diffs.push(format!("{kind} {}: only in ours", join(scope, name)));
         }
         let mut pairs = Vec::new();
         for (i, item) in upstream.iter().enumerate() {
@@ -391,8 +368,8 @@ impl Comparison {
         self.options_compared += 1;
         let group = |raw: Option<&Vec<u8>>| -> BTreeMap<u64, Vec<Wire>> {
             let mut map: BTreeMap<u64, Vec<Wire>> = BTreeMap::new();
-            for (number, value) in wire_fields(raw.map_or(&[][..], |r| r.as_slice()))
-                .expect("protoc emits well-formed options")
+            for (number, value) in
+                wire_fields(raw.map_or(&[][..], |r| r.as_slice())).expect("protoc emits well-formed options")
             {
                 map.entry(number).or_default().push(value);
             }
@@ -411,18 +388,11 @@ impl Comparison {
             "method" => "MethodOptions",
             _ => "",
         };
-        let mut numbers: Vec<u64> = mine_fields
-            .keys()
-            .chain(their_fields.keys())
-            .copied()
-            .collect();
+        let mut numbers: Vec<u64> = mine_fields.keys().chain(their_fields.keys()).copied().collect();
         numbers.sort_unstable();
         numbers.dedup();
         for number in numbers {
-            let label = match self
-                .extension_names
-                .get(&(options_message.to_string(), number))
-            {
+            let label = match self.extension_names.get(&(options_message.to_string(), number)) {
                 Some(name) => format!("option ({name}) #{number}"),
                 None => format!("option #{number}"),
             };
@@ -441,41 +411,21 @@ impl Comparison {
         for ext in &b.extension {
             let extendee = ext.extendee().rsplit('.').next().unwrap_or_default();
             self.extension_names.insert(
-                (
-                    extendee.to_string(),
-                    u64::try_from(ext.number()).unwrap_or_default(),
-                ),
+                (extendee.to_string(), u64::try_from(ext.number()).unwrap_or_default()),
                 ext.name().to_string(),
             );
         }
         self.value(&path, "name", &a.name, &b.name);
         self.value(&path, "package", &a.package, &b.package);
         self.value(&path, "dependency", &a.dependency, &b.dependency);
-        self.value(
-            &path,
-            "public_dependency",
-            &a.public_dependency,
-            &b.public_dependency,
-        );
-        self.value(
-            &path,
-            "weak_dependency",
-            &a.weak_dependency,
-            &b.weak_dependency,
-        );
+        self.value(&path, "public_dependency", &a.public_dependency, &b.public_dependency);
+        self.value(&path, "weak_dependency", &a.weak_dependency, &b.weak_dependency);
         self.value(&path, "syntax", &a.syntax, &b.syntax);
         self.options(&path, ours, upstream);
         let package = b.package();
         self.messages(package, &a.message_type, &b.message_type, ours, upstream);
         self.enums(package, &a.enum_type, &b.enum_type, ours, upstream);
-        self.fields(
-            "extension",
-            package,
-            &a.extension,
-            &b.extension,
-            ours,
-            upstream,
-        );
+        self.fields("extension", package, &a.extension, &b.extension, ours, upstream);
         self.services(package, &a.service, &b.service, ours, upstream);
     }
 
@@ -490,22 +440,10 @@ impl Comparison {
         for (path, a, b) in self.pair("message", scope, |m| m.name(), ours, upstream) {
             let full = join(scope, b.name());
             self.options(&path, o, u);
-            self.value(
-                &path,
-                "extension_range",
-                &a.extension_range,
-                &b.extension_range,
-            );
-            self.value(
-                &path,
-                "reserved_range",
-                &a.reserved_range,
-                &b.reserved_range,
-            );
+            self.value(&path, "extension_range", &a.extension_range, &b.extension_range);
+            self.value(&path, "reserved_range", &a.reserved_range, &b.reserved_range);
             self.value(&path, "reserved_name", &a.reserved_name, &b.reserved_name);
-            for (oneof_path, _, _) in
-                self.pair("oneof", &full, |d| d.name(), &a.oneof_decl, &b.oneof_decl)
-            {
+            for (oneof_path, _, _) in self.pair("oneof", &full, |d| d.name(), &a.oneof_decl, &b.oneof_decl) {
                 self.options(&oneof_path, o, u);
             }
             self.fields("field", &full, &a.field, &b.field, o, u);
@@ -533,12 +471,7 @@ impl Comparison {
             self.value(&path, "default_value", &a.default_value, &b.default_value);
             self.value(&path, "oneof_index", a.oneof_index, b.oneof_index);
             self.value(&path, "json_name", &a.json_name, &b.json_name);
-            self.value(
-                &path,
-                "proto3_optional",
-                a.proto3_optional,
-                b.proto3_optional,
-            );
+            self.value(&path, "proto3_optional", a.proto3_optional, b.proto3_optional);
             self.options(&path, o, u);
         }
     }
@@ -554,16 +487,9 @@ impl Comparison {
         for (path, a, b) in self.pair("enum", scope, |e| e.name(), ours, upstream) {
             let full = join(scope, b.name());
             self.options(&path, o, u);
-            self.value(
-                &path,
-                "reserved_range",
-                &a.reserved_range,
-                &b.reserved_range,
-            );
+            self.value(&path, "reserved_range", &a.reserved_range, &b.reserved_range);
             self.value(&path, "reserved_name", &a.reserved_name, &b.reserved_name);
-            for (value_path, x, y) in
-                self.pair("enum value", &full, |v| v.name(), &a.value, &b.value)
-            {
+            for (value_path, x, y) in self.pair("enum value", &full, |v| v.name(), &a.value, &b.value) {
                 self.value(&value_path, "number", x.number, y.number);
                 self.options(&value_path, o, u);
             }
@@ -581,23 +507,11 @@ impl Comparison {
         for (path, a, b) in self.pair("service", scope, |s| s.name(), ours, upstream) {
             let full = join(scope, b.name());
             self.options(&path, o, u);
-            for (method_path, x, y) in
-                self.pair("method", &full, |m| m.name(), &a.method, &b.method)
-            {
+            for (method_path, x, y) in self.pair("method", &full, |m| m.name(), &a.method, &b.method) {
                 self.value(&method_path, "input_type", &x.input_type, &y.input_type);
                 self.value(&method_path, "output_type", &x.output_type, &y.output_type);
-                self.value(
-                    &method_path,
-                    "client_streaming",
-                    x.client_streaming,
-                    y.client_streaming,
-                );
-                self.value(
-                    &method_path,
-                    "server_streaming",
-                    x.server_streaming,
-                    y.server_streaming,
-                );
+                self.value(&method_path, "client_streaming", x.client_streaming, y.client_streaming);
+                self.value(&method_path, "server_streaming", x.server_streaming, y.server_streaming);
                 self.options(&method_path, o, u);
             }
         }
@@ -661,11 +575,7 @@ fn csi_proto_matches_upstream_spec_v1_12_0() {
     );
     // Not vacuous: the spec has some 500 elements and dozens of
     // elements carrying (csi_secret) or alpha_* options.
-    assert!(
-        cmp.elements > 400,
-        "only {} elements compared",
-        cmp.elements
-    );
+    assert!(cmp.elements > 400, "only {} elements compared", cmp.elements);
     assert!(
         cmp.options_compared > 40,
         "only {} option sets compared",

@@ -17,7 +17,9 @@ pub struct Bitmap {
 impl Bitmap {
     /// An all-clear bitmap of `len` bits.
     pub fn new(len: u64) -> Self {
-        Bitmap { bits: BitVec::repeat(false, to_usize(len)) }
+        Bitmap {
+            bits: BitVec::repeat(false, to_usize(len)),
+        }
     }
 
     /// Number of bits.

@@ -41,7 +41,13 @@ impl<L: DecisionLog> Coordinator<L> {
     /// Start (or restart) a coordinator for `members` volumes.
     pub fn open(log: L, members: MemberIndex) -> Result<Self, StoreError> {
         let record = log.load()?;
-        Ok(Coordinator { log, members, record, staged: BTreeMap::new(), out: Vec::new() })
+        Ok(Coordinator {
+            log,
+            members,
+            record,
+            staged: BTreeMap::new(),
+            out: Vec::new(),
+        })
     }
 
     /// A report from a member.

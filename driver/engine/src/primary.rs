@@ -19,8 +19,7 @@ use crate::error::{EngineError, StoreError};
 use crate::frame::{Payload, Reply, ShippedBlock, ToPrimary, ToReplica};
 use crate::store::{Role, VolumeMeta, VolumeStore};
 use crate::types::{
-    hash_block, BlockHash, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode,
-    RoleGeneration, SendSeq,
+    hash_block, BlockHash, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq,
 };
 
 /// Where the closing epoch stands.
@@ -163,7 +162,10 @@ impl<S: VolumeStore> Primary<S> {
             .get_meta()?
             .ok_or_else(|| store_err("load volume metadata", "volume was never initialised"))?;
         if meta.role != Role::Primary {
-            return Err(EngineError::WrongRole { needed: "primary", actual: "replica" });
+            return Err(EngineError::WrongRole {
+                needed: "primary",
+                actual: "replica",
+            });
         }
         meta.incarnation += 1;
         store.put_meta(&meta)?;
@@ -315,7 +317,11 @@ impl<S: VolumeStore> Primary<S> {
         // The closing epoch's version of a member block must survive until
         // the replica holds the epoch durably.
         let keep_old = !cfg!(feature = "bug-no-cow");
-        if let Some(c) = self.closing.as_mut().filter(|c| keep_old && c.window_open() && c.members.get(b)) {
+        if let Some(c) = self
+            .closing
+            .as_mut()
+            .filter(|c| keep_old && c.window_open() && c.members.get(b))
+        {
             if self.mode == Mode::Log {
                 // Redirect-on-write: the new version goes to the freeze log.
                 c.preserved.set(b, true);
@@ -355,13 +361,19 @@ impl<S: VolumeStore> Primary<S> {
     /// the caller). An in-memory flip: no I/O.
     pub fn freeze(&mut self, group: GroupEpoch) -> Result<LocalEpoch, EngineError> {
         if let Some(g) = self.fenced_by {
-            return Err(EngineError::Fenced { theirs: self.meta.generation, ours: g });
+            return Err(EngineError::Fenced {
+                theirs: self.meta.generation,
+                ours: g,
+            });
         }
         if let Some(c) = &self.closing {
             return Err(EngineError::FreezeBusy { pending: c.group });
         }
         if group <= self.last_frozen_group {
-            return Err(EngineError::StaleEpoch { requested: group, last: self.last_frozen_group });
+            return Err(EngineError::StaleEpoch {
+                requested: group,
+                last: self.last_frozen_group,
+            });
         }
         let n = self.geo.blocks();
         let mut pending = Bitmap::new(n);
@@ -405,7 +417,11 @@ impl<S: VolumeStore> Primary<S> {
         };
         self.abort_requests.insert(group);
         if self.link == Link::Up {
-            self.outbox.push(ToReplica::EpochAborted { generation: self.meta.generation, local, group });
+            self.outbox.push(ToReplica::EpochAborted {
+                generation: self.meta.generation,
+                local,
+                group,
+            });
         }
         Ok(outcome)
     }
@@ -468,7 +484,11 @@ impl<S: VolumeStore> Primary<S> {
         self.link = Link::AwaitingWelcome;
         self.session += 1;
         self.outbox.clear();
-        ToReplica::Hello { generation: self.meta.generation, incarnation: self.meta.incarnation, session: self.session }
+        ToReplica::Hello {
+            generation: self.meta.generation,
+            incarnation: self.meta.incarnation,
+            session: self.session,
+        }
     }
 
     /// The session broke.
@@ -525,7 +545,12 @@ impl<S: VolumeStore> Primary<S> {
             }
         }
         if !blocks.is_empty() {
-            return Ok(Some(ToReplica::Blocks { generation: self.meta.generation, session: self.session, local: c.local, blocks }));
+            return Ok(Some(ToReplica::Blocks {
+                generation: self.meta.generation,
+                session: self.session,
+                local: c.local,
+                blocks,
+            }));
         }
         // Everything sent: the seal point is durable before the seal leaves,
         // so a restarted primary never reuses this local epoch.
@@ -567,7 +592,12 @@ impl<S: VolumeStore> Primary<S> {
         if blocks.is_empty() {
             return Ok(None);
         }
-        Ok(Some(ToReplica::Blocks { generation: self.meta.generation, session: self.session, local: self.open, blocks }))
+        Ok(Some(ToReplica::Blocks {
+            generation: self.meta.generation,
+            session: self.session,
+            local: self.open,
+            blocks,
+        }))
     }
 
     /// Turn one block version into a shipment, unless failback found the
@@ -577,7 +607,10 @@ impl<S: VolumeStore> Primary<S> {
         if let (true, Resync::Comparing(theirs)) = (may_compare, &mut self.resync) {
             if let Some(h) = theirs.remove(&b) {
                 let same = h == hash;
-                self.events.push(PrimaryEvent::ResyncCompared { block: b, shipped: !same });
+                self.events.push(PrimaryEvent::ResyncCompared {
+                    block: b,
+                    shipped: !same,
+                });
                 if same {
                     self.stats.resync_skipped += 1;
                     return None;
@@ -597,7 +630,10 @@ impl<S: VolumeStore> Primary<S> {
             Payload::Data(data.to_vec())
         };
         self.stats.blocks_shipped += 1;
-        Some((ShippedBlock { index: b, seq, payload }, ManifestEntry { index: b, seq, hash }))
+        Some((
+            ShippedBlock { index: b, seq, payload },
+            ManifestEntry { index: b, seq, hash },
+        ))
     }
 
     /// A frame from the replica.
@@ -616,7 +652,15 @@ impl<S: VolumeStore> Primary<S> {
             // Replies other than the Welcome state durable facts about epochs:
             // they hold whichever session carried them.
             _ if self.fenced_by.is_some() => {}
-            Reply::Welcome { for_incarnation, for_session, committed, committed_group, staged, resync_candidates, .. } => {
+            Reply::Welcome {
+                for_incarnation,
+                for_session,
+                committed,
+                committed_group,
+                staged,
+                resync_candidates,
+                ..
+            } => {
                 if for_incarnation == self.meta.incarnation && for_session == self.session {
                     self.on_welcome((committed, committed_group), staged, resync_candidates)?
                 }
@@ -694,32 +738,35 @@ impl<S: VolumeStore> Primary<S> {
         }
         for &group in &self.abort_requests {
             let local = self.closing.as_ref().filter(|c| c.group == group).map(|c| c.local);
-            self.outbox.push(ToReplica::EpochAborted { generation: self.meta.generation, local, group });
+            self.outbox.push(ToReplica::EpochAborted {
+                generation: self.meta.generation,
+                local,
+                group,
+            });
         }
-        match candidates {
-            Some(theirs) => {
-                // The replica's image is not one of our freeze points yet:
-                // compare its candidates and ours. Ours are the blocks written
-                // since promotion, or after a restart the write-intent record
-                // (no epoch has committed since promotion, so it covers them).
-                let mut all: BTreeSet<BlockIndex> = theirs.into_iter().filter(|&b| b < self.geo.blocks()).collect();
-                match &self.since_promote {
-                    Some(sp) => all.extend(sp.iter_ones()),
-                    None => all.extend(self.intent_blocks()),
-                }
-                self.resync = Resync::AwaitingHashes;
-                self.outbox.push(ToReplica::ResyncHashRequest {
-                    generation: self.meta.generation,
-                    blocks: all.into_iter().collect(),
-                });
+        if let Some(theirs) = candidates {
+            // The replica's image is not one of our freeze points yet:
+            // compare its candidates and ours. Ours are the blocks written
+            // since promotion, or after a restart the write-intent record
+            // (no epoch has committed since promotion, so it covers them).
+            let mut all: BTreeSet<BlockIndex> = theirs.into_iter().filter(|&b| b < self.geo.blocks()).collect();
+            match &self.since_promote {
+                Some(sp) => all.extend(sp.iter_ones()),
+                None => all.extend(self.intent_blocks()),
             }
-            _ => {}
+            self.resync = Resync::AwaitingHashes;
+            self.outbox.push(ToReplica::ResyncHashRequest {
+                generation: self.meta.generation,
+                blocks: all.into_iter().collect(),
+            });
         }
         Ok(())
     }
 
     fn on_staged(&mut self, local: LocalEpoch) -> Result<(), EngineError> {
-        let Some(mut c) = self.closing.take() else { return Ok(()) };
+        let Some(mut c) = self.closing.take() else {
+            return Ok(());
+        };
         if c.local == local && c.state != ClosingState::Staged && c.state != ClosingState::Shipping {
             self.close_window(&c)?;
             c.preserved.clear();

@@ -12,7 +12,9 @@ use crate::error::{EngineError, StoreError};
 use crate::frame::{FromCoordinator, MemberIndex, Payload, Reply, ToCoordinator, ToPrimary, ToReplica};
 use crate::primary::Primary;
 use crate::store::{Role, StagedRecord, VolumeMeta, VolumeStore};
-use crate::types::{hash_block, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq};
+use crate::types::{
+    hash_block, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq,
+};
 
 /// Counters a replica keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,7 +60,12 @@ pub struct Replica<S: VolumeStore> {
 
 impl<S: VolumeStore> Replica<S> {
     /// Initialise a new replica (empty image) accepting `generation` and newer.
-    pub fn create(mut store: S, geo: Geometry, member: MemberIndex, generation: RoleGeneration) -> Result<Self, EngineError> {
+    pub fn create(
+        mut store: S,
+        geo: Geometry,
+        member: MemberIndex,
+        generation: RoleGeneration,
+    ) -> Result<Self, EngineError> {
         let mut meta = VolumeMeta::new(Role::Replica, generation);
         meta.incarnation = 1;
         store.put_meta(&meta)?;
@@ -70,11 +77,15 @@ impl<S: VolumeStore> Replica<S> {
     /// primary re-sends it), a staged epoch is re-reported to the coordinator,
     /// which answers with the fold (redo) or the drop it decided.
     pub fn open(mut store: S, geo: Geometry, member: MemberIndex) -> Result<Self, EngineError> {
-        let mut meta = store
-            .get_meta()?
-            .ok_or_else(|| StoreError { op: "load volume metadata", source: "volume was never initialised".into() })?;
+        let mut meta = store.get_meta()?.ok_or_else(|| StoreError {
+            op: "load volume metadata",
+            source: "volume was never initialised".into(),
+        })?;
         if meta.role != Role::Replica {
-            return Err(EngineError::WrongRole { needed: "replica", actual: "primary" });
+            return Err(EngineError::WrongRole {
+                needed: "replica",
+                actual: "primary",
+            });
         }
         meta.incarnation += 1;
         store.put_meta(&meta)?;
@@ -87,7 +98,10 @@ impl<S: VolumeStore> Replica<S> {
         }
         let mut me = Self::assemble(store, geo, member, meta);
         if let Some(st) = &me.meta.staged {
-            me.to_coordinator.push(ToCoordinator::Staged { member, group: st.group });
+            me.to_coordinator.push(ToCoordinator::Staged {
+                member,
+                group: st.group,
+            });
         }
         Ok(me)
     }
@@ -177,8 +191,17 @@ impl<S: VolumeStore> Replica<S> {
     /// A frame from the primary.
     pub fn on_frame(&mut self, frame: ToReplica) -> Result<(), EngineError> {
         match frame {
-            ToReplica::Hello { generation, incarnation, session } => self.on_hello(generation, incarnation, session),
-            ToReplica::Blocks { generation, session, local, blocks } => {
+            ToReplica::Hello {
+                generation,
+                incarnation,
+                session,
+            } => self.on_hello(generation, incarnation, session),
+            ToReplica::Blocks {
+                generation,
+                session,
+                local,
+                blocks,
+            } => {
                 if !self.accepts(generation) || session != self.session {
                     return Ok(());
                 }
@@ -192,7 +215,11 @@ impl<S: VolumeStore> Replica<S> {
                     }
                     let idx = self.stream.entry(local).or_default();
                     if let Some(old) = idx.get(&sb.index) {
-                        let stale = if cfg!(feature = "bug-accept-lower-seq") { *old == sb.seq } else { *old >= sb.seq };
+                        let stale = if cfg!(feature = "bug-accept-lower-seq") {
+                            *old == sb.seq
+                        } else {
+                            *old >= sb.seq
+                        };
                         if stale {
                             self.stats.stale_dropped += 1;
                             continue;
@@ -217,7 +244,15 @@ impl<S: VolumeStore> Replica<S> {
                 }
                 Ok(())
             }
-            ToReplica::Sealed { generation, incarnation, session, local, group, manifest, covers_resync } => {
+            ToReplica::Sealed {
+                generation,
+                incarnation,
+                session,
+                local,
+                group,
+                manifest,
+                covers_resync,
+            } => {
                 if !self.accepts(generation) || incarnation != self.meta.peer_incarnation || session != self.session {
                     return Ok(());
                 }
@@ -228,7 +263,10 @@ impl<S: VolumeStore> Replica<S> {
                 }
                 if local <= self.meta.committed {
                     if local == self.meta.committed {
-                        self.reply(Reply::Consistent { local, group: self.meta.committed_group });
+                        self.reply(Reply::Consistent {
+                            local,
+                            group: self.meta.committed_group,
+                        });
                     }
                     return Ok(());
                 }
@@ -247,13 +285,20 @@ impl<S: VolumeStore> Replica<S> {
                 }
                 Ok(())
             }
-            ToReplica::EpochAborted { generation, local, group } => {
+            ToReplica::EpochAborted {
+                generation,
+                local,
+                group,
+            } => {
                 if !self.accepts(generation) {
                     return Ok(());
                 }
                 if self.meta.staged.as_ref().is_some_and(|s| s.group == group) {
                     // Too late to drop on our own: the coordinator decides.
-                    self.to_coordinator.push(ToCoordinator::Abort { member: self.member, group });
+                    self.to_coordinator.push(ToCoordinator::Abort {
+                        member: self.member,
+                        group,
+                    });
                     return Ok(());
                 }
                 if let Some(l) = local {
@@ -265,7 +310,10 @@ impl<S: VolumeStore> Replica<S> {
                     }
                     self.floor = self.floor.max(l);
                 }
-                self.to_coordinator.push(ToCoordinator::Abort { member: self.member, group });
+                self.to_coordinator.push(ToCoordinator::Abort {
+                    member: self.member,
+                    group,
+                });
                 Ok(())
             }
             ToReplica::ResyncHashRequest { generation, blocks } => {
@@ -286,7 +334,9 @@ impl<S: VolumeStore> Replica<S> {
     fn on_hello(&mut self, generation: RoleGeneration, incarnation: u64, session: u64) -> Result<(), EngineError> {
         if generation < self.meta.generation {
             self.stats.fenced_frames += 1;
-            self.reply(Reply::Fenced { generation: self.meta.generation });
+            self.reply(Reply::Fenced {
+                generation: self.meta.generation,
+            });
             return Ok(());
         }
         if generation > self.meta.generation {
@@ -326,13 +376,18 @@ impl<S: VolumeStore> Replica<S> {
     }
 
     fn reply(&mut self, reply: Reply) {
-        self.to_primary.push(ToPrimary { generation: self.meta.generation, reply });
+        self.to_primary.push(ToPrimary {
+            generation: self.meta.generation,
+            reply,
+        });
     }
 
     fn accepts(&mut self, generation: RoleGeneration) -> bool {
         if generation < self.meta.generation {
             self.stats.fenced_frames += 1;
-            self.reply(Reply::Fenced { generation: self.meta.generation });
+            self.reply(Reply::Fenced {
+                generation: self.meta.generation,
+            });
             return false;
         }
         generation == self.meta.generation
@@ -348,7 +403,9 @@ impl<S: VolumeStore> Replica<S> {
         if self.meta.staged.is_some() {
             return Ok(());
         }
-        let Some(seal) = self.pending_seal.take() else { return Ok(()) };
+        let Some(seal) = self.pending_seal.take() else {
+            return Ok(());
+        };
         let complete = {
             let idx = self.stream.get(&seal.local);
             seal.manifest
@@ -371,7 +428,11 @@ impl<S: VolumeStore> Replica<S> {
             }
         }
         self.store.sync()?;
-        let record = StagedRecord { local: seal.local, group: seal.group, manifest: seal.manifest };
+        let record = StagedRecord {
+            local: seal.local,
+            group: seal.group,
+            manifest: seal.manifest,
+        };
         self.meta.staged = Some(record.clone());
         self.store.put_meta(&self.meta)?;
         self.store.sync()?;
@@ -384,10 +445,16 @@ impl<S: VolumeStore> Replica<S> {
             }
         }
         self.reply(Reply::StagedAck { local: record.local });
-        self.to_coordinator.push(ToCoordinator::Staged { member: self.member, group: record.group });
+        self.to_coordinator.push(ToCoordinator::Staged {
+            member: self.member,
+            group: record.group,
+        });
         if cfg!(feature = "bug-fold-before-decision") {
             self.fold_staged(&record)?;
-            self.reply(Reply::Consistent { local: record.local, group: record.group });
+            self.reply(Reply::Consistent {
+                local: record.local,
+                group: record.group,
+            });
         }
         Ok(())
     }
@@ -401,7 +468,10 @@ impl<S: VolumeStore> Replica<S> {
                     self.reply(Reply::Consistent { local: st.local, group });
                     self.try_stage()?;
                 } else if self.meta.committed_group == group {
-                    self.reply(Reply::Consistent { local: self.meta.committed, group });
+                    self.reply(Reply::Consistent {
+                        local: self.meta.committed,
+                        group,
+                    });
                 }
             }
             FromCoordinator::Drop { group } => {
@@ -420,7 +490,11 @@ impl<S: VolumeStore> Replica<S> {
     fn fold_staged(&mut self, st: &StagedRecord) -> Result<(), EngineError> {
         for e in &st.manifest {
             if !self.store.stage_get(st.local, e.index, &mut self.buf)? {
-                return Err(StoreError { op: "read staged block for fold", source: "staged block missing".into() }.into());
+                return Err(StoreError {
+                    op: "read staged block for fold",
+                    source: "staged block missing".into(),
+                }
+                .into());
             }
             self.store.write_image(e.index, &self.buf)?;
         }

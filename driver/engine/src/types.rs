@@ -77,7 +77,10 @@ pub struct RoleGeneration {
 impl RoleGeneration {
     /// The generation a promotion by `site` produces from this one.
     pub fn promoted_by(self, site: u64) -> RoleGeneration {
-        RoleGeneration { counter: self.counter + 1, site }
+        RoleGeneration {
+            counter: self.counter + 1,
+            site,
+        }
     }
 }
 
@@ -120,7 +123,11 @@ impl Geometry {
         if !region_blocks.is_power_of_two() {
             return Err(ConfigError::RegionSize(region_blocks));
         }
-        Ok(Geometry { block_size, blocks, region_blocks })
+        Ok(Geometry {
+            block_size,
+            blocks,
+            region_blocks,
+        })
     }
 
     /// Tracking block size in bytes.
@@ -185,9 +192,21 @@ mod tests {
 
     #[test]
     fn send_seq_orders_generation_then_incarnation_then_counter() {
-        let a = SendSeq { generation: 1, incarnation: 9, counter: 9 };
-        let b = SendSeq { generation: 2, incarnation: 0, counter: 0 };
-        let c = SendSeq { generation: 2, incarnation: 0, counter: 1 };
+        let a = SendSeq {
+            generation: 1,
+            incarnation: 9,
+            counter: 9,
+        };
+        let b = SendSeq {
+            generation: 2,
+            incarnation: 0,
+            counter: 0,
+        };
+        let c = SendSeq {
+            generation: 2,
+            incarnation: 0,
+            counter: 1,
+        };
         assert!(a < b && b < c);
     }
 

@@ -4,6 +4,9 @@
 //! `FLOE_MODEL_SEED_BASE` on; `FLOE_MODEL_SEED` (with `FLOE_MODEL_MODE`)
 //! replays one schedule and prints its trace.
 
+// The test reads its knobs from the environment; the engine itself may not.
+#![allow(clippy::disallowed_methods)]
+
 mod sim;
 
 use floe_engine::Mode;
@@ -52,8 +55,14 @@ fn run_mode(mode: Mode) {
         total.add(&w.stats);
     }
     println!("{}: {n} schedules from seed base {base}: {total:?}", mode.name());
-    assert!(n < 100 || total.commits > n, "schedules commit too rarely to prove anything: {total:?}");
-    assert!(n < 100 || total.failbacks_done > 0, "no schedule completed a failback: {total:?}");
+    assert!(
+        n < 100 || total.commits > n,
+        "schedules commit too rarely to prove anything: {total:?}"
+    );
+    assert!(
+        n < 100 || total.failbacks_done > 0,
+        "no schedule completed a failback: {total:?}"
+    );
 }
 
 #[test]

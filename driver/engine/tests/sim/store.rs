@@ -71,7 +71,13 @@ pub struct SimStore {
 
 impl SimStore {
     pub fn new(block_size: usize) -> Self {
-        SimStore { block_size, durable: Layer::default(), view: Layer::default(), pending: Vec::new(), durable_version: 0 }
+        SimStore {
+            block_size,
+            durable: Layer::default(),
+            view: Layer::default(),
+            pending: Vec::new(),
+            durable_version: 0,
+        }
     }
 
     fn push(&mut self, op: Op) {
@@ -88,7 +94,12 @@ impl SimStore {
             }
             let op = match op {
                 Op::Image(b, mut d) if rng.chance(0.3) => {
-                    let old = self.durable.image.get(&b).cloned().unwrap_or_else(|| vec![0; self.block_size]);
+                    let old = self
+                        .durable
+                        .image
+                        .get(&b)
+                        .cloned()
+                        .unwrap_or_else(|| vec![0; self.block_size]);
                     let cut = rng.below(d.len() as u64 + 1) as usize;
                     d[cut..].copy_from_slice(&old[cut..]);
                     Op::Image(b, d)
@@ -162,7 +173,12 @@ impl VolumeStore for SimStore {
         Ok(())
     }
     fn stage_get(&self, epoch: LocalEpoch, b: BlockIndex, buf: &mut [u8]) -> Result<bool, StoreError> {
-        Ok(self.view.stage.get(&(epoch, b)).map(|d| buf.copy_from_slice(d)).is_some())
+        Ok(self
+            .view
+            .stage
+            .get(&(epoch, b))
+            .map(|d| buf.copy_from_slice(d))
+            .is_some())
     }
     fn stage_drop(&mut self, epoch: LocalEpoch) -> Result<(), StoreError> {
         self.push(Op::StageDrop(epoch));

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use floe_engine::{
-    Coordinator, DecisionRecord, FromCoordinator, Geometry, GroupEpoch, Mode, Primary, PrimaryEvent, Reply, Replica,
+    Coordinator, DecisionRecord, FromCoordinator, Geometry, GroupEpoch, Mode, Primary, PrimaryEvent, Replica, Reply,
     RoleGeneration, ToCoordinator, ToPrimary, ToReplica,
 };
 
@@ -27,10 +27,18 @@ pub struct Config {
 
 impl Config {
     pub fn small(mode: Mode) -> Self {
-        Config { mode, members: 3, block_size: 8, blocks: 24, region_blocks: 4, steps: 600 }
+        Config {
+            mode,
+            members: 3,
+            block_size: 8,
+            blocks: 24,
+            region_blocks: 4,
+            steps: 600,
+        }
     }
 }
 
+#[allow(clippy::large_enum_variant)] // a test harness; boxing the store buys nothing
 enum Vol {
     Primary(Box<Primary<SimStore>>),
     Replica(Box<Replica<SimStore>>),
@@ -45,7 +53,10 @@ enum Coord {
 impl Coord {
     fn log(&self) -> SimLog {
         match self {
-            Coord::Up(c) => SimLog { record: c.record().clone(), version: 0 },
+            Coord::Up(c) => SimLog {
+                record: c.record().clone(),
+                version: 0,
+            },
             Coord::Down(l) => l.clone(),
         }
     }
@@ -69,6 +80,10 @@ enum Phase {
     FailingBack,
 }
 
+/// The old site's image, the new primary's content and what it wrote since,
+/// taken when the failback hashes arrived.
+type CompareSnapshot = (Vec<u8>, Vec<u8>, BTreeSet<u64>);
+
 struct Failback {
     /// Per member: blocks the new primary wrote since promotion.
     n_written: Vec<BTreeSet<u64>>,
@@ -76,7 +91,7 @@ struct Failback {
     o_written: Vec<BTreeSet<u64>>,
     /// Per member: the old site's image and the new primary's content when the hashes arrived,
     /// and what the new primary wrote since.
-    compare: Vec<Option<(Vec<u8>, Vec<u8>, BTreeSet<u64>)>>,
+    compare: Vec<Option<CompareSnapshot>>,
 }
 
 pub struct World {
@@ -262,10 +277,18 @@ impl World {
         let bs = self.cfg.block_size as u64;
         let size = self.cfg.blocks * bs;
         let hot = self.rng.chance(0.6);
-        let block = if hot { self.rng.below(4) } else { self.rng.below(self.cfg.blocks) };
+        let block = if hot {
+            self.rng.below(4)
+        } else {
+            self.rng.below(self.cfg.blocks)
+        };
         let unaligned = self.rng.chance(0.3);
         let offset = block * bs + if unaligned { self.rng.below(bs) } else { 0 };
-        let len = if unaligned { 1 + self.rng.below(bs * 2) } else { bs * (1 + self.rng.below(3)) };
+        let len = if unaligned {
+            1 + self.rng.below(bs * 2)
+        } else {
+            bs * (1 + self.rng.below(3))
+        };
         (offset.min(size - 1), len.min(size - offset.min(size - 1)))
     }
 
@@ -285,7 +308,9 @@ impl World {
         let open = self.next_group;
         let strays = self.phase == Phase::FailedOver;
         let site = if strays { self.dr() } else { self.prim };
-        let Vol::Primary(p) = &mut self.sites[site][m] else { return Ok(()) };
+        let Vol::Primary(p) = &mut self.sites[site][m] else {
+            return Ok(());
+        };
         if strays && p.fenced_by().is_none() && p.generation().site != self.site_ids[site] {
             return Ok(());
         }
@@ -304,7 +329,10 @@ impl World {
             }
             return Ok(());
         }
-        self.note(format!("write m{m} {offset}+{len}{}", if data.is_none() { " zero" } else { "" }));
+        self.note(format!(
+            "write m{m} {offset}+{len}{}",
+            if data.is_none() { " zero" } else { "" }
+        ));
         self.reference.write(m, offset, len, data.as_deref(), open);
         if let Some(fb) = &mut self.failback {
             fb.n_written[m].extend(blocks.clone());
@@ -380,7 +408,9 @@ impl World {
     fn collect_events(&mut self) -> Outcome {
         for m in 0..self.cfg.members {
             let site = self.prim;
-            let Vol::Primary(p) = &mut self.sites[site][m] else { continue };
+            let Vol::Primary(p) = &mut self.sites[site][m] else {
+                continue;
+            };
             for ev in p.take_events() {
                 match ev {
                     PrimaryEvent::Consistent(g) => {
@@ -412,7 +442,10 @@ impl World {
                 if (0..self.cfg.members).any(|m| self.consistent[m] >= g) && !all_consistent {
                     return err(format!("group epoch {g} both committed and aborted across members"));
                 }
-                self.note(format!("g{g} resolved {}", if all_consistent { "consistent" } else { "aborted" }));
+                self.note(format!(
+                    "g{g} resolved {}",
+                    if all_consistent { "consistent" } else { "aborted" }
+                ));
                 self.pending = None;
                 if self.abort_needed == Some(g) {
                     self.abort_needed = None;
@@ -431,7 +464,9 @@ impl World {
         let max = 1 + self.rng.below(4) as usize;
         let Some(p) = self.primary(m) else { return Ok(()) };
         let frame = p.poll_send(max).map_err(|e| format!("poll_send: {e}"))?;
-        let Some(frame) = frame else { return self.collect_events() };
+        let Some(frame) = frame else {
+            return self.collect_events();
+        };
         self.observe_outgoing(m, &frame)?;
         self.net[m].to_replica.push(frame);
         self.collect_events()
@@ -448,7 +483,10 @@ impl World {
                     let per_epoch = self.epoch_ships[m].entry((*local, b.index)).or_default();
                     *per_epoch += 1;
                     if self.cfg.mode == Mode::Interval && *per_epoch > 1 {
-                        return err(format!("I3: interval mode shipped block {} of member {m} twice in epoch {local}", b.index));
+                        return err(format!(
+                            "I3: interval mode shipped block {} of member {m} twice in epoch {local}",
+                            b.index
+                        ));
                     }
                     let (bw, bs) = &self.base[m];
                     let written = self.reference.writes[m][i] - bw[i];
@@ -467,8 +505,11 @@ impl World {
                 let Some(fb) = &self.failback else { return Ok(()) };
                 // Region granularity: after a restart either side knows its
                 // writes only through its write-intent record.
-                let regions: BTreeSet<u64> =
-                    fb.o_written[m].iter().chain(fb.n_written[m].iter()).map(|b| self.geo.region_of(*b)).collect();
+                let regions: BTreeSet<u64> = fb.o_written[m]
+                    .iter()
+                    .chain(fb.n_written[m].iter())
+                    .map(|b| self.geo.region_of(*b))
+                    .collect();
                 for b in blocks {
                     if !regions.contains(&self.geo.region_of(*b)) {
                         return err(format!(
@@ -513,7 +554,13 @@ impl World {
         }
         let ch = channels[self.rng.below(channels.len() as u64) as usize];
         // Mostly in order, sometimes out of it.
-        let pick = |rng: &mut Rng, len: usize| if rng.chance(0.7) { 0 } else { rng.below(len as u64) as usize };
+        let pick = |rng: &mut Rng, len: usize| {
+            if rng.chance(0.7) {
+                0
+            } else {
+                rng.below(len as u64) as usize
+            }
+        };
         match ch {
             0 => {
                 let i = pick(&mut self.rng, self.to_coord.len());
@@ -558,7 +605,9 @@ impl World {
     fn deliver_to_replica(&mut self, m: usize, f: ToReplica) -> Outcome {
         self.note(format!("  -> r{m} {}", brief_to_replica(&f)));
         let dr = self.dr();
-        let Vol::Replica(r) = &mut self.sites[dr][m] else { return Ok(()) };
+        let Vol::Replica(r) = &mut self.sites[dr][m] else {
+            return Ok(());
+        };
         r.on_frame(f).map_err(|e| format!("replica on_frame: {e}"))?;
         let replies = r.take_to_primary();
         let to_coord = r.take_to_coordinator();
@@ -574,7 +623,9 @@ impl World {
         let is_welcome = matches!(f.reply, Reply::Welcome { .. });
         let is_hashes = matches!(f.reply, Reply::ResyncHashes { .. });
         let prim = self.prim;
-        let Vol::Primary(p) = &mut self.sites[prim][m] else { return Ok(()) };
+        let Vol::Primary(p) = &mut self.sites[prim][m] else {
+            return Ok(());
+        };
         let was_connected = p.is_connected();
         p.on_frame(f).map_err(|e| format!("primary on_frame: {e}"))?;
         if is_welcome && !was_connected && p.is_connected() {
@@ -593,7 +644,9 @@ impl World {
     fn deliver_to_coord(&mut self, msg: ToCoordinator) -> Outcome {
         self.note(format!("  -> coord {msg:?}"));
         let dr = self.dr();
-        let Some(Coord::Up(c)) = &mut self.coords[dr] else { return Ok(()) };
+        let Some(Coord::Up(c)) = &mut self.coords[dr] else {
+            return Ok(());
+        };
         c.on_message(msg).map_err(|e| format!("coordinator: {e}"))?;
         let out = c.take_out();
         self.from_coord.extend(out);
@@ -603,8 +656,11 @@ impl World {
     fn deliver_from_coord(&mut self, m: usize, msg: FromCoordinator) -> Outcome {
         self.note(format!("  coord -> r{m} {msg:?}"));
         let dr = self.dr();
-        let Vol::Replica(r) = &mut self.sites[dr][m] else { return Ok(()) };
-        r.on_coordinator(msg).map_err(|e| format!("replica on_coordinator: {e}"))?;
+        let Vol::Replica(r) = &mut self.sites[dr][m] else {
+            return Ok(());
+        };
+        r.on_coordinator(msg)
+            .map_err(|e| format!("replica on_coordinator: {e}"))?;
         let replies = r.take_to_primary();
         self.net[m].to_primary.extend(replies);
         let to_coord = r.take_to_coordinator();
@@ -622,10 +678,14 @@ impl World {
             p.disconnect();
         }
         // Frames on the wire are lost or delayed past the reconnect.
-        let keep: Vec<bool> = (0..self.net[m].to_replica.len()).map(|_| self.rng.chance(0.3)).collect();
+        let keep: Vec<bool> = (0..self.net[m].to_replica.len())
+            .map(|_| self.rng.chance(0.3))
+            .collect();
         let mut it = keep.into_iter();
         self.net[m].to_replica.retain(|_| it.next().unwrap_or(false));
-        let keep: Vec<bool> = (0..self.net[m].to_primary.len()).map(|_| self.rng.chance(0.3)).collect();
+        let keep: Vec<bool> = (0..self.net[m].to_primary.len())
+            .map(|_| self.rng.chance(0.3))
+            .collect();
         let mut it = keep.into_iter();
         self.net[m].to_primary.retain(|_| it.next().unwrap_or(false));
         Ok(())
@@ -686,7 +746,10 @@ impl World {
         let regions = p.store().durable_intent();
         let expect: u64 = regions.iter().map(|r| self.geo.region_range(*r).count() as u64).sum();
         if p.dirty_blocks() != expect {
-            return err(format!("I4: restarted member {m} re-sends {} blocks, its intent record covers {expect}", p.dirty_blocks()));
+            return err(format!(
+                "I4: restarted member {m} re-sends {} blocks, its intent record covers {expect}",
+                p.dirty_blocks()
+            ));
         }
         let mut actual = vec![0; self.cfg.block_size * self.cfg.blocks as usize];
         p.read(0, &mut actual).map_err(|e| format!("read: {e}"))?;
@@ -750,7 +813,8 @@ impl World {
             if !matches!(self.sites[dr][m], Vol::Down(_, false)) {
                 continue;
             }
-            let Vol::Down(store, _) = std::mem::replace(&mut self.sites[dr][m], Vol::Down(SimStore::new(1), false)) else {
+            let Vol::Down(store, _) = std::mem::replace(&mut self.sites[dr][m], Vol::Down(SimStore::new(1), false))
+            else {
                 unreachable!("checked above")
             };
             let mut r = Replica::open(store, self.geo, m as u32).map_err(|e| format!("reopen replica: {e}"))?;
@@ -776,7 +840,9 @@ impl World {
         for m in 0..self.cfg.members {
             let known = self.flushed_known[m];
             o_written.push(
-                (0..self.cfg.blocks).filter(|&b| self.reference.write_group[m][b as usize] > known).collect::<BTreeSet<_>>(),
+                (0..self.cfg.blocks)
+                    .filter(|&b| self.reference.write_group[m][b as usize] > known)
+                    .collect::<BTreeSet<_>>(),
             );
             let vol = std::mem::replace(&mut self.sites[prim][m], Vol::Down(SimStore::new(1), true));
             self.sites[prim][m] = match vol {
@@ -796,15 +862,22 @@ impl World {
             None => return err("no coordinator at the DR site"),
         };
         let k = record.committed;
-        let expected = self.reference.image_at(k).ok_or(format!("no freeze point {k} in the model"))?;
+        let expected = self
+            .reference
+            .image_at(k)
+            .ok_or(format!("no freeze point {k} in the model"))?;
         let site_id = self.site_ids[dr];
-        for m in 0..self.cfg.members {
+        for (m, want) in expected.iter().enumerate() {
             let vol = std::mem::replace(&mut self.sites[dr][m], Vol::Down(SimStore::new(1), false));
-            let Vol::Replica(r) = vol else { return err("DR member not a replica at failover") };
-            let mut p = r.promote(&record, site_id, self.cfg.mode).map_err(|e| format!("promote: {e}"))?;
-            let mut img = vec![0; expected[m].len()];
+            let Vol::Replica(r) = vol else {
+                return err("DR member not a replica at failover");
+            };
+            let mut p = r
+                .promote(&record, site_id, self.cfg.mode)
+                .map_err(|e| format!("promote: {e}"))?;
+            let mut img = vec![0; want.len()];
             p.read(0, &mut img).map_err(|e| format!("read: {e}"))?;
-            if img != expected[m] {
+            if img != *want {
                 return err(format!("I5: promoted member {m} is not the image of group epoch {k}"));
             }
             self.sites[dr][m] = Vol::Primary(Box::new(p));
@@ -847,7 +920,9 @@ impl World {
         self.note("FAILBACK".into());
         for m in 0..self.cfg.members {
             let vol = std::mem::replace(&mut self.sites[old][m], Vol::Down(SimStore::new(1), false));
-            let Vol::Primary(p) = vol else { return err("old member not a primary at failback") };
+            let Vol::Primary(p) = vol else {
+                return err("old member not a primary at failback");
+            };
             let discard = self.rng.chance(0.3);
             let r = Replica::from_demotion(*p, m as u32, discard).map_err(|e| format!("demote: {e}"))?;
             if !discard && r.store().snapshots() == 0 {
@@ -855,7 +930,8 @@ impl World {
             }
             self.sites[old][m] = Vol::Replica(Box::new(r));
         }
-        let c = Coordinator::open(SimLog::default(), self.cfg.members as u32).map_err(|e| format!("coordinator: {e}"))?;
+        let c =
+            Coordinator::open(SimLog::default(), self.cfg.members as u32).map_err(|e| format!("coordinator: {e}"))?;
         self.coords[old] = Some(Coord::Up(c));
         for n in &mut self.net {
             n.connected = false;
@@ -876,7 +952,8 @@ impl World {
                 else {
                     unreachable!("checked above")
                 };
-                let p = Primary::open(store, self.geo, self.cfg.mode).map_err(|e| format!("reopen old primary: {e}"))?;
+                let p =
+                    Primary::open(store, self.geo, self.cfg.mode).map_err(|e| format!("reopen old primary: {e}"))?;
                 self.sites[old][m] = Vol::Primary(Box::new(p));
             }
         }
@@ -900,12 +977,18 @@ impl World {
             self.stats.resync_skipped += 1;
             return Ok(());
         }
-        let Some(fb) = &self.failback else { return err("resync decision outside a failback") };
-        let Some((o_img, _, _)) = &fb.compare[m] else { return err("resync decision before hashes") };
+        let Some(fb) = &self.failback else {
+            return err("resync decision outside a failback");
+        };
+        let Some((o_img, _, _)) = &fb.compare[m] else {
+            return err("resync decision before hashes");
+        };
         let Some(ToReplica::Blocks { blocks, .. }) = &self.last_out[m] else {
             return err("resync shipment without a frame");
         };
-        let Some(sb) = blocks.iter().find(|b| b.index == block) else { return err("compared block not in the frame") };
+        let Some(sb) = blocks.iter().find(|b| b.index == block) else {
+            return err("compared block not in the frame");
+        };
         let bs = self.cfg.block_size;
         let theirs = &o_img[block as usize * bs..(block as usize + 1) * bs];
         let same = match &sb.payload {
@@ -913,7 +996,9 @@ impl World {
             floe_engine::Payload::Data(d) => d[..] == theirs[..],
         };
         if same {
-            return err(format!("I5: failback shipped block {block} of member {m}, which the old site already holds"));
+            return err(format!(
+                "I5: failback shipped block {block} of member {m}, which the old site already holds"
+            ));
         }
         Ok(())
     }
@@ -992,11 +1077,19 @@ impl World {
         let record: DecisionRecord = c.record().clone();
         let k = record.committed;
         if k < self.reported {
-            return err(format!("I1: DR site can only produce group epoch {k}, but {} was reported consistent", self.reported));
+            return err(format!(
+                "I1: DR site can only produce group epoch {k}, but {} was reported consistent",
+                self.reported
+            ));
         }
-        let expected = self.reference.image_at(k).ok_or(format!("I1: DR committed {k}, which the model never froze"))?;
+        let expected = self
+            .reference
+            .image_at(k)
+            .ok_or(format!("I1: DR committed {k}, which the model never froze"))?;
         for (m, r) in replicas.into_iter().enumerate() {
-            let mut p = r.promote(&record, 99, self.cfg.mode).map_err(|e| format!("promote: {e}"))?;
+            let mut p = r
+                .promote(&record, 99, self.cfg.mode)
+                .map_err(|e| format!("promote: {e}"))?;
             let mut img = vec![0; expected[m].len()];
             p.read(0, &mut img).map_err(|e| format!("read: {e}"))?;
             if img != expected[m] {
@@ -1004,7 +1097,9 @@ impl World {
                 let bad: Vec<usize> = (0..self.cfg.blocks as usize)
                     .filter(|b| img[b * bs..(b + 1) * bs] != expected[m][b * bs..(b + 1) * bs])
                     .collect();
-                return err(format!("I1: DR member {m} is not the image of group epoch {k} (blocks {bad:?} differ)"));
+                return err(format!(
+                    "I1: DR member {m} is not the image of group epoch {k} (blocks {bad:?} differ)"
+                ));
             }
         }
         Ok(())
@@ -1022,13 +1117,17 @@ impl World {
         self.restart_dr()?;
         self.drain()?;
         if let Some(g) = self.pending {
-            return err(format!("group epoch {g} neither committed nor aborted after the network healed"));
+            return err(format!(
+                "group epoch {g} neither committed nor aborted after the network healed"
+            ));
         }
         let g = self.next_group;
         self.freeze()?;
         self.drain()?;
         if (0..self.cfg.members).any(|m| self.consistent[m] < g) {
-            return err(format!("final group epoch {g} not consistent on every member after the network healed"));
+            return err(format!(
+                "final group epoch {g} not consistent on every member after the network healed"
+            ));
         }
         self.after_step()?;
         self.check_dr_alone()?;
@@ -1104,10 +1203,19 @@ impl World {
 fn brief_to_replica(f: &ToReplica) -> String {
     match f {
         ToReplica::Blocks { local, blocks, .. } => {
-            let list: Vec<String> = blocks.iter().map(|b| format!("{}@{}.{}", b.index, b.seq.incarnation, b.seq.counter)).collect();
+            let list: Vec<String> = blocks
+                .iter()
+                .map(|b| format!("{}@{}.{}", b.index, b.seq.incarnation, b.seq.counter))
+                .collect();
             format!("Blocks l{local} [{}]", list.join(" "))
         }
-        ToReplica::Sealed { local, group, manifest, incarnation, .. } => {
+        ToReplica::Sealed {
+            local,
+            group,
+            manifest,
+            incarnation,
+            ..
+        } => {
             format!("Sealed l{local} g{group} i{incarnation} ({} entries)", manifest.len())
         }
         other => format!("{other:?}"),
