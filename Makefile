@@ -42,7 +42,8 @@ lint: deps
 # $(1): extra environment for the workspace tests.
 define run-tests
 	@echo "model seed base: $(FLOE_MODEL_SEED_BASE)"
-	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(1) $(STAGE) cargo-test $(CARGO) test --workspace --locked
+	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(1) $(STAGE) cargo-test $(CARGO) test --workspace --locked -- --skip model_
+	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(1) $(STAGE) model $(CARGO) test -p floe-engine --locked --test model -- --nocapture
 	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(STAGE) test-bugs scripts/test-bugs.sh
 	@$(STAGE) check-leftovers scripts/check-leftovers.sh
 endef

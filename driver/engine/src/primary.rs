@@ -127,6 +127,7 @@ pub struct Primary<S: VolumeStore> {
     committed: LocalEpoch,
     consistent_group: GroupEpoch,
     dirty: Bitmap,
+    send_cursor: BlockIndex,
     open_shipped: BTreeMap<BlockIndex, ManifestEntry>,
     closing: Option<Closing>,
     abort_requests: BTreeSet<GroupEpoch>,
@@ -200,6 +201,7 @@ impl<S: VolumeStore> Primary<S> {
             consistent_group: 0,
             meta,
             dirty: Bitmap::new(n),
+            send_cursor: 0,
             open_shipped: BTreeMap::new(),
             closing: None,
             abort_requests: BTreeSet::new(),
@@ -575,10 +577,12 @@ impl<S: VolumeStore> Primary<S> {
         // may change under the hashes: only that epoch's blocks compare.
         let may_compare = self.closing.as_ref().is_none_or(|c| !c.covers_resync);
         let mut blocks = Vec::new();
-        let mut cursor = 0;
         while blocks.len() < max {
-            let Some(b) = self.dirty.next_one(cursor) else { break };
-            cursor = b + 1;
+            // A rotating cursor: every dirty block waits at most one sweep,
+            // and hot blocks coalesce while the sweep is elsewhere.
+            let found = self.dirty.next_one(self.send_cursor).or_else(|| self.dirty.next_one(0));
+            let Some(b) = found else { break };
+            self.send_cursor = b + 1;
             self.dirty.set(b, false);
             let mut data = std::mem::take(&mut self.buf);
             self.read_current(b, &mut data)?;
