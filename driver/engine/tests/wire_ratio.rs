@@ -87,7 +87,9 @@ fn run(mode: Mode, per100: usize) -> Outcome {
         changed.insert(b);
         credit += per100;
         while credit >= 100 {
-            let Some(f) = p.poll_send(credit / 100).expect("send") else { break };
+            let Some(f) = p.poll_send(credit / 100).expect("send") else {
+                break;
+            };
             if let ToReplica::Blocks { blocks, .. } = &f {
                 credit = credit.saturating_sub(blocks.len() * 100);
             }
@@ -131,14 +133,21 @@ fn coalescing_ships_fewer_bytes_than_a_journal() {
         (Mode::Interval, 0),
     ] {
         let o = run(mode, per100);
-        assert!(o.shipped_blocks <= o.written_blocks, "I3 in sum: shipped more blocks than written");
+        assert!(
+            o.shipped_blocks <= o.written_blocks,
+            "I3 in sum: shipped more blocks than written"
+        );
         if mode == Mode::Interval {
             interval_bytes = o.shipped_bytes;
         }
         println!(
             "| {} | {} | {:.1} | {:.1} | {:.3} | {:.2}× | {:.2}× |",
             mode.name(),
-            if mode == Mode::Interval { "at freezes".to_owned() } else { per100.to_string() },
+            if mode == Mode::Interval {
+                "at freezes".to_owned()
+            } else {
+                per100.to_string()
+            },
             mib(o.written_bytes),
             mib(o.shipped_bytes),
             o.shipped_bytes as f64 / o.written_bytes as f64,

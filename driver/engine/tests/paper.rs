@@ -1,0 +1,395 @@
+//! Directed scenarios, one per patent step or invariant they prove, read in
+//! order like the paper. The random schedules of `model.rs` cover the
+//! interleavings; these pin the behaviours down by name.
+
+mod sim;
+
+use floe_engine::{
+    ClosingState, Coordinator, DecisionRecord, EngineError, Geometry, Mode, Payload, Primary, PrimaryEvent, Replica,
+    Reply, RoleGeneration, ToPrimary, ToReplica,
+};
+use sim::store::{SimLog, SimStore};
+
+const BS: usize = 16;
+const GEN1: RoleGeneration = RoleGeneration { counter: 1, site: 1 };
+
+fn geo() -> Geometry {
+    Geometry::new(BS, 16, 4).expect("geometry")
+}
+
+fn block(byte: u8) -> Vec<u8> {
+    vec![byte; BS]
+}
+
+/// A replication group of `n` members over a lossless, in-order link, with
+/// the frames in flight visible to the test.
+struct Group {
+    p: Vec<Primary<SimStore>>,
+    r: Vec<Replica<SimStore>>,
+    c: Coordinator<SimLog>,
+    /// Frames sent and not yet delivered, per member.
+    wire: Vec<Vec<ToReplica>>,
+}
+
+impl Group {
+    fn new(n: usize, mode: Mode) -> Self {
+        let p = (0..n)
+            .map(|_| Primary::create(SimStore::new(BS), geo(), mode, GEN1).expect("primary"))
+            .collect();
+        let r = (0..n as u32)
+            .map(|m| Replica::create(SimStore::new(BS), geo(), m, GEN1).expect("replica"))
+            .collect();
+        let c = Coordinator::open(SimLog::default(), n as u32).expect("coordinator");
+        let mut g = Group {
+            p,
+            r,
+            c,
+            wire: vec![Vec::new(); n],
+        };
+        for m in 0..n {
+            let hello = g.p[m].connect();
+            g.deliver(m, hello);
+        }
+        g
+    }
+
+    /// Deliver one frame to member `m`'s replica and everything it causes.
+    fn deliver(&mut self, m: usize, f: ToReplica) {
+        self.r[m].on_frame(f).expect("replica accepts");
+        self.settle_dr();
+    }
+
+    fn settle_dr(&mut self) {
+        loop {
+            let mut quiet = true;
+            for m in 0..self.r.len() {
+                for f in self.r[m].take_to_primary() {
+                    self.p[m].on_frame(f).expect("primary accepts");
+                    quiet = false;
+                }
+                for msg in self.r[m].take_to_coordinator() {
+                    self.c.on_message(msg).expect("coordinator");
+                    quiet = false;
+                }
+            }
+            for (m, d) in self.c.take_out() {
+                self.r[m as usize].on_coordinator(d).expect("replica applies decision");
+                quiet = false;
+            }
+            if quiet {
+                return;
+            }
+        }
+    }
+
+    /// Let member `m` send everything it has into the wire.
+    fn send_all(&mut self, m: usize) {
+        while let Some(f) = self.p[m].poll_send(64).expect("send") {
+            self.wire[m].push(f);
+        }
+    }
+
+    fn deliver_all(&mut self, m: usize) {
+        for f in std::mem::take(&mut self.wire[m]) {
+            self.deliver(m, f);
+        }
+    }
+
+    fn sync(&mut self, m: usize) {
+        loop {
+            self.send_all(m);
+            if self.wire[m].is_empty() {
+                return;
+            }
+            self.deliver_all(m);
+        }
+    }
+
+    fn freeze(&mut self, group: u64) {
+        for p in &mut self.p {
+            p.flush().expect("syncfs");
+            p.freeze(group).expect("freeze");
+        }
+    }
+
+    fn dr_block(&self, m: usize, b: u64) -> Vec<u8> {
+        self.r[m].store().image_bytes(16)[b as usize * BS..(b as usize + 1) * BS].to_vec()
+    }
+}
+
+fn shipped_payload(frames: &[ToReplica], b: u64) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .flat_map(|f| match f {
+            ToReplica::Blocks { blocks, .. } => blocks.clone(),
+            _ => Vec::new(),
+        })
+        .filter(|sb| sb.index == b)
+        .map(|sb| match sb.payload {
+            Payload::Data(d) => d,
+            Payload::Zero => vec![0; BS],
+        })
+        .collect()
+}
+
+#[test]
+fn fig4_a_write_after_the_freeze_does_not_travel_in_the_frozen_epoch() {
+    // Patent FIG. 4, step 2060→2030 would re-mark the block in the main
+    // bitmap and ship the post-freeze data as part of the frozen epoch.
+    for mode in Mode::ALL {
+        let mut g = Group::new(1, mode);
+        g.p[0].write(0, &block(b'A')).expect("write");
+        g.freeze(1);
+        g.p[0].write(0, &block(b'B')).expect("write after freeze");
+        let mut read = block(0);
+        g.p[0].read(0, &mut read).expect("read");
+        assert_eq!(read, block(b'B'), "{mode:?}: the host sees its own post-freeze write");
+        g.send_all(0);
+        assert_eq!(
+            shipped_payload(&g.wire[0], 0).first(),
+            Some(&block(b'A')),
+            "{mode:?}: epoch 1 carries the pre-freeze version"
+        );
+        g.deliver_all(0);
+        assert_eq!(g.dr_block(0, 0), block(b'A'), "{mode:?}: DR image is freeze point 1");
+        g.freeze(2);
+        g.sync(0);
+        assert_eq!(g.dr_block(0, 0), block(b'B'), "{mode:?}: DR image is freeze point 2");
+    }
+}
+
+#[test]
+fn third_embodiment_copies_a_pending_block_aside_before_the_overwrite() {
+    let mut g = Group::new(1, Mode::Interval);
+    g.p[0].write(0, &block(b'A')).expect("write");
+    g.freeze(1);
+    g.p[0].write(0, &block(b'B')).expect("overwrite");
+    g.p[0].write(0, &block(b'C')).expect("overwrite again");
+    assert_eq!(g.p[0].stats().cow_copies, 1, "one copy per block per epoch");
+}
+
+#[test]
+fn first_embodiment_redirects_freeze_window_writes_into_the_log_and_merges_after() {
+    let mut g = Group::new(1, Mode::Log);
+    g.p[0].write(0, &block(b'A')).expect("write");
+    g.freeze(1);
+    g.p[0].write(0, &block(b'B')).expect("write in the window");
+    assert_eq!(g.p[0].stats().redirected_writes, 1);
+    assert_eq!(g.p[0].stats().cow_copies, 0, "log mode copies nothing aside");
+    g.sync(0);
+    assert!(g.p[0].closing().is_none(), "epoch committed");
+    let mut read = block(0);
+    g.p[0].read(0, &mut read).expect("read");
+    assert_eq!(read, block(b'B'), "the freeze log was merged back");
+}
+
+#[test]
+fn second_embodiment_ships_nothing_between_freezes_and_each_block_once() {
+    let mut g = Group::new(1, Mode::Interval);
+    for i in 0..10u8 {
+        g.p[0].write(0, &block(i)).expect("write");
+    }
+    assert!(
+        g.p[0].poll_send(64).expect("send").is_none(),
+        "link idle between freezes"
+    );
+    g.freeze(1);
+    g.send_all(0);
+    assert_eq!(
+        shipped_payload(&g.wire[0], 0),
+        vec![block(9)],
+        "ten writes, one shipment"
+    );
+}
+
+#[test]
+fn zeroed_ranges_travel_as_zero_records_not_data() {
+    let mut g = Group::new(1, Mode::Continuous);
+    g.p[0].write(0, &block(b'A')).expect("write");
+    g.p[0].zero(0, BS as u64 * 4).expect("discard");
+    g.freeze(1);
+    g.send_all(0);
+    let zero_records = g.wire[0]
+        .iter()
+        .flat_map(|f| match f {
+            ToReplica::Blocks { blocks, .. } => blocks.clone(),
+            _ => Vec::new(),
+        })
+        .filter(|sb| sb.payload == Payload::Zero)
+        .count();
+    assert_eq!(zero_records, 4);
+    assert_eq!(g.p[0].stats().bytes_shipped, 0, "no payload bytes for zeroes");
+}
+
+#[test]
+fn group_commit_folds_no_member_until_every_member_staged_the_epoch() {
+    let mut g = Group::new(2, Mode::Continuous);
+    g.p[0].write(0, &block(b'A')).expect("write");
+    g.p[1].write(0, &block(b'X')).expect("write");
+    g.freeze(1);
+    g.sync(0);
+    assert_eq!(g.r[0].staged_group(), Some(1), "member 0 staged");
+    assert_eq!(g.dr_block(0, 0), block(0), "but not folded: member 1 has not staged");
+    assert_eq!(g.c.record(), &DecisionRecord::default());
+    g.sync(1);
+    assert_eq!(g.c.record().committed, 1);
+    assert_eq!((g.dr_block(0, 0), g.dr_block(1, 0)), (block(b'A'), block(b'X')));
+    assert!(g
+        .p
+        .iter_mut()
+        .all(|p| p.take_events().contains(&PrimaryEvent::Consistent(1))));
+}
+
+#[test]
+fn fig9_promote_finishes_a_decided_epoch_and_drops_an_undecided_one() {
+    let mut g = Group::new(2, Mode::Continuous);
+    g.p[0].write(0, &block(b'A')).expect("write");
+    g.p[1].write(0, &block(b'X')).expect("write");
+    g.freeze(1);
+    g.sync(0);
+    g.sync(1);
+    g.p[0].write(0, &block(b'B')).expect("write");
+    g.freeze(2);
+    g.sync(0); // member 0 stages epoch 2; member 1 never does: the primary site dies
+    let record = g.c.record().clone();
+    let images: Vec<Vec<u8>> =
+        g.r.into_iter()
+            .map(|r| {
+                let mut p = r.promote(&record, 2, Mode::Continuous).expect("promote");
+                let mut img = block(0);
+                p.read(0, &mut img).expect("read");
+                img
+            })
+            .collect();
+    assert_eq!(
+        images,
+        vec![block(b'A'), block(b'X')],
+        "both at group epoch 1, never one at 2"
+    );
+}
+
+#[test]
+fn a_retried_older_version_never_overwrites_a_newer_staged_one() {
+    let mut g = Group::new(1, Mode::Continuous);
+    g.p[0].write(0, &block(b'A')).expect("write");
+    g.send_all(0);
+    g.p[0].write(0, &block(b'B')).expect("write");
+    g.send_all(0);
+    let frames = std::mem::take(&mut g.wire[0]);
+    // The newer version arrives first, the older one late.
+    for f in frames.iter().rev() {
+        g.deliver(0, f.clone());
+    }
+    g.freeze(1);
+    g.sync(0);
+    assert_eq!(g.dr_block(0, 0), block(b'B'));
+    assert_eq!(g.r[0].stats().stale_dropped, 1);
+}
+
+#[test]
+fn a_primary_of_an_older_generation_is_fenced() {
+    let mut g = Group::new(1, Mode::Continuous);
+    let newer = GEN1.promoted_by(2);
+    let mut usurper = Primary::create(SimStore::new(BS), geo(), Mode::Continuous, newer).expect("primary");
+    let hello = usurper.connect();
+    g.r[0].on_frame(hello).expect("hello");
+    let _welcome = g.r[0].take_to_primary();
+    // The old primary speaks up again.
+    let hello = g.p[0].connect();
+    g.r[0].on_frame(hello).expect("hello");
+    let replies = g.r[0].take_to_primary();
+    assert!(
+        matches!(replies.as_slice(), [ToPrimary { reply: Reply::Fenced { generation }, .. }] if *generation == newer)
+    );
+    for f in replies {
+        g.p[0].on_frame(f).expect("fenced");
+    }
+    assert_eq!(g.p[0].fenced_by(), Some(newer));
+    assert!(matches!(g.p[0].freeze(5), Err(EngineError::Fenced { .. })));
+}
+
+#[test]
+fn i4_a_broken_link_resumes_without_resending_a_staged_epoch() {
+    let mut g = Group::new(2, Mode::Continuous);
+    g.p[0].write(0, &block(b'A')).expect("write");
+    g.freeze(1);
+    g.sync(0);
+    assert_eq!(g.p[0].closing(), Some((1, ClosingState::Staged)));
+    g.p[0].disconnect();
+    let hello = g.p[0].connect();
+    g.deliver(0, hello);
+    g.send_all(0);
+    assert!(
+        g.wire[0].is_empty(),
+        "nothing to resend: the replica holds epoch 1 durably"
+    );
+    g.sync(1);
+    assert_eq!(g.dr_block(0, 0), block(b'A'));
+}
+
+#[test]
+fn i5_failback_ships_only_the_candidates_that_differ() {
+    let mut g = Group::new(1, Mode::Continuous);
+    for b in 0..8u64 {
+        g.p[0].write(b * BS as u64, &block(b as u8 + 1)).expect("write");
+    }
+    g.freeze(1);
+    g.sync(0);
+    // Unplanned failover: the old primary keeps writing (strays) while the
+    // DR promotes and takes writes of its own.
+    g.p[0].write(0, &block(b'S')).expect("stray");
+    g.p[0].write(BS as u64, &block(b'T')).expect("stray");
+    let record = g.c.record().clone();
+    let Group { p, r, .. } = g;
+    let old = p.into_iter().next().expect("member");
+    let mut new = r
+        .into_iter()
+        .next()
+        .expect("member")
+        .promote(&record, 2, Mode::Continuous)
+        .expect("promote");
+    new.write(BS as u64, &block(b'T'))
+        .expect("same bytes as the old site's stray");
+    new.write(5 * BS as u64, &block(b'N'))
+        .expect("write on the new primary");
+    // Failback: the old primary becomes the replica.
+    let mut old = Replica::from_demotion(old, 0, false).expect("demote");
+    assert_eq!(old.store().snapshots(), 1, "stray writes kept as a snapshot");
+    let mut c = Coordinator::open(SimLog::default(), 1).expect("coordinator");
+    let mut to_replica = vec![new.connect()];
+    let mut shipped = Vec::new();
+    while !to_replica.is_empty() {
+        for f in std::mem::take(&mut to_replica) {
+            if let ToReplica::Blocks { blocks, .. } = &f {
+                shipped.extend(blocks.iter().map(|b| b.index));
+            }
+            old.on_frame(f).expect("replica");
+            for msg in old.take_to_coordinator() {
+                c.on_message(msg).expect("coordinator");
+                for (_, d) in c.take_out() {
+                    old.on_coordinator(d).expect("decision");
+                }
+            }
+            for reply in old.take_to_primary() {
+                new.on_frame(reply).expect("primary");
+            }
+        }
+        while let Some(f) = new.poll_send(64).expect("send") {
+            to_replica.push(f);
+        }
+        if to_replica.is_empty() && new.closing().is_none() && c.record().committed == 0 {
+            new.freeze(10).expect("freeze the failback epoch");
+            while let Some(f) = new.poll_send(64).expect("send") {
+                to_replica.push(f);
+            }
+        }
+    }
+    shipped.sort_unstable();
+    // Block 0: stray S vs 1 on the new primary → ships. Block 1: T on both →
+    // skipped. Block 5: N vs 6 → ships. Others: never candidates or equal.
+    assert_eq!(shipped, vec![0, 5]);
+    let img = old.store().image_bytes(16);
+    let mut want = vec![0u8; 16 * BS];
+    new.read(0, &mut want).expect("read");
+    assert_eq!(img, want, "the old site now holds the new primary's freeze point");
+}
