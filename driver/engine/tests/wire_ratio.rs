@@ -160,6 +160,6 @@ fn coalescing_ships_fewer_bytes_than_a_journal() {
         "\n{WRITES} writes of 4 KiB over a {} MiB volume, zipf(1.1) block choice, a freeze every {FREEZE_EVERY} writes; \
          between freezes the link carries the given number of blocks per 100 host writes (continuous, log); \
          interval ships only at freezes. A freeze drains everything.",
-        BLOCKS * BLOCK as u64 >> 20
+        (BLOCKS * BLOCK as u64) >> 20
     );
 }

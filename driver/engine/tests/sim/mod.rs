@@ -9,4 +9,5 @@ pub mod rng;
 pub mod store;
 pub mod world;
 
+#[allow(unused_imports)] // not every test binary uses the schedule runner
 pub use world::{Config, RunStats, World};
