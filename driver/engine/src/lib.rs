@@ -28,6 +28,7 @@
 //! durability points and where floe departs from the patent's flowcharts.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod bitmap;
 pub mod coordinator;
