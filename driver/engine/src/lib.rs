@@ -42,7 +42,7 @@ pub mod types;
 pub use coordinator::{Coordinator, DecisionLog, DecisionRecord};
 pub use error::{ConfigError, EngineError, StoreError};
 pub use frame::{FromCoordinator, MemberIndex, Payload, Reply, ShippedBlock, ToCoordinator, ToPrimary, ToReplica};
-pub use primary::{AbortOutcome, ClosingState, Primary, PrimaryEvent, PrimaryStats};
+pub use primary::{AbortOutcome, ClosingState, Primary, PrimaryEvent, PrimaryStats, SnapshotMark};
 pub use replica::{Replica, ReplicaStats};
 pub use store::{Role, StagedRecord, VolumeMeta, VolumeStore};
 pub use types::{BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq};

@@ -103,6 +103,15 @@ pub struct PrimaryStats {
     pub resync_skipped: u64,
 }
 
+/// Where a local snapshot falls in the epoch sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotMark {
+    /// The local epoch that was open when the snapshot was taken.
+    pub open_local: LocalEpoch,
+    /// The last group epoch frozen before it.
+    pub last_frozen_group: GroupEpoch,
+}
+
 /// Outcome of [`Primary::abort`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AbortOutcome {
@@ -256,6 +265,29 @@ impl<S: VolumeStore> Primary<S> {
     pub fn flush(&mut self) -> Result<(), EngineError> {
         self.store.sync()?;
         Ok(())
+    }
+
+    /// Take a local point-in-time snapshot of the volume as the host sees it
+    /// now (the caller has quiesced the filesystem). Durable on return; the
+    /// mark says which epochs it falls between, so it can later be matched
+    /// with the DR's committed epoch.
+    pub fn snapshot(&mut self, name: &str) -> Result<SnapshotMark, EngineError> {
+        self.store.sync()?;
+        self.store.snapshot_image(name)?;
+        if self.mode == Mode::Log {
+            if let Some(c) = self.closing.as_ref().filter(|c| c.window_open()) {
+                for b in c.preserved.iter_ones() {
+                    if self.store.side_get(b, &mut self.buf)? {
+                        self.store.snapshot_patch(name, b, &self.buf)?;
+                    }
+                }
+            }
+        }
+        self.store.sync()?;
+        Ok(SnapshotMark {
+            open_local: self.open,
+            last_frozen_group: self.last_frozen_group,
+        })
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), EngineError> {

@@ -54,6 +54,16 @@ pub trait VolumeStore {
     /// Keep a named point-in-time copy of the image (a local snapshot).
     fn snapshot_image(&mut self, name: &str) -> Result<(), StoreError>;
 
+    /// Overwrite block `b` of snapshot `name` (log mode: the freeze log's
+    /// newer blocks are part of the host's view but not of the image).
+    fn snapshot_patch(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
+        let _ = (name, b, data);
+        Err(StoreError {
+            op: "patch snapshot block",
+            source: "this store cannot patch snapshots".into(),
+        })
+    }
+
     /// Make every earlier mutation durable.
     fn sync(&mut self) -> Result<(), StoreError>;
 }

@@ -393,3 +393,24 @@ fn i5_failback_ships_only_the_candidates_that_differ() {
     new.read(0, &mut want).expect("read");
     assert_eq!(img, want, "the old site now holds the new primary's freeze point");
 }
+
+#[test]
+fn a_local_snapshot_is_the_host_view_in_every_mode_even_inside_the_freeze_window() {
+    for mode in Mode::ALL {
+        let mut g = Group::new(1, mode);
+        g.p[0].write(0, &block(b'A')).expect("write");
+        g.p[0].write(BS as u64, &block(b'B')).expect("write");
+        g.freeze(1);
+        g.p[0].write(0, &block(b'C')).expect("write in the window");
+        let mark = g.p[0].snapshot("snap-1").expect("snapshot");
+        assert_eq!(mark.last_frozen_group, 1);
+        g.p[0].write(0, &block(b'D')).expect("write after the snapshot");
+        let snap = g.p[0].store().snapshot_bytes("snap-1", 16).expect("snapshot exists");
+        assert_eq!(
+            &snap[..BS],
+            &block(b'C')[..],
+            "{mode:?}: the snapshot holds the host view"
+        );
+        assert_eq!(&snap[BS..2 * BS], &block(b'B')[..], "{mode:?}");
+    }
+}

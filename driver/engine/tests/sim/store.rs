@@ -28,6 +28,7 @@ enum Op {
     Intent(u64, bool),
     Meta(VolumeMeta),
     Snapshot(String),
+    SnapshotPatch(String, BlockIndex, Vec<u8>),
 }
 
 impl Layer {
@@ -54,6 +55,11 @@ impl Layer {
             Op::Meta(m) => self.meta = Some(m.clone()),
             Op::Snapshot(name) => {
                 self.snapshots.insert(name.clone(), self.image.clone());
+            }
+            Op::SnapshotPatch(name, b, d) => {
+                if let Some(snap) = self.snapshots.get_mut(name) {
+                    snap.insert(*b, d.clone());
+                }
             }
         }
     }
@@ -140,6 +146,17 @@ impl SimStore {
     pub fn snapshots(&self) -> usize {
         self.view.snapshots.len()
     }
+
+    /// Bytes of snapshot `name`, if it exists.
+    pub fn snapshot_bytes(&self, name: &str, blocks: u64) -> Option<Vec<u8>> {
+        let snap = self.view.snapshots.get(name)?;
+        let mut out = vec![0; blocks as usize * self.block_size];
+        for (b, d) in snap {
+            let at = *b as usize * self.block_size;
+            out[at..at + self.block_size].copy_from_slice(d);
+        }
+        Some(out)
+    }
 }
 
 impl VolumeStore for SimStore {
@@ -204,6 +221,10 @@ impl VolumeStore for SimStore {
     }
     fn snapshot_image(&mut self, name: &str) -> Result<(), StoreError> {
         self.push(Op::Snapshot(name.to_owned()));
+        Ok(())
+    }
+    fn snapshot_patch(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
+        self.push(Op::SnapshotPatch(name.to_owned(), b, data.to_vec()));
         Ok(())
     }
     fn sync(&mut self) -> Result<(), StoreError> {
