@@ -74,6 +74,8 @@ pub enum ToReplica {
     EpochAborted {
         /// Sender's role generation.
         generation: RoleGeneration,
+        /// Sender's incarnation (local epoch numbers are per incarnation).
+        incarnation: u64,
         /// Local epoch that carried it (none if this incarnation never froze it).
         local: Option<LocalEpoch>,
         /// The group epoch.

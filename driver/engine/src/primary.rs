@@ -101,6 +101,8 @@ pub struct PrimaryStats {
     pub redirected_writes: u64,
     /// Failback candidates found equal at the replica and not shipped.
     pub resync_skipped: u64,
+    /// Closing epochs aborted because an old version could not be kept.
+    pub preserve_failures: u64,
 }
 
 /// Where a local snapshot falls in the epoch sequence.
@@ -149,6 +151,7 @@ pub struct Primary<S: VolumeStore> {
     fenced_by: Option<RoleGeneration>,
     outbox: Vec<ToReplica>,
     events: Vec<PrimaryEvent>,
+    last_preserve_error: Option<String>,
     buf: Vec<u8>,
     aux: Vec<u8>,
     stats: PrimaryStats,
@@ -223,6 +226,7 @@ impl<S: VolumeStore> Primary<S> {
             fenced_by: None,
             outbox: Vec::new(),
             events: Vec::new(),
+            last_preserve_error: None,
             buf: vec![0; geo.block_size()],
             aux: vec![0; geo.block_size()],
             stats: PrimaryStats::default(),
@@ -356,21 +360,38 @@ impl<S: VolumeStore> Primary<S> {
             .as_mut()
             .filter(|c| keep_old && c.window_open() && c.members.get(b))
         {
-            if self.mode == Mode::Log {
+            let group = c.group;
+            let kept = if self.mode == Mode::Log {
                 // Redirect-on-write: the new version goes to the freeze log.
-                c.preserved.set(b, true);
-                self.stats.redirected_writes += 1;
-                self.store.side_put(b, data)?;
-                return Ok(());
-            }
-            if !c.preserved.get(b) {
+                let put = self.store.side_put(b, data);
+                if put.is_ok() {
+                    c.preserved.set(b, true);
+                    self.stats.redirected_writes += 1;
+                    return Ok(());
+                }
+                put
+            } else if !c.preserved.get(b) {
                 // Copy-on-write: the old version moves aside first. No fsync:
                 // after a crash the closing epoch is either staged at the DR
                 // already or aborted and re-sent from the write-intent record.
-                self.store.read_image(b, &mut self.buf)?;
-                self.store.side_put(b, &self.buf)?;
-                c.preserved.set(b, true);
-                self.stats.cow_copies += 1;
+                let copied = self
+                    .store
+                    .read_image(b, &mut self.buf)
+                    .and_then(|()| self.store.side_put(b, &self.buf));
+                if copied.is_ok() {
+                    c.preserved.set(b, true);
+                    self.stats.cow_copies += 1;
+                }
+                copied
+            } else {
+                Ok(())
+            };
+            if let Err(e) = kept {
+                // No room to keep the epoch's version: the epoch is given up,
+                // never the host write.
+                self.stats.preserve_failures += 1;
+                self.last_preserve_error = Some(e.to_string());
+                self.abort(group)?;
             }
         }
         self.store.write_image(b, data)?;
@@ -453,6 +474,7 @@ impl<S: VolumeStore> Primary<S> {
         if self.link == Link::Up {
             self.outbox.push(ToReplica::EpochAborted {
                 generation: self.meta.generation,
+                incarnation: self.meta.incarnation,
                 local,
                 group,
             });
@@ -571,7 +593,7 @@ impl<S: VolumeStore> Primary<S> {
             if !aside {
                 self.store.read_image(b, &mut data)?;
             }
-            let shipped = self.ship_block(b, &data, c.covers_resync);
+            let shipped = self.ship_block(b, &data, c.covers_resync && !c.shipped.contains_key(&b));
             self.buf = data;
             if let Some((sb, entry)) = shipped {
                 c.shipped.insert(b, entry);
@@ -618,7 +640,10 @@ impl<S: VolumeStore> Primary<S> {
             self.dirty.set(b, false);
             let mut data = std::mem::take(&mut self.buf);
             self.read_current(b, &mut data)?;
-            let shipped = self.ship_block(b, &data, may_compare);
+            // A block already shipped in this epoch must ship again: the
+            // replica will fold the staged version, not its image's.
+            let compare = may_compare && !self.open_shipped.contains_key(&b);
+            let shipped = self.ship_block(b, &data, compare);
             self.buf = data;
             if let Some((sb, entry)) = shipped {
                 self.open_shipped.insert(b, entry);
@@ -638,9 +663,9 @@ impl<S: VolumeStore> Primary<S> {
 
     /// Turn one block version into a shipment, unless failback found the
     /// replica already holds the same bytes.
-    fn ship_block(&mut self, b: BlockIndex, data: &[u8], may_compare: bool) -> Option<(ShippedBlock, ManifestEntry)> {
+    fn ship_block(&mut self, b: BlockIndex, data: &[u8], compare: bool) -> Option<(ShippedBlock, ManifestEntry)> {
         let hash = hash_block(data);
-        if let (true, Resync::Comparing(theirs)) = (may_compare, &mut self.resync) {
+        if let (true, Resync::Comparing(theirs)) = (compare, &mut self.resync) {
             if let Some(h) = theirs.remove(&b) {
                 let same = h == hash;
                 self.events.push(PrimaryEvent::ResyncCompared {
@@ -776,10 +801,14 @@ impl<S: VolumeStore> Primary<S> {
             let local = self.closing.as_ref().filter(|c| c.group == group).map(|c| c.local);
             self.outbox.push(ToReplica::EpochAborted {
                 generation: self.meta.generation,
+                incarnation: self.meta.incarnation,
                 local,
                 group,
             });
         }
+        // A Welcome that predates a fold we already heard of is stale: that
+        // fold ended the failback.
+        let candidates = candidates.filter(|_| committed >= self.committed);
         if let Some(theirs) = candidates {
             // The replica's image is not one of our freeze points yet:
             // compare its candidates and ours. Ours are the blocks written

@@ -48,6 +48,8 @@ pub struct Replica<S: VolumeStore> {
     /// Unsealed staging: local epoch → block → highest sequence staged.
     stream: BTreeMap<LocalEpoch, BTreeMap<BlockIndex, SendSeq>>,
     pending_seal: Option<PendingSeal>,
+    /// A failback hash request held back while an epoch is staged.
+    hash_request: Option<Vec<BlockIndex>>,
     /// Frames for local epochs at or below this are dropped.
     floor: LocalEpoch,
     /// Current session of the primary (set by its Hello); frames of others are dropped.
@@ -116,6 +118,7 @@ impl<S: VolumeStore> Replica<S> {
             meta,
             stream: BTreeMap::new(),
             pending_seal: None,
+            hash_request: None,
             to_primary: Vec::new(),
             to_coordinator: Vec::new(),
             buf: vec![0; geo.block_size()],
@@ -280,17 +283,24 @@ impl<S: VolumeStore> Replica<S> {
                         self.pending_seal = Some(PendingSeal { local, group, manifest });
                         self.try_stage()?;
                     }
-                    // Dropped here by an abort: say so again.
-                    None => self.reply(Reply::Aborted { group }),
+                    // Dropped here by an abort: say so again, to both.
+                    None => {
+                        self.reply(Reply::Aborted { group });
+                        self.to_coordinator.push(ToCoordinator::Abort {
+                            member: self.member,
+                            group,
+                        });
+                    }
                 }
                 Ok(())
             }
             ToReplica::EpochAborted {
                 generation,
+                incarnation,
                 local,
                 group,
             } => {
-                if !self.accepts(generation) {
+                if !self.accepts(generation) || incarnation != self.meta.peer_incarnation {
                     return Ok(());
                 }
                 if self.meta.staged.as_ref().is_some_and(|s| s.group == group) {
@@ -317,16 +327,13 @@ impl<S: VolumeStore> Replica<S> {
                 Ok(())
             }
             ToReplica::ResyncHashRequest { generation, blocks } => {
-                if !self.accepts(generation) {
+                if !self.accepts(generation) || self.meta.resync_candidates.is_none() {
                     return Ok(());
                 }
-                let mut entries = Vec::with_capacity(blocks.len());
-                for b in blocks.into_iter().filter(|&b| b < self.geo.blocks()) {
-                    self.store.read_image(b, &mut self.buf)?;
-                    entries.push((b, hash_block(&self.buf)));
-                }
-                self.reply(Reply::ResyncHashes { entries });
-                Ok(())
+                // A staged, undecided epoch may still change the image: the
+                // hashes wait for its drop (a fold ends the failback).
+                self.hash_request = Some(blocks);
+                self.answer_hash_request()
             }
         }
     }
@@ -372,6 +379,22 @@ impl<S: VolumeStore> Replica<S> {
             staged: self.meta.staged.as_ref().map(|s| (s.local, s.group)),
             resync_candidates: self.meta.resync_candidates.clone(),
         });
+        Ok(())
+    }
+
+    fn answer_hash_request(&mut self) -> Result<(), EngineError> {
+        if self.meta.staged.is_some() || self.meta.resync_candidates.is_none() {
+            return Ok(());
+        }
+        let Some(blocks) = self.hash_request.take() else {
+            return Ok(());
+        };
+        let mut entries = Vec::with_capacity(blocks.len());
+        for b in blocks.into_iter().filter(|&b| b < self.geo.blocks()) {
+            self.store.read_image(b, &mut self.buf)?;
+            entries.push((b, hash_block(&self.buf)));
+        }
+        self.reply(Reply::ResyncHashes { entries });
         Ok(())
     }
 
@@ -479,6 +502,7 @@ impl<S: VolumeStore> Replica<S> {
                     self.drop_staged(&st)?;
                 }
                 self.reply(Reply::Aborted { group });
+                self.answer_hash_request()?;
                 self.try_stage()?;
             }
         }

@@ -916,7 +916,12 @@ impl World {
             }
         }
         let old = self.dr();
-        self.restart_old_site()?;
+        if self.sites[old].iter().any(|v| matches!(v, Vol::Down(..))) {
+            // The old site comes back first, fenced off but taking writes
+            // (strays) until the operator fails back.
+            self.note("old site back".into());
+            return self.restart_old_site();
+        }
         self.note("FAILBACK".into());
         for m in 0..self.cfg.members {
             let vol = std::mem::replace(&mut self.sites[old][m], Vol::Down(SimStore::new(1), false));
@@ -1108,7 +1113,7 @@ impl World {
     // ----- the end: heal everything and demand progress ---------------------
 
     fn settle(&mut self) -> Outcome {
-        if self.phase == Phase::FailedOver {
+        while self.phase == Phase::FailedOver {
             self.failback()?;
         }
         for m in 0..self.cfg.members {
