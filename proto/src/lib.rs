@@ -91,7 +91,8 @@ mod tests {
                 group: "g".into(),
                 volume: "v".into(),
                 generation: Some(RoleGeneration { counter: 3, site_id: 2 }),
-                epoch: 42,
+                local_epoch: 42,
+                session: 5,
                 blocks: vec![Block {
                     index: 9,
                     seq: Some(seq),
