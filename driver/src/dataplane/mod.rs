@@ -10,6 +10,7 @@
 //!
 //! Layout:
 //! - [`backend`]: the trait the FUSE server calls, and a plain-file backend;
+//! - [`engine_backend`]: the replicated volume: I/O through `floe_engine::Primary`;
 //! - [`fuse`]: the FUSE server (our own request loop over `/dev/fuse`);
 //! - [`loopdev`]: loop devices with verified direct I/O;
 //! - [`mount`]: probe, mkfs, mount, grow, check, trim;
@@ -21,6 +22,7 @@
 
 pub mod backend;
 mod cmd;
+pub mod engine_backend;
 pub mod fsfreeze;
 pub mod fuse;
 pub mod handover;
@@ -31,5 +33,6 @@ mod sys;
 pub mod volume;
 
 pub use backend::{BackendError, BlockBackend, FileBackend};
+pub use engine_backend::EngineBackend;
 pub use cmd::CommandError;
 pub use volume::{AttachError, AttachedVolume};

@@ -1,0 +1,83 @@
+//! The backend of a replicated volume: every FUSE request goes through the
+//! engine's primary state machine, which keeps the bitmaps, the freeze
+//! window and the write-intent record, and reaches the disk through a
+//! [`FileStore`].
+//!
+//! The engine is single-threaded, so one mutex serialises a volume's
+//! requests; the FUSE threads of other volumes are not affected. Holding it
+//! across the store's `pwrite` is the price of copy-on-write being exact
+//! (the old version is read and kept before the new one lands).
+
+use std::io;
+use std::sync::Mutex;
+
+use floe_engine::{EngineError, Primary};
+
+use super::backend::{BackendError, BlockBackend};
+use crate::store::FileStore;
+
+/// A volume whose I/O passes through `floe_engine::Primary`.
+pub struct EngineBackend {
+    size: u64,
+    primary: Mutex<Primary<FileStore>>,
+}
+
+impl EngineBackend {
+    /// Wrap a primary (created or reopened by the caller).
+    pub fn new(primary: Primary<FileStore>) -> Self {
+        EngineBackend {
+            size: primary.geometry().bytes(),
+            primary: Mutex::new(primary),
+        }
+    }
+
+    /// Run `f` on the primary under the volume's lock (freeze, snapshot,
+    /// replication frames).
+    pub fn with_primary<R>(&self, f: impl FnOnce(&mut Primary<FileStore>) -> R) -> R {
+        let mut guard = self.primary.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+
+    /// Give the primary back (detach).
+    pub fn into_primary(self) -> Primary<FileStore> {
+        self.primary
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn engine_error(op: &'static str) -> impl FnOnce(EngineError) -> BackendError {
+    move |e| match e {
+        EngineError::OutOfRange { offset, len, size } => BackendError::OutOfRange { offset, len, size },
+        other => BackendError::Io {
+            op,
+            source: io::Error::other(other),
+        },
+    }
+}
+
+impl BlockBackend for EngineBackend {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.with_primary(|p| p.read(offset, buf))
+            .map_err(engine_error("read volume through the engine"))
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), BackendError> {
+        self.with_primary(|p| p.write(offset, buf))
+            .map_err(engine_error("write volume through the engine"))
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.with_primary(|p| p.zero(offset, len))
+            .map_err(engine_error("zero a range through the engine"))
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        self.with_primary(|p| p.flush())
+            .map_err(engine_error("flush volume through the engine"))
+    }
+}
