@@ -897,6 +897,12 @@ impl<S: VolumeStore> Primary<S> {
         &self.stats
     }
 
+    /// Why the last closing epoch was given up for lack of room to keep an
+    /// old version, if that happened (for status and events).
+    pub fn last_preserve_error(&self) -> Option<&str> {
+        self.last_preserve_error.as_deref()
+    }
+
     /// The volume's geometry.
     pub fn geometry(&self) -> Geometry {
         self.geo
