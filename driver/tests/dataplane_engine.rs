@@ -21,23 +21,11 @@ use floe_driver::store::{FileDecisionLog, FileStore};
 use floe_engine::{Coordinator, Geometry, Mode, Primary, Replica, RoleGeneration, ToReplica};
 use rustix::mount::MountFlags;
 
+mod common;
+
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 256 * MIB;
 const BLOCK: usize = 4096;
-
-fn privileged() -> bool {
-    let ok = rustix::process::geteuid().is_root()
-        && Path::new("/dev/fuse").exists()
-        && Path::new("/dev/loop-control").exists();
-    if !ok {
-        let why = "needs root, /dev/fuse and /dev/loop-control";
-        if std::env::var_os("CI").is_some() {
-            panic!("cannot run: {why}; CI must run every test");
-        }
-        eprintln!("SKIP {why}");
-    }
-    ok
-}
 
 fn write_file(dir: &Path, name: &str, byte: u8, len: usize) -> Result<()> {
     let mut f = OpenOptions::new()
@@ -146,7 +134,7 @@ fn replicate_ext4(mode: Mode) -> Result<()> {
 
 #[test]
 fn the_dr_image_of_an_ext4_volume_is_its_freeze_point_in_every_mode() -> Result<()> {
-    if !privileged() {
+    if !common::privileged("replicated ext4") {
         return Ok(());
     }
     for mode in Mode::ALL {
