@@ -17,11 +17,14 @@
 //! - [`fsfreeze`]: `syncfs`, `FIFREEZE`, `FITHAW`;
 //! - [`volume`]: [`AttachedVolume`], tying FUSE and loop together;
 //! - [`handover`]: passing a live connection's fds to a successor process;
+//! - [`daemon`]: `floe-dataplane serve`: the local API, the freeze
+//!   watchdog, attach bookkeeping and restarts through the holder;
 //! - [`process`]: `PR_SET_IO_FLUSHER` and `mlockall` for a data-plane `main`;
 //! - `sys`: the only `unsafe` code (ioctls), each block justified.
 
 pub mod backend;
 mod cmd;
+pub mod daemon;
 pub mod engine_backend;
 pub mod fsfreeze;
 pub mod fuse;
@@ -33,6 +36,6 @@ mod sys;
 pub mod volume;
 
 pub use backend::{BackendError, BlockBackend, FileBackend};
-pub use engine_backend::EngineBackend;
 pub use cmd::CommandError;
+pub use engine_backend::EngineBackend;
 pub use volume::{AttachError, AttachedVolume};
