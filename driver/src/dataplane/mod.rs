@@ -24,7 +24,6 @@
 
 pub mod backend;
 mod cmd;
-pub mod daemon;
 pub mod engine_backend;
 pub mod fsfreeze;
 pub mod fuse;
