@@ -6,5 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod csi;
 pub mod dataplane;
 pub mod store;

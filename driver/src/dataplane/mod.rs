@@ -24,6 +24,7 @@
 
 pub mod backend;
 mod cmd;
+pub mod daemon;
 pub mod engine_backend;
 pub mod fsfreeze;
 pub mod fuse;

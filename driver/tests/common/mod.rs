@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod csi;
+
 use std::path::Path;
 use std::process::Command;
 

@@ -1,0 +1,94 @@
+//! `floe-dataplane`: the node's data-plane process (`serve`) and its fd
+//! holder (`holder`). See `floe_driver::dataplane::daemon`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use floe_driver::cli::{DataplaneArgs, DataplaneCommand, HolderArgs, ServeArgs};
+use floe_driver::dataplane::daemon::files::RunPaths;
+use floe_driver::dataplane::daemon::{chain, Daemon, ServeConfig};
+use floe_driver::dataplane::fuse::FuseConfig;
+use floe_driver::dataplane::handover::{Holder, HolderLink};
+use floe_driver::dataplane::process::{self, ProcessError};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+fn main() -> ExitCode {
+    let args = DataplaneArgs::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match args.command {
+        DataplaneCommand::Serve(a) => serve(a),
+        DataplaneCommand::Holder(a) => holder(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "floe-dataplane failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Marks the process as an I/O flusher and locks its memory, before any
+/// thread starts (both are inherited by the threads started later).
+fn prepare_process() -> Result<()> {
+    match process::set_io_flusher() {
+        Ok(()) => {}
+        Err(ProcessError::IoFlusher(e)) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
+            tracing::warn!(
+                "PR_SET_IO_FLUSHER refused (EPERM: no CAP_SYS_RESOURCE): writeback under memory pressure may deadlock on this node"
+            );
+        }
+        Err(e) => return Err(e).context("prepare the I/O process"),
+    }
+    process::lock_memory().context("prepare the I/O process")
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    prepare_process()?;
+    // Before any thread: a signal arriving later waits in the pipe.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("register SIGTERM and SIGINT")?;
+    let cfg = ServeConfig {
+        data_dir: args.data_dir,
+        run_dir: args.run_dir,
+        fuse: FuseConfig {
+            threads: args.fuse_threads,
+            ..FuseConfig::default()
+        },
+    };
+    cfg.validate()?;
+    let daemon = Daemon::start(&cfg)
+        .map_err(|e| anyhow::anyhow!(chain(&e)))
+        .context("start serving")?;
+    daemon
+        .serve_api()
+        .map_err(|e| anyhow::anyhow!(chain(&e)))
+        .context("start the API")?;
+    tracing::info!(pid = std::process::id(), "data plane serving");
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "signal: handing the volumes over to a successor");
+        daemon.hand_over();
+    }
+    bail!("the signal iterator ended")
+}
+
+fn holder(args: HolderArgs) -> Result<()> {
+    let run = RunPaths::new(&args.run_dir);
+    std::fs::create_dir_all(&run.dir).with_context(|| format!("create {}", run.dir.display()))?;
+    let path = run.holder_socket();
+    if HolderLink::connect(&path, "probe").is_ok() {
+        bail!("a holder already answers on {}", path.display());
+    }
+    let holder = Holder::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+    tracing::info!(socket = %path.display(), pid = std::process::id(), "fd holder serving");
+    holder.wait();
+    Ok(())
+}

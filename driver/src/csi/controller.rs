@@ -1,0 +1,547 @@
+//! The Controller service: volumes and snapshots.
+//!
+//! Volumes are node-local: in `--mode=all` the controller provisions on this
+//! node, and a topology requirement that excludes it is refused
+//! (`RESOURCE_EXHAUSTED`, as the spec says for an unsatisfiable topology).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use floe_proto::csi;
+use floe_proto::csi::controller_server::Controller;
+use tonic::{Request, Response, Status};
+
+use super::error::{Error, Result};
+use super::identity::controller_capabilities;
+use super::params::{self, Access, Capability, VolumeParams, XFS_MIN_BYTES};
+use super::volumes::{Snapshot, SnapshotSpec, Source, Volume, VolumeSpec};
+use super::{csi_snapshot, Plugin, TOPOLOGY_KEY};
+use crate::dataplane::mount::FsType;
+
+/// The Controller service.
+#[derive(Clone)]
+pub struct ControllerService {
+    plugin: Arc<Plugin>,
+}
+
+/// Guard key of a volume.
+pub fn volume_key(id: &str) -> String {
+    format!("volume {id}")
+}
+
+/// Guard key of a snapshot.
+pub fn snapshot_key(id: &str) -> String {
+    format!("snapshot {id}")
+}
+
+impl ControllerService {
+    /// The service of `plugin`.
+    pub fn new(plugin: Arc<Plugin>) -> Self {
+        ControllerService { plugin }
+    }
+
+    fn csi_volume(&self, v: &Volume) -> csi::Volume {
+        use csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+        csi::Volume {
+            capacity_bytes: v.size_bytes as i64,
+            volume_id: v.id.clone(),
+            volume_context: v.params.context(),
+            content_source: v.source.as_ref().map(|s| csi::VolumeContentSource {
+                r#type: Some(match s {
+                    Source::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                        snapshot_id: id.clone(),
+                    }),
+                    Source::Volume(id) => Type::Volume(VolumeSource { volume_id: id.clone() }),
+                }),
+            }),
+            accessible_topology: vec![self.plugin.topology()],
+        }
+    }
+
+    /// Refuses a requisite topology this node is not part of.
+    fn check_topology(&self, req: Option<&csi::TopologyRequirement>) -> Result<()> {
+        let Some(req) = req.filter(|r| !r.requisite.is_empty()) else {
+            return Ok(());
+        };
+        let ours = self.plugin.topology().segments;
+        let fits = |t: &csi::Topology| t.segments.iter().all(|(k, v)| ours.get(k) == Some(v));
+        if req.requisite.iter().any(fits) {
+            return Ok(());
+        }
+        Err(Error::ResourceExhausted(format!(
+            "floe volumes live on the node that creates them, {TOPOLOGY_KEY}={}, which no requisite topology allows",
+            self.plugin.node_id
+        )))
+    }
+
+    async fn create(&self, req: csi::CreateVolumeRequest) -> Result<csi::Volume> {
+        let id = params::name("CreateVolume", &req.name)?;
+        if req.volume_capabilities.is_empty() {
+            return Err(Error::Missing {
+                rpc: "CreateVolume",
+                field: "volume_capabilities",
+                hint: "say how the volume is used (mount or block) and its access mode",
+            });
+        }
+        let caps = req
+            .volume_capabilities
+            .iter()
+            .map(Capability::parse)
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(key) = req.mutable_parameters.keys().next() {
+            return Err(Error::UnknownParameter {
+                key: key.clone(),
+                accepted: "floe.csi.dev has no mutable parameters (no MODIFY_VOLUME)",
+            });
+        }
+        let mut vp = VolumeParams::parse(&req.parameters)?;
+        let asked: Vec<FsType> = caps
+            .iter()
+            .filter_map(|c| match c.access {
+                Access::Mount { fs_type, .. } => fs_type,
+                Access::Block => None,
+            })
+            .collect();
+        if let Some(&fs) = asked.first() {
+            if asked.iter().any(|&f| f != fs)
+                || (req.parameters.contains_key(params::PARAM_FS_TYPE) && fs != vp.fs_type)
+            {
+                return Err(Error::Contradiction(format!(
+                    "the capabilities and parameters ask for different file systems ({asked:?}, fsType {}): ask for one",
+                    vp.fs_type.name()
+                )));
+            }
+            vp.fs_type = fs;
+        }
+        self.check_topology(req.accessibility_requirements.as_ref())?;
+        let source = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+            None => None,
+            Some(csi::volume_content_source::Type::Snapshot(s)) => Some(Source::Snapshot(
+                params::required(
+                    "CreateVolume",
+                    "volume_content_source.snapshot.snapshot_id",
+                    &s.snapshot_id,
+                    "the snapshot to restore",
+                )?
+                .to_owned(),
+            )),
+            Some(csi::volume_content_source::Type::Volume(v)) => Some(Source::Volume(
+                params::required(
+                    "CreateVolume",
+                    "volume_content_source.volume.volume_id",
+                    &v.volume_id,
+                    "the volume to clone",
+                )?
+                .to_owned(),
+            )),
+        };
+        let mounts = caps.iter().any(|c| !c.is_block());
+        let floor = if mounts && vp.fs_type == FsType::Xfs {
+            XFS_MIN_BYTES
+        } else {
+            0
+        };
+        let range = req.capacity_range.as_ref();
+        let mut size = params::capacity(range, vp.block_size, floor)?;
+        let mut keys = vec![volume_key(&id)];
+        if let Some(src) = &source {
+            let (kind, src_id, src_size) = match src {
+                Source::Snapshot(s) => {
+                    keys.push(snapshot_key(s));
+                    let snaps = self.plugin.volumes.snapshots().await?;
+                    let snap = snaps
+                        .iter()
+                        .find(|x| &x.id == s)
+                        .ok_or_else(|| Error::SnapshotNotFound(s.clone()))?;
+                    ("snapshot", s, snap.size_bytes)
+                }
+                Source::Volume(v) => {
+                    keys.push(volume_key(v));
+                    let vol = self
+                        .plugin
+                        .volumes
+                        .volume(v)
+                        .await?
+                        .ok_or_else(|| Error::VolumeNotFound(v.clone()))?;
+                    ("volume", v, vol.size_bytes)
+                }
+            };
+            let unsized_request = range.is_none_or(|r| r.required_bytes == 0);
+            if unsized_request {
+                // No size asked for: the source's.
+                size = src_size.max(floor).div_ceil(vp.block_size) * vp.block_size;
+            }
+            if size < src_size {
+                let limit = range.map(|r| r.limit_bytes).unwrap_or(0);
+                if limit > 0 && (limit as u64) < src_size {
+                    return Err(Error::OutOfRange(format!(
+                        "{kind} {src_id:?} holds {src_size} bytes, more than limit_bytes {limit}: raise the limit"
+                    )));
+                }
+                size = src_size.div_ceil(vp.block_size) * vp.block_size;
+            }
+        }
+        let _guard = self.plugin.locks.try_lock(&keys)?;
+        if let Some(v) = self.plugin.volumes.volume(&id).await? {
+            let (required, limit) = range
+                .map(|r| (r.required_bytes as u64, r.limit_bytes as u64))
+                .unwrap_or((0, 0));
+            let fits = v.size_bytes >= required && (limit == 0 || v.size_bytes <= limit);
+            if fits && v.params == vp && v.source == source {
+                return Ok(self.csi_volume(&v));
+            }
+            return Err(Error::AlreadyExists {
+                kind: "volume",
+                name: req.name,
+                existing: v.describe(),
+                requested: VolumeSpec {
+                    id,
+                    name: v.name.clone(),
+                    size_bytes: size,
+                    params: vp,
+                    source,
+                }
+                .describe(),
+            });
+        }
+        let spec = VolumeSpec {
+            id,
+            name: req.name,
+            size_bytes: size,
+            params: vp,
+            source,
+        };
+        let v = self.plugin.volumes.create(spec).await?;
+        Ok(self.csi_volume(&v))
+    }
+
+    async fn validate(
+        &self,
+        req: csi::ValidateVolumeCapabilitiesRequest,
+    ) -> Result<csi::ValidateVolumeCapabilitiesResponse> {
+        let id = params::required(
+            "ValidateVolumeCapabilities",
+            "volume_id",
+            &req.volume_id,
+            "the volume to check",
+        )?;
+        if req.volume_capabilities.is_empty() {
+            return Err(Error::Missing {
+                rpc: "ValidateVolumeCapabilities",
+                field: "volume_capabilities",
+                hint: "the capabilities to check",
+            });
+        }
+        let v = self
+            .plugin
+            .volumes
+            .volume(id)
+            .await?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        let refuse = |message: String| csi::ValidateVolumeCapabilitiesResponse {
+            confirmed: None,
+            message,
+        };
+        for cap in &req.volume_capabilities {
+            match Capability::parse(cap) {
+                Err(e) => return Ok(refuse(e.to_string())),
+                Ok(Capability {
+                    access: Access::Mount { fs_type: Some(fs), .. },
+                    ..
+                }) if fs != v.params.fs_type => {
+                    return Ok(refuse(format!(
+                        "volume {id:?} is made with {}, not {}",
+                        v.params.fs_type.name(),
+                        fs.name()
+                    )))
+                }
+                Ok(_) => {}
+            }
+        }
+        if !req.parameters.is_empty() {
+            match VolumeParams::parse(&req.parameters) {
+                Ok(p) if p == v.params => {}
+                Ok(_) => {
+                    return Ok(refuse(format!(
+                        "volume {id:?} was created with other parameters: {}",
+                        v.describe()
+                    )))
+                }
+                Err(e) => return Ok(refuse(e.to_string())),
+            }
+        }
+        if !req.mutable_parameters.is_empty() {
+            return Ok(refuse("floe.csi.dev has no mutable parameters".into()));
+        }
+        Ok(csi::ValidateVolumeCapabilitiesResponse {
+            confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                volume_context: req.volume_context,
+                volume_capabilities: req.volume_capabilities,
+                parameters: req.parameters,
+                mutable_parameters: HashMap::new(),
+            }),
+            message: String::new(),
+        })
+    }
+
+    async fn expand(&self, req: csi::ControllerExpandVolumeRequest) -> Result<csi::ControllerExpandVolumeResponse> {
+        let id = params::required(
+            "ControllerExpandVolume",
+            "volume_id",
+            &req.volume_id,
+            "the volume to grow",
+        )?;
+        let range = req.capacity_range.as_ref().ok_or(Error::Missing {
+            rpc: "ControllerExpandVolume",
+            field: "capacity_range",
+            hint: "the new size",
+        })?;
+        let block = match req.volume_capability.as_ref() {
+            Some(c) => Capability::parse(c)?.is_block(),
+            None => false,
+        };
+        let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
+        let v = self
+            .plugin
+            .volumes
+            .volume(id)
+            .await?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        let size = params::capacity(Some(range), v.params.block_size, 0)?;
+        let v = self.plugin.volumes.expand(id, size).await?;
+        Ok(csi::ControllerExpandVolumeResponse {
+            capacity_bytes: v.size_bytes as i64,
+            node_expansion_required: !block,
+        })
+    }
+
+    async fn create_snapshot(&self, req: csi::CreateSnapshotRequest) -> Result<Snapshot> {
+        let id = params::name("CreateSnapshot", &req.name)?;
+        let volume = params::required(
+            "CreateSnapshot",
+            "source_volume_id",
+            &req.source_volume_id,
+            "the volume to copy",
+        )?;
+        params::no_parameters(&req.parameters)?;
+        let _guard = self.plugin.locks.try_lock(&[snapshot_key(&id), volume_key(volume)])?;
+        self.plugin
+            .volumes
+            .snapshot(SnapshotSpec {
+                id,
+                name: req.name.clone(),
+                volume: volume.to_owned(),
+            })
+            .await
+    }
+
+    async fn list_snapshots(&self, req: csi::ListSnapshotsRequest) -> Result<csi::ListSnapshotsResponse> {
+        let start = params::decode_token("s", &req.starting_token)?;
+        let items: BTreeMap<String, Snapshot> = self
+            .plugin
+            .volumes
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|s| req.snapshot_id.is_empty() || s.id == req.snapshot_id)
+            .filter(|s| req.source_volume_id.is_empty() || s.source_volume == req.source_volume_id)
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let (page, next_token) = params::page(&items, start.as_deref(), req.max_entries, "s")?;
+        Ok(csi::ListSnapshotsResponse {
+            entries: page
+                .iter()
+                .map(|s| csi::list_snapshots_response::Entry {
+                    snapshot: Some(csi_snapshot(s)),
+                })
+                .collect(),
+            next_token,
+        })
+    }
+}
+
+fn unimplemented<T>(what: &'static str) -> Result<T> {
+    Err(Error::Unimplemented(what))
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        request: Request<csi::CreateVolumeRequest>,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        let volume = self.create(request.into_inner()).await?;
+        Ok(Response::new(csi::CreateVolumeResponse { volume: Some(volume) }))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<csi::DeleteVolumeRequest>,
+    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = params::required("DeleteVolume", "volume_id", &req.volume_id, "the volume to delete")?;
+        let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
+        self.plugin.volumes.delete(id).await?;
+        Ok(Response::new(csi::DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _: Request<csi::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
+        Ok(unimplemented(
+            "floe volumes are node-local and need no ControllerPublishVolume (attachRequired: false)",
+        )?)
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _: Request<csi::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
+        Ok(unimplemented(
+            "floe volumes are node-local and need no ControllerUnpublishVolume (attachRequired: false)",
+        )?)
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<csi::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        Ok(Response::new(self.validate(request.into_inner()).await?))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<csi::ListVolumesRequest>,
+    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        let start = params::decode_token("v", &req.starting_token)?;
+        let items: BTreeMap<String, Volume> = self
+            .plugin
+            .volumes
+            .volumes()
+            .await?
+            .into_iter()
+            .map(|v| (v.id.clone(), v))
+            .collect();
+        let (page, next_token) = params::page(&items, start.as_deref(), req.max_entries, "v")?;
+        Ok(Response::new(csi::ListVolumesResponse {
+            entries: page
+                .iter()
+                .map(|v| csi::list_volumes_response::Entry {
+                    volume: Some(self.csi_volume(v)),
+                    status: None,
+                })
+                .collect(),
+            next_token,
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<csi::GetCapacityRequest>,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        let req = request.into_inner();
+        VolumeParams::parse(&req.parameters)?;
+        let ours = self.plugin.topology().segments;
+        let here = req
+            .accessible_topology
+            .as_ref()
+            .is_none_or(|t| t.segments.iter().all(|(k, v)| ours.get(k) == Some(v)));
+        let usable = req.volume_capabilities.iter().all(|c| Capability::parse(c).is_ok());
+        let cap = self.plugin.volumes.capacity().await?;
+        let (available, max) = if here && usable {
+            (cap.available_bytes, cap.max_volume_bytes)
+        } else {
+            (0, 0)
+        };
+        Ok(Response::new(csi::GetCapacityResponse {
+            available_capacity: available.min(i64::MAX as u64) as i64,
+            maximum_volume_size: Some(max.min(i64::MAX as u64) as i64),
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
+            capabilities: controller_capabilities(),
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<csi::CreateSnapshotRequest>,
+    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        let snap = self.create_snapshot(request.into_inner()).await?;
+        Ok(Response::new(csi::CreateSnapshotResponse {
+            snapshot: Some(csi_snapshot(&snap)),
+        }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<csi::DeleteSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let id = params::required(
+            "DeleteSnapshot",
+            "snapshot_id",
+            &req.snapshot_id,
+            "the snapshot to delete",
+        )?;
+        let _guard = self.plugin.locks.try_lock(&[snapshot_key(id)])?;
+        self.plugin.volumes.delete_snapshot(id).await?;
+        Ok(Response::new(csi::DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<csi::ListSnapshotsRequest>,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        Ok(Response::new(self.list_snapshots(request.into_inner()).await?))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<csi::GetSnapshotRequest>,
+    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let id = params::required("GetSnapshot", "snapshot_id", &req.snapshot_id, "the snapshot to show")?;
+        let snaps = self.plugin.volumes.snapshots().await?;
+        let snap = snaps
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| Error::SnapshotNotFound(id.to_owned()))?;
+        Ok(Response::new(csi::GetSnapshotResponse {
+            snapshot: Some(csi_snapshot(snap)),
+        }))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        request: Request<csi::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+        Ok(Response::new(self.expand(request.into_inner()).await?))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        _: Request<csi::ControllerGetVolumeRequest>,
+    ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        Ok(unimplemented(
+            "floe.csi.dev does not advertise GET_VOLUME: use ListVolumes",
+        )?)
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _: Request<csi::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        Ok(unimplemented(
+            "floe.csi.dev has no mutable parameters (no MODIFY_VOLUME)",
+        )?)
+    }
+}

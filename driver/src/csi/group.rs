@@ -1,0 +1,176 @@
+//! The GroupController service: group snapshots, one cut across volumes
+//! taken under freeze (see [`super::cut`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use floe_proto::csi;
+use floe_proto::csi::group_controller_server::GroupController;
+use tonic::{Request, Response, Status};
+
+use super::controller::{snapshot_key, volume_key};
+use super::error::{Error, Result};
+use super::identity::group_capabilities;
+use super::params;
+use super::volumes::{GroupSnapshot, GroupSpec, SnapshotSpec};
+use super::{csi_snapshot, timestamp, Plugin};
+
+/// The GroupController service.
+#[derive(Clone)]
+pub struct GroupService {
+    plugin: Arc<Plugin>,
+}
+
+fn group_key(id: &str) -> String {
+    format!("group {id}")
+}
+
+/// The id of the member of group `group` that copies `volume`.
+pub fn member_id(group: &str, volume: &str) -> String {
+    params::id_for_name(&format!("{group}-{volume}"))
+}
+
+impl GroupService {
+    /// The service of `plugin`.
+    pub fn new(plugin: Arc<Plugin>) -> Self {
+        GroupService { plugin }
+    }
+
+    async fn csi_group(&self, g: &GroupSnapshot) -> Result<csi::VolumeGroupSnapshot> {
+        let snaps = self.plugin.volumes.snapshots().await?;
+        let snapshots = g
+            .members
+            .iter()
+            .filter_map(|id| snaps.iter().find(|s| &s.id == id))
+            .map(csi_snapshot)
+            .collect();
+        Ok(csi::VolumeGroupSnapshot {
+            group_snapshot_id: g.id.clone(),
+            snapshots,
+            creation_time: Some(timestamp(g.created)),
+            ready_to_use: true,
+        })
+    }
+
+    /// Refuses a snapshot list that is not the group's.
+    fn check_members(g: &GroupSnapshot, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let asked: BTreeSet<&String> = ids.iter().collect();
+        let have: BTreeSet<&String> = g.members.iter().collect();
+        if asked != have {
+            return Err(Error::Contradiction(format!(
+                "group snapshot {:?} holds snapshots {:?}, not {:?}: pass its own snapshot_ids or none",
+                g.id, g.members, ids
+            )));
+        }
+        Ok(())
+    }
+
+    async fn create(&self, req: csi::CreateVolumeGroupSnapshotRequest) -> Result<GroupSnapshot> {
+        let id = params::name("CreateVolumeGroupSnapshot", &req.name)?;
+        if req.source_volume_ids.is_empty() {
+            return Err(Error::Missing {
+                rpc: "CreateVolumeGroupSnapshot",
+                field: "source_volume_ids",
+                hint: "the volumes to cut together",
+            });
+        }
+        let mut seen = BTreeSet::new();
+        let mut members = Vec::with_capacity(req.source_volume_ids.len());
+        for v in &req.source_volume_ids {
+            params::required("CreateVolumeGroupSnapshot", "source_volume_ids[]", v, "a volume id")?;
+            if !seen.insert(v) {
+                return Err(Error::Contradiction(format!(
+                    "source_volume_ids names volume {v:?} twice: name each volume once"
+                )));
+            }
+            let mid = member_id(&id, v);
+            members.push(SnapshotSpec {
+                name: mid.clone(),
+                id: mid,
+                volume: v.clone(),
+            });
+        }
+        params::no_parameters(&req.parameters)?;
+        let mut keys = vec![group_key(&id)];
+        for m in &members {
+            keys.push(snapshot_key(&m.id));
+            keys.push(volume_key(&m.volume));
+        }
+        let _guard = self.plugin.locks.try_lock(&keys)?;
+        self.plugin
+            .volumes
+            .create_group(GroupSpec {
+                id,
+                name: req.name,
+                members,
+            })
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl GroupController for GroupService {
+    async fn group_controller_get_capabilities(
+        &self,
+        _: Request<csi::GroupControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::GroupControllerGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(csi::GroupControllerGetCapabilitiesResponse {
+            capabilities: group_capabilities(),
+        }))
+    }
+
+    async fn create_volume_group_snapshot(
+        &self,
+        request: Request<csi::CreateVolumeGroupSnapshotRequest>,
+    ) -> Result<Response<csi::CreateVolumeGroupSnapshotResponse>, Status> {
+        let g = self.create(request.into_inner()).await?;
+        Ok(Response::new(csi::CreateVolumeGroupSnapshotResponse {
+            group_snapshot: Some(self.csi_group(&g).await?),
+        }))
+    }
+
+    async fn delete_volume_group_snapshot(
+        &self,
+        request: Request<csi::DeleteVolumeGroupSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteVolumeGroupSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let id = params::required(
+            "DeleteVolumeGroupSnapshot",
+            "group_snapshot_id",
+            &req.group_snapshot_id,
+            "the group snapshot to delete",
+        )?;
+        let _guard = self.plugin.locks.try_lock(&[group_key(id)])?;
+        if let Some(g) = self.plugin.volumes.group(id).await? {
+            Self::check_members(&g, &req.snapshot_ids)?;
+        }
+        self.plugin.volumes.delete_group(id).await?;
+        Ok(Response::new(csi::DeleteVolumeGroupSnapshotResponse {}))
+    }
+
+    async fn get_volume_group_snapshot(
+        &self,
+        request: Request<csi::GetVolumeGroupSnapshotRequest>,
+    ) -> Result<Response<csi::GetVolumeGroupSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let id = params::required(
+            "GetVolumeGroupSnapshot",
+            "group_snapshot_id",
+            &req.group_snapshot_id,
+            "the group snapshot to show",
+        )?;
+        let g = self
+            .plugin
+            .volumes
+            .group(id)
+            .await?
+            .ok_or_else(|| Error::GroupNotFound(id.to_owned()))?;
+        Self::check_members(&g, &req.snapshot_ids)?;
+        Ok(Response::new(csi::GetVolumeGroupSnapshotResponse {
+            group_snapshot: Some(self.csi_group(&g).await?),
+        }))
+    }
+}

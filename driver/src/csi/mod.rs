@@ -1,0 +1,236 @@
+//! The CSI services of `floe-csi`: Identity, Controller, GroupController and
+//! Node, over tonic on a unix socket.
+//!
+//! # Layout
+//!
+//! - [`identity`], [`controller`], [`group`], [`node`]: one file per service;
+//!   every handler reads the same way — convert the request ([`params`]),
+//!   take the per-object guards ([`locks`]), call the node
+//!   ([`volumes::NodeVolumes`]), map the error ([`error`], the one place a
+//!   `tonic::Status` is made);
+//! - [`volumes`]: the trait the services need from the node holding the
+//!   volumes, and its domain types;
+//! - [`local`], [`cut`], [`sized`], [`catalog`]: its in-process
+//!   implementation on the node's data dir (store + engine + FUSE + loop);
+//! - [`mounts`]: the mount table, mounts, bind mounts, statvfs.
+//!
+//! # Modes
+//!
+//! `--mode=all` serves everything and the controller calls the local
+//! [`local::LocalVolumes`]. `--mode=node` serves Identity and Node.
+//! `--mode=controller` serves Identity, Controller and GroupController, but
+//! reaching node plugins over `node.proto` with mutual TLS is not built yet:
+//! every volume call there fails with `FAILED_PRECONDITION` ([`SplitMode`]).
+
+pub mod catalog;
+pub mod controller;
+pub mod cut;
+pub mod error;
+pub mod group;
+pub mod identity;
+pub mod local;
+pub mod locks;
+pub mod mounts;
+pub mod node;
+pub mod params;
+pub mod sized;
+pub mod volumes;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use floe_proto::csi;
+
+use crate::cli::PluginMode;
+use error::{Error, Result};
+use locks::Locks;
+use volumes::{
+    Attachment, Capacity, GroupSnapshot, GroupSpec, NodeVolumes, Snapshot, SnapshotSpec, Volume, VolumeSpec,
+};
+
+/// The driver's name, as the CSIDriver object and StorageClasses say it.
+pub const DRIVER_NAME: &str = "floe.csi.dev";
+/// The topology key: volumes live on one node.
+pub const TOPOLOGY_KEY: &str = "topology.floe.dev/node";
+
+/// What every service shares.
+pub struct Plugin {
+    /// CSI driver name.
+    pub driver: String,
+    /// This node's id (the Kubernetes node name).
+    pub node_id: String,
+    /// What this process serves.
+    pub mode: PluginMode,
+    /// Most volumes this node stages at once.
+    pub max_volumes: i64,
+    /// The node holding the volumes.
+    pub volumes: Arc<dyn NodeVolumes>,
+    /// Per-object guards.
+    pub locks: Locks,
+}
+
+impl Plugin {
+    /// A plugin of `mode` on node `node_id` over `volumes`.
+    pub fn new(mode: PluginMode, node_id: &str, max_volumes: i64, volumes: Arc<dyn NodeVolumes>) -> Self {
+        Plugin {
+            driver: DRIVER_NAME.to_owned(),
+            node_id: node_id.to_owned(),
+            mode,
+            max_volumes,
+            volumes,
+            locks: Locks::default(),
+        }
+    }
+
+    /// This node's topology segment.
+    pub fn topology(&self) -> csi::Topology {
+        csi::Topology {
+            segments: [(TOPOLOGY_KEY.to_owned(), self.node_id.clone())].into(),
+        }
+    }
+}
+
+/// A CSI timestamp.
+pub fn timestamp(t: volumes::Time) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.secs,
+        nanos: t.nanos,
+    }
+}
+
+/// A snapshot as CSI shows it (always ready: the cut is durable when taken).
+pub fn csi_snapshot(s: &Snapshot) -> csi::Snapshot {
+    csi::Snapshot {
+        size_bytes: s.size_bytes as i64,
+        snapshot_id: s.id.clone(),
+        source_volume_id: s.source_volume.clone(),
+        creation_time: Some(timestamp(s.created)),
+        ready_to_use: true,
+        group_snapshot_id: s.group.clone().unwrap_or_default(),
+    }
+}
+
+/// The path of a `unix://` endpoint.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    if !path.starts_with('/') {
+        return Err(Error::Invalid {
+            field: "--endpoint",
+            value: endpoint.to_owned(),
+            expected: "unix:///absolute/path/to/csi.sock".into(),
+        });
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Serves the services of `plugin.mode` on the unix socket at `path` (a
+/// stale socket file is removed first) until `shutdown` resolves.
+pub async fn serve(
+    plugin: Arc<Plugin>,
+    path: &std::path::Path,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    use floe_proto::csi::{
+        controller_server::ControllerServer, group_controller_server::GroupControllerServer,
+        identity_server::IdentityServer, node_server::NodeServer,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove the stale socket", path)(e)),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io("create the socket directory", dir))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(Error::io("listen on", path))?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let serves_controller = matches!(plugin.mode, PluginMode::Controller | PluginMode::All);
+    let serves_node = matches!(plugin.mode, PluginMode::Node | PluginMode::All);
+    let router = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(identity::IdentityService::new(Arc::clone(&plugin))))
+        .add_optional_service(
+            serves_controller.then(|| ControllerServer::new(controller::ControllerService::new(Arc::clone(&plugin)))),
+        )
+        .add_optional_service(
+            serves_controller.then(|| GroupControllerServer::new(group::GroupService::new(Arc::clone(&plugin)))),
+        )
+        .add_optional_service(serves_node.then(|| NodeServer::new(node::NodeService::new(Arc::clone(&plugin)))));
+    tracing::info!(socket = %path.display(), mode = ?plugin.mode, node = %plugin.node_id, "serving CSI");
+    let res = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+    let _ = std::fs::remove_file(path);
+    res.map_err(|e| Error::Internal(format!("serve CSI on {}: {}", path.display(), error::chain(&e))))
+}
+
+/// The node side of a controller in split mode: not built yet.
+pub struct SplitMode;
+
+const SPLIT: &str = "floe-csi --mode=controller reaches node plugins through node.proto over mutual TLS, which is \
+                     not built yet: run floe-csi --mode=all";
+
+#[tonic::async_trait]
+impl NodeVolumes for SplitMode {
+    async fn create(&self, _: VolumeSpec) -> Result<Volume> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn delete(&self, _: &str) -> Result<()> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn volume(&self, _: &str) -> Result<Option<Volume>> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn volumes(&self) -> Result<Vec<Volume>> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn expand(&self, _: &str, _: u64) -> Result<Volume> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn attach(&self, _: &str) -> Result<Attachment> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn detach(&self, _: &str) -> Result<()> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn snapshot(&self, _: SnapshotSpec) -> Result<Snapshot> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn delete_snapshot(&self, _: &str) -> Result<()> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn create_group(&self, _: GroupSpec) -> Result<GroupSnapshot> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn delete_group(&self, _: &str) -> Result<()> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn group(&self, _: &str) -> Result<Option<GroupSnapshot>> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+    async fn capacity(&self) -> Result<Capacity> {
+        Err(Error::FailedPrecondition(SPLIT.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_absolute_unix_paths() {
+        assert_eq!(
+            socket_path("unix:///csi/csi.sock").ok(),
+            Some(PathBuf::from("/csi/csi.sock"))
+        );
+        assert_eq!(
+            socket_path("unix:/csi/csi.sock").ok(),
+            Some(PathBuf::from("/csi/csi.sock"))
+        );
+        assert!(socket_path("tcp://1.2.3.4:5").is_err());
+        assert!(socket_path("unix://relative").is_err());
+    }
+}

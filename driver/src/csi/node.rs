@@ -1,0 +1,482 @@
+//! The Node service: stage (attach, mkfs when empty, mount), publish (bind
+//! mount, or the device node for block volumes), stats, expansion.
+//!
+//! Every step checks the mount table first, so a retried call finds its
+//! earlier work and succeeds, and a call interrupted half-way is finished by
+//! its retry. Unpublish and unstage succeed when there is nothing left to do.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use floe_proto::csi;
+use floe_proto::csi::node_server::Node;
+use rustix::mount::MountFlags;
+use tonic::{Request, Response, Status};
+
+use super::controller::volume_key;
+use super::error::{Error, Result};
+use super::identity::node_capabilities;
+use super::mounts::{self, MountEntry};
+use super::params::{self, Access, Capability};
+use super::volumes::Volume;
+use super::Plugin;
+use crate::dataplane::mount::{format_if_empty, MountError};
+
+/// The Node service.
+#[derive(Clone)]
+pub struct NodeService {
+    plugin: Arc<Plugin>,
+}
+
+/// How a volume shows at a path.
+enum AtPath {
+    /// Its file system (a stage or a bind of it).
+    Fs(MountEntry),
+    /// Its device node, bound onto a file.
+    Device(MountEntry),
+    /// Something else is mounted there.
+    Other(MountEntry),
+    /// Nothing is mounted there.
+    Nothing,
+}
+
+fn at_path(table: &[MountEntry], path: &Path, device: Option<&Path>) -> Result<AtPath> {
+    let Some(m) = mounts::mount_at(table, path) else {
+        return Ok(AtPath::Nothing);
+    };
+    let Some(device) = device else {
+        return Ok(AtPath::Other(m));
+    };
+    if (m.major, m.minor) == mounts::device_number(device)? {
+        return Ok(AtPath::Fs(m));
+    }
+    if mounts::node_binds_of(std::slice::from_ref(&m), device).len() == 1 {
+        return Ok(AtPath::Device(m));
+    }
+    Ok(AtPath::Other(m))
+}
+
+fn describe(m: &MountEntry) -> String {
+    format!("{} from {} ({})", m.fs_type, m.source, m.options.join(","))
+}
+
+impl NodeService {
+    /// The service of `plugin`.
+    pub fn new(plugin: Arc<Plugin>) -> Self {
+        NodeService { plugin }
+    }
+
+    async fn volume(&self, id: &str) -> Result<Volume> {
+        self.plugin
+            .volumes
+            .volume(id)
+            .await?
+            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
+    }
+
+    /// Attaches `v`, refusing past the node's volume limit.
+    async fn attach(&self, v: &Volume) -> Result<std::path::PathBuf> {
+        if let Some(a) = &v.attachment {
+            return Ok(a.device.clone());
+        }
+        let staged = self
+            .plugin
+            .volumes
+            .volumes()
+            .await?
+            .iter()
+            .filter(|v| v.attachment.is_some())
+            .count();
+        if staged as i64 >= self.plugin.max_volumes {
+            return Err(Error::ResourceExhausted(format!(
+                "node {} has {staged} volumes staged, its limit (--max-volumes): unstage one first",
+                self.plugin.node_id
+            )));
+        }
+        Ok(self.plugin.volumes.attach(&v.id).await?.device)
+    }
+
+    async fn stage(&self, req: csi::NodeStageVolumeRequest) -> Result<()> {
+        let id = params::required("NodeStageVolume", "volume_id", &req.volume_id, "the volume to stage")?;
+        let staging = Path::new(params::required(
+            "NodeStageVolume",
+            "staging_target_path",
+            &req.staging_target_path,
+            "the global mount path kubelet chose",
+        )?);
+        let cap = Capability::required("NodeStageVolume", req.volume_capability.as_ref())?;
+        let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
+        let v = self.volume(id).await?;
+        let Access::Mount { fs_type, options } = &cap.access else {
+            // Block: the device is the product; publish binds it.
+            self.attach(&v).await?;
+            return Ok(());
+        };
+        std::fs::create_dir_all(staging).map_err(Error::io("create the staging path", staging))?;
+        let table = mounts::mount_table()?;
+        match at_path(&table, staging, v.attachment.as_ref().map(|a| a.device.as_path()))? {
+            AtPath::Fs(_) => return Ok(()),
+            AtPath::Nothing => {}
+            AtPath::Device(m) | AtPath::Other(m) => {
+                return Err(Error::AlreadyExists {
+                    kind: "mount",
+                    name: staging.display().to_string(),
+                    existing: describe(&m),
+                    requested: format!("volume {id:?}"),
+                })
+            }
+        }
+        let device = self.attach(&v).await?;
+        let fs = fs_type.unwrap_or(v.params.fs_type);
+        let dev = device.clone();
+        tokio::task::spawn_blocking(move || {
+            format_if_empty(&dev, fs).map_err(|source| match source {
+                MountError::WrongContent { found, wanted, .. } => Error::FailedPrecondition(format!(
+                    "volume {:?} holds {found}, not {wanted}: ask for fs_type {found} or use another volume",
+                    dev.display()
+                )),
+                source => Error::Mount {
+                    op: "make the file system",
+                    source,
+                },
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("mkfs task: {e}")))??;
+        let mut flags = options.flags;
+        if cap.reader_only {
+            flags |= MountFlags::RDONLY;
+        }
+        mounts::mount_fs(&device, staging, fs, flags, &options.data_string())?;
+        tracing::info!(volume = %id, staging = %staging.display(), fs = fs.name(), "volume staged");
+        Ok(())
+    }
+
+    async fn unstage(&self, req: csi::NodeUnstageVolumeRequest) -> Result<()> {
+        let id = params::required(
+            "NodeUnstageVolume",
+            "volume_id",
+            &req.volume_id,
+            "the volume to unstage",
+        )?;
+        let staging = Path::new(params::required(
+            "NodeUnstageVolume",
+            "staging_target_path",
+            &req.staging_target_path,
+            "the path given to NodeStageVolume",
+        )?);
+        let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
+        let Some(v) = self.plugin.volumes.volume(id).await? else {
+            return Ok(());
+        };
+        let table = mounts::mount_table()?;
+        if let AtPath::Fs(_) = at_path(&table, staging, v.attachment.as_ref().map(|a| a.device.as_path()))? {
+            mounts::unmount_all(staging)?;
+        }
+        self.plugin.volumes.detach(id).await?;
+        tracing::info!(volume = %id, staging = %staging.display(), "volume unstaged");
+        Ok(())
+    }
+
+    async fn publish(&self, req: csi::NodePublishVolumeRequest) -> Result<()> {
+        let id = params::required(
+            "NodePublishVolume",
+            "volume_id",
+            &req.volume_id,
+            "the volume to publish",
+        )?;
+        let target = Path::new(params::required(
+            "NodePublishVolume",
+            "target_path",
+            &req.target_path,
+            "where the pod sees the volume",
+        )?);
+        let cap = Capability::required("NodePublishVolume", req.volume_capability.as_ref())?;
+        let staging = Path::new(params::required(
+            "NodePublishVolume",
+            "staging_target_path",
+            &req.staging_target_path,
+            "the path given to NodeStageVolume (this driver stages)",
+        )?);
+        let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
+        let v = self.volume(id).await?;
+        let not_staged = || {
+            Error::FailedPrecondition(format!(
+                "volume {id:?} is not staged at {}: call NodeStageVolume first",
+                staging.display()
+            ))
+        };
+        let device = v.attachment.as_ref().map(|a| a.device.clone()).ok_or_else(not_staged)?;
+        let read_only = req.readonly || cap.reader_only;
+        let table = mounts::mount_table()?;
+        let (source, flags) = match &cap.access {
+            Access::Block => (device.clone(), MountFlags::empty()),
+            Access::Mount { options, .. } => {
+                if !matches!(at_path(&table, staging, Some(&device))?, AtPath::Fs(_)) {
+                    return Err(not_staged());
+                }
+                (staging.to_owned(), options.flags)
+            }
+        };
+        match at_path(&table, target, Some(&device))? {
+            AtPath::Fs(m) | AtPath::Device(m)
+                if m.read_only() == read_only && (cap.is_block() == (m.fs_type == "devtmpfs")) =>
+            {
+                return Ok(())
+            }
+            AtPath::Nothing => {}
+            AtPath::Fs(m) | AtPath::Device(m) | AtPath::Other(m) => {
+                return Err(Error::AlreadyExists {
+                    kind: "mount",
+                    name: target.display().to_string(),
+                    existing: describe(&m),
+                    requested: format!(
+                        "volume {id:?} as {}{}",
+                        if cap.is_block() {
+                            "a block device"
+                        } else {
+                            "a file system"
+                        },
+                        if read_only { ", read-only" } else { "" }
+                    ),
+                })
+            }
+        }
+        if cap.is_block() {
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(Error::io("create the parent of", target))?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(target)
+                .map_err(Error::io("create the target file", target))?;
+        } else {
+            std::fs::create_dir_all(target).map_err(Error::io("create the target directory", target))?;
+        }
+        mounts::bind(&source, target, read_only, flags)?;
+        tracing::info!(volume = %id, target = %target.display(), read_only, "volume published");
+        Ok(())
+    }
+
+    async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<()> {
+        let id = params::required(
+            "NodeUnpublishVolume",
+            "volume_id",
+            &req.volume_id,
+            "the volume to unpublish",
+        )?;
+        let target = Path::new(params::required(
+            "NodeUnpublishVolume",
+            "target_path",
+            &req.target_path,
+            "the path given to NodePublishVolume",
+        )?);
+        let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
+        mounts::unmount_all(target)?;
+        match std::fs::symlink_metadata(target) {
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir(target).map_err(Error::io("remove the target directory", target))?
+            }
+            Ok(_) => std::fs::remove_file(target).map_err(Error::io("remove the target file", target))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("look at the target", target)(e)),
+        }
+        tracing::info!(volume = %id, target = %target.display(), "volume unpublished");
+        Ok(())
+    }
+
+    async fn stats(&self, req: csi::NodeGetVolumeStatsRequest) -> Result<csi::NodeGetVolumeStatsResponse> {
+        use csi::volume_usage::Unit;
+        let id = params::required(
+            "NodeGetVolumeStats",
+            "volume_id",
+            &req.volume_id,
+            "the volume to measure",
+        )?;
+        let path = Path::new(params::required(
+            "NodeGetVolumeStats",
+            "volume_path",
+            &req.volume_path,
+            "a path the volume is published or staged at",
+        )?);
+        let v = self.volume(id).await?;
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(Error::NotAtPath {
+                volume: id.to_owned(),
+                path: path.to_owned(),
+                why: "the path does not exist".into(),
+            });
+        }
+        let usage = |unit: Unit, [total, available, used]: [u64; 3]| csi::VolumeUsage {
+            total: total as i64,
+            available: available as i64,
+            used: used as i64,
+            unit: unit as i32,
+        };
+        let condition = |abnormal: bool, message: String| Some(csi::VolumeCondition { abnormal, message });
+        let device = v.attachment.as_ref().map(|a| a.device.as_path());
+        let table = mounts::mount_table()?;
+        Ok(match at_path(&table, path, device)? {
+            AtPath::Fs(_) => match mounts::usage(path) {
+                Ok((bytes, inodes)) => csi::NodeGetVolumeStatsResponse {
+                    usage: vec![usage(Unit::Bytes, bytes), usage(Unit::Inodes, inodes)],
+                    volume_condition: condition(false, "mounted".into()),
+                },
+                Err(e) => csi::NodeGetVolumeStatsResponse {
+                    usage: vec![],
+                    volume_condition: condition(
+                        true,
+                        format!("the file system does not answer: {}", super::error::chain(&e)),
+                    ),
+                },
+            },
+            AtPath::Device(_) => csi::NodeGetVolumeStatsResponse {
+                usage: vec![usage(Unit::Bytes, [v.size_bytes, 0, 0])],
+                volume_condition: condition(false, "block device published".into()),
+            },
+            AtPath::Other(m) => {
+                return Err(Error::NotAtPath {
+                    volume: id.to_owned(),
+                    path: path.to_owned(),
+                    why: format!("it holds {}", describe(&m)),
+                })
+            }
+            AtPath::Nothing => csi::NodeGetVolumeStatsResponse {
+                usage: vec![],
+                volume_condition: condition(
+                    true,
+                    match device {
+                        Some(d) => format!(
+                            "the mount of {} at {} is gone: stage and publish again",
+                            d.display(),
+                            path.display()
+                        ),
+                        None => format!(
+                            "volume {id:?} is not staged on this node and nothing is mounted at {}",
+                            path.display()
+                        ),
+                    },
+                ),
+            },
+        })
+    }
+
+    async fn expand(&self, req: csi::NodeExpandVolumeRequest) -> Result<csi::NodeExpandVolumeResponse> {
+        let id = params::required("NodeExpandVolume", "volume_id", &req.volume_id, "the volume to grow")?;
+        let path = Path::new(params::required(
+            "NodeExpandVolume",
+            "volume_path",
+            &req.volume_path,
+            "where the volume is published",
+        )?);
+        if let Some(c) = req.volume_capability.as_ref() {
+            Capability::parse(c)?;
+        }
+        let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
+        let mut v = self.volume(id).await?;
+        if let Some(range) = req.capacity_range.as_ref() {
+            let size = params::capacity(Some(range), v.params.block_size, 0)?;
+            if size > v.size_bytes {
+                v = self.plugin.volumes.expand(id, size).await?;
+            }
+        }
+        let device = v.attachment.as_ref().map(|a| a.device.clone()).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "volume {id:?} is not staged on this node: stage and publish it first"
+            ))
+        })?;
+        let table = mounts::mount_table()?;
+        match at_path(&table, path, Some(&device))? {
+            AtPath::Fs(m) => {
+                let (fs, mp) = (m.fs_type.clone(), m.mount_point.clone());
+                let dev = device.clone();
+                tokio::task::spawn_blocking(move || mounts::grow_fs(&fs, &dev, &mp))
+                    .await
+                    .map_err(|e| Error::Internal(format!("grow task: {e}")))??;
+                tracing::info!(volume = %id, size = v.size_bytes, "file system grown");
+            }
+            AtPath::Device(_) => {}
+            AtPath::Nothing | AtPath::Other(_) => {
+                return Err(Error::NotAtPath {
+                    volume: id.to_owned(),
+                    path: path.to_owned(),
+                    why: "it is not published there".into(),
+                })
+            }
+        }
+        Ok(csi::NodeExpandVolumeResponse {
+            capacity_bytes: v.size_bytes as i64,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        request: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        self.stage(request.into_inner()).await?;
+        Ok(Response::new(csi::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        self.unstage(request.into_inner()).await?;
+        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        self.publish(request.into_inner()).await?;
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        self.unpublish(request.into_inner()).await?;
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        Ok(Response::new(self.stats(request.into_inner()).await?))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        Ok(Response::new(self.expand(request.into_inner()).await?))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: node_capabilities(),
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.plugin.node_id.clone(),
+            max_volumes_per_node: self.plugin.max_volumes,
+            accessible_topology: Some(self.plugin.topology()),
+        }))
+    }
+}

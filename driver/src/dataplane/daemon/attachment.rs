@@ -1,0 +1,390 @@
+//! One attached volume: its engine, its FUSE connection and loop device, and
+//! its link to the fd holder — attached here, or taken over from a
+//! predecessor, or found broken.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floe_engine::{Mode, Primary, VolumeStore};
+use serde::{Deserialize, Serialize};
+
+use super::api::{AttachState, AttachmentInfo};
+use super::error::{chain, DaemonError};
+use super::files::{self, RunPaths};
+use crate::dataplane::cmd;
+use crate::dataplane::fuse::{abort_connection, FuseConfig, FuseServer};
+use crate::dataplane::handover::{self, HandoverError, HolderLink};
+use crate::dataplane::loopdev::{self, LoopError};
+use crate::dataplane::{mount, AttachedVolume, EngineBackend};
+use crate::store::FileStore;
+
+/// What `attached.json` says about one volume: enough for a successor to
+/// find its connection in the holder and its loop device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedRecord {
+    /// The FUSE mount point.
+    pub fuse_dir: PathBuf,
+    /// The loop device on the FUSE file; absent while the attach is under
+    /// way (the record is written before the FUSE mount, so that a crash
+    /// in between leaves nothing a successor does not know of).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<PathBuf>,
+}
+
+/// `<run-dir>/attached.json`: volume id → [`AttachedRecord`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedFile {
+    /// Every attached volume.
+    pub volumes: BTreeMap<String, AttachedRecord>,
+}
+
+enum Kind {
+    /// Attached by this process.
+    Serving(AttachedVolume),
+    /// Taken over: the loop device was attached by a predecessor.
+    Resumed(FuseServer),
+    /// Found attached but not servable; why.
+    Broken(String),
+}
+
+/// An attached volume.
+pub(super) struct Attachment {
+    volume: String,
+    backend: Option<Arc<EngineBackend>>,
+    device: PathBuf,
+    fuse_dir: PathBuf,
+    link: Option<HolderLink>,
+    kind: Kind,
+}
+
+/// Opens a volume's store and reopens its engine (bumping the incarnation).
+pub(super) fn open_engine(data_dir: &Path, volume: &str, mode: Mode) -> Result<Primary<FileStore>, DaemonError> {
+    let store = FileStore::open(data_dir, volume).map_err(|source| DaemonError::Store {
+        op: "open the store",
+        volume: volume.to_owned(),
+        source,
+    })?;
+    let geo = store.geometry();
+    Primary::open(store, geo, mode).map_err(|source| DaemonError::Engine {
+        op: "reopen the engine",
+        volume: volume.to_owned(),
+        source,
+    })
+}
+
+impl Attachment {
+    /// Attaches `volume`: its engine, a FUSE file whose every fd the holder
+    /// gets before its first read, and a direct-I/O loop device on it.
+    pub(super) fn attach(
+        volume: &str,
+        mode: Mode,
+        data_dir: &Path,
+        run: &RunPaths,
+        config: &FuseConfig,
+    ) -> Result<Self, DaemonError> {
+        let holder = run.holder_socket();
+        let link = HolderLink::connect(&holder, volume).map_err(|source| DaemonError::HolderUnavailable {
+            path: holder.clone(),
+            run_dir: run.dir.display().to_string(),
+            source,
+        })?;
+        let fuse_dir = run.fuse_dir(volume);
+        clear_stale(volume, &fuse_dir, &link)?;
+        let backend = Arc::new(EngineBackend::new(open_engine(data_dir, volume, mode)?));
+        let attached = AttachedVolume::attach_with(backend.clone(), &fuse_dir, config, Some(&link));
+        let av = match attached {
+            Ok(av) => av,
+            Err(source) => {
+                // The connection is gone; the holder's copies are of no use.
+                if let Err(e) = link.release() {
+                    tracing::warn!(volume, error = %chain(&e), "release the holder's fds after a failed attach");
+                }
+                return Err(DaemonError::Attach {
+                    volume: volume.to_owned(),
+                    source,
+                });
+            }
+        };
+        Ok(Attachment {
+            volume: volume.to_owned(),
+            backend: Some(backend),
+            device: av.device().to_owned(),
+            fuse_dir,
+            link: Some(link),
+            kind: Kind::Serving(av),
+        })
+    }
+
+    /// Takes over a volume a predecessor attached: its connection from the
+    /// holder (served from the saved `INIT` parameters, then
+    /// `FUSE_NOTIFY_RESEND`), its engine reopened from disk. `None` when no
+    /// loop device is on its FUSE file (an attach that never completed, or
+    /// nothing left after a reboot: what remains is torn down). A volume
+    /// that cannot be served comes back [`AttachState::Broken`], with the
+    /// reason.
+    pub(super) fn take_over(
+        volume: &str,
+        mode: Mode,
+        rec: &AttachedRecord,
+        data_dir: &Path,
+        run: &RunPaths,
+    ) -> Option<Self> {
+        let holder = run.holder_socket();
+        let file = rec.fuse_dir.join(crate::dataplane::fuse::ops::FILE_NAME);
+        let devices = loopdev::devices_backed_by(&file);
+        let device = rec
+            .device
+            .as_ref()
+            .filter(|d| devices.contains(d))
+            .cloned()
+            .or_else(|| devices.first().cloned());
+        let Some(device) = device else {
+            // The attach never reached its loop device (or nothing of it is
+            // left, as after a reboot): undo whatever remains.
+            tracing::warn!(
+                volume,
+                "no loop device on the FUSE file of an attached volume: the attach did not finish; torn down"
+            );
+            tear_down_fuse(&rec.fuse_dir);
+            if let Ok(link) = HolderLink::connect(&holder, volume) {
+                let _ = link.release();
+            }
+            return None;
+        };
+        let broken = |why: String| {
+            tracing::error!(volume, device = %device.display(), why, "volume cannot be served");
+            Some(Attachment {
+                volume: volume.to_owned(),
+                backend: None,
+                device: device.clone(),
+                fuse_dir: rec.fuse_dir.clone(),
+                link: None,
+                kind: Kind::Broken(why),
+            })
+        };
+        let conn = match handover::take(&holder, volume) {
+            Ok(conn) => conn,
+            Err(e @ (HandoverError::Unknown(_) | HandoverError::Socket { .. })) => {
+                return broken(format!(
+                    "its FUSE connection could not be taken over ({}): the holder lost it, so the connection ended with the previous data plane and I/O on {} fails; unmount the file system on it, then detach",
+                    chain(&e),
+                    device.display()
+                ))
+            }
+            Err(e) => return broken(format!("take its FUSE connection from the holder: {}", chain(&e))),
+        };
+        let backend = match open_engine(data_dir, volume, mode) {
+            Ok(p) => Arc::new(EngineBackend::new(p)),
+            // The connection stays unserved: I/O waits, and a later start
+            // may succeed. Detach aborts it.
+            Err(e) => return broken(chain(&e)),
+        };
+        let fuse = match FuseServer::resume(backend.clone(), &rec.fuse_dir, conn) {
+            Ok(f) => f,
+            Err(e) => return broken(format!("resume its FUSE connection: {}", chain(&e))),
+        };
+        let link = match HolderLink::connect(&holder, volume) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(volume, error = %chain(&e), "connect to the holder (needed only to release the fds at detach)");
+                None
+            }
+        };
+        match sysfs_dio(&device) {
+            Some(true) => {}
+            other => {
+                tracing::warn!(volume, device = %device.display(), dio = ?other, "taken-over loop device does not report direct I/O")
+            }
+        }
+        tracing::info!(volume, device = %device.display(), "volume taken over from the previous data plane");
+        Some(Attachment {
+            volume: volume.to_owned(),
+            backend: Some(backend),
+            device,
+            fuse_dir: rec.fuse_dir.clone(),
+            link,
+            kind: Kind::Resumed(fuse),
+        })
+    }
+
+    /// The volume id.
+    pub(super) fn volume(&self) -> &str {
+        &self.volume
+    }
+
+    /// The loop device.
+    pub(super) fn device(&self) -> &Path {
+        &self.device
+    }
+
+    /// What `attached.json` says about it.
+    pub(super) fn record(&self) -> AttachedRecord {
+        AttachedRecord {
+            fuse_dir: self.fuse_dir.clone(),
+            device: Some(self.device.clone()),
+        }
+    }
+
+    /// The engine, when served.
+    pub(super) fn backend(&self) -> Option<&Arc<EngineBackend>> {
+        self.backend.as_ref()
+    }
+
+    /// As the API shows it.
+    pub(super) fn info(&self) -> AttachmentInfo {
+        let (state, detail) = match &self.kind {
+            Kind::Serving(_) => (AttachState::Serving, None),
+            Kind::Resumed(_) => (AttachState::Resumed, None),
+            Kind::Broken(why) => (AttachState::Broken, Some(why.clone())),
+        };
+        let engine = self.backend.as_ref().map(|b| {
+            b.with_primary(|p| {
+                let incarnation = p.store().get_meta().ok().flatten().map(|m| m.incarnation);
+                (incarnation, p.dirty_blocks())
+            })
+        });
+        AttachmentInfo {
+            device: self.device.clone(),
+            fuse_dir: self.fuse_dir.clone(),
+            state,
+            detail,
+            incarnation: engine.and_then(|(i, _)| i),
+            dirty_blocks: engine.map(|(_, d)| d),
+        }
+    }
+
+    /// Tears down the loop device, then the FUSE mount, tells the holder to
+    /// let go, and flushes the engine. The caller checked that nothing is
+    /// mounted on the device. On error the attachment stays as it is, and a
+    /// retry resumes where this stopped.
+    pub(super) fn detach(&mut self) -> Result<(), DaemonError> {
+        let volume = self.volume.clone();
+        match &mut self.kind {
+            Kind::Serving(av) => av.detach().map_err(|source| DaemonError::Attach { volume, source })?,
+            Kind::Resumed(fuse) => {
+                detach_loop(&self.device).map_err(|source| DaemonError::Loop {
+                    op: "detach the loop device",
+                    volume: volume.clone(),
+                    source,
+                })?;
+                fuse.unmount().map_err(|source| DaemonError::Fuse {
+                    op: "unmount the FUSE file",
+                    volume,
+                    source,
+                })?;
+            }
+            Kind::Broken(_) => {
+                // Nobody serves the connection (or it is dead): end it so
+                // that nothing waits on it, then take everything down.
+                abort_connection(&self.fuse_dir);
+                detach_loop(&self.device).map_err(|source| DaemonError::Loop {
+                    op: "detach the loop device",
+                    volume,
+                    source,
+                })?;
+                if mount::unmount_path(&self.fuse_dir).is_err() {
+                    let _ = rustix::mount::unmount(&self.fuse_dir, rustix::mount::UnmountFlags::DETACH);
+                }
+            }
+        }
+        if let Some(link) = &self.link {
+            if let Err(e) = link.release() {
+                tracing::warn!(volume = %self.volume, error = %chain(&e), "tell the holder to close the fds of a detached volume");
+            }
+        }
+        if let Some(b) = &self.backend {
+            if let Err(e) = b.with_primary(|p| p.flush()) {
+                tracing::error!(volume = %self.volume, error = %chain(&e), "flush the engine after detach");
+            }
+        }
+        let _ = std::fs::remove_dir(&self.fuse_dir);
+        tracing::info!(volume = %self.volume, device = %self.device.display(), "volume detached");
+        Ok(())
+    }
+
+    /// Leaves the FUSE mount, the loop device and the holder's copies as
+    /// they are, for a successor: the process is about to exit.
+    pub(super) fn abandon(self) {
+        match self.kind {
+            // `AttachedVolume` has no abandon of its own: not running its
+            // destructor leaves the loop device and the mount in place.
+            Kind::Serving(av) => std::mem::forget(av),
+            Kind::Resumed(fuse) => fuse.abandon(),
+            Kind::Broken(_) => {}
+        }
+    }
+}
+
+/// Clears what an attach of `volume` that did not finish may have left: the
+/// holder's fds under its key, a loop device on its FUSE file, the FUSE
+/// mount. Refuses when a file system is mounted on such a loop device.
+fn clear_stale(volume: &str, fuse_dir: &Path, link: &HolderLink) -> Result<(), DaemonError> {
+    link.release().map_err(|source| DaemonError::Handover {
+        op: "clear the holder's stale fds",
+        volume: volume.to_owned(),
+        source,
+    })?;
+    let file = fuse_dir.join(crate::dataplane::fuse::ops::FILE_NAME);
+    for device in loopdev::devices_backed_by(&file) {
+        let targets = files::mounts_of(&device).map_err(DaemonError::io("read", "/proc/self/mountinfo"))?;
+        if !targets.is_empty() {
+            return Err(DaemonError::StaleMounted {
+                volume: volume.to_owned(),
+                device,
+                targets,
+            });
+        }
+        tracing::warn!(volume, device = %device.display(), "detaching a loop device left by an attach that did not finish");
+        abort_connection(fuse_dir);
+        detach_loop(&device).map_err(|source| DaemonError::Loop {
+            op: "detach a stale loop device",
+            volume: volume.to_owned(),
+            source,
+        })?;
+    }
+    tear_down_fuse(fuse_dir);
+    Ok(())
+}
+
+/// Ends and unmounts whatever FUSE connection is mounted at `fuse_dir`.
+fn tear_down_fuse(fuse_dir: &Path) {
+    if files::is_mount_point(fuse_dir).unwrap_or(false) {
+        tracing::warn!(dir = %fuse_dir.display(), "unmounting a FUSE mount nobody serves");
+        abort_connection(fuse_dir);
+        if mount::unmount_path(fuse_dir).is_err() {
+            let _ = rustix::mount::unmount(fuse_dir, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+fn sysfs_dio(device: &Path) -> Option<bool> {
+    let name = device.file_name()?;
+    let dio = std::fs::read_to_string(Path::new("/sys/block").join(name).join("loop/dio")).ok()?;
+    Some(dio.trim() == "1")
+}
+
+/// Detaches a loop device this process did not attach and waits until it
+/// let go of its file. Idempotent.
+fn detach_loop(device: &Path) -> Result<(), LoopError> {
+    let Some(name) = device.file_name() else {
+        return Ok(());
+    };
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    if backing.exists() {
+        match cmd::run("losetup", &["-d".as_ref(), device.as_os_str()]) {
+            Ok(_) => {}
+            Err(_) if !backing.exists() => {}
+            Err(e) => return Err(LoopError::Losetup(e)),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backing.exists() {
+        if Instant::now() > deadline {
+            return Err(LoopError::DetachTimeout(device.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! Why a daemon operation failed, and how that travels.
+
+use std::path::PathBuf;
+
+use floe_engine::EngineError;
+
+use super::api::{ErrorKind, RequestError, WireError};
+use crate::dataplane::fsfreeze::FreezeError;
+use crate::dataplane::fuse::FuseError;
+use crate::dataplane::handover::HandoverError;
+use crate::dataplane::loopdev::LoopError;
+use crate::dataplane::AttachError;
+use crate::store;
+
+/// Why a daemon operation failed. Messages say what to do when the caller
+/// can do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The request itself is wrong.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// No such volume.
+    #[error("volume {0:?} does not exist: create it first")]
+    NotFound(String),
+    /// No such snapshot.
+    #[error("volume {volume:?} has no snapshot {name:?} (no file {path})")]
+    SnapshotNotFound {
+        /// Volume id.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+        /// Where it would be.
+        path: PathBuf,
+    },
+    /// A volume of that id exists with another shape.
+    #[error("volume {volume:?} exists already with {existing}: delete it or choose another id")]
+    AlreadyExists {
+        /// Volume id.
+        volume: String,
+        /// Its shape, in words.
+        existing: String,
+    },
+    /// The volume's directory holds a record this process cannot read.
+    #[error("volume directory {0} holds a volume record that could not be read at start: inspect it, or remove the directory to reuse the id")]
+    Unreadable(PathBuf),
+    /// Attach of an attached volume.
+    #[error("volume {volume:?} is attached already as {device}: detach it first")]
+    AlreadyAttached {
+        /// Volume id.
+        volume: String,
+        /// Its loop device.
+        device: PathBuf,
+    },
+    /// An attached volume whose connection could not be taken over.
+    #[error("volume {0:?} is attached but not served (broken, see its status): unmount its file system and detach it")]
+    NotServed(String),
+    /// Delete of an attached volume.
+    #[error("volume {volume:?} is attached as {device}: detach it before deleting it")]
+    Attached {
+        /// Volume id.
+        volume: String,
+        /// Its loop device.
+        device: PathBuf,
+    },
+    /// Detach while a file system on the device is mounted.
+    #[error("volume {volume:?}: {device} is mounted at {}: unmount it before detaching", targets.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Mounted {
+        /// Volume id.
+        volume: String,
+        /// Its loop device.
+        device: PathBuf,
+        /// Where it is mounted.
+        targets: Vec<PathBuf>,
+    },
+    /// A loop device left by an attach that did not finish is in use.
+    #[error("volume {volume:?}: {device}, left by an attach that did not finish, is mounted at {}: unmount it, then attach again", targets.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(", "))]
+    StaleMounted {
+        /// Volume id.
+        volume: String,
+        /// The stale loop device.
+        device: PathBuf,
+        /// Where it is mounted.
+        targets: Vec<PathBuf>,
+    },
+    /// Growing is not possible yet.
+    #[error("volume {volume:?} is {size} bytes; growing it to {requested} needs the engine to change its geometry, which is fixed at create today: create a new volume of {requested} bytes and copy the data")]
+    CannotGrow {
+        /// Volume id.
+        volume: String,
+        /// Its size.
+        size: u64,
+        /// Size asked for.
+        requested: u64,
+    },
+    /// Restore into a volume smaller than the snapshot.
+    #[error("size_bytes {requested} is smaller than snapshot {snapshot:?} ({size} bytes): ask for at least {size}")]
+    TooSmall {
+        /// Snapshot name.
+        snapshot: String,
+        /// Its size.
+        size: u64,
+        /// Size asked for.
+        requested: u64,
+    },
+    /// Restore into a size that is not a whole number of blocks.
+    #[error("size_bytes {requested} is not a multiple of the source's block size {block_size}")]
+    NotWholeBlocks {
+        /// Size asked for.
+        requested: u64,
+        /// The block size.
+        block_size: u64,
+    },
+    /// The fd holder is not there: attaching without it would make the next
+    /// restart of the data plane fatal to the volume.
+    #[error("the fd holder at {path} does not answer: start `floe-dataplane holder --run-dir {run_dir}` first")]
+    HolderUnavailable {
+        /// The holder's socket.
+        path: PathBuf,
+        /// The run directory.
+        run_dir: String,
+        /// The failure.
+        #[source]
+        source: HandoverError,
+    },
+    /// Quiesce of something that is not a mount point.
+    #[error("{0} is not a mount point: quiesce the directory a file system is mounted on")]
+    NotMounted(PathBuf),
+    /// Quiesce of a file system frozen already.
+    #[error("{path} is frozen already under token {token}: thaw it first")]
+    AlreadyFrozen {
+        /// Mount point.
+        path: PathBuf,
+        /// The earlier token.
+        token: String,
+    },
+    /// Thaw of a token not known.
+    #[error("no file system is frozen under token {0}")]
+    UnknownToken(String),
+    /// Thaw of a quiesce whose deadline passed.
+    #[error("the quiesce {token} of {path} passed its deadline and the watchdog thawed it: the cut is not consistent, abort the epoch")]
+    Expired {
+        /// The token.
+        token: String,
+        /// Mount point.
+        path: PathBuf,
+    },
+    /// Thaw while the freeze is still under way.
+    #[error("the quiesce {0} is still freezing: thaw it once the quiesce returned")]
+    StillFreezing(String),
+    /// Freezing took longer than the quiesce's own timeout.
+    #[error(
+        "freezing {path} took longer than its timeout ({timeout_ms} ms): thawed again, retry with a longer timeout"
+    )]
+    FreezeTooSlow {
+        /// Mount point.
+        path: PathBuf,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The volume's store failed.
+    #[error("{op} of volume {volume:?}")]
+    Store {
+        /// What was being done.
+        op: &'static str,
+        /// Volume id.
+        volume: String,
+        /// The failure.
+        #[source]
+        source: store::Error,
+    },
+    /// The engine refused or its store failed.
+    #[error("{op} of volume {volume:?}")]
+    Engine {
+        /// What was being done.
+        op: &'static str,
+        /// Volume id.
+        volume: String,
+        /// The failure.
+        #[source]
+        source: EngineError,
+    },
+    /// FUSE plus loop device failed.
+    #[error("attach volume {volume:?}")]
+    Attach {
+        /// Volume id.
+        volume: String,
+        /// The failure.
+        #[source]
+        source: AttachError,
+    },
+    /// The FUSE server failed.
+    #[error("{op} of volume {volume:?}")]
+    Fuse {
+        /// What was being done.
+        op: &'static str,
+        /// Volume id.
+        volume: String,
+        /// The failure.
+        #[source]
+        source: FuseError,
+    },
+    /// A loop device failed.
+    #[error("{op} of volume {volume:?}")]
+    Loop {
+        /// What was being done.
+        op: &'static str,
+        /// Volume id.
+        volume: String,
+        /// The failure.
+        #[source]
+        source: LoopError,
+    },
+    /// The holder failed.
+    #[error("{op} of volume {volume:?}")]
+    Handover {
+        /// What was being done.
+        op: &'static str,
+        /// Volume id.
+        volume: String,
+        /// The failure.
+        #[source]
+        source: HandoverError,
+    },
+    /// A freeze or thaw failed.
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    /// A file operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DaemonError {
+    /// The kind a caller branches on.
+    pub fn kind(&self) -> ErrorKind {
+        use DaemonError as E;
+        match self {
+            E::Request(_) | E::TooSmall { .. } | E::NotWholeBlocks { .. } | E::NotMounted(_) => {
+                ErrorKind::InvalidArgument
+            }
+            E::NotFound(_) | E::SnapshotNotFound { .. } | E::UnknownToken(_) => ErrorKind::NotFound,
+            E::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            E::Unreadable(_)
+            | E::AlreadyAttached { .. }
+            | E::Attached { .. }
+            | E::Mounted { .. }
+            | E::StaleMounted { .. }
+            | E::NotServed(_)
+            | E::AlreadyFrozen { .. }
+            | E::StillFreezing(_) => ErrorKind::FailedPrecondition,
+            E::CannotGrow { .. } => ErrorKind::Unimplemented,
+            E::HolderUnavailable { .. } => ErrorKind::Unavailable,
+            E::Expired { .. } | E::FreezeTooSlow { .. } => ErrorKind::DeadlineExceeded,
+            E::Store { .. }
+            | E::Engine { .. }
+            | E::Attach { .. }
+            | E::Fuse { .. }
+            | E::Loop { .. }
+            | E::Handover { .. }
+            | E::Freeze(_)
+            | E::Io { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// The error as it travels: its kind and the whole chain of causes.
+    pub fn to_wire(&self) -> WireError {
+        WireError {
+            kind: self.kind(),
+            message: chain(self),
+        }
+    }
+
+    pub(super) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| DaemonError::Io { op, path, source }
+    }
+}
+
+/// "error: cause: cause", each level once.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.ends_with(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_errors_carry_the_chain_and_the_kind() {
+        let e = DaemonError::Io {
+            op: "read",
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(2),
+        };
+        let w = e.to_wire();
+        assert_eq!(w.kind, ErrorKind::Internal);
+        assert!(w.message.starts_with("read /x: No such file"), "{}", w.message);
+        let e = DaemonError::from(RequestError::BlockSize(3000));
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.to_wire().message.contains("3000"));
+    }
+}

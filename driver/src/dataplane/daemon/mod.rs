@@ -1,0 +1,335 @@
+//! The data-plane daemon: `floe-dataplane serve`, the long-lived process
+//! that serves every attached volume's I/O on a node, apart from the CSI
+//! server, and survives its own restarts without an I/O error.
+//!
+//! # Processes
+//! ```text
+//!  floe-csi (node)  ──dataplane.sock──▶  floe-dataplane serve  ──holder.sock──▶  floe-dataplane holder
+//!   (not in the I/O path)                 FUSE workers, engines                   keeps every /dev/fuse fd
+//! ```
+//! Killing or restarting `floe-csi` touches no I/O: it only calls the local
+//! API. `serve` hands every `/dev/fuse` fd to the holder before the fd's
+//! first read ([`crate::dataplane::handover`]), so when `serve` dies, by
+//! SIGTERM or SIGKILL, the kernel keeps every connection and queues the
+//! requests, and the next `serve` takes the connections over.
+//!
+//! # The local API
+//! A unix socket, `<run-dir>/dataplane.sock` (mode 0600), speaking
+//! line-delimited JSON ([`api`]): one request object per line, one response
+//! per line, on a connection the client may keep. Chosen over tonic on a
+//! unix socket because this process is the I/O path: it is synchronous
+//! (the FUSE workers are plain threads), its memory is locked
+//! (`mlockall`), and each thread it starts inherits `PR_SET_IO_FLUSHER`;
+//! an async runtime, HTTP/2 and protobuf would add locked memory, threads
+//! and code to the process that must never stall, for a peer on the same
+//! node built from the same commit. JSON lines are also readable by hand
+//! (`socat - UNIX-CONNECT:/run/floe/dataplane.sock`). Version skew during a
+//! rolling upgrade is covered by [`api::API_VERSION`] in `status`, optional
+//! fields with defaults, and unknown fields refused loudly. The CSI server
+//! calls it through [`client::Client`].
+//!
+//! # Operations
+//! Per-volume serialisation ([`volumes`]): every operation takes its
+//! volume's slot lock and no other. Quiesce and thaw ([`freeze`]) take no
+//! volume lock at all: no lock is held across a frozen file system.
+//!
+//! # Restart without I/O errors
+//! At start `serve`:
+//! 1. takes `flock` on `<run-dir>/serve.lock`, waiting for a predecessor
+//!    that is still exiting (two processes never serve one connection or
+//!    open one store);
+//! 2. reads `<run-dir>/attached.json` (volume → FUSE mount point, loop
+//!    device; rewritten durably at every attach and detach, and before an
+//!    attach starts, so an attach cut short by a crash is found and undone,
+//!    and the next attach of the volume clears its leftovers) and, for each
+//!    volume, takes its fds and `INIT` parameters from the holder, reopens
+//!    the engine from disk (`Primary::open`: the incarnation is bumped and
+//!    every write-intent region is dirty again), starts its own request
+//!    loop from the saved parameters and sends `FUSE_NOTIFY_RESEND`, so the
+//!    requests the dead process had read are queued again and replayed
+//!    (block reads and writes are idempotent at the same offset);
+//! 3. thaws every file system a predecessor left frozen
+//!    (`<run-dir>/frozen/`), only now, because thawing a floe volume's file
+//!    system needs its FUSE connection served;
+//! 4. starts the freeze watchdog and the API.
+//!
+//! On SIGTERM, `serve` thaws what it froze, stops taking API requests
+//! (waiting for those under way), flushes every engine and holds its lock so
+//! that it stops between two requests, abandons its FUSE servers without
+//! unmounting (`FuseServer::abandon`) and exits. Requests it read but did
+//! not answer are resent to the successor. A SIGKILL skips all of that and
+//! costs nothing more: acknowledged writes are in the store's files (a
+//! flush made them durable), requests in flight are resent, and the engine
+//! recovers its dirty set from its write-intent record.
+//!
+//! # If the holder dies
+//! While `serve` lives, nothing happens to I/O: `serve` holds its own fds.
+//! Only the safety net is gone: `status` reports `holder_reachable: false`
+//! and `serve` logs it. Attach refuses to attach without a holder. If
+//! `serve` then stops, by SIGTERM or crash, the last fd of each connection
+//! closes, the kernel aborts the connection, and every filesystem on a floe
+//! loop device gets I/O errors (ext4 remounts read-only or shuts down): the
+//! next `serve` finds the connections gone and reports those volumes
+//! `broken`. Recovery: restart the holder first; then each volume must be
+//! unstaged and staged again (kubelet does that when the pod is recreated):
+//! unmount the file system, `detach` (which cleans the dead FUSE mount and
+//! the loop device), `attach`, mount — the data is intact on disk, only the
+//! running pods saw errors. To avoid it: never restart the holder while
+//! volumes are attached (it is a few hundred lines with nothing to
+//! upgrade), and drain the node before touching it; a holder restarted
+//! while `serve` runs does not get the running connections' fds back (the
+//! FUSE workers own them), so restart `serve` only after the volumes were
+//! re-staged.
+
+pub mod api;
+mod attachment;
+pub mod client;
+mod error;
+pub mod files;
+mod freeze;
+mod server;
+mod volumes;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::FlockOperation;
+
+pub use api::{Command, Reply, Request, Response};
+pub use attachment::{AttachedFile, AttachedRecord};
+pub use error::{chain, DaemonError};
+pub use freeze::FrozenRecord;
+pub use volumes::VolumeRecord;
+
+use api::Status;
+use files::RunPaths;
+use freeze::Freezer;
+use volumes::Volumes;
+
+use crate::dataplane::fuse::FuseConfig;
+use crate::dataplane::handover::HolderLink;
+
+/// How `serve` is set up.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Volumes' data and metadata (`<data-dir>/volumes/<id>`).
+    pub data_dir: PathBuf,
+    /// Sockets, locks and run-time records (see [`files::RunPaths`]).
+    pub run_dir: PathBuf,
+    /// FUSE settings of every volume.
+    pub fuse: FuseConfig,
+}
+
+/// A configuration `serve` cannot run with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A directory given as a relative path.
+    #[error("{flag} {path} must be an absolute path")]
+    Relative {
+        /// The flag.
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// FUSE settings out of range.
+    #[error("FUSE settings")]
+    Fuse(#[source] crate::dataplane::fuse::FuseError),
+}
+
+impl ServeConfig {
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (flag, path) in [("--data-dir", &self.data_dir), ("--run-dir", &self.run_dir)] {
+            if !path.is_absolute() {
+                return Err(ConfigError::Relative {
+                    flag,
+                    path: path.clone(),
+                });
+            }
+        }
+        self.fuse.validate().map_err(ConfigError::Fuse)
+    }
+}
+
+/// A serving data plane.
+pub struct Daemon {
+    run: RunPaths,
+    volumes: Volumes,
+    freezer: Arc<Freezer>,
+    started: SystemTime,
+    took_over: Vec<String>,
+    holder_ok: AtomicBool,
+    /// Holds `serve.lock` for the life of the process.
+    _lock: File,
+}
+
+impl Daemon {
+    /// Starts serving: waits for a predecessor to exit, takes its volumes
+    /// over, thaws leftovers, starts the watchdog. The API starts with
+    /// [`Daemon::serve_api`].
+    pub fn start(cfg: &ServeConfig) -> Result<Arc<Self>, DaemonError> {
+        let run = RunPaths::new(&cfg.run_dir);
+        for dir in [run.dir.clone(), run.dir.join("fuse"), run.frozen()] {
+            std::fs::create_dir_all(&dir).map_err(DaemonError::io("create", &dir))?;
+        }
+        let lock = take_lock(&run)?;
+        let volumes = Volumes::load(&cfg.data_dir, &run, cfg.fuse.clone())?;
+        let took_over = volumes.take_over()?;
+        if !took_over.is_empty() {
+            tracing::info!(volumes = ?took_over, "took over from the previous data plane");
+        }
+        let thawed = freeze::thaw_leftovers(&run.frozen());
+        if !thawed.is_empty() {
+            tracing::warn!(paths = ?thawed, "thawed file systems left frozen");
+        }
+        let daemon = Arc::new(Daemon {
+            freezer: Freezer::new(&run.frozen())?,
+            holder_ok: AtomicBool::new(holder_reachable(&run)),
+            run,
+            volumes,
+            started: SystemTime::now(),
+            took_over,
+            _lock: lock,
+        });
+        let d = Arc::clone(&daemon);
+        std::thread::Builder::new()
+            .name("floe-watchdog".into())
+            .spawn(move || d.freezer.watchdog())
+            .map_err(DaemonError::io("start the freeze watchdog", "thread"))?;
+        let d = Arc::clone(&daemon);
+        std::thread::Builder::new()
+            .name("floe-holder-watch".into())
+            .spawn(move || d.watch_holder())
+            .map_err(DaemonError::io("start the holder watch", "thread"))?;
+        Ok(daemon)
+    }
+
+    /// Binds `<run-dir>/dataplane.sock` and answers requests from a thread.
+    pub fn serve_api(self: &Arc<Self>) -> Result<(), DaemonError> {
+        server::listen(Arc::clone(self), &self.run.api_socket())
+    }
+
+    /// Carries out one request.
+    pub fn handle(&self, cmd: Command) -> Result<Reply, DaemonError> {
+        Ok(match cmd {
+            Command::Create { volume, shape } => Reply::Volume(self.volumes.create(&volume, shape)?),
+            Command::Delete(volume) => {
+                self.volumes.delete(&volume)?;
+                Reply::Deleted {
+                    volume: volume.to_string(),
+                }
+            }
+            Command::Attach(volume) => Reply::Volume(self.volumes.attach(&volume)?),
+            Command::Detach(volume) => Reply::Detached {
+                was_attached: self.volumes.detach(&volume)?,
+                volume: volume.to_string(),
+            },
+            Command::Expand { volume, size_bytes } => Reply::Volume(self.volumes.expand(&volume, size_bytes)?),
+            Command::List => Reply::Volumes(self.volumes.list()),
+            Command::Status => Reply::Status(self.status()),
+            Command::Quiesce { path, timeout } => Reply::Quiesced(self.freezer.quiesce(&path, timeout)?),
+            Command::Thaw(token) => Reply::Thawed {
+                path: self.freezer.thaw(&token)?,
+                token,
+            },
+            Command::Snapshot { volume, name } => Reply::Snapshot(self.volumes.snapshot(&volume, &name)?),
+            Command::Restore {
+                volume,
+                from_volume,
+                snapshot,
+                size_bytes,
+                mode,
+            } => Reply::Volume(
+                self.volumes
+                    .restore(&volume, &from_volume, &snapshot, size_bytes, mode)?,
+            ),
+        })
+    }
+
+    /// Parses and carries out one request line; logs failures.
+    pub fn handle_line(&self, line: &str) -> Response {
+        let result = Command::parse_line(line)
+            .map_err(DaemonError::from)
+            .and_then(|cmd| self.handle(cmd));
+        match result {
+            Ok(reply) => Response::Ok(reply),
+            Err(e) => {
+                let wire = e.to_wire();
+                tracing::warn!(kind = ?wire.kind, error = %wire.message, "request failed");
+                Response::Error(wire)
+            }
+        }
+    }
+
+    /// The data plane's state.
+    pub fn status(&self) -> Status {
+        Status {
+            api_version: api::API_VERSION,
+            pid: std::process::id(),
+            started_unix_ms: files::unix_ms(self.started),
+            holder_reachable: self.holder_ok.load(Ordering::Relaxed),
+            took_over: self.took_over.clone(),
+            volumes: self.volumes.list(),
+            frozen: self.freezer.list(),
+        }
+    }
+
+    /// Exits in favour of a successor (SIGTERM): thaws what it froze, then
+    /// leaves every volume's connection to the holder.
+    pub fn hand_over(&self) -> ! {
+        self.freezer.thaw_all();
+        self.volumes.hand_over()
+    }
+
+    fn watch_holder(&self) {
+        loop {
+            std::thread::sleep(Duration::from_secs(2));
+            let ok = holder_reachable(&self.run);
+            if self.holder_ok.swap(ok, Ordering::Relaxed) != ok {
+                if ok {
+                    tracing::info!(socket = %self.run.holder_socket().display(), "the fd holder answers again");
+                } else {
+                    tracing::error!(socket = %self.run.holder_socket().display(), "the fd holder does not answer: I/O goes on, but a restart of this process would now end every attached volume's connection");
+                }
+            }
+        }
+    }
+}
+
+fn holder_reachable(run: &RunPaths) -> bool {
+    HolderLink::connect(&run.holder_socket(), "probe").is_ok()
+}
+
+/// `flock` on `serve.lock`, waiting for a predecessor still exiting.
+fn take_lock(run: &RunPaths) -> Result<File, DaemonError> {
+    let path = run.lock();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(DaemonError::io("open the serve lock", &path))?;
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            tracing::info!(pid = holder.trim(), "waiting for the previous data plane to exit");
+            loop {
+                match rustix::fs::flock(&file, FlockOperation::LockExclusive) {
+                    Ok(()) => break,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(DaemonError::io("lock", &path)(e.into())),
+                }
+            }
+        }
+        Err(e) => return Err(DaemonError::io("lock", &path)(e.into())),
+    }
+    file.set_len(0).map_err(DaemonError::io("truncate", &path))?;
+    std::io::Write::write_all(&mut &file, format!("{}\n", std::process::id()).as_bytes())
+        .map_err(DaemonError::io("write", &path))?;
+    Ok(file)
+}

@@ -1,0 +1,285 @@
+//! The node service against the real kernel: stage (mkfs + mount), publish
+//! (bind, read-only where asked; the device node for block volumes), stats
+//! with a condition, online growth (of XFS) within the store and its refusal past
+//! it, idempotent retries, and teardown.
+//!
+//! Needs root, /dev/fuse, loop devices and xfsprogs: in CI (`CI` set) their
+//! absence is a failure, elsewhere the test is skipped with a note.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use floe_proto::csi;
+use floe_proto::csi::controller_server::Controller;
+use floe_proto::csi::node_server::Node;
+use tonic::{Code, Request};
+
+mod common;
+
+use common::csi::{block_cap, create_req, mount_cap, Harness};
+
+const MIB: i64 = 1 << 20;
+
+fn stage_req(id: &str, staging: &Path, cap: csi::VolumeCapability) -> csi::NodeStageVolumeRequest {
+    csi::NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    }
+}
+
+fn publish_req(
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    cap: csi::VolumeCapability,
+    ro: bool,
+) -> csi::NodePublishVolumeRequest {
+    csi::NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap),
+        readonly: ro,
+        ..Default::default()
+    }
+}
+
+async fn stats(h: &Harness, id: &str, path: &Path) -> Result<csi::NodeGetVolumeStatsResponse> {
+    Ok(h.node
+        .node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: path.display().to_string(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner())
+}
+
+fn total_bytes(s: &csi::NodeGetVolumeStatsResponse) -> i64 {
+    s.usage
+        .iter()
+        .find(|u| u.unit == csi::volume_usage::Unit::Bytes as i32)
+        .map(|u| u.total)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_volume_stages_publishes_grows_online_and_tears_down() -> Result<()> {
+    if !common::privileged("csi node") {
+        return Ok(());
+    }
+    // XFS: growing a mounted ext4 needs CAP_SYS_RESOURCE, which a sandbox
+    // may lack; xfs_growfs needs only what mounting needs.
+    if !common::tool_present("mkfs.xfs") || !common::tool_present("xfs_growfs") {
+        common::skip_or_fail("csi node: needs mkfs.xfs and xfs_growfs");
+        return Ok(());
+    }
+    let h = Harness::new("csi-node")?;
+    let v = h
+        .controller
+        .create_volume(Request::new(create_req("pvc-node", 300 * MIB, mount_cap("xfs"))))
+        .await?
+        .into_inner()
+        .volume
+        .context("volume")?;
+    let id = v.volume_id.as_str();
+    let (staging, target, ro_target) = (h.path("staging"), h.path("pods/a/mount"), h.path("pods/b/mount"));
+    for _ in 0..2 {
+        h.node
+            .node_stage_volume(Request::new(stage_req(id, &staging, mount_cap("xfs"))))
+            .await?;
+        h.node
+            .node_publish_volume(Request::new(publish_req(
+                id,
+                &staging,
+                &target,
+                mount_cap("xfs"),
+                false,
+            )))
+            .await?;
+    }
+    h.node
+        .node_publish_volume(Request::new(publish_req(
+            id,
+            &staging,
+            &ro_target,
+            mount_cap("xfs"),
+            true,
+        )))
+        .await?;
+    std::fs::write(target.join("hello"), b"floe")?;
+    ensure!(
+        std::fs::read(ro_target.join("hello"))? == b"floe",
+        "both targets show the volume"
+    );
+    let err = std::fs::write(ro_target.join("nope"), b"x").expect_err("read-only target");
+    ensure!(err.raw_os_error() == Some(30), "EROFS, got {err}");
+    let conflict = h
+        .node
+        .node_publish_volume(Request::new(publish_req(
+            id,
+            &staging,
+            &ro_target,
+            mount_cap("xfs"),
+            false,
+        )))
+        .await
+        .expect_err("a read-write publish where a read-only one is");
+    ensure!(conflict.code() == Code::AlreadyExists, "{conflict:?}");
+
+    let s = stats(&h, id, &target).await?;
+    ensure!(s.usage.len() == 2, "bytes and inodes: {s:?}");
+    ensure!(!s.volume_condition.as_ref().context("condition")?.abnormal);
+    let before = total_bytes(&s);
+
+    // Online growth within the store: the device grows with the controller
+    // call, the file system with the node call.
+    let grown = h
+        .controller
+        .controller_expand_volume(Request::new(csi::ControllerExpandVolumeRequest {
+            volume_id: id.into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 600 * MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    ensure!(grown.capacity_bytes == 600 * MIB && grown.node_expansion_required);
+    let n = h
+        .node
+        .node_expand_volume(Request::new(csi::NodeExpandVolumeRequest {
+            volume_id: id.into(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    ensure!(n.capacity_bytes == 600 * MIB);
+    let after = total_bytes(&stats(&h, id, &target).await?);
+    ensure!(
+        after > before + 250 * MIB,
+        "the file system grew online: {before} -> {after} bytes"
+    );
+    ensure!(std::fs::read(target.join("hello"))? == b"floe");
+
+    // Past the store's reserve, an attached volume cannot grow.
+    let refused = h
+        .controller
+        .controller_expand_volume(Request::new(csi::ControllerExpandVolumeRequest {
+            volume_id: id.into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 8192 * MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("growth past the store while attached");
+    ensure!(
+        refused.code() == Code::FailedPrecondition && refused.message().contains("unstage it"),
+        "{refused:?}"
+    );
+
+    // Deleting a staged volume is refused; unstaging a published one too.
+    let busy = h
+        .controller
+        .delete_volume(Request::new(csi::DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("delete while staged");
+    ensure!(busy.code() == Code::FailedPrecondition, "{busy:?}");
+
+    // A mount gone behind the driver's back shows as an abnormal condition.
+    rustix::mount::unmount(&ro_target, rustix::mount::UnmountFlags::empty())?;
+    let gone = stats(&h, id, &ro_target).await?;
+    ensure!(gone.volume_condition.context("condition")?.abnormal);
+
+    for t in [&target, &ro_target] {
+        for _ in 0..2 {
+            h.node
+                .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
+                    volume_id: id.into(),
+                    target_path: t.display().to_string(),
+                }))
+                .await?;
+        }
+        ensure!(!t.exists(), "{} removed", t.display());
+    }
+    for _ in 0..2 {
+        h.node
+            .node_unstage_volume(Request::new(csi::NodeUnstageVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: staging.display().to_string(),
+            }))
+            .await?;
+    }
+    h.controller
+        .delete_volume(Request::new(csi::DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        }))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_volume_is_published_as_its_device_node() -> Result<()> {
+    if !common::privileged("csi node block") {
+        return Ok(());
+    }
+    let h = Harness::new("csi-node-block")?;
+    let v = h
+        .controller
+        .create_volume(Request::new(create_req("pvc-block", 32 * MIB, block_cap())))
+        .await?
+        .into_inner()
+        .volume
+        .context("volume")?;
+    let id = v.volume_id.as_str();
+    let (staging, target) = (h.path("staging"), h.path("pods/a/dev"));
+    h.node
+        .node_stage_volume(Request::new(stage_req(id, &staging, block_cap())))
+        .await?;
+    for _ in 0..2 {
+        h.node
+            .node_publish_volume(Request::new(publish_req(id, &staging, &target, block_cap(), false)))
+            .await?;
+    }
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&target)?;
+        f.write_all_at(&[7u8; 4096], 4096)?;
+        f.sync_all()?;
+        let mut back = [0u8; 4096];
+        f.read_exact_at(&mut back, 4096)?;
+        ensure!(back == [7u8; 4096], "the target is the volume's device");
+    }
+    let s = stats(&h, id, &target).await?;
+    ensure!(total_bytes(&s) == 32 * MIB, "{s:?}");
+    h.node
+        .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: target.display().to_string(),
+        }))
+        .await?;
+    ensure!(!target.exists());
+    h.node
+        .node_unstage_volume(Request::new(csi::NodeUnstageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.display().to_string(),
+        }))
+        .await?;
+    h.controller
+        .delete_volume(Request::new(csi::DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        }))
+        .await?;
+    Ok(())
+}

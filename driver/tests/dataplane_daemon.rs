@@ -1,0 +1,947 @@
+//! The data-plane daemon end to end: `floe-dataplane holder` and
+//! `floe-dataplane serve` as real processes, `floe-csi` in node mode, the
+//! local API over its unix socket, engine-backed volumes with ext4 on them.
+//!
+//! Needs root, `/dev/fuse`, loop devices, `mkfs.ext4`/`e2fsck`, and for the
+//! restart tests `fio` and Linux >= 6.9 (`FUSE_NOTIFY_RESEND`). Outside CI a
+//! missing prerequisite skips a test with a note; in CI it fails it.
+//!
+//! Every test holds what it set up in a [`Rig`] whose `Drop` tears it all
+//! down, pass or fail: fio, file systems (thawed first), volumes (through
+//! the API while a `serve` runs, then by hand), FUSE connections (aborted
+//! when nobody serves them), loop devices, and every process it started.
+//! The tests take one lock: they share two cores and the loop devices.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use floe_driver::dataplane::daemon::api::{AttachState, ErrorKind, Request, Response};
+use floe_driver::dataplane::daemon::client::{Client, ClientError};
+use floe_driver::dataplane::daemon::files::RunPaths;
+use floe_driver::dataplane::daemon::{AttachedFile, FrozenRecord};
+use floe_driver::dataplane::fsfreeze;
+use floe_driver::dataplane::fuse::abort_connection;
+use floe_driver::dataplane::loopdev;
+use floe_driver::dataplane::mount::{self, FsType};
+use rustix::mount::{MountFlags, UnmountFlags};
+use rustix::process::{Pid, Signal};
+
+mod common;
+
+use common::{skip_or_fail, tool_present};
+
+const DATAPLANE: &str = env!("CARGO_BIN_EXE_floe-dataplane");
+const CSI: &str = env!("CARGO_BIN_EXE_floe-csi");
+const MIB: u64 = 1 << 20;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ----- prerequisites ---------------------------------------------------------
+
+fn kernel_has_notify_resend() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(major), Some(minor)) if (major, minor) >= (6, 9))
+}
+
+/// Whether `test` can run: root, FUSE, loop devices, ext4 tools, plus
+/// `fio` and `FUSE_NOTIFY_RESEND` when `restarts`.
+fn can_run(test: &str, restarts: bool) -> bool {
+    let mut missing = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root");
+    }
+    for dev in ["/dev/fuse", "/dev/loop-control"] {
+        if !Path::new(dev).exists() {
+            missing.push(dev);
+        }
+    }
+    for tool in ["mkfs.ext4", "e2fsck", "losetup", "blkid"] {
+        if !tool_present(tool) {
+            missing.push(tool);
+        }
+    }
+    if restarts {
+        if !tool_present("fio") {
+            missing.push("fio");
+        }
+        if !kernel_has_notify_resend() {
+            missing.push("Linux >= 6.9 (FUSE_NOTIFY_RESEND)");
+        }
+    }
+    if missing.is_empty() {
+        true
+    } else {
+        skip_or_fail(&format!("{test}: needs {}", missing.join(", ")));
+        false
+    }
+}
+
+// ----- the rig ---------------------------------------------------------------
+
+/// Everything a test started, torn down on drop.
+struct Rig {
+    dir: tempfile::TempDir,
+    run: RunPaths,
+    holder: Option<Child>,
+    /// Every `serve` started, the current one last.
+    serves: Vec<Child>,
+    csi: Option<Child>,
+    fio: Option<Child>,
+    /// File systems mounted on floe devices.
+    mounts: Vec<PathBuf>,
+    /// Volumes created (deleted at teardown).
+    volumes: Vec<String>,
+    logs: Vec<PathBuf>,
+}
+
+impl Rig {
+    fn new(name: &str) -> Result<Self> {
+        let dir = common::scratch(&format!("daemon-{name}")).context("create the scratch dir")?;
+        let run = RunPaths::new(&dir.path().join("run"));
+        Ok(Rig {
+            dir,
+            run,
+            holder: None,
+            serves: Vec::new(),
+            csi: None,
+            fio: None,
+            mounts: Vec::new(),
+            volumes: Vec::new(),
+            logs: Vec::new(),
+        })
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self, program: &str, args: &[&str], log: &str) -> Result<Child> {
+        let path = self.dir.path().join(log);
+        let file = std::fs::File::create(&path)?;
+        self.logs.push(path);
+        Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("start {program} {}", args.join(" ")))
+    }
+
+    fn start_holder(&mut self) -> Result<()> {
+        let run = self.run.dir.to_string_lossy().into_owned();
+        let child = self.spawn(DATAPLANE, &["holder", "--run-dir", &run], "holder.log")?;
+        self.holder = Some(child);
+        let sock = self.run.holder_socket();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            ensure!(Instant::now() < deadline, "the holder did not bind {}", sock.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts a `serve` and waits until it answers (its own pid in status).
+    fn start_serve(&mut self) -> Result<u32> {
+        let (run, data) = (
+            self.run.dir.to_string_lossy().into_owned(),
+            self.data_dir().to_string_lossy().into_owned(),
+        );
+        let log = format!("serve-{}.log", self.serves.len() + 1);
+        let child = self.spawn(DATAPLANE, &["serve", "--run-dir", &run, "--data-dir", &data], &log)?;
+        let pid = child.id();
+        self.serves.push(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(s) = Client::connect(&self.run.api_socket()).and_then(|mut c| c.status()) {
+                if s.pid == pid {
+                    return Ok(pid);
+                }
+            }
+            if let Some(status) = self.serves.last_mut().expect("just pushed").try_wait()? {
+                bail!("serve exited with {status} before answering\n{}", self.log_tail());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "serve does not answer after 30 s\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn serving(&mut self) -> bool {
+        self.serves.last_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn client(&self) -> Result<Client> {
+        Ok(Client::connect(&self.run.api_socket())?)
+    }
+
+    /// Sends `sig` to the current `serve`.
+    fn signal_serve(&mut self, sig: Signal) -> Result<()> {
+        let child = self.serves.last().context("no serve")?;
+        rustix::process::kill_process(Pid::from_child(child), sig)?;
+        Ok(())
+    }
+
+    /// Mounts ext4 on `device` at `<dir>/<name>`.
+    fn mount(&mut self, device: &Path, name: &str) -> Result<PathBuf> {
+        let target = self.dir.path().join(name);
+        let fs = mount::MountedFs::mount(device, &target, FsType::Ext4, MountFlags::NOATIME, "")?;
+        // Unmounted by `unmount` or the teardown, never by the guard.
+        std::mem::forget(fs);
+        self.mounts.push(target.clone());
+        Ok(target)
+    }
+
+    fn unmount(&mut self, target: &Path) -> Result<()> {
+        mount::unmount_path(target)?;
+        self.mounts.retain(|m| m != target);
+        Ok(())
+    }
+
+    /// The last lines of every log, for failure messages.
+    fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for path in &self.logs {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {}\n", path.display()));
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn teardown(&mut self) {
+        let fuse_dirs: Vec<PathBuf> = std::fs::read_dir(self.run.dir.join("fuse"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let serving = self.serving();
+        // Nobody serves the connections: end them, so that nothing below
+        // waits forever on their I/O.
+        if !serving {
+            for d in &fuse_dirs {
+                abort_connection(d);
+            }
+        }
+        // First thaw: a writer blocked on a frozen file system cannot even
+        // be killed.
+        for target in &self.mounts {
+            let _ = fsfreeze::thaw(target);
+        }
+        if let Some(mut fio) = self.fio.take() {
+            let _ = fio.kill();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(fio.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(fio.try_wait(), Ok(None)) {
+                // Its I/O hangs in an unserved connection.
+                for d in &fuse_dirs {
+                    abort_connection(d);
+                }
+            }
+            let _ = fio.wait();
+        }
+        for target in std::mem::take(&mut self.mounts) {
+            if mount::unmount_path(&target).is_err() {
+                for d in &fuse_dirs {
+                    abort_connection(d);
+                }
+                if mount::unmount_path(&target).is_err() {
+                    let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
+                }
+            }
+        }
+        if self.serving() {
+            if let Ok(mut c) = self.client() {
+                let attached: AttachedFile = std::fs::read(self.run.attached())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                for v in attached.volumes.keys() {
+                    if let Err(e) = c.detach(v) {
+                        eprintln!("teardown: detach {v}: {e:#}");
+                    }
+                }
+                for v in &self.volumes {
+                    let _ = c.delete(v);
+                }
+            }
+            let _ = self.signal_serve(Signal::TERM);
+        }
+        for mut s in self.serves.drain(..) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(s.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        // Whatever is still attached: nobody serves it any more.
+        for d in &fuse_dirs {
+            let file = d.join("volume");
+            let devices = loopdev::devices_backed_by(&file);
+            if devices.is_empty() && !is_mounted(d) {
+                continue;
+            }
+            abort_connection(d);
+            for dev in devices {
+                let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+                let backing = Path::new("/sys/block")
+                    .join(dev.file_name().unwrap_or_default())
+                    .join("loop/backing_file");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while backing.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            if mount::unmount_path(d).is_err() {
+                let _ = rustix::mount::unmount(d, UnmountFlags::DETACH);
+            }
+        }
+        for mut c in [self.csi.take(), self.holder.take()].into_iter().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&want))
+}
+
+/// The API error of a failed call, or a failure of the test.
+fn api_error<T: std::fmt::Debug>(res: Result<T, ClientError>, what: &str) -> Result<(ErrorKind, String)> {
+    match res {
+        Ok(v) => bail!("{what}: succeeded ({v:?}), expected an error"),
+        Err(ClientError::Api(w)) => Ok((w.kind, w.message)),
+        Err(e) => bail!("{what}: {e:#}"),
+    }
+}
+
+fn device_of(info: &floe_driver::dataplane::daemon::api::VolumeInfo) -> Result<PathBuf> {
+    Ok(info.attachment.as_ref().context("not attached")?.device.clone())
+}
+
+/// Writes `bytes` to a new file under `dir` and fsyncs it, on a thread;
+/// the receiver gets the result when it completed.
+fn write_in_background(path: PathBuf, bytes: Vec<u8>) -> mpsc::Receiver<std::io::Result<Instant>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let res = (|| {
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            Ok(Instant::now())
+        })();
+        let _ = tx.send(res);
+    });
+    rx
+}
+
+fn content(i: u64, len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+// ----- kernel log ------------------------------------------------------------
+
+fn dmesg() -> Option<Vec<String>> {
+    let out = Command::new("dmesg").output().ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// Lines of `after` that came after the last line of `before`.
+fn new_lines(before: &[String], after: &[String]) -> Vec<String> {
+    let start = before
+        .last()
+        .and_then(|last| after.iter().rposition(|l| l == last))
+        .map_or(0, |p| p + 1);
+    after[start..].to_vec()
+}
+
+// ----- tests -----------------------------------------------------------------
+
+/// DESIGN §4 "Data path": with fio writing and verifying on an
+/// engine-backed ext4 volume, the CSI server is SIGKILLed, then the data
+/// plane is restarted gracefully (SIGTERM and a successor), then the
+/// successor is SIGKILLed and another one started: fio finishes with no I/O
+/// and no verify error, and the kernel logs no file system error.
+#[test]
+fn restarts_of_the_csi_server_and_the_data_plane_cost_a_running_filesystem_no_io_error() -> Result<()> {
+    if !can_run("daemon restart", true) {
+        return Ok(());
+    }
+    let _serial = serial();
+    let t0 = Instant::now();
+    let mut rig = Rig::new("restart")?;
+    rig.start_holder()?;
+    let first = rig.start_serve()?;
+    let sock = rig.run.api_socket().to_string_lossy().into_owned();
+    // Its own data dir and endpoint: it must not touch the data plane's.
+    let csi_dir = rig.dir.path().join("csi");
+    std::fs::create_dir_all(&csi_dir)?;
+    let endpoint = format!("unix://{}", csi_dir.join("csi.sock").display());
+    let csi_data = csi_dir.join("data").to_string_lossy().into_owned();
+    let csi = rig.spawn(
+        CSI,
+        &[
+            "--mode",
+            "node",
+            "--node-id",
+            "floe-test-node",
+            "--endpoint",
+            &endpoint,
+            "--data-dir",
+            &csi_data,
+            "--dataplane-socket",
+            &sock,
+        ],
+        "csi.log",
+    )?;
+    rig.csi = Some(csi);
+
+    let mut c = rig.client()?;
+    rig.volumes.push("pvc-fio".into());
+    c.create("pvc-fio", 512 * MIB, Some(4096), Some("continuous"))?;
+    let dev = device_of(&c.attach("pvc-fio")?)?;
+    ensure!(mount::format_if_empty(&dev, FsType::Ext4)?, "a new volume reads empty");
+    let mnt = rig.mount(&dev, "mnt")?;
+    let devname = dev.file_name().unwrap_or_default().to_string_lossy().into_owned();
+
+    let before = dmesg();
+    if before.is_none() {
+        skip_or_fail("daemon restart: dmesg is not readable, the kernel log check is skipped");
+    }
+    let fio_out = rig.dir.path().join("fio.json");
+    let fio = Command::new("fio")
+        .args([
+            "--name=floe-daemon",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=256M",
+            "--iodepth=16",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--verify=crc32c",
+            "--verify_backlog=1024",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+            "--time_based",
+            "--runtime=20",
+            "--output-format=json",
+        ])
+        .arg(format!("--filename={}", mnt.join("fio.dat").display()))
+        .arg(format!("--output={}", fio_out.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start fio")?;
+    rig.fio = Some(fio);
+    let fio_start = Instant::now();
+    let at = |secs: u64| fio_start + Duration::from_secs(secs);
+    let sleep_until = |t: Instant| std::thread::sleep(t.saturating_duration_since(Instant::now()));
+
+    // 1. SIGKILL the CSI server (after it logged at least one status).
+    sleep_until(at(3));
+    let csi_log = std::fs::read_to_string(rig.dir.path().join("csi.log")).unwrap_or_default();
+    ensure!(
+        csi_log.contains("data plane status"),
+        "floe-csi did not reach the data plane:\n{csi_log}"
+    );
+    let mut csi = rig.csi.take().context("csi")?;
+    csi.kill()?;
+    csi.wait()?;
+
+    // 2. Graceful restart: SIGTERM, and a successor started at once (it
+    //    waits for the old one to let go of the serve lock).
+    sleep_until(at(6));
+    rig.signal_serve(Signal::TERM)?;
+    let graceful = Instant::now();
+    let second = rig.start_serve()?;
+    let handover_ms = graceful.elapsed().as_millis();
+    let old = rig.serves.first_mut().context("first serve")?;
+    let status = old.wait()?;
+    ensure!(status.success(), "the old serve exited with {status} on SIGTERM");
+
+    // 3. SIGKILL the successor, start another.
+    sleep_until(at(12));
+    rig.signal_serve(Signal::KILL)?;
+    let killed = Instant::now();
+    let third = rig.start_serve()?;
+    let takeover_ms = killed.elapsed().as_millis();
+    ensure!(first != second && second != third);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let fio = rig.fio.as_mut().context("fio")?;
+    while fio.try_wait()?.is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "fio did not finish within 120 s of its start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = rig.fio.take().context("fio")?.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = std::fs::read_to_string(&fio_out).unwrap_or_default();
+    ensure!(
+        out.status.success(),
+        "fio failed ({}): {stderr}\n{}",
+        out.status,
+        rig.log_tail()
+    );
+    let json: serde_json::Value = serde_json::from_str(&report).with_context(|| format!("fio report: {report}"))?;
+    let job = &json["jobs"][0];
+    ensure!(job["error"] == 0, "fio reported error {}", job["error"]);
+    let written = job["write"]["io_bytes"].as_u64().unwrap_or(0);
+    let verified = job["read"]["io_bytes"].as_u64().unwrap_or(0);
+    ensure!(
+        written > 0 && verified > 0,
+        "fio wrote {written} and verified {verified} bytes"
+    );
+    ensure!(
+        !stderr.contains("verify") && !stderr.contains("io_u error"),
+        "fio: {stderr}"
+    );
+
+    let s = rig.client()?.status()?;
+    ensure!(s.took_over == ["pvc-fio"], "the last serve took over {:?}", s.took_over);
+    let a = s.volumes[0].attachment.as_ref().context("still attached")?;
+    ensure!(a.state == AttachState::Resumed, "{a:?}");
+    // create 1, attach 2, each takeover one more.
+    ensure!(a.incarnation == Some(4), "engine incarnation {:?}", a.incarnation);
+
+    if let Some(before) = before {
+        let after = dmesg().context("dmesg became unreadable")?;
+        let bad: Vec<String> = new_lines(&before, &after)
+            .into_iter()
+            .filter(|l| l.contains(&devname) && (l.contains("EXT4-fs error") || l.contains("I/O error")))
+            .collect();
+        ensure!(bad.is_empty(), "kernel log:\n{}", bad.join("\n"));
+    }
+
+    rig.unmount(&mnt)?;
+    mount::check(&dev, FsType::Ext4)?;
+    let mut c = rig.client()?;
+    ensure!(c.detach("pvc-fio")?, "was attached");
+    c.delete("pvc-fio")?;
+    rig.volumes.clear();
+    eprintln!(
+        "restart: fio wrote {} MiB and verified {} MiB; graceful handover {handover_ms} ms, takeover after SIGKILL {takeover_ms} ms; {:.1} s in all",
+        written / MIB,
+        verified / MIB,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// DESIGN §4 "Freeze sequence": a quiesce thaws at its deadline even if
+/// nobody calls thaw; the late thaw learns the cut is void.
+#[test]
+fn a_quiesce_past_its_deadline_is_thawed_by_the_watchdog() -> Result<()> {
+    if !can_run("daemon watchdog", false) {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut rig = Rig::new("watchdog")?;
+    rig.start_holder()?;
+    rig.start_serve()?;
+    let mut c = rig.client()?;
+    rig.volumes.push("pvc-freeze".into());
+    c.create("pvc-freeze", 64 * MIB, None, None)?;
+    let dev = device_of(&c.attach("pvc-freeze")?)?;
+    mount::format_if_empty(&dev, FsType::Ext4)?;
+    let mnt = rig.mount(&dev, "mnt")?;
+
+    // A quiesce thawed on request.
+    let q = c.quiesce(&mnt, None)?;
+    ensure!(q.timeout_ms == 30_000);
+    let (kind, msg) = api_error(c.quiesce(&mnt, None), "second quiesce")?;
+    ensure!(
+        kind == ErrorKind::FailedPrecondition && msg.contains(&q.token),
+        "{kind:?}: {msg}"
+    );
+    ensure!(c.thaw(&q.token)? == mnt);
+    let done = write_in_background(mnt.join("a"), vec![1; 4096]);
+    done.recv_timeout(Duration::from_secs(10))
+        .context("a write after thaw")??;
+
+    // A quiesce left to its deadline.
+    let timeout = Duration::from_millis(1500);
+    let frozen_at = Instant::now();
+    let q = c.quiesce(&mnt, Some(timeout.as_millis() as u64))?;
+    let record = FrozenRecord::path_in(&rig.run.frozen(), &q.token);
+    ensure!(record.exists(), "no freeze record at {}", record.display());
+    ensure!(c.status()?.frozen.len() == 1);
+    let done = write_in_background(mnt.join("b"), vec![2; 4096]);
+    ensure!(
+        done.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a write completed on a frozen file system"
+    );
+    let completed = done
+        .recv_timeout(Duration::from_secs(10))
+        .context("the write did not complete after the deadline: the watchdog did not thaw")??;
+    let waited = completed - frozen_at;
+    ensure!(
+        waited >= timeout - Duration::from_millis(100),
+        "the write completed {waited:?} after the quiesce, before its deadline"
+    );
+    ensure!(!record.exists(), "the freeze record outlived the thaw");
+    ensure!(c.status()?.frozen.is_empty());
+    let (kind, msg) = api_error(c.thaw(&q.token), "late thaw")?;
+    ensure!(
+        kind == ErrorKind::DeadlineExceeded && msg.contains("watchdog"),
+        "{kind:?}: {msg}"
+    );
+
+    let (kind, _) = api_error(c.quiesce(rig.dir.path(), Some(1000)), "quiesce of a plain directory")?;
+    ensure!(kind == ErrorKind::InvalidArgument);
+    eprintln!("watchdog: the write waited {waited:?} for a {timeout:?} deadline");
+    Ok(())
+}
+
+/// A file system frozen by a data plane that was then SIGKILLed is thawed
+/// by the next one as it starts, long before the quiesce's deadline.
+#[test]
+fn a_file_system_left_frozen_by_a_killed_data_plane_is_thawed_at_start() -> Result<()> {
+    if !can_run("daemon leftover freeze", true) {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut rig = Rig::new("leftover")?;
+    rig.start_holder()?;
+    rig.start_serve()?;
+    let mut c = rig.client()?;
+    rig.volumes.push("pvc-left".into());
+    c.create("pvc-left", 64 * MIB, None, None)?;
+    let dev = device_of(&c.attach("pvc-left")?)?;
+    mount::format_if_empty(&dev, FsType::Ext4)?;
+    let mnt = rig.mount(&dev, "mnt")?;
+
+    let q = c.quiesce(&mnt, Some(120_000))?;
+    rig.signal_serve(Signal::KILL)?;
+    rig.serves.last_mut().context("serve")?.wait()?;
+    let record = FrozenRecord::path_in(&rig.run.frozen(), &q.token);
+    ensure!(record.exists(), "the freeze record is gone with its process");
+    let done = write_in_background(mnt.join("c"), vec![3; 4096]);
+    ensure!(
+        done.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the file system is not frozen"
+    );
+    let restarted = Instant::now();
+    rig.start_serve()?;
+    done.recv_timeout(Duration::from_secs(10))
+        .context("the leftover freeze was not thawed at start")??;
+    ensure!(!record.exists(), "the leftover freeze record was not removed");
+    ensure!(rig.client()?.status()?.frozen.is_empty());
+    eprintln!("leftover: thawed {:?} after the restart", restarted.elapsed());
+    Ok(())
+}
+
+/// What the module doc says of a holder that dies: with the holder and the
+/// data plane gone at once the connection ends, the next data plane reports
+/// the volume broken (never serves it, never forgets it), and detach then
+/// attach recovers it with its data.
+#[test]
+fn a_volume_whose_holder_died_with_the_data_plane_is_reported_broken_and_recovers_by_reattach() -> Result<()> {
+    if !can_run("daemon holder death", true) {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut rig = Rig::new("holder-death")?;
+    rig.start_holder()?;
+    rig.start_serve()?;
+    let mut c = rig.client()?;
+    rig.volumes.push("pvc-h".into());
+    c.create("pvc-h", 32 * MIB, None, None)?;
+    let dev = device_of(&c.attach("pvc-h")?)?;
+    let data = content(7, 1 << 20);
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new().write(true).open(&dev)?;
+        f.write_all_at(&data, 4 * MIB)?;
+        f.sync_all()?;
+    }
+    let mut holder = rig.holder.take().context("holder")?;
+    holder.kill()?;
+    holder.wait()?;
+    rig.signal_serve(Signal::KILL)?;
+    rig.serves.last_mut().context("serve")?.wait()?;
+
+    rig.start_holder()?;
+    rig.start_serve()?;
+    let mut c = rig.client()?;
+    let s = c.status()?;
+    ensure!(s.took_over.is_empty(), "took over {:?}", s.took_over);
+    let a = s.volumes[0]
+        .attachment
+        .as_ref()
+        .context("the volume is still listed as attached")?;
+    ensure!(a.state == AttachState::Broken && a.device == dev, "{a:?}");
+    ensure!(
+        a.detail.as_deref().is_some_and(|d| d.contains("detach")),
+        "{:?}",
+        a.detail
+    );
+    let (kind, _) = api_error(c.attach("pvc-h"), "attach of a broken volume")?;
+    ensure!(kind == ErrorKind::FailedPrecondition);
+    ensure!(c.detach("pvc-h")?, "detach cleans a broken attachment");
+    let fuse_dir = rig.run.fuse_dir("pvc-h");
+    ensure!(!is_mounted(&fuse_dir), "the dead FUSE mount is gone");
+    ensure!(loopdev::devices_backed_by(&fuse_dir.join("volume")).is_empty());
+
+    let dev = device_of(&c.attach("pvc-h")?)?;
+    let mut got = vec![0u8; data.len()];
+    {
+        use std::os::unix::fs::FileExt as _;
+        std::fs::File::open(&dev)?.read_exact_at(&mut got, 4 * MIB)?;
+    }
+    ensure!(
+        got == data,
+        "the data written before the crash reads back after re-attach"
+    );
+    ensure!(c.detach("pvc-h")?);
+    Ok(())
+}
+
+/// A local snapshot restores into a new volume that mounts and holds the
+/// files as they were at the snapshot, and not what was written after.
+#[test]
+fn a_snapshot_restores_into_a_new_volume_holding_its_files() -> Result<()> {
+    if !can_run("daemon snapshot", false) {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut rig = Rig::new("snapshot")?;
+    rig.start_holder()?;
+    rig.start_serve()?;
+    let mut c = rig.client()?;
+    rig.volumes.extend(["pvc-a".to_owned(), "pvc-b".to_owned()]);
+    c.create("pvc-a", 64 * MIB, Some(8192), Some("log"))?;
+    let dev_a = device_of(&c.attach("pvc-a")?)?;
+    mount::format_if_empty(&dev_a, FsType::Ext4)?;
+    let mnt_a = rig.mount(&dev_a, "a")?;
+    let sizes = [1usize, 4096, 123_457, 3 << 20];
+    for (i, &len) in sizes.iter().enumerate() {
+        std::fs::write(mnt_a.join(format!("file-{i}")), content(i as u64, len))?;
+    }
+    let q = c.quiesce(&mnt_a, None)?;
+    let snap = c.snapshot("pvc-a", "snap-1");
+    c.thaw(&q.token)?;
+    let snap = snap?;
+    ensure!(snap.created && snap.path.exists(), "{snap:?}");
+    ensure!(std::fs::metadata(&snap.path)?.len() == 64 * MIB);
+    std::fs::write(mnt_a.join("after"), b"written after the snapshot")?;
+    let again = c.snapshot("pvc-a", "snap-1")?;
+    ensure!(!again.created && again.path == snap.path, "{again:?}");
+
+    let b = c.restore("pvc-b", "pvc-a", "snap-1")?;
+    ensure!(
+        b.size_bytes == 64 * MIB && b.block_size == 8192 && b.mode == "log",
+        "{b:?}"
+    );
+    let dev_b = device_of(&c.attach("pvc-b")?)?;
+    mount::check(&dev_b, FsType::Ext4)?;
+    let mnt_b = rig.mount(&dev_b, "b")?;
+    for (i, &len) in sizes.iter().enumerate() {
+        let got = std::fs::read(mnt_b.join(format!("file-{i}")))?;
+        ensure!(got == content(i as u64, len), "file-{i} differs in the restored volume");
+    }
+    ensure!(
+        !mnt_b.join("after").exists(),
+        "a file written after the snapshot was restored"
+    );
+
+    let (kind, _) = api_error(c.snapshot("pvc-none", "s"), "snapshot of an unknown volume")?;
+    ensure!(kind == ErrorKind::NotFound);
+    let (kind, msg) = api_error(c.restore("pvc-c", "pvc-a", "nope"), "restore of an unknown snapshot")?;
+    ensure!(kind == ErrorKind::NotFound && msg.contains("nope"), "{kind:?}: {msg}");
+    let (kind, _) = api_error(c.restore("pvc-b", "pvc-a", "snap-1"), "restore onto an existing volume")?;
+    ensure!(kind == ErrorKind::AlreadyExists);
+
+    for (m, v) in [(mnt_a, "pvc-a"), (mnt_b, "pvc-b")] {
+        rig.unmount(&m)?;
+        c.detach(v)?;
+        c.delete(v)?;
+    }
+    rig.volumes.clear();
+    Ok(())
+}
+
+/// Bad requests get errors of the right kind that name what to fix.
+#[test]
+fn bad_requests_get_errors_that_name_what_to_fix() -> Result<()> {
+    if !can_run("daemon bad requests", false) {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut rig = Rig::new("errors")?;
+    rig.start_holder()?;
+    rig.start_serve()?;
+    let mut c = rig.client()?;
+
+    let cases: Vec<(Result<_, ClientError>, ErrorKind, &[&str])> = vec![
+        (
+            c.attach("pvc-nope").map(|_| ()),
+            ErrorKind::NotFound,
+            &["pvc-nope", "create it first"],
+        ),
+        (
+            c.create("v", 64 * MIB, Some(3000), None).map(|_| ()),
+            ErrorKind::InvalidArgument,
+            &["3000", "power of two"],
+        ),
+        (
+            c.create("v", 0, None, None).map(|_| ()),
+            ErrorKind::InvalidArgument,
+            &["size_bytes is 0"],
+        ),
+        (
+            c.create("v", 10_000, None, None).map(|_| ()),
+            ErrorKind::InvalidArgument,
+            &["round it up to 12288"],
+        ),
+        (
+            c.create("v", 4096, None, Some("sync")).map(|_| ()),
+            ErrorKind::InvalidArgument,
+            &["continuous, log or interval"],
+        ),
+        (
+            c.create("../x", 4096, None, None).map(|_| ()),
+            ErrorKind::InvalidArgument,
+            &["volume id"],
+        ),
+        (
+            c.thaw("0123456789abcdef0123456789abcdef").map(|_| ()),
+            ErrorKind::NotFound,
+            &["no file system is frozen"],
+        ),
+        (c.delete("pvc-nope"), ErrorKind::NotFound, &["pvc-nope"]),
+    ];
+    for (i, (res, kind, words)) in cases.into_iter().enumerate() {
+        let (got, msg) = api_error(res, &format!("case {i}"))?;
+        ensure!(got == kind, "case {i}: {got:?} ({msg}), expected {kind:?}");
+        for w in words {
+            ensure!(msg.contains(w), "case {i}: {msg:?} does not say {w:?}");
+        }
+    }
+    for (line, word) in [
+        ("not json", "not valid"),
+        (r#"{"op":"format","volume":"v"}"#, "unknown variant"),
+        (
+            r#"{"op":"create","volume":"v","size_bytes":4096,"block_sise":4096}"#,
+            "block_sise",
+        ),
+    ] {
+        match c.call_line(line)? {
+            Response::Error(w) => ensure!(
+                w.kind == ErrorKind::InvalidArgument && w.message.contains(word),
+                "{line}: {w:?}"
+            ),
+            r => bail!("{line}: answered {r:?}"),
+        }
+    }
+
+    rig.volumes.push("pvc-x".into());
+    c.create("pvc-x", 16 * MIB, None, None)?;
+    let again = c.create("pvc-x", 16 * MIB, None, None)?;
+    ensure!(again.size_bytes == 16 * MIB, "the same create again returns the volume");
+    let (kind, msg) = api_error(c.create("pvc-x", 32 * MIB, None, None), "create with another size")?;
+    ensure!(
+        kind == ErrorKind::AlreadyExists && msg.contains("16777216"),
+        "{kind:?}: {msg}"
+    );
+    let dev = device_of(&c.attach("pvc-x")?)?;
+    let (kind, msg) = api_error(c.attach("pvc-x"), "double attach")?;
+    ensure!(
+        kind == ErrorKind::FailedPrecondition
+            && msg.contains(&*dev.to_string_lossy())
+            && msg.contains("detach it first"),
+        "{kind:?}: {msg}"
+    );
+    let (kind, msg) = api_error(c.delete("pvc-x"), "delete while attached")?;
+    ensure!(kind == ErrorKind::FailedPrecondition, "{kind:?}: {msg}");
+    let (kind, msg) = api_error(c.expand("pvc-x", 32 * MIB), "expand")?;
+    ensure!(
+        kind == ErrorKind::Unimplemented && msg.contains("create a new volume"),
+        "{kind:?}: {msg}"
+    );
+    ensure!(
+        c.expand("pvc-x", 16 * MIB)?.size_bytes == 16 * MIB,
+        "expand to the same size is fine"
+    );
+    let mnt = {
+        mount::format_if_empty(&dev, FsType::Ext4)?;
+        rig.mount(&dev, "mnt")?
+    };
+    let (kind, msg) = api_error(c.detach("pvc-x"), "detach while mounted")?;
+    ensure!(
+        kind == ErrorKind::FailedPrecondition && msg.contains("unmount it"),
+        "{kind:?}: {msg}"
+    );
+    rig.unmount(&mnt)?;
+    ensure!(c.detach("pvc-x")?);
+    ensure!(!c.detach("pvc-x")?, "a second detach finds nothing attached");
+
+    // Without the holder, a restart would kill the volume: attach refuses.
+    let mut holder = rig.holder.take().context("holder")?;
+    holder.kill()?;
+    holder.wait()?;
+    let (kind, msg) = api_error(c.attach("pvc-x"), "attach without a holder")?;
+    ensure!(
+        kind == ErrorKind::Unavailable && msg.contains("floe-dataplane holder"),
+        "{kind:?}: {msg}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.status()?.holder_reachable {
+        ensure!(Instant::now() < deadline, "status still says the holder is reachable");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.delete("pvc-x")?;
+    rig.volumes.clear();
+    let listed = c.call(&Request::List)?;
+    ensure!(
+        matches!(&listed, floe_driver::dataplane::daemon::Reply::Volumes(v) if v.is_empty()),
+        "{listed:?}"
+    );
+    Ok(())
+}
