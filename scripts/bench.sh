@@ -25,8 +25,8 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "| memory | $mem |"
     echo "| kernel | $(uname -r) |"
     echo
-    echo "Data-path benchmarks (throughput, latency, against the peers) arrive"
-    echo "with the data-plane issue."
+    echo "The data-path section needs root, /dev/fuse, loop devices and fio; it"
+    echo "runs for about 12 minutes."
 } >"$out"
 
 wire_ratio=driver/engine/tests/wire_ratio.rs
@@ -48,5 +48,21 @@ if [[ -f $wire_ratio ]]; then
     } >>"$out"
 else
     echo "bench: no $wire_ratio yet, skipped"
+fi
+
+# Data path: fio on floe's block device against a plain loop device and a
+# pass-through FUSE device, the engine lock, copy-on-write in a freeze window.
+# The bench prints the markdown section (progress on stderr).
+datapath=driver/benches/datapath.rs
+if [[ -f $datapath ]]; then
+    echo "bench: running $datapath (about 12 minutes)"
+    cmd="cargo bench -p floe-driver --locked --bench datapath"
+    if ! section=$(FLOE_BENCH_COMMAND="$cmd" $cmd); then
+        echo "bench: $datapath failed (see above; it needs root, /dev/fuse, loop devices and fio)" >&2
+        exit 1
+    fi
+    echo "$section" >>"$out"
+else
+    echo "bench: no $datapath yet, skipped"
 fi
 echo "bench: wrote $out"
