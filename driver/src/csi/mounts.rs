@@ -9,6 +9,7 @@ use std::process::Command;
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 
 use super::error::{Error, Result};
+use crate::dataplane::mount::unescape_mount_field as unescape;
 use crate::dataplane::mount::{unmount_path, FsType};
 
 /// One line of `/proc/self/mountinfo`.
@@ -38,23 +39,6 @@ impl MountEntry {
     pub fn read_only(&self) -> bool {
         self.options.iter().any(|o| o == "ro")
     }
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Parses the text of a mountinfo file; malformed lines are skipped.
