@@ -80,18 +80,14 @@ enum Phase {
     FailingBack,
 }
 
-/// The old site's image, the new primary's content and what it wrote since,
-/// taken when the failback hashes arrived.
-type CompareSnapshot = (Vec<u8>, Vec<u8>, BTreeSet<u64>);
-
 struct Failback {
     /// Per member: blocks the new primary wrote since promotion.
     n_written: Vec<BTreeSet<u64>>,
     /// Per member: blocks the old primary wrote after the last epoch it knew committed, plus strays.
     o_written: Vec<BTreeSet<u64>>,
-    /// Per member: the old site's image and the new primary's content when the hashes arrived,
-    /// and what the new primary wrote since.
-    compare: Vec<Option<CompareSnapshot>>,
+    /// Per member: the old site's image when the failback hashes arrived
+    /// (it does not change before the first fold).
+    compare: Vec<Option<Vec<u8>>>,
 }
 
 pub struct World {
@@ -336,9 +332,6 @@ impl World {
         self.reference.write(m, offset, len, data.as_deref(), open);
         if let Some(fb) = &mut self.failback {
             fb.n_written[m].extend(blocks.clone());
-            if let Some((_, _, since)) = &mut fb.compare[m] {
-                since.extend(blocks);
-            }
         }
         Ok(())
     }
@@ -970,7 +963,7 @@ impl World {
         let Some(fb) = &mut self.failback else { return };
         let Vol::Replica(r) = &self.sites[old][m] else { return };
         let o_img = r.store().image_bytes(self.cfg.blocks);
-        fb.compare[m] = Some((o_img, self.reference.live[m].clone(), BTreeSet::new()));
+        fb.compare[m] = Some(o_img);
     }
 
     /// I5: a candidate ships only if the version shipped differs from the old
@@ -985,7 +978,7 @@ impl World {
         let Some(fb) = &self.failback else {
             return err("resync decision outside a failback");
         };
-        let Some((o_img, _, _)) = &fb.compare[m] else {
+        let Some(o_img) = &fb.compare[m] else {
             return err("resync decision before hashes");
         };
         let Some(ToReplica::Blocks { blocks, .. }) = &self.last_out[m] else {
@@ -1189,19 +1182,6 @@ impl World {
             }
         }
         err("the sites never went quiet")
-    }
-
-    /// Counters of the primaries, for the wire-ratio report.
-    pub fn primary_stats(&self) -> (u64, u64) {
-        let mut shipped = 0;
-        let mut written = 0;
-        for vol in &self.sites[self.prim] {
-            if let Vol::Primary(p) = vol {
-                shipped += p.stats().blocks_shipped;
-                written += p.stats().blocks_written;
-            }
-        }
-        (written, shipped)
     }
 }
 
