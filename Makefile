@@ -4,7 +4,7 @@
 #   make deps        install what a fresh Debian 12 machine lacks (idempotent)
 #   make build       build every crate and target
 #   make lint        rustfmt check, clippy -D warnings
-#   make test        deps, lint, workspace tests, model, test-bugs, csi-sanity, check-leftovers
+#   make test        deps, lint, workspace tests, model, test-bugs, csi-sanity (all, split), check-leftovers
 #   make test-full   the same with every model matrix in full
 #   make test-bugs   the model tests must catch each injected engine bug
 #   make bench       write docs/benchmarks.md
@@ -46,6 +46,7 @@ define run-tests
 	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(1) $(STAGE) model $(CARGO) test -p floe-engine --locked --test model -- --nocapture
 	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(STAGE) test-bugs scripts/test-bugs.sh
 	@$(STAGE) csi-sanity scripts/csi-sanity.sh
+	@$(STAGE) csi-sanity-split scripts/csi-sanity-split.sh
 	@$(STAGE) check-leftovers scripts/check-leftovers.sh
 endef
 

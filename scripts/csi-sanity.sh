@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the real csi-sanity (kubernetes-csi/csi-test v5.5.0) against
-# `floe-csi --mode=all` on a temp data dir: the whole suite with 300 MiB test
+# `floe-csi --mode=all` on a node of its own (the fd holder and the data
+# plane, `floe-dataplane holder` and `serve`, on a temp data dir): the whole suite with 300 MiB test
 # volumes (xfs needs at least that), once with the default mount access type
 # and once with `--csi.testvolumeaccesstype block`, each on a fresh plugin and
 # data dir. Prints the spec counts of each run; exits non-zero on any failure
@@ -35,25 +36,48 @@ if [[ $(id -u) -ne 0 || ! -e /dev/fuse || ! -e /dev/loop-control ]]; then
     exit 1
 fi
 
-echo "csi-sanity: building floe-csi" >&2
-$CARGO build -p floe-driver --bin floe-csi --locked >&2
+echo "csi-sanity: building floe-csi and floe-dataplane" >&2
+$CARGO build -p floe-driver --bin floe-csi --bin floe-dataplane --locked >&2
 plugin_bin=$target_dir/debug/floe-csi
+dataplane_bin=$target_dir/debug/floe-dataplane
 sanity=$(scripts/go-tool.sh github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity v5.5.0)
 
 work=$(mktemp -d /tmp/floe-csi-sanity.XXXXXX)
 plugin_pid=
+serve_pid=
+holder_pid=
 
-stop_plugin() {
-    if [[ -n $plugin_pid ]] && kill -0 "$plugin_pid" 2>/dev/null; then
-        kill -TERM "$plugin_pid" 2>/dev/null || true
+# $1: pid; TERM, then KILL after 10 s.
+stop_pid() {
+    local pid=$1
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 100); do
-            kill -0 "$plugin_pid" 2>/dev/null || break
+            kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -KILL "$plugin_pid" 2>/dev/null || true
-        wait "$plugin_pid" 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
     fi
-    plugin_pid=
+}
+
+# The plugin, then the data plane, then the holder (with nothing attached
+# any more, the data plane hands nothing over).
+stop_plugin() {
+    stop_pid "$plugin_pid"
+    stop_pid "$serve_pid"
+    stop_pid "$holder_pid"
+    plugin_pid= serve_pid= holder_pid=
+}
+
+# $1: socket; $2: pid of the process that binds it.
+wait_socket() {
+    for _ in $(seq 300); do
+        [[ -S $1 ]] && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
 }
 
 # Whatever a failed run left under $work: mounts (deepest first), then the
@@ -95,19 +119,21 @@ run_suite() {
     shift
     local dir=$work/$label
     mkdir -p "$dir/tmp"
-    local sock=$dir/csi.sock
-    "$plugin_bin" --mode=all --endpoint "unix://$sock" --data-dir "$dir/data" --node-id floe-sanity-node \
-        >"$dir/plugin.log" 2>&1 &
+    local sock=$dir/csi.sock run=$dir/run
+    "$dataplane_bin" holder --run-dir "$run" >"$dir/holder.log" 2>&1 &
+    holder_pid=$!
+    wait_socket "$run/holder.sock" "$holder_pid" || true
+    "$dataplane_bin" serve --data-dir "$dir/data" --run-dir "$run" >"$dir/serve.log" 2>&1 &
+    serve_pid=$!
+    wait_socket "$run/dataplane.sock" "$serve_pid" || true
+    "$plugin_bin" --mode=all --endpoint "unix://$sock" --node-id floe-sanity-node \
+        --dataplane-socket "$run/dataplane.sock" >"$dir/plugin.log" 2>&1 &
     plugin_pid=$!
-    for _ in $(seq 300); do
-        [[ -S $sock ]] && break
-        kill -0 "$plugin_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [[ ! -S $sock ]]; then
-        echo "csi-sanity[$label]: floe-csi did not start; its log:" >&2
-        cat "$dir/plugin.log" >&2
+    if ! wait_socket "$sock" "$plugin_pid"; then
+        echo "csi-sanity[$label]: the node did not start; its logs:" >&2
+        cat "$dir/holder.log" "$dir/serve.log" "$dir/plugin.log" >&2
         failed=1
+        stop_plugin
         return
     fi
     local focus=()
@@ -135,6 +161,7 @@ run_suite() {
         mkdir -p "$FLOE_SANITY_LOGS"
         cp "$dir/sanity.log" "$FLOE_SANITY_LOGS/sanity-$label.log"
         cp "$dir/plugin.log" "$FLOE_SANITY_LOGS/plugin-$label.log"
+        cp "$dir/serve.log" "$FLOE_SANITY_LOGS/serve-$label.log"
     fi
     if [[ $rc -ne 0 ]]; then
         failed=1
@@ -144,6 +171,8 @@ run_suite() {
         tail -60 "$dir/sanity.log" >&2
         echo "--- last lines of the floe-csi log:" >&2
         tail -40 "$dir/plugin.log" >&2
+        echo "--- last lines of the data-plane log:" >&2
+        tail -40 "$dir/serve.log" >&2
     fi
     sweep
 }

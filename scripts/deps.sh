@@ -4,7 +4,7 @@
 # downloaded.
 set -euo pipefail
 
-APT_PACKAGES=(protobuf-compiler libprotobuf-dev xfsprogs e2fsprogs fio util-linux)
+APT_PACKAGES=(protobuf-compiler libprotobuf-dev xfsprogs e2fsprogs fio util-linux openssl)
 # Fetched by proto/tests/csi_descriptor.rs; keep the two in step.
 CSI_SPEC_MODULE=github.com/container-storage-interface/spec@v1.12.0
 

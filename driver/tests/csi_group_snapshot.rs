@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use floe_driver::csi::volumes::NodeVolumes;
 use floe_driver::dataplane::mount::{self, FsType, MountedFs};
 use floe_proto::csi;
 use floe_proto::csi::controller_server::Controller;
@@ -132,6 +131,7 @@ async fn restore_and_read(h: &Harness, label: &str, snaps: &[csi::Snapshot]) -> 
             }))
             .await?;
         let device = h
+            .plugin
             .volumes
             .volume(&vol.volume_id)
             .await?
@@ -237,10 +237,10 @@ async fn a_group_snapshot_under_writes_restores_to_a_gap_free_prefix_of_the_reco
     writer.wait_past(before_plain + 30).await?;
 
     // 2. The same with the second volume's cut delayed by 200 ms.
-    *h.volumes.failpoints().cut_delay.lock().expect("failpoint") = Some((1, Duration::from_millis(200)));
+    *h.failpoints().cut_delay.lock().expect("failpoint") = Some((1, Duration::from_millis(200)));
     let before_delayed = writer.acked();
     let delayed = group_snapshot(&h, "g-delayed", &ids).await?;
-    *h.volumes.failpoints().cut_delay.lock().expect("failpoint") = None;
+    *h.failpoints().cut_delay.lock().expect("failpoint") = None;
     writer.wait_past(before_delayed + 30).await?;
 
     // 3. Control: one volume at a time, 200 ms apart, no common cut.

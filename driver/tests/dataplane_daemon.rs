@@ -417,11 +417,10 @@ fn restarts_of_the_csi_server_and_the_data_plane_cost_a_running_filesystem_no_io
     rig.start_holder()?;
     let first = rig.start_serve()?;
     let sock = rig.run.api_socket().to_string_lossy().into_owned();
-    // Its own data dir and endpoint: it must not touch the data plane's.
+    // Its own endpoint; it holds no data of its own.
     let csi_dir = rig.dir.path().join("csi");
     std::fs::create_dir_all(&csi_dir)?;
     let endpoint = format!("unix://{}", csi_dir.join("csi.sock").display());
-    let csi_data = csi_dir.join("data").to_string_lossy().into_owned();
     let csi = rig.spawn(
         CSI,
         &[
@@ -431,8 +430,6 @@ fn restarts_of_the_csi_server_and_the_data_plane_cost_a_running_filesystem_no_io
             "floe-test-node",
             "--endpoint",
             &endpoint,
-            "--data-dir",
-            &csi_data,
             "--dataplane-socket",
             &sock,
         ],
@@ -902,7 +899,7 @@ fn bad_requests_get_errors_that_name_what_to_fix() -> Result<()> {
     ensure!(kind == ErrorKind::FailedPrecondition, "{kind:?}: {msg}");
     let (kind, msg) = api_error(c.expand("pvc-x", 32 * MIB), "expand")?;
     ensure!(
-        kind == ErrorKind::Unimplemented && msg.contains("create a new volume"),
+        kind == ErrorKind::Unimplemented && msg.contains("needs a copy into a larger store"),
         "{kind:?}: {msg}"
     );
     ensure!(

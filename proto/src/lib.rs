@@ -8,8 +8,10 @@
 //!   descriptor.
 //! - [`replication`]: the site-to-site stream (`floe.replication.v1`), one
 //!   bidirectional `Replicate` rpc carrying [`replication::Frame`]s.
-//! - [`node`]: the controller-to-node admin API (`floe.node.v1`): quiesce,
-//!   freeze, thaw, abort, status, commit, promote, demote, verify.
+//! - [`node`]: the controller-to-node API (`floe.node.v1`): `NodeAdmin`
+//!   (quiesce, freeze, thaw, abort, status, commit, promote, demote, verify)
+//!   and `NodeVolumes` (the volume, snapshot and group snapshot lifecycle of
+//!   one node, for a controller in split mode).
 //!
 //! Each module has messages, a tonic server and a tonic client, plus the
 //! encoded `FileDescriptorSet` of its proto (imports included) as

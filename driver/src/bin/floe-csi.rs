@@ -1,9 +1,12 @@
 //! `floe-csi`: the CSI plugin binary (see `floe_driver::csi`).
 //!
-//! `--mode=all` and `--mode=node` serve the node's volumes in this process
-//! (store, engine, FUSE, loop devices under `--data-dir`) until the
-//! data-plane daemon takes them over; `--mode=controller` serves the
-//! controller services only.
+//! `--mode=all` and `--mode=node` call the node's data-plane daemon
+//! (`floe-dataplane serve`, `--dataplane-socket`), which holds the volumes,
+//! their I/O and their catalog: this process can be killed at any time
+//! without touching a volume; with `--node-admin-listen` a node plugin also
+//! serves its volumes to a split controller over mutual TLS.
+//! `--mode=controller` serves the controller services over the node plugins
+//! named by `--node-endpoint` (`floe_driver::csi::remote`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,10 +14,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use floe_driver::cli::{CsiArgs, PluginMode};
-use floe_driver::csi::local::LocalVolumes;
+use floe_driver::csi::daemon_volumes::DaemonVolumes;
 use floe_driver::csi::volumes::NodeVolumes;
-use floe_driver::csi::{self, Plugin, SplitMode};
-use floe_driver::dataplane::process::{self, ProcessError};
+use floe_driver::csi::{self, remote, Plugin};
 
 fn main() -> ExitCode {
     let args = CsiArgs::parse();
@@ -37,18 +39,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: CsiArgs) -> Result<()> {
+    args.validate().context("check the flags")?;
     let serves_node = matches!(args.mode, PluginMode::Node | PluginMode::All);
-    if serves_node {
-        // This process serves FUSE under loop devices: mark it before any
-        // thread starts (a loop over FUSE can deadlock under memory pressure).
-        match process::set_io_flusher() {
-            Ok(()) => {}
-            Err(ProcessError::IoFlusher(e)) => {
-                tracing::warn!(error = %e, "PR_SET_IO_FLUSHER refused: writeback under memory pressure may deadlock")
-            }
-            Err(e) => return Err(e).context("prepare the I/O process"),
-        }
-    }
     if serves_node {
         // Not in the I/O path: logs what the data plane says, every 10 s.
         floe_driver::dataplane::daemon::client::spawn_status_watch(
@@ -58,7 +50,7 @@ fn run(args: CsiArgs) -> Result<()> {
         .context("start watching the data plane")?;
     }
     let path = csi::socket_path(&args.endpoint).context("parse --endpoint")?;
-    let node_id = match args.node_id {
+    let node_id = match args.node_id.clone() {
         Some(n) if !n.is_empty() => n,
         _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .context("no --node-id given and the host name is unreadable")?
@@ -71,17 +63,19 @@ fn run(args: CsiArgs) -> Result<()> {
         .context("start the async runtime")?;
     runtime.block_on(async move {
         let volumes: Arc<dyn NodeVolumes> = if serves_node {
-            let data_dir = args.data_dir.clone();
-            let local = tokio::task::spawn_blocking(move || LocalVolumes::open(&data_dir))
-                .await
-                .context("open the node's volumes")?
-                .with_context(|| format!("open the node's volumes in {}", args.data_dir.display()))?;
-            Arc::new(local)
+            Arc::new(DaemonVolumes::new(&args.dataplane_socket))
         } else {
-            Arc::new(SplitMode)
+            Arc::new(remote::cluster_from_args(&args).context("set up the node plugins' volumes")?)
         };
+        let admin = remote::serve_node_admin(&args, Arc::clone(&volumes))
+            .await
+            .context("serve NodeVolumes on --node-admin-listen")?;
         let plugin = Arc::new(Plugin::new(args.mode, &node_id, args.max_volumes, volumes));
-        csi::serve(plugin, &path, shutdown()).await.context("serve CSI")
+        let served = csi::serve(plugin, &path, shutdown()).await.context("serve CSI");
+        if let Some(admin) = admin {
+            admin.stop().await.context("serve NodeVolumes")?;
+        }
+        served
     })
 }
 

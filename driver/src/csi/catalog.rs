@@ -6,7 +6,7 @@
 //! catalog or the new one, never a mix. Multi-step operations write a
 //! `Creating` record before their first side effect and the final record
 //! after their last, so a restart can tell a finished object from one to
-//! clean up ([`super::local::LocalVolumes::open`] does).
+//! clean up (`LocalVolumes::open` does).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

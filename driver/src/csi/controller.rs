@@ -3,6 +3,11 @@
 //! Volumes are node-local: in `--mode=all` the controller provisions on this
 //! node, and a topology requirement that excludes it is refused
 //! (`RESOURCE_EXHAUSTED`, as the spec says for an unsatisfiable topology).
+//! In split mode the volumes' implementation names the nodes it reaches
+//! ([`NodeVolumes::nodes`](super::volumes::NodeVolumes::nodes)): the
+//! controller picks one from the request's topology (preferred first, then
+//! requisite; a restore or clone goes where its source is), reports each
+//! volume's own node as its topology, and answers GetCapacity per node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -40,9 +45,17 @@ impl ControllerService {
         ControllerService { plugin }
     }
 
-    fn csi_volume(&self, v: &Volume) -> csi::Volume {
+    /// The topology segment of the node holding volume `id`.
+    async fn topology_of(&self, id: &str) -> Result<csi::Topology> {
+        Ok(match self.plugin.volumes.volume_node(id).await? {
+            Some(node) => node_topology(&node),
+            None => self.plugin.topology(),
+        })
+    }
+
+    async fn csi_volume(&self, v: &Volume) -> Result<csi::Volume> {
         use csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
-        csi::Volume {
+        Ok(csi::Volume {
             capacity_bytes: v.size_bytes as i64,
             volume_id: v.id.clone(),
             volume_context: v.params.context(),
@@ -54,15 +67,27 @@ impl ControllerService {
                     Source::Volume(id) => Type::Volume(VolumeSource { volume_id: id.clone() }),
                 }),
             }),
-            accessible_topology: vec![self.plugin.topology()],
-        }
+            accessible_topology: vec![self.topology_of(&v.id).await?],
+        })
     }
 
-    /// Refuses a requisite topology this node is not part of.
+    /// Refuses a requisite topology this node (in split mode: every known
+    /// node) is not part of.
     fn check_topology(&self, req: Option<&csi::TopologyRequirement>) -> Result<()> {
         let Some(req) = req.filter(|r| !r.requisite.is_empty()) else {
             return Ok(());
         };
+        let known = self.plugin.volumes.nodes();
+        if !known.is_empty() {
+            if known.iter().any(|n| req.requisite.iter().any(|t| fits(t, n))) {
+                return Ok(());
+            }
+            return Err(Error::ResourceExhausted(format!(
+                "floe volumes live on one node, and no requisite topology allows any of the nodes this controller \
+                 reaches ({TOPOLOGY_KEY} = {})",
+                known.join(", ")
+            )));
+        }
         let ours = self.plugin.topology().segments;
         let fits = |t: &csi::Topology| t.segments.iter().all(|(k, v)| ours.get(k) == Some(v));
         if req.requisite.iter().any(fits) {
@@ -72,6 +97,43 @@ impl ControllerService {
             "floe volumes live on the node that creates them, {TOPOLOGY_KEY}={}, which no requisite topology allows",
             self.plugin.node_id
         )))
+    }
+
+    /// Split mode: the node a new volume goes to. The node holding its
+    /// source when it has one (refused when the requisite topology excludes
+    /// it); else the first preferred, then the first requisite topology that
+    /// a known node fits; else no preference. Always `None` in-process.
+    async fn placement(
+        &self,
+        req: Option<&csi::TopologyRequirement>,
+        source: Option<&Source>,
+    ) -> Result<Option<String>> {
+        let known = self.plugin.volumes.nodes();
+        if known.is_empty() {
+            return Ok(None);
+        }
+        let requisite = req.map(|r| r.requisite.as_slice()).unwrap_or_default();
+        let allowed = |n: &str| requisite.is_empty() || requisite.iter().any(|t| fits(t, n));
+        let held_by = match source {
+            None => None,
+            Some(Source::Snapshot(s)) => Some((format!("snapshot {s:?}"), self.plugin.volumes.snapshot_node(s).await?)),
+            Some(Source::Volume(v)) => Some((format!("volume {v:?}"), self.plugin.volumes.volume_node(v).await?)),
+        };
+        if let Some((what, Some(node))) = held_by {
+            if !allowed(&node) {
+                return Err(Error::ResourceExhausted(format!(
+                    "{what} is on node {node:?}, which no requisite topology allows: a restore or clone is made on \
+                     the node that holds its source"
+                )));
+            }
+            return Ok(Some(node));
+        }
+        let preferred = req.map(|r| r.preferred.as_slice()).unwrap_or_default();
+        Ok(preferred
+            .iter()
+            .chain(requisite)
+            .find_map(|t| known.iter().find(|n| allowed(n) && fits(t, n)))
+            .cloned())
     }
 
     async fn create(&self, req: csi::CreateVolumeRequest) -> Result<csi::Volume> {
@@ -181,6 +243,9 @@ impl ControllerService {
                 size = src_size.div_ceil(vp.block_size) * vp.block_size;
             }
         }
+        let node = self
+            .placement(req.accessibility_requirements.as_ref(), source.as_ref())
+            .await?;
         let _guard = self.plugin.locks.try_lock(&keys)?;
         if let Some(v) = self.plugin.volumes.volume(&id).await? {
             let (required, limit) = range
@@ -188,7 +253,7 @@ impl ControllerService {
                 .unwrap_or((0, 0));
             let fits = v.size_bytes >= required && (limit == 0 || v.size_bytes <= limit);
             if fits && v.params == vp && v.source == source {
-                return Ok(self.csi_volume(&v));
+                return self.csi_volume(&v).await;
             }
             return Err(Error::AlreadyExists {
                 kind: "volume",
@@ -200,6 +265,7 @@ impl ControllerService {
                     size_bytes: size,
                     params: vp,
                     source,
+                    node: None,
                 }
                 .describe(),
             });
@@ -210,9 +276,10 @@ impl ControllerService {
             size_bytes: size,
             params: vp,
             source,
+            node,
         };
         let v = self.plugin.volumes.create(spec).await?;
-        Ok(self.csi_volume(&v))
+        self.csi_volume(&v).await
     }
 
     async fn validate(
@@ -360,6 +427,19 @@ impl ControllerService {
     }
 }
 
+/// The topology segment of `node`.
+fn node_topology(node: &str) -> csi::Topology {
+    csi::Topology {
+        segments: [(TOPOLOGY_KEY.to_owned(), node.to_owned())].into(),
+    }
+}
+
+/// Whether topology `t` allows node `node`: each of its segments is the
+/// node's.
+fn fits(t: &csi::Topology, node: &str) -> bool {
+    t.segments.iter().all(|(k, v)| k == TOPOLOGY_KEY && v == node)
+}
+
 fn unimplemented<T>(what: &'static str) -> Result<T> {
     Err(Error::Unimplemented(what))
 }
@@ -425,16 +505,14 @@ impl Controller for ControllerService {
             .map(|v| (v.id.clone(), v))
             .collect();
         let (page, next_token) = params::page(&items, start.as_deref(), req.max_entries, "v")?;
-        Ok(Response::new(csi::ListVolumesResponse {
-            entries: page
-                .iter()
-                .map(|v| csi::list_volumes_response::Entry {
-                    volume: Some(self.csi_volume(v)),
-                    status: None,
-                })
-                .collect(),
-            next_token,
-        }))
+        let mut entries = Vec::with_capacity(page.len());
+        for v in &page {
+            entries.push(csi::list_volumes_response::Entry {
+                volume: Some(self.csi_volume(v).await?),
+                status: None,
+            });
+        }
+        Ok(Response::new(csi::ListVolumesResponse { entries, next_token }))
     }
 
     async fn get_capacity(
@@ -443,17 +521,29 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
         let req = request.into_inner();
         VolumeParams::parse(&req.parameters)?;
-        let ours = self.plugin.topology().segments;
-        let here = req
-            .accessible_topology
-            .as_ref()
-            .is_none_or(|t| t.segments.iter().all(|(k, v)| ours.get(k) == Some(v)));
         let usable = req.volume_capabilities.iter().all(|c| Capability::parse(c).is_ok());
-        let cap = self.plugin.volumes.capacity().await?;
-        let (available, max) = if here && usable {
-            (cap.available_bytes, cap.max_volume_bytes)
+        let known = self.plugin.volumes.nodes();
+        let cap = if !known.is_empty() {
+            // Split mode: the node the topology names, or the whole cluster.
+            match req.accessible_topology.as_ref() {
+                None => Some(self.plugin.volumes.capacity().await?),
+                Some(t) => match known.iter().find(|n| fits(t, n)) {
+                    Some(n) => Some(self.plugin.volumes.capacity_of(n).await?),
+                    None => None,
+                },
+            }
         } else {
-            (0, 0)
+            let ours = self.plugin.topology().segments;
+            let here = req
+                .accessible_topology
+                .as_ref()
+                .is_none_or(|t| t.segments.iter().all(|(k, v)| ours.get(k) == Some(v)));
+            let cap = self.plugin.volumes.capacity().await?;
+            here.then_some(cap)
+        };
+        let (available, max) = match cap {
+            Some(cap) if usable => (cap.available_bytes, cap.max_volume_bytes),
+            _ => (0, 0),
         };
         Ok(Response::new(csi::GetCapacityResponse {
             available_capacity: available.min(i64::MAX as u64) as i64,

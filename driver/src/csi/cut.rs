@@ -1,101 +1,36 @@
-//! Snapshots and group snapshots of [`LocalVolumes`]: the cut.
+//! Snapshots and group snapshots of [`super::local::LocalVolumes`]: the cut.
 //!
-//! A cut across volumes (one volume is a group of one):
-//! 1. `syncfs` + `FIFREEZE` every file system mounted from a member's device
-//!    (one mount per device: a freeze holds the whole superblock);
-//! 2. take each member's engine lock in turn — which holds that volume's
-//!    I/O — and cut it (`Primary::snapshot`) while keeping the locks already
-//!    taken, so no member moves on before the last is cut (two-phase
-//!    locking: the cut is consistent even for raw block volumes);
-//! 3. release the engine locks, thaw every file system (also on every error
-//!    path: a [`FrozenFs`] thaws on drop);
-//! 4. rename each cut out of its store into `csi/snapshots/`, fsync, and
-//!    only then record it in the catalog.
+//! A cut across volumes (one volume is a group of one) is the data plane's
+//! (`dataplane::daemon::Volumes::cut`): every file system mounted
+//! from a member's device is flushed and frozen, each member's engine is
+//! cut while the ones before it stay held, then all is released and
+//! thawed. This module names the cuts, moves each image out of its store
+//! into `csi/snapshots/`, fsyncs, and only then records it in the catalog.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::catalog::{sync_dir, GroupRecord, State, VolumeRecord};
 use super::error::{Error, Result};
-use super::local::{engine_err, lock, Failpoints, Inner, LocalVolumes};
-use super::mounts;
-use super::sized::SizedBackend;
-use super::volumes::{
-    Attachment, Capacity, GroupSnapshot, GroupSpec, NodeVolumes, Snapshot, SnapshotSpec, Time, Volume, VolumeSpec,
-};
-use crate::dataplane::fsfreeze::FrozenFs;
-use crate::dataplane::EngineBackend;
-
-/// A member's engine: served (attached) or opened for the cut.
-enum Engine {
-    Served(Arc<SizedBackend>),
-    Opened(Box<EngineBackend>),
-}
-
-impl Engine {
-    fn get(&self) -> &EngineBackend {
-        match self {
-            Engine::Served(b) => b.engine(),
-            Engine::Opened(e) => e,
-        }
-    }
-}
-
-/// Cuts `engines[i..]` in order, holding each one's lock until all are cut.
-fn hold_and_cut(engines: &[Engine], names: &[String], i: usize, fp: &Failpoints) -> Result<()> {
-    let Some(engine) = engines.get(i) else {
-        return Ok(());
-    };
-    engine.get().with_primary(|p| {
-        let delay = *lock(&fp.cut_delay);
-        if let Some((at, d)) = delay.filter(|(at, _)| *at == i) {
-            tracing::warn!(member = at, delay = ?d, "failpoint: delaying the cut");
-            std::thread::sleep(d);
-        }
-        p.snapshot(&names[i]).map_err(engine_err("cut the volume"))?;
-        hold_and_cut(engines, names, i + 1, fp)
-    })
-}
+use super::local::{cut_name, lock, store, Inner};
+use super::volumes::{GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Time};
 
 impl Inner {
-    /// One cut across `members`: (volume, name of the cut, where its image goes).
+    /// One cut across `members`: (volume, id of the cut, where its image goes).
     pub(super) fn cut(&self, members: &[(VolumeRecord, String, PathBuf)]) -> Result<()> {
-        let served = lock(&self.attached).clone();
-        let table = mounts::mount_table()?;
-        let mut engines = Vec::with_capacity(members.len());
-        let mut to_freeze: Vec<PathBuf> = Vec::new();
-        for (r, _, _) in members {
-            match served.get(&r.volume.id) {
-                Some(a) => {
-                    let device = lock(&a.volume).device().to_owned();
-                    if let Some(m) = mounts::mounts_of(&table, mounts::device_number(&device)?).first() {
-                        to_freeze.push(m.mount_point.clone());
-                    }
-                    engines.push(Engine::Served(Arc::clone(&a.backend)));
-                }
-                None => engines.push(Engine::Opened(Box::new(self.open_engine(r)?))),
+        let names = members
+            .iter()
+            .map(|(r, id, _)| Ok((store(r)?, cut_name(id))))
+            .collect::<Result<Vec<_>>>()?;
+        let delay = *lock(&self.failpoints.cut_delay);
+        let images = self.plane.cut(&names, delay)?;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for ((_, _, dest), src) in members.iter().zip(&images) {
+            std::fs::rename(src, dest).map_err(Error::io("move the cut out of its store to", dest))?;
+            if let Some(dir) = src.parent() {
+                dirs.push(dir.to_owned());
             }
         }
-        let names: Vec<String> = members.iter().map(|(_, n, _)| n.clone()).collect();
-        let mut frozen = Vec::with_capacity(to_freeze.len());
-        for path in &to_freeze {
-            frozen.push(FrozenFs::freeze(path).map_err(Error::Freeze)?);
-        }
-        let cut = hold_and_cut(&engines, &names, 0, &self.failpoints);
-        let mut thawed = Ok(());
-        for mut f in frozen {
-            if let Err(e) = f.thaw() {
-                tracing::error!(path = %f.path().display(), error = %e, "thaw after the cut");
-                thawed = Err(Error::Freeze(e));
-            }
-        }
-        drop(engines);
-        cut?;
-        thawed?;
-        for (r, name, dest) in members {
-            let dir = self.store_dir(&r.store).join("snapshots");
-            let src = dir.join(format!("{name}.img"));
-            std::fs::rename(&src, dest).map_err(Error::io("move the cut out of its store to", dest))?;
+        for dir in dirs {
             sync_dir(&dir)?;
         }
         sync_dir(&self.snap_dir)
@@ -104,13 +39,12 @@ impl Inner {
     /// Cuts one volume into a scratch image (for a clone or a copy into a
     /// larger store); the caller removes the file.
     pub(super) fn cut_one(&self, r: &VolumeRecord, name: &str) -> Result<PathBuf> {
-        let store_name = name.trim_start_matches('.').to_owned();
-        let dest = self.snap_dir.join(format!(".{store_name}.img"));
-        self.cut(&[(r.clone(), store_name, dest.clone())])?;
+        let dest = self.snap_dir.join(format!(".{}.img", cut_name(name)));
+        self.cut(&[(r.clone(), name.to_owned(), dest.clone())])?;
         Ok(dest)
     }
 
-    fn snapshot(&self, spec: SnapshotSpec) -> Result<Snapshot> {
+    pub(super) fn snapshot(&self, spec: SnapshotSpec) -> Result<Snapshot> {
         let _busy = self.busy(&[format!("snapshot {}", spec.id), format!("volume {}", spec.volume)])?;
         if let Some(s) = self.read(|c| c.snapshots.get(&spec.id).cloned()) {
             if s.source_volume == spec.volume && s.group.is_none() {
@@ -142,7 +76,7 @@ impl Inner {
         Ok(snap)
     }
 
-    fn delete_snapshot(&self, id: &str) -> Result<()> {
+    pub(super) fn delete_snapshot(&self, id: &str) -> Result<()> {
         let _busy = self.busy(&[format!("snapshot {id}")])?;
         let Some(s) = self.read(|c| c.snapshots.get(id).cloned()) else {
             return Ok(());
@@ -157,7 +91,7 @@ impl Inner {
         Ok(())
     }
 
-    fn create_group(&self, spec: GroupSpec) -> Result<GroupSnapshot> {
+    pub(super) fn create_group(&self, spec: GroupSpec) -> Result<GroupSnapshot> {
         let mut keys = vec![format!("group {}", spec.id)];
         for m in &spec.members {
             keys.push(format!("snapshot {}", m.id));
@@ -244,100 +178,8 @@ impl Inner {
         Ok(())
     }
 
-    fn delete_group(&self, id: &str) -> Result<()> {
+    pub(super) fn delete_group(&self, id: &str) -> Result<()> {
         let _busy = self.busy(&[format!("group {id}")])?;
         self.drop_group(id)
-    }
-}
-
-#[tonic::async_trait]
-impl NodeVolumes for LocalVolumes {
-    async fn create(&self, spec: VolumeSpec) -> Result<Volume> {
-        self.run(move |i| i.create(spec)).await
-    }
-
-    async fn delete(&self, id: &str) -> Result<()> {
-        let id = id.to_owned();
-        self.run(move |i| i.delete(&id)).await
-    }
-
-    async fn volume(&self, id: &str) -> Result<Option<Volume>> {
-        let id = id.to_owned();
-        self.run(move |i| {
-            Ok(
-                i.read(|c| c.volumes.get(&id).filter(|r| r.state == State::Ready).cloned())
-                    .map(|r| i.volume_of(&r)),
-            )
-        })
-        .await
-    }
-
-    async fn volumes(&self) -> Result<Vec<Volume>> {
-        self.run(|i| {
-            let records: Vec<VolumeRecord> = i.read(|c| {
-                c.volumes
-                    .values()
-                    .filter(|r| r.state == State::Ready)
-                    .cloned()
-                    .collect()
-            });
-            Ok(records.iter().map(|r| i.volume_of(r)).collect())
-        })
-        .await
-    }
-
-    async fn expand(&self, id: &str, size_bytes: u64) -> Result<Volume> {
-        let id = id.to_owned();
-        self.run(move |i| i.expand(&id, size_bytes)).await
-    }
-
-    async fn attach(&self, id: &str) -> Result<Attachment> {
-        let id = id.to_owned();
-        self.run(move |i| i.attach(&id)).await
-    }
-
-    async fn detach(&self, id: &str) -> Result<()> {
-        let id = id.to_owned();
-        self.run(move |i| i.detach(&id)).await
-    }
-
-    async fn snapshot(&self, spec: SnapshotSpec) -> Result<Snapshot> {
-        self.run(move |i| i.snapshot(spec)).await
-    }
-
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let id = id.to_owned();
-        self.run(move |i| i.delete_snapshot(&id)).await
-    }
-
-    async fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        self.run(|i| Ok(i.read(|c| c.snapshots.values().cloned().collect())))
-            .await
-    }
-
-    async fn create_group(&self, spec: GroupSpec) -> Result<GroupSnapshot> {
-        self.run(move |i| i.create_group(spec)).await
-    }
-
-    async fn delete_group(&self, id: &str) -> Result<()> {
-        let id = id.to_owned();
-        self.run(move |i| i.delete_group(&id)).await
-    }
-
-    async fn group(&self, id: &str) -> Result<Option<GroupSnapshot>> {
-        let id = id.to_owned();
-        self.run(move |i| {
-            Ok(i.read(|c| {
-                c.groups
-                    .get(&id)
-                    .filter(|g| g.state == State::Ready)
-                    .map(|g| g.group.clone())
-            }))
-        })
-        .await
-    }
-
-    async fn capacity(&self) -> Result<Capacity> {
-        self.run(|i| i.capacity()).await
     }
 }

@@ -151,9 +151,21 @@ pub enum Error {
     /// Freezing or thawing failed.
     #[error("quiesce the file systems")]
     Freeze(#[source] FreezeError),
+    /// The data plane refused or failed.
+    #[error("the data plane")]
+    DataPlane(#[from] crate::dataplane::daemon::DaemonError),
     /// A blocking task died.
     #[error("{0}")]
     Internal(String),
+    /// A node plugin refused or could not be reached (split mode): its code
+    /// and message, passed on as they are.
+    #[error("{message}")]
+    Remote {
+        /// The code the node answered with (`Unavailable` when unreachable).
+        code: Code,
+        /// The node's message, or why it could not be reached.
+        message: String,
+    },
 }
 
 /// Shorthand for results of this module.
@@ -184,6 +196,7 @@ impl Error {
             Error::Busy(_) | Error::BadToken(_) => Code::Aborted,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Io { source, .. } if is_no_space(source) => Code::ResourceExhausted,
+            Error::DataPlane(e) => e.kind().code(),
             Error::Io { .. }
             | Error::Store { .. }
             | Error::Engine { .. }
@@ -191,6 +204,7 @@ impl Error {
             | Error::Mount { .. }
             | Error::Freeze(_)
             | Error::Internal(_) => Code::Internal,
+            Error::Remote { code, .. } => *code,
         }
     }
 }

@@ -1,47 +1,46 @@
-//! [`LocalVolumes`]: [`NodeVolumes`] in-process, on the node's data dir.
+//! [`LocalVolumes`]: the node's CSI objects, kept by the data-plane daemon.
 //!
 //! ```text
-//! <data_dir>/volumes/<store>/         one FileStore per volume (store::layout)
+//! <data_dir>/volumes/<store>/         one data-plane volume per CSI volume (owner "csi")
 //! <data_dir>/csi/catalog.json         volumes, snapshots, group snapshots
 //! <data_dir>/csi/snapshots/<id>.img   snapshot images, apart from their volume
-//! <data_dir>/csi/fuse/<volume>/       FUSE mount of an attached volume
 //! ```
 //!
-//! Every volume's I/O goes through `floe_engine::Primary` on its
-//! `FileStore` ([`EngineBackend`]), shown at its capacity by
-//! [`SizedBackend`], served by FUSE with a loop device on top
-//! ([`AttachedVolume`]). Snapshots are the engine's own
-//! (`Primary::snapshot`), renamed out of the volume's store so they outlive
-//! it. Blocking work runs on tokio's blocking pool.
+//! It runs inside `floe-dataplane serve` ([`crate::dataplane::daemon`]),
+//! next to the volumes it names, so that the processes kubelet talks to
+//! (`floe-csi`) can die at any time without touching a volume's I/O; they
+//! reach it through the daemon's local API ([`super::daemon_volumes`]).
+//! The daemon's volumes (`Volumes`) do the physical work: stores,
+//! engines, attach and detach with the fd holder (so a restart of the
+//! daemon costs no I/O error either), growth within a store's reserve, and
+//! the cut across volumes under freeze. This module adds the CSI layer:
+//! names, file system and replication parameters, content sources,
+//! snapshots that outlive their volume, group snapshots, idempotency by
+//! name.
 //!
-//! Crash safety: see [`super::catalog`]. At start, [`LocalVolumes::open`]
-//! drops unfinished creations, removes files no catalog entry names, and
-//! tears down attachments a crashed predecessor left (their FUSE server died
-//! with it). Re-staging those volumes is the data-plane daemon's job once it
-//! serves them; until then kubelet sees the error on the next publish.
+//! Each CSI volume has a store of its own name ([`store_name`]): a hash of
+//! the CSI id and a generation, bumped when an offline expansion copies
+//! the volume into a larger store.
+//!
+//! Crash safety: see [`super::catalog`]. At start, `LocalVolumes::open`
+//! drops unfinished creations and removes the stores and files no catalog
+//! entry names. Attachments are the daemon's: it takes them over at its
+//! own start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use floe_engine::{Geometry, Primary, RoleGeneration};
 
 use super::catalog::{Catalog, CatalogFile, State, VolumeRecord};
 use super::error::{Error, Result};
 use super::mounts;
-use super::sized::{copy_into, reserve_for, SizedBackend};
 use super::volumes::{Attachment, Capacity, Source, Volume, VolumeSpec};
-use crate::dataplane::{AttachedVolume, BlockBackend, EngineBackend};
-use crate::store::FileStore;
+use crate::dataplane::daemon::api::{AttachState, Name, Shape};
+use crate::dataplane::daemon::Volumes;
+use crate::dataplane::sized::{copy_into, reserve_for};
 
-/// Bytes covered by one write-intent region.
-const REGION_BYTES: u64 = 4 << 20;
-
-/// A volume served on this node.
-pub(super) struct Attached {
-    pub(super) backend: Arc<SizedBackend>,
-    pub(super) volume: Mutex<AttachedVolume>,
-}
+/// Who the data plane's volumes of the CSI catalog belong to.
+pub const OWNER: &str = "csi";
 
 /// Test hooks: delays injected into the group cut.
 #[derive(Debug, Default)]
@@ -51,17 +50,16 @@ pub struct Failpoints {
 }
 
 pub(super) struct Inner {
-    pub(super) data_dir: PathBuf,
     pub(super) snap_dir: PathBuf,
-    fuse_dir: PathBuf,
+    data_dir: PathBuf,
     file: CatalogFile,
     catalog: Mutex<Catalog>,
-    pub(super) attached: Mutex<HashMap<String, Arc<Attached>>>,
     busy: Mutex<HashSet<String>>,
     pub(super) failpoints: Failpoints,
+    pub(super) plane: Arc<Volumes>,
 }
 
-/// [`NodeVolumes`](super::volumes::NodeVolumes) in this process.
+/// The node's CSI objects on the data plane's volumes.
 #[derive(Clone)]
 pub struct LocalVolumes {
     pub(super) inner: Arc<Inner>,
@@ -86,34 +84,46 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn store_err(op: &'static str) -> impl FnOnce(crate::store::Error) -> Error {
-    move |source| Error::Store { op, source }
+/// The data-plane volume holding generation `generation` of CSI volume
+/// `id`: a name the data plane takes whatever the CSI id is.
+pub fn store_name(id: &str, generation: u64) -> String {
+    let hash = blake3::hash(id.as_bytes());
+    format!("csi-{}-{generation}", &hash.to_hex()[..24])
 }
 
-pub(super) fn engine_err(op: &'static str) -> impl FnOnce(floe_engine::EngineError) -> Error {
-    move |source| Error::Engine { op, source }
+/// The data plane's name of the cut `id` takes in a store.
+pub(super) fn cut_name(id: &str) -> Name {
+    let hash = blake3::hash(id.as_bytes());
+    Name::snapshot(format!("cut-{}", &hash.to_hex()[..32])).expect("hex names are valid")
+}
+
+/// The data plane's name of a store the catalog names.
+pub(super) fn store(r: &VolumeRecord) -> Result<Name> {
+    Name::volume(r.store.clone()).map_err(|e| Error::Internal(format!("the catalog names store {:?}: {e}", r.store)))
+}
+
+fn generation(store: &str) -> u64 {
+    store.rsplit_once('-').and_then(|(_, n)| n.parse().ok()).unwrap_or(0)
 }
 
 impl LocalVolumes {
-    /// Opens (creating if needed) the volumes under `data_dir` and recovers
-    /// from a crash of the previous process.
-    pub fn open(data_dir: &Path) -> Result<Self> {
+    /// Opens (creating if needed) the catalog under `data_dir` over the
+    /// data plane's `plane`, and recovers from a crash of the previous
+    /// process.
+    pub(crate) fn open(data_dir: &Path, plane: Arc<Volumes>) -> Result<Self> {
         let csi = data_dir.join("csi");
-        let (snap_dir, fuse_dir) = (csi.join("snapshots"), csi.join("fuse"));
-        for d in [&snap_dir, &fuse_dir, &data_dir.join("volumes")] {
-            std::fs::create_dir_all(d).map_err(Error::io("create directory", d))?;
-        }
+        let snap_dir = csi.join("snapshots");
+        std::fs::create_dir_all(&snap_dir).map_err(Error::io("create directory", &snap_dir))?;
         let file = CatalogFile::new(&csi)?;
         let catalog = file.load()?;
         let inner = Inner {
             data_dir: data_dir.to_owned(),
             snap_dir,
-            fuse_dir,
             file,
             catalog: Mutex::new(catalog),
-            attached: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             failpoints: Failpoints::default(),
+            plane,
         };
         inner.recover()?;
         Ok(LocalVolumes { inner: Arc::new(inner) })
@@ -122,17 +132,6 @@ impl LocalVolumes {
     /// The test hooks.
     pub fn failpoints(&self) -> &Failpoints {
         &self.inner.failpoints
-    }
-
-    /// Runs blocking work on the blocking pool.
-    pub(super) async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| Error::Internal(format!("a volume operation panicked or was cancelled: {e}")))?
     }
 }
 
@@ -165,19 +164,11 @@ impl Inner {
         Ok(out)
     }
 
-    pub(super) fn store_dir(&self, store: &str) -> PathBuf {
-        self.data_dir.join("volumes").join(store)
-    }
-
     pub(super) fn snapshot_file(&self, id: &str) -> PathBuf {
         self.snap_dir.join(format!("{id}.img"))
     }
 
     fn recover(&self) -> Result<()> {
-        let stale = mounts::teardown_stale(&self.fuse_dir)?;
-        if !stale.is_empty() {
-            tracing::warn!(volumes = ?stale, "tore down attachments left by a previous process; stage them again");
-        }
         let (creating, groups): (Vec<String>, Vec<String>) = self.read(|c| {
             (
                 c.volumes
@@ -201,27 +192,24 @@ impl Inner {
                 c.snapshots.retain(|_, s| s.group.as_deref() != Some(id));
             }
         })?;
-        // Files no catalog entry names: unfinished creations, copies and cuts.
-        let (stores, snaps): (HashSet<String>, HashSet<String>) = self.read(|c| {
-            (
-                c.volumes.values().map(|r| r.store.clone()).collect(),
-                c.snapshots.keys().map(|id| format!("{id}.img")).collect(),
-            )
-        });
-        let volumes_dir = self.data_dir.join("volumes");
-        for entry in std::fs::read_dir(&volumes_dir)
-            .map_err(Error::io("list", &volumes_dir))?
-            .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if stores.contains(&name) {
+        // Stores no catalog entry names: unfinished creations, copies and
+        // the old store of an expansion.
+        let stores: HashSet<String> = self.read(|c| c.volumes.values().map(|r| r.store.clone()).collect());
+        for rec in self.plane.records_of(OWNER) {
+            let Ok(name) = Name::volume(rec.volume.clone()) else {
+                continue;
+            };
+            if stores.contains(&rec.volume) {
                 // Its own snapshot dir only ever holds cuts not yet moved out.
-                remove_files_in(&entry.path().join("snapshots"));
-            } else {
-                tracing::info!(store = %name, "remove a store no volume owns");
-                std::fs::remove_dir_all(entry.path()).map_err(Error::io("remove", entry.path()))?;
+                remove_files_in(&self.data_dir.join("volumes").join(&rec.volume).join("snapshots"));
+                continue;
+            }
+            tracing::info!(store = %rec.volume, "remove a store no CSI volume owns");
+            if let Err(e) = self.plane.delete(&name) {
+                tracing::warn!(store = %rec.volume, error = %crate::dataplane::daemon::chain(&e), "keep a store no CSI volume owns");
             }
         }
+        let snaps: HashSet<String> = self.read(|c| c.snapshots.keys().map(|id| format!("{id}.img")).collect());
         for entry in std::fs::read_dir(&self.snap_dir)
             .map_err(Error::io("list", &self.snap_dir))?
             .flatten()
@@ -233,11 +221,14 @@ impl Inner {
         Ok(())
     }
 
+    /// The volume with its attachment, as the data plane has it now.
     pub(super) fn volume_of(&self, r: &VolumeRecord) -> Volume {
         let mut v = r.volume.clone();
-        v.attachment = lock(&self.attached).get(&v.id).map(|a| Attachment {
-            device: lock(&a.volume).device().to_owned(),
-        });
+        v.attachment = store(r)
+            .ok()
+            .and_then(|s| self.plane.info_of(&s).ok())
+            .and_then(|i| i.attachment)
+            .map(|a| Attachment { device: a.device });
         v
     }
 
@@ -246,27 +237,20 @@ impl Inner {
             .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
     }
 
-    /// Opens a detached volume's engine.
-    pub(super) fn open_engine(&self, r: &VolumeRecord) -> Result<EngineBackend> {
-        let store = FileStore::open(&self.data_dir, &r.store).map_err(store_err("open the volume's store"))?;
-        let geo = store.geometry();
-        let primary =
-            Primary::open(store, geo, r.volume.params.mode).map_err(engine_err("open the volume's engine"))?;
-        Ok(EngineBackend::new(primary))
-    }
-
-    /// Creates a store of `reserve` bytes named `store` with an empty primary.
-    fn new_store(&self, store: &str, r: &Volume, reserve: u64) -> Result<Primary<FileStore>> {
-        let dir = self.store_dir(store);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(Error::io("remove the leftover store", &dir))?;
-        }
-        let bs = r.params.block_size;
-        let geo = Geometry::new(bs as usize, reserve / bs, (REGION_BYTES / bs).max(1))
-            .map_err(|e| Error::Internal(format!("geometry for {reserve} bytes in {bs}-byte blocks: {e}")))?;
-        let fs = FileStore::create(&self.data_dir, store, geo).map_err(store_err("create the volume's store"))?;
-        Primary::create(fs, geo, r.params.mode, RoleGeneration { counter: 1, site: 1 })
-            .map_err(engine_err("initialise the volume's engine"))
+    /// Makes store `name` for `v` with room for `reserve` bytes, filled from
+    /// the first `len` bytes of the image `from`.
+    fn new_store(&self, name: &str, v: &Volume, reserve: u64, from: Option<(&Path, u64)>) -> Result<()> {
+        let name = Name::volume(name.to_owned()).map_err(|e| Error::Internal(format!("store name: {e}")))?;
+        let shape = Shape::parse(v.size_bytes, Some(v.params.block_size), Some(v.params.mode.name()))
+            .map_err(|e| Error::Internal(format!("volume shape: {e}")))?;
+        self.plane
+            .create_filled(&name, shape, reserve, OWNER, |primary| match from {
+                None => Ok(()),
+                Some((file, len)) => {
+                    copy_into(file, len, primary).map_err(Error::io("copy into the new volume from", file))
+                }
+            })?;
+        Ok(())
     }
 
     pub(super) fn create(&self, spec: VolumeSpec) -> Result<Volume> {
@@ -298,13 +282,13 @@ impl Inner {
                     .read(|c| c.snapshots.get(sid).cloned())
                     .ok_or_else(|| Error::SnapshotNotFound(sid.clone()))?;
                 check_fits(spec.size_bytes, s.size_bytes, "snapshot", sid)?;
-                Some((self.snapshot_file(sid), s.size_bytes, None))
+                Some((None, s.size_bytes))
             }
             Some(Source::Volume(vid)) => {
                 let src = self.ready(vid)?;
                 check_fits(spec.size_bytes, src.volume.size_bytes, "volume", vid)?;
-                let tmp = format!(".clone-{}", spec.id);
-                Some((PathBuf::new(), src.volume.size_bytes, Some((src, tmp))))
+                let len = src.volume.size_bytes;
+                Some((Some(src), len))
             }
         };
         let cap = self.capacity()?;
@@ -324,15 +308,28 @@ impl Inner {
         };
         let record = VolumeRecord {
             volume: volume.clone(),
-            store: spec.id.clone(),
+            store: store_name(&spec.id, 1),
             reserve_bytes: reserve_for(spec.size_bytes, spec.params.block_size),
             state: State::Creating,
         };
         self.write(|c| c.volumes.insert(spec.id.clone(), record.clone()))?;
-        let result = self.fill(&record, copy_from);
-        if let Err(e) = result {
+        let filled = match copy_from {
+            None => self.new_store(&record.store, &volume, record.reserve_bytes, None),
+            Some((None, len)) => {
+                let Some(Source::Snapshot(sid)) = &spec.source else {
+                    unreachable!("a copy without a source volume is of a snapshot")
+                };
+                let file = self.snapshot_file(sid);
+                self.new_store(&record.store, &volume, record.reserve_bytes, Some((&file, len)))
+            }
+            Some((Some(src), len)) => self.cut_one(&src, &format!("clone-{}", spec.id)).and_then(|file| {
+                let res = self.new_store(&record.store, &volume, record.reserve_bytes, Some((&file, len)));
+                let _ = std::fs::remove_file(&file);
+                res
+            }),
+        };
+        if let Err(e) = filled {
             let _ = self.write(|c| c.volumes.remove(&spec.id));
-            let _ = std::fs::remove_dir_all(self.store_dir(&record.store));
             return Err(e);
         }
         self.write(|c| {
@@ -340,26 +337,8 @@ impl Inner {
                 r.state = State::Ready;
             }
         })?;
-        tracing::info!(volume = %spec.id, size = spec.size_bytes, source = ?spec.source, "volume created");
+        tracing::info!(volume = %spec.id, size = spec.size_bytes, source = ?spec.source, store = %record.store, "volume created");
         Ok(volume)
-    }
-
-    /// Makes the store of a `Creating` record and copies its content in.
-    #[allow(clippy::type_complexity)]
-    fn fill(&self, r: &VolumeRecord, from: Option<(PathBuf, u64, Option<(VolumeRecord, String)>)>) -> Result<()> {
-        let mut primary = self.new_store(&r.store, &r.volume, r.reserve_bytes)?;
-        match from {
-            None => primary.flush().map_err(engine_err("flush the new volume")),
-            Some((file, len, None)) => {
-                copy_into(&file, len, &mut primary).map_err(Error::io("copy the snapshot from", file))
-            }
-            Some((_, len, Some((src, tmp)))) => {
-                let file = self.cut_one(&src, &tmp)?;
-                let res = copy_into(&file, len, &mut primary).map_err(Error::io("copy the volume from", &file));
-                let _ = std::fs::remove_file(&file);
-                res
-            }
-        }
     }
 
     pub(super) fn delete(&self, id: &str) -> Result<()> {
@@ -367,25 +346,21 @@ impl Inner {
         let Some(r) = self.read(|c| c.volumes.get(id).cloned()) else {
             return Ok(());
         };
-        if let Some(a) = lock(&self.attached).get(id) {
+        if let Some(a) = self.volume_of(&r).attachment {
             return Err(Error::FailedPrecondition(format!(
                 "volume {id:?} is attached as {}: unstage it (NodeUnstageVolume) before deleting it",
-                lock(&a.volume).device().display()
+                a.device.display()
             )));
         }
         // The record goes first: a crash then leaves a store no one owns,
         // which the next start removes.
         self.write(|c| c.volumes.remove(id))?;
-        let dir = self.store_dir(&r.store);
-        std::fs::remove_dir_all(&dir)
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(Error::io("remove the volume's store", dir))?;
+        let name = store(&r)?;
+        match self.plane.delete(&name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == crate::dataplane::daemon::api::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
         tracing::info!(volume = %id, "volume deleted");
         Ok(())
     }
@@ -393,59 +368,50 @@ impl Inner {
     pub(super) fn attach(&self, id: &str) -> Result<Attachment> {
         let _busy = self.busy(&[format!("volume {id}")])?;
         let r = self.ready(id)?;
-        if let Some(a) = lock(&self.attached).get(id) {
-            return Ok(Attachment {
-                device: lock(&a.volume).device().to_owned(),
-            });
+        let name = store(&r)?;
+        let info = match self.plane.info_of(&name)?.attachment {
+            Some(a) => a,
+            None => self
+                .plane
+                .attach(&name)?
+                .attachment
+                .ok_or_else(|| Error::Internal(format!("the data plane attached {name} but shows no device")))?,
+        };
+        if info.state == AttachState::Broken {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id:?} is attached as {} but its FUSE connection is lost ({}): unmount what is on the \
+                 device and unstage the volume, then stage it again",
+                info.device.display(),
+                info.detail.unwrap_or_default()
+            )));
         }
-        let backend = Arc::new(SizedBackend::new(self.open_engine(&r)?, r.volume.size_bytes));
-        let fuse_dir = self.fuse_dir.join(id);
-        let volume = AttachedVolume::attach(backend.clone() as Arc<dyn BlockBackend>, &fuse_dir).map_err(|source| {
-            Error::Attach {
-                op: "attach",
-                volume: id.to_owned(),
-                source,
-            }
-        })?;
-        let device = volume.device().to_owned();
-        lock(&self.attached).insert(
-            id.to_owned(),
-            Arc::new(Attached {
-                backend,
-                volume: Mutex::new(volume),
-            }),
-        );
-        tracing::info!(volume = %id, device = %device.display(), "volume attached");
-        Ok(Attachment { device })
+        tracing::info!(volume = %id, device = %info.device.display(), "volume attached");
+        Ok(Attachment { device: info.device })
     }
 
     pub(super) fn detach(&self, id: &str) -> Result<()> {
         let _busy = self.busy(&[format!("volume {id}")])?;
-        let Some(a) = lock(&self.attached).get(id).cloned() else {
+        let Some(r) = self.read(|c| c.volumes.get(id).cloned()) else {
             return Ok(());
         };
-        let device = lock(&a.volume).device().to_owned();
+        let Some(a) = self.volume_of(&r).attachment else {
+            return Ok(());
+        };
         let table = mounts::mount_table()?;
-        let mut users: Vec<String> = mounts::mounts_of(&table, mounts::device_number(&device)?)
+        let mut users: Vec<String> = mounts::mounts_of(&table, mounts::device_number(&a.device)?)
             .into_iter()
-            .chain(mounts::node_binds_of(&table, &device))
+            .chain(mounts::node_binds_of(&table, &a.device))
             .map(|m| m.mount_point.display().to_string())
             .collect();
         if !users.is_empty() {
             users.sort();
             return Err(Error::FailedPrecondition(format!(
                 "volume {id:?} ({}) is still mounted at {}: unpublish and unstage it first",
-                device.display(),
+                a.device.display(),
                 users.join(", ")
             )));
         }
-        lock(&a.volume).detach().map_err(|source| Error::Attach {
-            op: "detach",
-            volume: id.to_owned(),
-            source,
-        })?;
-        lock(&self.attached).remove(id);
-        let _ = std::fs::remove_dir(self.fuse_dir.join(id));
+        self.plane.detach(&store(&r)?)?;
         tracing::info!(volume = %id, "volume detached");
         Ok(())
     }
@@ -453,57 +419,45 @@ impl Inner {
     pub(super) fn expand(&self, id: &str, size: u64) -> Result<Volume> {
         let _busy = self.busy(&[format!("volume {id}")])?;
         let r = self.ready(id)?;
-        if size <= r.volume.size_bytes {
+        let name = store(&r)?;
+        let plane_size = self.plane.info_of(&name)?.size_bytes;
+        if size <= r.volume.size_bytes && size <= plane_size {
             return Ok(self.volume_of(&r));
         }
-        let attached = lock(&self.attached).get(id).cloned();
         let mut next = r.clone();
-        next.volume.size_bytes = size;
+        next.volume.size_bytes = size.max(r.volume.size_bytes);
         if size > r.reserve_bytes {
-            if let Some(a) = attached {
+            if let Some(a) = self.volume_of(&r).attachment {
                 return Err(Error::FailedPrecondition(format!(
                     "volume {id:?} is attached ({}) and grows online only up to {} bytes, the size of its store; \
                      growing it to {size} bytes copies it into a larger store: unstage it, expand, stage it again",
-                    lock(&a.volume).device().display(),
+                    a.device.display(),
                     r.reserve_bytes
                 )));
             }
             // Offline: copy into a larger store, then switch to it.
-            let generation = r
-                .store
-                .rsplit_once('@')
-                .and_then(|(_, n)| n.parse::<u64>().ok())
-                .unwrap_or(1);
-            next.store = format!("{id}@{}", generation + 1);
+            next.store = store_name(id, generation(&r.store) + 1);
             next.reserve_bytes = reserve_for(size, r.volume.params.block_size);
-            let file = self.cut_one(&r, &format!(".grow-{id}"))?;
-            let filled = self
-                .new_store(&next.store, &next.volume, next.reserve_bytes)
-                .and_then(|mut p| {
-                    copy_into(&file, r.volume.size_bytes, &mut p).map_err(Error::io("copy the volume from", &file))
-                });
+            let file = self.cut_one(&r, &format!("grow-{id}"))?;
+            let filled = self.new_store(
+                &next.store,
+                &next.volume,
+                next.reserve_bytes,
+                Some((&file, r.volume.size_bytes)),
+            );
             let _ = std::fs::remove_file(&file);
-            if let Err(e) = filled {
-                let _ = std::fs::remove_dir_all(self.store_dir(&next.store));
-                return Err(e);
-            }
+            filled?;
             self.write(|c| c.volumes.insert(id.to_owned(), next.clone()))?;
-            let old = self.store_dir(&r.store);
-            if let Err(e) = std::fs::remove_dir_all(&old) {
-                tracing::warn!(store = %old.display(), error = %e, "remove the outgrown store (the next start retries)");
+            if let Err(e) = self.plane.delete(&name) {
+                tracing::warn!(store = %name, error = %crate::dataplane::daemon::chain(&e), "remove the outgrown store (the next start retries)");
             }
             tracing::info!(volume = %id, size, store = %next.store, "volume grown by copying it into a larger store");
             return Ok(self.volume_of(&next));
         }
-        // Within the reserve: the catalog first, so a crash never shrinks it.
+        // Within the reserve: the catalog first, so a crash never shrinks it;
+        // the data plane then grows the store's size and the attached device.
         self.write(|c| c.volumes.insert(id.to_owned(), next.clone()))?;
-        if let Some(a) = attached {
-            lock(&a.volume).grow(size).map_err(|source| Error::Attach {
-                op: "grow the device of",
-                volume: id.to_owned(),
-                source,
-            })?;
-        }
+        self.plane.expand(&name, next.volume.size_bytes)?;
         tracing::info!(volume = %id, size, "volume grown");
         Ok(self.volume_of(&next))
     }

@@ -10,21 +10,27 @@
 //!   `tonic::Status` is made);
 //! - [`volumes`]: the trait the services need from the node holding the
 //!   volumes, and its domain types;
-//! - [`local`], [`cut`], [`sized`], [`catalog`]: its in-process
-//!   implementation on the node's data dir (store + engine + FUSE + loop);
+//! - [`daemon_volumes`], [`wire`]: the node plugin's implementation, which
+//!   calls the data-plane daemon (`floe-dataplane serve`) over its local
+//!   API, so `floe-csi` holds no volume and can be killed at any time;
+//! - [`local`], [`cut`], [`catalog`]: what the daemon runs for those calls —
+//!   the node's CSI catalog (names, parameters, snapshots, group snapshots)
+//!   over the daemon's volumes (store + engine + FUSE + loop, attached
+//!   through the fd holder);
 //! - [`mounts`]: the mount table, mounts, bind mounts, statvfs.
 //!
 //! # Modes
 //!
-//! `--mode=all` serves everything and the controller calls the local
-//! [`local::LocalVolumes`]. `--mode=node` serves Identity and Node.
-//! `--mode=controller` serves Identity, Controller and GroupController, but
-//! reaching node plugins over `node.proto` with mutual TLS is not built yet:
-//! every volume call there fails with `FAILED_PRECONDITION` ([`SplitMode`]).
+//! `--mode=all` serves everything and the controller calls the node's
+//! volumes directly. `--mode=node` serves Identity and Node, and with
+//! `--node-admin-listen` also its volumes over `node.proto` with mutual TLS.
+//! `--mode=controller` serves Identity, Controller and GroupController over
+//! the volumes of the node plugins it reaches that way ([`remote`]).
 
 pub mod catalog;
 pub mod controller;
 pub mod cut;
+pub mod daemon_volumes;
 pub mod error;
 pub mod group;
 pub mod identity;
@@ -33,8 +39,9 @@ pub mod locks;
 pub mod mounts;
 pub mod node;
 pub mod params;
-pub mod sized;
+pub mod remote;
 pub mod volumes;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,9 +51,7 @@ use floe_proto::csi;
 use crate::cli::PluginMode;
 use error::{Error, Result};
 use locks::Locks;
-use volumes::{
-    Attachment, Capacity, GroupSnapshot, GroupSpec, NodeVolumes, Snapshot, SnapshotSpec, Volume, VolumeSpec,
-};
+use volumes::{NodeVolumes, Snapshot};
 
 /// The driver's name, as the CSIDriver object and StorageClasses say it.
 pub const DRIVER_NAME: &str = "floe.csi.dev";
@@ -162,58 +167,6 @@ pub async fn serve(
     let res = router.serve_with_incoming_shutdown(incoming, shutdown).await;
     let _ = std::fs::remove_file(path);
     res.map_err(|e| Error::Internal(format!("serve CSI on {}: {}", path.display(), error::chain(&e))))
-}
-
-/// The node side of a controller in split mode: not built yet.
-pub struct SplitMode;
-
-const SPLIT: &str = "floe-csi --mode=controller reaches node plugins through node.proto over mutual TLS, which is \
-                     not built yet: run floe-csi --mode=all";
-
-#[tonic::async_trait]
-impl NodeVolumes for SplitMode {
-    async fn create(&self, _: VolumeSpec) -> Result<Volume> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn delete(&self, _: &str) -> Result<()> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn volume(&self, _: &str) -> Result<Option<Volume>> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn volumes(&self) -> Result<Vec<Volume>> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn expand(&self, _: &str, _: u64) -> Result<Volume> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn attach(&self, _: &str) -> Result<Attachment> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn detach(&self, _: &str) -> Result<()> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn snapshot(&self, _: SnapshotSpec) -> Result<Snapshot> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn delete_snapshot(&self, _: &str) -> Result<()> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn create_group(&self, _: GroupSpec) -> Result<GroupSnapshot> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn delete_group(&self, _: &str) -> Result<()> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn group(&self, _: &str) -> Result<Option<GroupSnapshot>> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
-    async fn capacity(&self) -> Result<Capacity> {
-        Err(Error::FailedPrecondition(SPLIT.into()))
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 
@@ -178,12 +177,9 @@ pub fn grow_fs(fs_type: &str, device: &Path, mount_point: &Path) -> Result<()> {
             )))
         }
     };
-    let out = Command::new(tool)
-        .arg(arg)
-        .output()
-        .map_err(Error::io("run the file-system grow tool on", arg))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    use crate::dataplane::cmd::{self, CommandError};
+    let out = cmd::run(tool, &[arg]);
+    if let Err(CommandError::Failed { stderr, .. }) = &out {
         if fs_type == "ext4" && stderr.contains("Permission denied") {
             return Err(Error::FailedPrecondition(format!(
                 "the device of {} grew, but growing a mounted ext4 needs CAP_SYS_RESOURCE, which floe-csi lacks: \
@@ -191,64 +187,14 @@ pub fn grow_fs(fs_type: &str, device: &Path, mount_point: &Path) -> Result<()> {
                 mount_point.display()
             )));
         }
-        return Err(Error::io("grow the file system on", arg)(std::io::Error::other(
-            format!("{tool} failed: {}", stderr.trim()),
-        )));
     }
-    Ok(())
+    out.map(|_| ())
+        .map_err(|e| Error::io("grow the file system on", arg)(std::io::Error::other(e)))
 }
 
 /// Whether `path` is a block device node.
 pub fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
-}
-
-/// Loop devices whose backing file lies under `dir`.
-pub fn loops_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return Vec::new();
-    };
-    let prefix = format!("{}/", dir.display());
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            backing
-                .trim()
-                .starts_with(&prefix)
-                .then(|| Path::new("/dev").join(e.file_name()))
-        })
-        .collect()
-}
-
-/// Tears down what a crashed predecessor left under `fuse_dir`: every mount
-/// of its loop devices (lazily: the FUSE server behind them is gone, so I/O
-/// fails), the loop devices, and the dead FUSE mounts. Returns the volume
-/// ids whose attachment was torn down.
-pub fn teardown_stale(fuse_dir: &Path) -> Result<Vec<String>> {
-    let table = mount_table()?;
-    for dev in loops_under(fuse_dir) {
-        let mut mounts = match device_number(&dev) {
-            Ok(n) => mounts_of(&table, n),
-            Err(_) => Vec::new(),
-        };
-        mounts.extend(node_binds_of(&table, &dev));
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.id));
-        for m in mounts {
-            tracing::warn!(mount = %m.mount_point.display(), device = %dev.display(), "unmount a stale mount of a dead attachment");
-            let _ = rustix::mount::unmount(&m.mount_point, UnmountFlags::DETACH);
-        }
-        let _ = Command::new("losetup").arg("-d").arg(&dev).output();
-    }
-    let mut volumes = Vec::new();
-    for m in table.iter().rev().filter(|m| m.mount_point.starts_with(fuse_dir)) {
-        tracing::warn!(mount = %m.mount_point.display(), "unmount a dead FUSE file");
-        let _ = rustix::mount::unmount(&m.mount_point, UnmountFlags::DETACH);
-        if let Some(name) = m.mount_point.file_name() {
-            volumes.push(name.to_string_lossy().into_owned());
-        }
-    }
-    Ok(volumes)
 }
 
 #[cfg(test)]

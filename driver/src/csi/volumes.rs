@@ -1,10 +1,11 @@
 //! What the CSI services need from the node that holds the volumes.
 //!
 //! [`NodeVolumes`] is the seam between the gRPC services and the data plane.
-//! Today [`super::local::LocalVolumes`] implements it in-process (store,
-//! engine, FUSE and loop device in the CSI server itself); the data-plane
-//! daemon's client will implement it next, and a controller in split mode
-//! will reach a node's implementation through `node.proto`.
+//! A node plugin implements it with [`super::daemon_volumes::DaemonVolumes`],
+//! which calls the data-plane daemon, where [`super::local::LocalVolumes`]
+//! keeps the node's CSI objects next to the volumes' I/O; a controller in
+//! split mode reaches a node's implementation through `node.proto`
+//! ([`super::remote`]).
 //!
 //! # Shape
 //!
@@ -26,6 +27,12 @@
 //!   sequence over `node.proto` instead (the replication issue).
 //! - **Coarse, async.** One call per CSI-visible step, so a remote
 //!   implementation costs one round trip per RPC.
+//! - **Placement is the implementation's.** An in-process implementation
+//!   holds the volumes of this plugin's node; a controller in split mode
+//!   holds those of several nodes ([`super::remote::Cluster`]) and says
+//!   which through [`NodeVolumes::nodes`], [`NodeVolumes::volume_node`],
+//!   [`NodeVolumes::snapshot_node`] and [`NodeVolumes::capacity_of`], whose
+//!   defaults describe the one-node case.
 
 use std::path::PathBuf;
 
@@ -45,7 +52,7 @@ pub enum Source {
 }
 
 /// A volume to create.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeSpec {
     /// Id (derived from the name).
     pub id: String,
@@ -57,6 +64,12 @@ pub struct VolumeSpec {
     pub params: VolumeParams,
     /// Initial content.
     pub source: Option<Source>,
+    /// Placement hint: the node to make it on, chosen by the controller from
+    /// the request's topology among [`NodeVolumes::nodes`]. `None`: no
+    /// preference (and always `None` for an in-process implementation, whose
+    /// one node is this plugin's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The block device of an attached volume.
@@ -80,7 +93,7 @@ pub struct Volume {
     /// What it was made from.
     pub source: Option<Source>,
     /// Its block device, when attached.
-    #[serde(skip)]
+    #[serde(default)]
     pub attachment: Option<Attachment>,
 }
 
@@ -123,7 +136,7 @@ fn describe(size: u64, p: &VolumeParams, source: Option<&Source>) -> String {
 }
 
 /// A snapshot to take.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotSpec {
     /// Id (derived from the name).
     pub id: String,
@@ -173,7 +186,7 @@ pub struct Snapshot {
 }
 
 /// A group snapshot to take: one cut across the members.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSpec {
     /// Id (derived from the name).
     pub id: String,
@@ -199,7 +212,7 @@ pub struct GroupSnapshot {
 }
 
 /// Space on the node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
     /// Bytes free for new volumes.
     pub available_bytes: u64,
@@ -242,4 +255,27 @@ pub trait NodeVolumes: Send + Sync + 'static {
     async fn group(&self, id: &str) -> Result<Option<GroupSnapshot>>;
     /// Space left for volumes.
     async fn capacity(&self) -> Result<Capacity>;
+
+    /// The nodes whose volumes this implementation holds, by node id. Empty
+    /// (the default): only this plugin's own node.
+    fn nodes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The node holding volume `id`, `None` when it is this plugin's own
+    /// node (the default) or no node holds it.
+    async fn volume_node(&self, id: &str) -> Result<Option<String>> {
+        let _ = id;
+        Ok(None)
+    }
+    /// The node holding snapshot `id`, as [`NodeVolumes::volume_node`].
+    async fn snapshot_node(&self, id: &str) -> Result<Option<String>> {
+        let _ = id;
+        Ok(None)
+    }
+    /// Space on `node`, one of [`NodeVolumes::nodes`]. The default: this
+    /// plugin's own node, [`NodeVolumes::capacity`].
+    async fn capacity_of(&self, node: &str) -> Result<Capacity> {
+        let _ = node;
+        self.capacity().await
+    }
 }

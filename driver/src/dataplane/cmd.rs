@@ -40,15 +40,17 @@ impl CommandError {
     }
 }
 
-/// Runs `program args…` and returns its stdout when it exits with 0.
+/// Runs `program args…` and returns its stdout when it exits with 0. The
+/// tool is killed if this thread dies first (a killed plugin leaves no
+/// `mkfs` running behind it).
 pub fn run<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S]) -> Result<String, CommandError> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|source| CommandError::Spawn {
-            program: program.to_owned(),
-            source,
-        })?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    super::sys::kill_with_parent(&mut cmd);
+    let out = cmd.output().map_err(|source| CommandError::Spawn {
+        program: program.to_owned(),
+        source,
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

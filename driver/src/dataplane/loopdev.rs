@@ -137,16 +137,7 @@ impl LoopDevice {
     /// Makes the device pick up a new size of its backing file
     /// (`LOOP_SET_CAPACITY`), after the volume grew.
     pub fn set_capacity(&self) -> Result<(), LoopError> {
-        let ioctl_err = |op| {
-            move |e: rustix::io::Errno| LoopError::Ioctl {
-                op,
-                device: self.device.clone(),
-                source: e.into(),
-            }
-        };
-        let fd = rustix::fs::open(&self.device, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(ioctl_err("open"))?;
-        sys::loop_set_capacity(&fd).map_err(ioctl_err("LOOP_SET_CAPACITY"))
+        set_capacity_of(&self.device)
     }
 
     /// Detaches the device and waits until it has let go of its backing file
@@ -184,6 +175,20 @@ impl Drop for LoopDevice {
             tracing::error!(error = %e, "detach loop device on drop");
         }
     }
+}
+
+/// `LOOP_SET_CAPACITY` on the loop device at `device` (one this process
+/// did not attach, such as a device taken over from a predecessor).
+pub fn set_capacity_of(device: &Path) -> Result<(), LoopError> {
+    let ioctl_err = |op| {
+        move |e: rustix::io::Errno| LoopError::Ioctl {
+            op,
+            device: device.to_owned(),
+            source: e.into(),
+        }
+    };
+    let fd = rustix::fs::open(device, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(ioctl_err("open"))?;
+    sys::loop_set_capacity(&fd).map_err(ioctl_err("LOOP_SET_CAPACITY"))
 }
 
 /// Loop devices whose backing file is `file` (to clean up after a crash).

@@ -23,7 +23,7 @@
 //! - `sys`: the only `unsafe` code (ioctls), each block justified.
 
 pub mod backend;
-mod cmd;
+pub(crate) mod cmd;
 pub mod daemon;
 pub mod engine_backend;
 pub mod fsfreeze;
@@ -32,10 +32,12 @@ pub mod handover;
 pub mod loopdev;
 pub mod mount;
 pub mod process;
+pub mod sized;
 mod sys;
 pub mod volume;
 
 pub use backend::{BackendError, BlockBackend, FileBackend};
 pub use cmd::CommandError;
 pub use engine_backend::EngineBackend;
+pub use sized::SizedBackend;
 pub use volume::{AttachError, AttachedVolume};

@@ -129,6 +129,12 @@ pub fn format_if_empty(device: &Path, fs: FsType) -> Result<bool, MountError> {
             })
         }
     }
+    make_fs(device, fs)?;
+    Ok(true)
+}
+
+/// Makes a file system of type `fs` on `device`, whatever it holds.
+pub fn make_fs(device: &Path, fs: FsType) -> Result<(), MountError> {
     let dev = device.as_os_str();
     let res = match fs {
         FsType::Ext4 => cmd::run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), dev]),
@@ -139,7 +145,7 @@ pub fn format_if_empty(device: &Path, fs: FsType) -> Result<bool, MountError> {
         source,
     })?;
     tracing::info!(device = %device.display(), fs = fs.name(), "file system created");
-    Ok(true)
+    Ok(())
 }
 
 /// A mounted file system; unmounts on [`MountedFs::unmount`] or, best

@@ -50,6 +50,22 @@ pub fn loop_set_capacity(dev: impl AsFd) -> Result<(), Errno> {
     unsafe { rustix::ioctl::ioctl(dev, NoArg::<LOOP_SET_CAPACITY>::new()) }
 }
 
+/// Makes the child that `cmd` starts get SIGKILL when the thread that
+/// started it dies (`PR_SET_PDEATHSIG`): a tool such as `mkfs` must not
+/// outlive a killed plugin and race the retry of the call that ran it.
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes one system call (prctl), which is async-signal-safe; it touches
+    // no memory shared with the parent and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,29 +1,39 @@
-//! What the CSI tests share: a plugin in `--mode=all` on a scratch data dir,
-//! its four services, request builders, and a sweep that tears down every
-//! mount and loop device under the scratch dir even when a test fails.
+//! What the CSI tests share: a node as in production — the fd holder
+//! (`floe-dataplane holder`, a child process), the data-plane daemon (in
+//! this process, so the tests reach its hooks) and the four CSI services in
+//! `--mode=all` calling the daemon over its API socket — on a scratch dir;
+//! request builders; and a sweep that tears down every mount and loop
+//! device under the scratch dir even when a test fails.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use floe_driver::cli::PluginMode;
 use floe_driver::csi::controller::ControllerService;
+use floe_driver::csi::daemon_volumes::DaemonVolumes;
 use floe_driver::csi::group::GroupService;
 use floe_driver::csi::identity::IdentityService;
-use floe_driver::csi::local::LocalVolumes;
+use floe_driver::csi::local::Failpoints;
 use floe_driver::csi::node::NodeService;
 use floe_driver::csi::Plugin;
+use floe_driver::dataplane::daemon::{Daemon, ServeConfig};
+use floe_driver::dataplane::fuse::FuseConfig;
 use floe_proto::csi;
 
 /// The node id the harness plugin reports.
 pub const NODE: &str = "floe-test-node";
 
-/// A plugin in `--mode=all` with its services.
+/// The data-plane binary.
+pub const DATAPLANE: &str = env!("CARGO_BIN_EXE_floe-dataplane");
+
+/// A node: holder, daemon, and a plugin in `--mode=all` with its services.
 pub struct Harness {
     /// The scratch dir (its name contains `floe`).
     pub dir: tempfile::TempDir,
-    /// The node's volumes.
-    pub volumes: LocalVolumes,
+    /// The data-plane daemon.
+    pub daemon: Arc<Daemon>,
     /// The shared plugin state.
     pub plugin: Arc<Plugin>,
     /// Identity service.
@@ -34,22 +44,60 @@ pub struct Harness {
     pub node: NodeService,
     /// GroupController service.
     pub group: GroupService,
+    holder: Child,
+}
+
+/// Starts `floe-dataplane holder --run-dir run` and waits for its socket.
+pub fn start_holder(run: &Path, log: &Path) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(run)?;
+    let child = Command::new(DATAPLANE)
+        .arg("holder")
+        .arg("--run-dir")
+        .arg(run)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    wait_for_socket(&run.join("holder.sock"))?;
+    Ok(child)
+}
+
+/// Polls until `path` is a socket, for at most 20 s.
+pub fn wait_for_socket(path: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())) {
+        anyhow::ensure!(Instant::now() < deadline, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 impl Harness {
-    /// A fresh plugin on a scratch data dir.
+    /// A fresh node on a scratch dir.
     pub fn new(prefix: &str) -> anyhow::Result<Self> {
         let dir = super::scratch(prefix)?;
-        let volumes = LocalVolumes::open(&dir.path().join("data"))?;
-        let plugin = Arc::new(Plugin::new(PluginMode::All, NODE, 8, Arc::new(volumes.clone())));
+        let run = dir.path().join("run");
+        let holder = start_holder(&run, &dir.path().join("holder.log"))?;
+        let cfg = ServeConfig {
+            data_dir: dir.path().join("data"),
+            run_dir: run.clone(),
+            fuse: FuseConfig::default(),
+        };
+        let daemon = Daemon::start(&cfg).map_err(|e| anyhow::anyhow!("start the data plane: {e}"))?;
+        daemon
+            .serve_api()
+            .map_err(|e| anyhow::anyhow!("start the data plane's API: {e}"))?;
+        let volumes = DaemonVolumes::new(&run.join("dataplane.sock"));
+        let plugin = Arc::new(Plugin::new(PluginMode::All, NODE, 8, Arc::new(volumes)));
         Ok(Harness {
             identity: IdentityService::new(Arc::clone(&plugin)),
             controller: ControllerService::new(Arc::clone(&plugin)),
             node: NodeService::new(Arc::clone(&plugin)),
             group: GroupService::new(Arc::clone(&plugin)),
             dir,
-            volumes,
+            daemon,
             plugin,
+            holder,
         })
     }
 
@@ -57,11 +105,18 @@ impl Harness {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
+
+    /// The daemon's test hooks.
+    pub fn failpoints(&self) -> &Failpoints {
+        self.daemon.csi().failpoints()
+    }
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
         sweep(self.dir.path());
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
     }
 }
 

@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod csi;
+pub mod split;
+pub mod tls;
 
 use std::path::Path;
 use std::process::Command;

@@ -120,6 +120,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<String>,
     },
+    /// A call of the CSI layer (`floe-csi`'s node and controller services)
+    /// on the node's CSI catalog, which this process keeps.
+    Csi {
+        /// The call.
+        call: crate::csi::wire::NodeCall,
+    },
 }
 
 /// A response as it travels.
@@ -165,6 +171,8 @@ pub enum Reply {
     },
     /// A snapshot exists.
     Snapshot(SnapshotInfo),
+    /// The answer to a CSI call.
+    Csi(crate::csi::wire::NodeReply),
 }
 
 /// A volume as the API shows it.
@@ -312,6 +320,51 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// Anything else: I/O, the kernel, the store.
     Internal,
+    /// A size or range that cannot be met.
+    OutOfRange,
+    /// The node is full.
+    ResourceExhausted,
+    /// Another operation on the same object is in progress: retry.
+    Aborted,
+}
+
+impl ErrorKind {
+    /// The gRPC code of this kind.
+    pub fn code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ErrorKind::InvalidArgument => Code::InvalidArgument,
+            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::AlreadyExists => Code::AlreadyExists,
+            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+            ErrorKind::Unimplemented => Code::Unimplemented,
+            ErrorKind::Unavailable => Code::Unavailable,
+            ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+            ErrorKind::Internal => Code::Internal,
+            ErrorKind::OutOfRange => Code::OutOfRange,
+            ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+            ErrorKind::Aborted => Code::Aborted,
+        }
+    }
+
+    /// The kind of a gRPC code (codes without a kind of their own are
+    /// internal).
+    pub fn of_code(code: tonic::Code) -> Self {
+        use tonic::Code;
+        match code {
+            Code::InvalidArgument => ErrorKind::InvalidArgument,
+            Code::NotFound => ErrorKind::NotFound,
+            Code::AlreadyExists => ErrorKind::AlreadyExists,
+            Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+            Code::Unimplemented => ErrorKind::Unimplemented,
+            Code::Unavailable => ErrorKind::Unavailable,
+            Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+            Code::OutOfRange => ErrorKind::OutOfRange,
+            Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+            Code::Aborted => ErrorKind::Aborted,
+            _ => ErrorKind::Internal,
+        }
+    }
 }
 
 /// What is wrong with a request. Every message names what to fix.
@@ -365,6 +418,9 @@ pub enum RequestError {
     /// Restoring a snapshot into the volume it was taken of.
     #[error("restore into {0:?}, the snapshot's own volume: choose a new volume id")]
     RestoreOntoSource(String),
+    /// The same object twice where each must be distinct.
+    #[error("the same {0} given twice: name each once")]
+    Duplicate(&'static str),
 }
 
 /// A volume id or snapshot name, checked: also a file name, a FUSE mount
@@ -518,6 +574,8 @@ pub enum Command {
         /// Mode asked for.
         mode: Option<Mode>,
     },
+    /// A CSI call (checked by the CSI layer itself).
+    Csi(crate::csi::wire::NodeCall),
 }
 
 /// Whether `token` has the shape of a quiesce token.
@@ -607,6 +665,7 @@ impl Command {
                     mode: mode.as_deref().map(parse_mode).transpose()?,
                 }
             }
+            Request::Csi { call } => Command::Csi(call),
         })
     }
 }

@@ -17,7 +17,7 @@ use crate::dataplane::cmd;
 use crate::dataplane::fuse::{abort_connection, FuseConfig, FuseServer};
 use crate::dataplane::handover::{self, HandoverError, HolderLink};
 use crate::dataplane::loopdev::{self, LoopError};
-use crate::dataplane::{mount, AttachedVolume, EngineBackend};
+use crate::dataplane::{mount, AttachedVolume, EngineBackend, SizedBackend};
 use crate::store::FileStore;
 
 /// What `attached.json` says about one volume: enough for a successor to
@@ -52,7 +52,7 @@ enum Kind {
 /// An attached volume.
 pub(super) struct Attachment {
     volume: String,
-    backend: Option<Arc<EngineBackend>>,
+    backend: Option<Arc<SizedBackend>>,
     device: PathBuf,
     fuse_dir: PathBuf,
     link: Option<HolderLink>,
@@ -75,11 +75,13 @@ pub(super) fn open_engine(data_dir: &Path, volume: &str, mode: Mode) -> Result<P
 }
 
 impl Attachment {
-    /// Attaches `volume`: its engine, a FUSE file whose every fd the holder
-    /// gets before its first read, and a direct-I/O loop device on it.
+    /// Attaches `volume`, shown as `size` bytes: its engine, a FUSE file
+    /// whose every fd the holder gets before its first read, and a
+    /// direct-I/O loop device on it.
     pub(super) fn attach(
         volume: &str,
         mode: Mode,
+        size: u64,
         data_dir: &Path,
         run: &RunPaths,
         config: &FuseConfig,
@@ -92,7 +94,8 @@ impl Attachment {
         })?;
         let fuse_dir = run.fuse_dir(volume);
         clear_stale(volume, &fuse_dir, &link)?;
-        let backend = Arc::new(EngineBackend::new(open_engine(data_dir, volume, mode)?));
+        let engine = EngineBackend::new(open_engine(data_dir, volume, mode)?);
+        let backend = Arc::new(SizedBackend::new(engine, size));
         let attached = AttachedVolume::attach_with(backend.clone(), &fuse_dir, config, Some(&link));
         let av = match attached {
             Ok(av) => av,
@@ -127,6 +130,7 @@ impl Attachment {
     pub(super) fn take_over(
         volume: &str,
         mode: Mode,
+        size: u64,
         rec: &AttachedRecord,
         data_dir: &Path,
         run: &RunPaths,
@@ -176,7 +180,7 @@ impl Attachment {
             Err(e) => return broken(format!("take its FUSE connection from the holder: {}", chain(&e))),
         };
         let backend = match open_engine(data_dir, volume, mode) {
-            Ok(p) => Arc::new(EngineBackend::new(p)),
+            Ok(p) => Arc::new(SizedBackend::new(EngineBackend::new(p), size)),
             // The connection stays unserved: I/O waits, and a later start
             // may succeed. Detach aborts it.
             Err(e) => return broken(chain(&e)),
@@ -228,8 +232,36 @@ impl Attachment {
     }
 
     /// The engine, when served.
-    pub(super) fn backend(&self) -> Option<&Arc<EngineBackend>> {
+    pub(super) fn backend(&self) -> Option<&EngineBackend> {
+        self.backend.as_deref().map(SizedBackend::engine)
+    }
+
+    /// The sized engine, when served (kept alive past the attachment).
+    pub(super) fn sized(&self) -> Option<&Arc<SizedBackend>> {
         self.backend.as_ref()
+    }
+
+    /// Grows the device to `size` bytes (at most the store's geometry): the
+    /// FUSE file first, then the loop device.
+    pub(super) fn grow(&self, size: u64) -> Result<(), DaemonError> {
+        let volume = self.volume.clone();
+        match &self.kind {
+            Kind::Serving(av) => av.grow(size).map_err(|source| DaemonError::Attach { volume, source }),
+            Kind::Resumed(_) => {
+                let file = self.fuse_dir.join(crate::dataplane::fuse::ops::FILE_NAME);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&file)
+                    .and_then(|f| f.set_len(size))
+                    .map_err(DaemonError::io("grow the FUSE file", &file))?;
+                loopdev::set_capacity_of(&self.device).map_err(|source| DaemonError::Loop {
+                    op: "grow the loop device",
+                    volume,
+                    source,
+                })
+            }
+            Kind::Broken(_) => Err(DaemonError::NotServed(volume)),
+        }
     }
 
     /// As the API shows it.
@@ -240,7 +272,7 @@ impl Attachment {
             Kind::Broken(why) => (AttachState::Broken, Some(why.clone())),
         };
         let engine = self.backend.as_ref().map(|b| {
-            b.with_primary(|p| {
+            b.engine().with_primary(|p| {
                 let incarnation = p.store().get_meta().ok().flatten().map(|m| m.incarnation);
                 (incarnation, p.dirty_blocks())
             })
@@ -295,7 +327,7 @@ impl Attachment {
             }
         }
         if let Some(b) = &self.backend {
-            if let Err(e) = b.with_primary(|p| p.flush()) {
+            if let Err(e) = b.engine().with_primary(|p| p.flush()) {
                 tracing::error!(volume = %self.volume, error = %chain(&e), "flush the engine after detach");
             }
         }

@@ -83,12 +83,12 @@ pub enum DaemonError {
         /// Where it is mounted.
         targets: Vec<PathBuf>,
     },
-    /// Growing is not possible yet.
-    #[error("volume {volume:?} is {size} bytes; growing it to {requested} needs the engine to change its geometry, which is fixed at create today: create a new volume of {requested} bytes and copy the data")]
+    /// Growing past the store's geometry.
+    #[error("volume {volume:?} grows in place only up to {size} bytes, the room its store was made with (the engine's geometry is fixed at create); growing it to {requested} bytes needs a copy into a larger store")]
     CannotGrow {
         /// Volume id.
         volume: String,
-        /// Its size.
+        /// The most it grows to in place.
         size: u64,
         /// Size asked for.
         requested: u64,
@@ -236,6 +236,15 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The CSI catalog refused or failed a call (its message names the
+    /// object and what to do).
+    #[error("{message}")]
+    Csi {
+        /// The kind of the CSI error's gRPC code.
+        kind: ErrorKind,
+        /// The CSI error and its causes.
+        message: String,
+    },
 }
 
 impl DaemonError {
@@ -259,6 +268,7 @@ impl DaemonError {
             E::CannotGrow { .. } => ErrorKind::Unimplemented,
             E::HolderUnavailable { .. } => ErrorKind::Unavailable,
             E::Expired { .. } | E::FreezeTooSlow { .. } => ErrorKind::DeadlineExceeded,
+            E::Csi { kind, .. } => *kind,
             E::Store { .. }
             | E::Engine { .. }
             | E::Attach { .. }

@@ -5,10 +5,14 @@
 //! # Processes
 //! ```text
 //!  floe-csi (node)  ──dataplane.sock──▶  floe-dataplane serve  ──holder.sock──▶  floe-dataplane holder
-//!   (not in the I/O path)                 FUSE workers, engines                   keeps every /dev/fuse fd
+//!   (not in the I/O path)                 FUSE workers, engines,                  keeps every /dev/fuse fd
+//!                                         the CSI catalog
 //! ```
-//! Killing or restarting `floe-csi` touches no I/O: it only calls the local
-//! API. `serve` hands every `/dev/fuse` fd to the holder before the fd's
+//! Killing or restarting `floe-csi` touches no I/O and no bookkeeping: it
+//! only calls the local API, whose `csi` op carries the CSI layer's calls to
+//! [`crate::csi::local::LocalVolumes`], which this process runs over its own
+//! `Volumes` (a CSI volume is one of them, owned by `csi`).
+//! `serve` hands every `/dev/fuse` fd to the holder before the fd's
 //! first read ([`crate::dataplane::handover`]), so when `serve` dies, by
 //! SIGTERM or SIGKILL, the kernel keeps every connection and queues the
 //! requests, and the next `serve` takes the connections over.
@@ -29,9 +33,12 @@
 //! calls it through [`client::Client`].
 //!
 //! # Operations
-//! Per-volume serialisation ([`volumes`]): every operation takes its
-//! volume's slot lock and no other. Quiesce and thaw ([`freeze`]) take no
-//! volume lock at all: no lock is held across a frozen file system.
+//! Per-volume serialisation (`volumes`): every operation takes its
+//! volume's slot lock and no other, except the cut across volumes (a group
+//! snapshot), which takes its members' slots in id order and holds them
+//! for the few milliseconds of its own freeze (I/O never takes a slot, so
+//! nothing waits on the frozen file systems while holding one). Quiesce
+//! and thaw (`freeze`) take no volume lock at all.
 //!
 //! # Restart without I/O errors
 //! At start `serve`:
@@ -98,17 +105,17 @@ use std::time::{Duration, SystemTime};
 
 use rustix::fs::FlockOperation;
 
+pub(crate) use api::Status;
 pub use api::{Command, Reply, Request, Response};
 pub use attachment::{AttachedFile, AttachedRecord};
 pub use error::{chain, DaemonError};
-pub use freeze::FrozenRecord;
-pub use volumes::VolumeRecord;
-
-use api::Status;
 use files::RunPaths;
 use freeze::Freezer;
-use volumes::Volumes;
+pub use freeze::FrozenRecord;
+pub use volumes::VolumeRecord;
+pub(crate) use volumes::Volumes;
 
+use crate::csi::local::LocalVolumes;
 use crate::dataplane::fuse::FuseConfig;
 use crate::dataplane::handover::HolderLink;
 
@@ -158,7 +165,8 @@ impl ServeConfig {
 /// A serving data plane.
 pub struct Daemon {
     run: RunPaths,
-    volumes: Volumes,
+    volumes: Arc<Volumes>,
+    csi: LocalVolumes,
     freezer: Arc<Freezer>,
     started: SystemTime,
     took_over: Vec<String>,
@@ -177,11 +185,15 @@ impl Daemon {
             std::fs::create_dir_all(&dir).map_err(DaemonError::io("create", &dir))?;
         }
         let lock = take_lock(&run)?;
-        let volumes = Volumes::load(&cfg.data_dir, &run, cfg.fuse.clone())?;
+        let volumes = Arc::new(Volumes::load(&cfg.data_dir, &run, cfg.fuse.clone())?);
         let took_over = volumes.take_over()?;
         if !took_over.is_empty() {
             tracing::info!(volumes = ?took_over, "took over from the previous data plane");
         }
+        let csi = LocalVolumes::open(&cfg.data_dir, Arc::clone(&volumes)).map_err(|e| DaemonError::Csi {
+            kind: api::ErrorKind::Internal,
+            message: format!("open the CSI catalog: {}", crate::csi::error::chain(&e)),
+        })?;
         let thawed = freeze::thaw_leftovers(&run.frozen());
         if !thawed.is_empty() {
             tracing::warn!(paths = ?thawed, "thawed file systems left frozen");
@@ -191,6 +203,7 @@ impl Daemon {
             holder_ok: AtomicBool::new(holder_reachable(&run)),
             run,
             volumes,
+            csi,
             started: SystemTime::now(),
             took_over,
             _lock: lock,
@@ -247,6 +260,10 @@ impl Daemon {
                 self.volumes
                     .restore(&volume, &from_volume, &snapshot, size_bytes, mode)?,
             ),
+            Command::Csi(call) => Reply::Csi(self.csi.call(call).map_err(|e| DaemonError::Csi {
+                kind: api::ErrorKind::of_code(e.code()),
+                message: crate::csi::error::chain(&e),
+            })?),
         })
     }
 
@@ -263,6 +280,11 @@ impl Daemon {
                 Response::Error(wire)
             }
         }
+    }
+
+    /// The node's CSI objects (the test hooks of the group cut are there).
+    pub fn csi(&self) -> &LocalVolumes {
+        &self.csi
     }
 
     /// The data plane's state.

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use floe_engine::{Mode, Primary, RoleGeneration};
 use rustix::fs::SeekFrom;
@@ -23,8 +23,9 @@ use super::api::{self, Name, Shape, SnapshotInfo, VolumeInfo};
 use super::attachment::{open_engine, AttachedFile, AttachedRecord, Attachment};
 use super::error::{chain, DaemonError};
 use super::files::{self, RunPaths};
+use crate::dataplane::fsfreeze::FrozenFs;
 use crate::dataplane::fuse::FuseConfig;
-use crate::dataplane::EngineBackend;
+use crate::dataplane::{EngineBackend, SizedBackend};
 use crate::store::FileStore;
 
 /// `<data-dir>/volumes/<id>/volume.json`: what a volume was created as.
@@ -43,6 +44,14 @@ pub struct VolumeRecord {
     /// The snapshot it was restored from, as `volume/name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
+    /// Bytes the store has room for (its engine's geometry) when more than
+    /// the size: the volume grows online up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_bytes: Option<u64>,
+    /// Who manages the volume: `csi` for volumes of the CSI catalog
+    /// (`crate::csi::local`), absent for volumes made through this API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +61,14 @@ struct Spec {
 }
 
 impl Spec {
+    /// The most the volume grows to without a copy.
+    fn reserve(&self) -> u64 {
+        self.record
+            .reserve_bytes
+            .unwrap_or(self.record.size_bytes)
+            .max(self.record.size_bytes)
+    }
+
     fn shape_words(&self) -> String {
         format!(
             "size {} bytes, block size {}, mode {}",
@@ -69,7 +86,7 @@ struct Slot {
 }
 
 /// Every volume of the node.
-pub(super) struct Volumes {
+pub(crate) struct Volumes {
     data_dir: PathBuf,
     run: RunPaths,
     fuse: FuseConfig,
@@ -206,9 +223,9 @@ impl Volumes {
         if slot.unreadable {
             return Err(DaemonError::Unreadable(self.volume_dir(id.as_str())));
         }
-        let primary = self.new_store(id, shape)?;
+        let primary = self.new_store(id, shape, shape.size_bytes)?;
         drop(primary);
-        let spec = self.commit_record(id, shape, None)?;
+        let spec = self.commit_record(id, shape, None, None)?;
         tracing::info!(volume = %id, size = shape.size_bytes, block_size = shape.block_size, mode = shape.mode.name(), "volume created");
         let info = self.info(&spec, &slot);
         slot.spec = Some(spec);
@@ -217,13 +234,17 @@ impl Volumes {
 
     /// A fresh store and engine for `id`, clearing a creation that did not
     /// finish.
-    fn new_store(&self, id: &Name, shape: Shape) -> Result<Primary<FileStore>, DaemonError> {
+    fn new_store(&self, id: &Name, shape: Shape, reserve: u64) -> Result<Primary<FileStore>, DaemonError> {
         let dir = self.volume_dir(id.as_str());
         if dir.exists() {
             tracing::warn!(dir = %dir.display(), "clearing a creation that did not finish");
             std::fs::remove_dir_all(&dir).map_err(DaemonError::io("clear an unfinished volume directory", &dir))?;
         }
-        let geo = shape.geometry();
+        let geo = Shape {
+            size_bytes: reserve.max(shape.size_bytes),
+            ..shape
+        }
+        .geometry();
         let store = FileStore::create(&self.data_dir, id.as_str(), geo).map_err(|source| DaemonError::Store {
             op: "create the store",
             volume: id.to_string(),
@@ -237,7 +258,13 @@ impl Volumes {
     }
 
     /// Writes the record that makes the volume exist.
-    fn commit_record(&self, id: &Name, shape: Shape, restored_from: Option<String>) -> Result<Spec, DaemonError> {
+    fn commit_record(
+        &self,
+        id: &Name,
+        shape: Shape,
+        restored_from: Option<String>,
+        sized: Option<(u64, &str)>,
+    ) -> Result<Spec, DaemonError> {
         let record = VolumeRecord {
             volume: id.to_string(),
             size_bytes: shape.size_bytes,
@@ -245,6 +272,8 @@ impl Volumes {
             mode: shape.mode.name().to_owned(),
             created_unix_ms: files::unix_ms(SystemTime::now()),
             restored_from,
+            reserve_bytes: sized.map(|(r, _)| r).filter(|r| *r > shape.size_bytes),
+            owner: sized.map(|(_, o)| o.to_owned()),
         };
         let file = self.volume_dir(id.as_str()).join("volume.json");
         files::write_json(&file, &record).map_err(DaemonError::io("write the volume record", &file))?;
@@ -255,7 +284,7 @@ impl Volumes {
     }
 
     /// Deletes a detached volume with its snapshots.
-    pub(super) fn delete(&self, id: &Name) -> Result<(), DaemonError> {
+    pub(crate) fn delete(&self, id: &Name) -> Result<(), DaemonError> {
         let arc = self.slot(id.as_str());
         let mut slot = lock(&arc);
         self.spec(id, &slot)?;
@@ -278,10 +307,13 @@ impl Volumes {
 
     /// Attaches a volume: engine, FUSE file, loop device; recorded in
     /// `attached.json` before the answer.
-    pub(super) fn attach(&self, id: &Name) -> Result<VolumeInfo, DaemonError> {
+    pub(crate) fn attach(&self, id: &Name) -> Result<VolumeInfo, DaemonError> {
         let arc = self.slot(id.as_str());
         let mut slot = lock(&arc);
-        let mode = self.spec(id, &slot)?.mode;
+        let (mode, size) = {
+            let spec = self.spec(id, &slot)?;
+            (spec.mode, spec.record.size_bytes)
+        };
         if let Some(a) = &slot.attached {
             return Err(DaemonError::AlreadyAttached {
                 volume: id.to_string(),
@@ -295,7 +327,7 @@ impl Volumes {
             device: None,
         };
         self.record_attached(id.as_str(), Some(pending))?;
-        let mut a = match Attachment::attach(id.as_str(), mode, &self.data_dir, &self.run, &self.fuse) {
+        let mut a = match Attachment::attach(id.as_str(), mode, size, &self.data_dir, &self.run, &self.fuse) {
             Ok(a) => a,
             Err(e) => {
                 if let Err(r) = self.record_attached(id.as_str(), None) {
@@ -318,7 +350,7 @@ impl Volumes {
 
     /// Detaches a volume whose device is not mounted; detaching a detached
     /// volume is not an error.
-    pub(super) fn detach(&self, id: &Name) -> Result<bool, DaemonError> {
+    pub(crate) fn detach(&self, id: &Name) -> Result<bool, DaemonError> {
         let arc = self.slot(id.as_str());
         let mut slot = lock(&arc);
         self.spec(id, &slot)?;
@@ -339,20 +371,42 @@ impl Volumes {
         Ok(true)
     }
 
-    /// Grows a volume: not possible while the engine's geometry is fixed;
-    /// a size it already has is fine.
-    pub(super) fn expand(&self, id: &Name, size_bytes: u64) -> Result<VolumeInfo, DaemonError> {
+    /// Grows a volume up to its reserve (the store's geometry): the record
+    /// first, so a crash never shows it smaller than a file system on it
+    /// may already be, then the attached device. A size it already has is
+    /// fine; past the reserve it needs a copy into a larger store.
+    pub(crate) fn expand(&self, id: &Name, size_bytes: u64) -> Result<VolumeInfo, DaemonError> {
         let arc = self.slot(id.as_str());
-        let slot = lock(&arc);
+        let mut slot = lock(&arc);
         let spec = self.spec(id, &slot)?;
         if size_bytes <= spec.record.size_bytes {
             return Ok(self.info(spec, &slot));
         }
-        Err(DaemonError::CannotGrow {
-            volume: id.to_string(),
-            size: spec.record.size_bytes,
-            requested: size_bytes,
-        })
+        if size_bytes > spec.reserve() {
+            return Err(DaemonError::CannotGrow {
+                volume: id.to_string(),
+                size: spec.reserve(),
+                requested: size_bytes,
+            });
+        }
+        let block_size = spec.record.block_size;
+        if !size_bytes.is_multiple_of(block_size) {
+            return Err(DaemonError::NotWholeBlocks {
+                requested: size_bytes,
+                block_size,
+            });
+        }
+        let mut next = spec.clone();
+        next.record.size_bytes = size_bytes;
+        let file = self.volume_dir(id.as_str()).join("volume.json");
+        files::write_json(&file, &next.record).map_err(DaemonError::io("write the volume record", &file))?;
+        slot.spec = Some(next);
+        if let Some(a) = &slot.attached {
+            a.grow(size_bytes)?;
+        }
+        tracing::info!(volume = %id, size = size_bytes, "volume grown");
+        let spec = self.spec(id, &slot)?;
+        Ok(self.info(spec, &slot))
     }
 
     /// Every volume.
@@ -464,7 +518,7 @@ impl Volumes {
                     .map_or("an unreadable record".into(), Spec::shape_words),
             });
         }
-        let mut primary = self.new_store(id, shape)?;
+        let mut primary = self.new_store(id, shape, shape.size_bytes)?;
         let copied = copy_into(&mut primary, &file, snap_len).map_err(|e| match e {
             CopyError::Io(source) => DaemonError::Io {
                 op: "read the snapshot",
@@ -478,11 +532,160 @@ impl Volumes {
             },
         })?;
         drop(primary);
-        let spec = self.commit_record(id, shape, Some(format!("{from}/{snapshot}")))?;
+        let spec = self.commit_record(id, shape, Some(format!("{from}/{snapshot}")), None)?;
         tracing::info!(volume = %id, from = %from, snapshot = %snapshot, bytes = copied, "volume restored from a snapshot");
         let info = self.info(&spec, &slot);
         slot.spec = Some(spec);
         Ok(info)
+    }
+
+    /// One volume.
+    pub(crate) fn info_of(&self, id: &Name) -> Result<VolumeInfo, DaemonError> {
+        let arc = self.slot(id.as_str());
+        let slot = lock(&arc);
+        let spec = self.spec(id, &slot)?;
+        Ok(self.info(spec, &slot))
+    }
+
+    /// The record of every volume `owner` manages.
+    pub(crate) fn records_of(&self, owner: &str) -> Vec<VolumeRecord> {
+        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(|s| lock(s).spec.as_ref().map(|spec| spec.record.clone()))
+            .filter(|r| r.owner.as_deref() == Some(owner))
+            .collect()
+    }
+
+    /// Creates `id` for `owner` with a store of `reserve` bytes (at least
+    /// its size, so it grows online up to that), filled by `fill` through
+    /// its engine before the record makes it exist. An id that exists is
+    /// refused: the owner keeps its own catalog of what it made.
+    pub(crate) fn create_filled<E: From<DaemonError>>(
+        &self,
+        id: &Name,
+        shape: Shape,
+        reserve: u64,
+        owner: &str,
+        fill: impl FnOnce(&mut Primary<FileStore>) -> Result<(), E>,
+    ) -> Result<VolumeInfo, E> {
+        let arc = self.slot(id.as_str());
+        let mut slot = lock(&arc);
+        if let Some(spec) = &slot.spec {
+            return Err(DaemonError::AlreadyExists {
+                volume: id.to_string(),
+                existing: spec.shape_words(),
+            }
+            .into());
+        }
+        if slot.unreadable {
+            return Err(DaemonError::Unreadable(self.volume_dir(id.as_str())).into());
+        }
+        let reserve = reserve.max(shape.size_bytes).div_ceil(shape.block_size) * shape.block_size;
+        let mut primary = self.new_store(id, shape, reserve)?;
+        let filled = fill(&mut primary).and_then(|()| {
+            primary.flush().map_err(|source| {
+                DaemonError::Engine {
+                    op: "flush the new volume",
+                    volume: id.to_string(),
+                    source,
+                }
+                .into()
+            })
+        });
+        drop(primary);
+        let committed = filled.and_then(|()| Ok(self.commit_record(id, shape, None, Some((reserve, owner)))?));
+        let spec = match committed {
+            Ok(spec) => spec,
+            Err(e) => {
+                let dir = self.volume_dir(id.as_str());
+                if let Err(r) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %r, "remove a creation that failed (cleared at the next create)");
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(volume = %id, size = shape.size_bytes, reserve, owner, "volume created");
+        let info = self.info(&spec, &slot);
+        slot.spec = Some(spec);
+        Ok(info)
+    }
+
+    /// One cut across `members` (volume, snapshot name): the file system on
+    /// each attached member's device is flushed and frozen, then each
+    /// member's engine is taken in turn and cut while the ones before it
+    /// stay held, so no member moves on before the last is cut (the cut is
+    /// consistent across the members even for raw block volumes); then
+    /// everything is released and thawed, also on error. `delay` is a test
+    /// hook: sleep before cutting the member at that index. Returns the
+    /// snapshot images, `<volume dir>/snapshots/<name>.img`, in order.
+    ///
+    /// The members' slots are held for the cut (a few milliseconds plus
+    /// the freeze); I/O never takes a slot, so nothing waits on a frozen
+    /// file system while holding one.
+    pub(crate) fn cut(
+        &self,
+        members: &[(Name, Name)],
+        delay: Option<(usize, Duration)>,
+    ) -> Result<Vec<PathBuf>, DaemonError> {
+        let mut order: Vec<usize> = (0..members.len()).collect();
+        order.sort_by(|a, b| members[*a].0.as_str().cmp(members[*b].0.as_str()));
+        order.dedup_by(|a, b| members[*a].0 == members[*b].0);
+        if order.len() != members.len() {
+            return Err(DaemonError::Request(api::RequestError::Duplicate("volume in one cut")));
+        }
+        let arcs: Vec<Arc<Mutex<Slot>>> = order.iter().map(|i| self.slot(members[*i].0.as_str())).collect();
+        let guards: Vec<MutexGuard<'_, Slot>> = arcs.iter().map(|a| lock(a)).collect();
+        let mut by_member: Vec<Option<&MutexGuard<'_, Slot>>> = vec![None; members.len()];
+        for (k, i) in order.iter().enumerate() {
+            by_member[*i] = Some(&guards[k]);
+        }
+        let mut engines = Vec::with_capacity(members.len());
+        let mut to_freeze = Vec::new();
+        for ((id, _), slot) in members.iter().zip(by_member) {
+            let slot = slot.expect("every member has its slot");
+            let spec = self.spec(id, slot)?;
+            match &slot.attached {
+                Some(a) => {
+                    let Some(b) = a.sized() else {
+                        return Err(DaemonError::NotServed(id.to_string()));
+                    };
+                    let targets =
+                        files::mounts_of(a.device()).map_err(DaemonError::io("read", "/proc/self/mountinfo"))?;
+                    // One freeze per device: it holds the whole superblock.
+                    to_freeze.extend(targets.into_iter().take(1));
+                    engines.push(CutEngine::Served(Arc::clone(b)));
+                }
+                None => engines.push(CutEngine::Opened(Box::new(EngineBackend::new(open_engine(
+                    &self.data_dir,
+                    id.as_str(),
+                    spec.mode,
+                )?)))),
+            }
+        }
+        let mut frozen = Vec::with_capacity(to_freeze.len());
+        for path in &to_freeze {
+            frozen.push(FrozenFs::freeze(path).map_err(DaemonError::Freeze)?);
+        }
+        let names: Vec<&Name> = members.iter().map(|(_, n)| n).collect();
+        let cut = hold_and_cut(&engines, &names, 0, delay);
+        let mut thawed = Ok(());
+        for mut f in frozen {
+            if let Err(e) = f.thaw() {
+                tracing::error!(path = %f.path().display(), error = %e, "thaw after the cut");
+                thawed = Err(DaemonError::Freeze(e));
+            }
+        }
+        drop(engines);
+        drop(guards);
+        cut?;
+        thawed?;
+        let paths: Vec<PathBuf> = members
+            .iter()
+            .map(|(id, name)| self.snapshot_path(id.as_str(), name.as_str()))
+            .collect();
+        tracing::info!(members = members.len(), frozen = to_freeze.len(), "cut taken");
+        Ok(paths)
     }
 
     // ----- start and exit ----------------------------------------------------
@@ -508,7 +711,8 @@ impl Volumes {
                 tracing::error!(volume = %id, "attached volume without a volume record: left alone");
                 continue;
             };
-            if let Some(a) = Attachment::take_over(id, spec.mode, rec, &self.data_dir, &self.run) {
+            let size = spec.record.size_bytes;
+            if let Some(a) = Attachment::take_over(id, spec.mode, size, rec, &self.data_dir, &self.run) {
                 if a.backend().is_some() {
                     served.push(id.clone());
                 }
@@ -534,7 +738,7 @@ impl Volumes {
                 tracing::error!(volume = a.volume(), error = %chain(&e), "the holder does not keep this volume's connection: it ends with this process");
             }
         }
-        let backends: Vec<Arc<EngineBackend>> = attachments.iter().filter_map(|a| a.backend().cloned()).collect();
+        let backends: Vec<Arc<SizedBackend>> = attachments.iter().filter_map(|a| a.sized().cloned()).collect();
         hold_all(
             &backends,
             Box::new(move || {
@@ -552,16 +756,55 @@ impl Volumes {
 }
 
 /// Flushes each engine and keeps its lock while `last` runs (it exits).
-fn hold_all(backends: &[Arc<EngineBackend>], last: Box<dyn FnOnce() + '_>) {
+fn hold_all(backends: &[Arc<SizedBackend>], last: Box<dyn FnOnce() + '_>) {
     match backends.split_first() {
         None => last(),
-        Some((b, rest)) => b.with_primary(move |p| {
+        Some((b, rest)) => b.engine().with_primary(move |p| {
             if let Err(e) = p.flush() {
                 tracing::error!(error = %chain(&e), "flush an engine before handing over");
             }
             hold_all(rest, last)
         }),
     }
+}
+
+/// A member's engine in a cut: the attached volume's, or one opened for it.
+enum CutEngine {
+    Served(Arc<SizedBackend>),
+    Opened(Box<EngineBackend>),
+}
+
+impl CutEngine {
+    fn get(&self) -> &EngineBackend {
+        match self {
+            CutEngine::Served(b) => b.engine(),
+            CutEngine::Opened(e) => e,
+        }
+    }
+}
+
+/// Cuts `engines[i..]` in order, holding each one's lock until all are cut.
+fn hold_and_cut(
+    engines: &[CutEngine],
+    names: &[&Name],
+    i: usize,
+    delay: Option<(usize, Duration)>,
+) -> Result<(), DaemonError> {
+    let Some(engine) = engines.get(i) else {
+        return Ok(());
+    };
+    engine.get().with_primary(|p| {
+        if let Some((_, d)) = delay.filter(|(at, _)| *at == i) {
+            tracing::warn!(member = i, delay = ?d, "failpoint: delaying the cut");
+            std::thread::sleep(d);
+        }
+        p.snapshot(names[i].as_str()).map_err(|source| DaemonError::Engine {
+            op: "cut the volume",
+            volume: names[i].to_string(),
+            source,
+        })?;
+        hold_and_cut(engines, names, i + 1, delay)
+    })
 }
 
 enum CopyError {

@@ -1,0 +1,85 @@
+//! Certificates for the mutual-TLS tests, made fresh with `rcgen`: a CA, a
+//! node's server certificate (for 127.0.0.1 and [`NODE_DNS`]) and a
+//! controller's client certificate signed by it, and the same two signed
+//! by an unrelated CA. Written as PEM files, as `--tls-*` take them.
+
+use std::path::Path;
+
+use floe_driver::csi::remote::TlsFiles;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+
+/// The DNS name in the node certificates besides 127.0.0.1.
+pub const NODE_DNS: &str = "node.floe.test";
+
+/// The TLS files of each side.
+pub struct Pki {
+    /// A node: server certificate of the CA, trusts the CA.
+    pub node: TlsFiles,
+    /// The controller: client certificate of the CA, trusts the CA.
+    pub controller: TlsFiles,
+    /// A node whose certificate the other CA signed (it trusts the CA).
+    pub rogue_node: TlsFiles,
+    /// A controller whose certificate the other CA signed (it trusts the CA).
+    pub rogue_controller: TlsFiles,
+}
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A certificate and key for `sans` (IP addresses or DNS names).
+    fn leaf(&self, name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose) -> anyhow::Result<(String, String)> {
+        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+fn write(dir: &Path, name: &str, (cert, key): (String, String), ca: &Ca) -> anyhow::Result<TlsFiles> {
+    let files = TlsFiles {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+        ca: dir.join(format!("{name}-ca.crt")),
+    };
+    std::fs::write(&files.cert, cert)?;
+    std::fs::write(&files.key, key)?;
+    std::fs::write(&files.ca, &ca.pem)?;
+    Ok(files)
+}
+
+/// Makes both CAs and the four sides' files in `dir`.
+pub fn pki(dir: &Path) -> anyhow::Result<Pki> {
+    std::fs::create_dir_all(dir)?;
+    let ca = Ca::new("floe test CA")?;
+    let other = Ca::new("unrelated CA")?;
+    let server = ExtendedKeyUsagePurpose::ServerAuth;
+    let client = ExtendedKeyUsagePurpose::ClientAuth;
+    let node_sans = ["127.0.0.1", NODE_DNS];
+    Ok(Pki {
+        node: write(dir, "node", ca.leaf("node", &node_sans, server.clone())?, &ca)?,
+        controller: write(dir, "controller", ca.leaf("controller", &[], client.clone())?, &ca)?,
+        rogue_node: write(dir, "rogue-node", other.leaf("node", &node_sans, server)?, &ca)?,
+        rogue_controller: write(dir, "rogue-controller", other.leaf("controller", &[], client)?, &ca)?,
+    })
+}
