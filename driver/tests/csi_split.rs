@@ -259,14 +259,21 @@ async fn a_refusal_of_a_node_reaches_the_controller_with_the_nodes_code_and_mess
     let cutting = {
         let remote = remote.clone();
         tokio::spawn(async move {
-            let members = vec![snap("pvc-1")];
-            remote
-                .create_group(GroupSpec {
-                    id: "g".into(),
-                    name: "g".into(),
-                    members,
-                })
-                .await
+            // The probe below may hold pvc-1 for an instant when the cut
+            // starts: the cut is then refused as busy itself, and retried.
+            loop {
+                let res = remote
+                    .create_group(GroupSpec {
+                        id: "g".into(),
+                        name: "g".into(),
+                        members: vec![snap("pvc-1")],
+                    })
+                    .await;
+                match res {
+                    Err(e) if e.code() == Code::Aborted => tokio::task::yield_now().await,
+                    other => break other,
+                }
+            }
         })
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
