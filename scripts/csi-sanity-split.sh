@@ -14,7 +14,7 @@
 #   FLOE_SANITY_FOCUS=Node scripts/csi-sanity-split.sh    only specs matching Node
 #
 # The specs csi-sanity skips are those of scripts/csi-sanity.sh, for the
-# same reasons (19, printed by name after the run).
+# same reasons (18, printed by name after the run).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -10,7 +10,7 @@
 #   scripts/csi-sanity.sh            (needs root, /dev/fuse, loop devices, go)
 #   FLOE_SANITY_FOCUS=Node scripts/csi-sanity.sh     only specs matching Node
 #
-# Specs csi-sanity skips against floe, and why (19 in each run, printed by
+# Specs csi-sanity skips against floe, and why (18 in each run, printed by
 # name after each run; everything else runs):
 # - ControllerPublishVolume (7 specs, the max-attach-limit one included),
 #   ControllerUnpublishVolume (1) and "volume lifecycle" (2): they need
@@ -18,8 +18,6 @@
 #   no attach step (attachRequired: false).
 # - ModifyVolume (6) and CreateVolume "with a volume attribute class" (2):
 #   they need MODIFY_VOLUME; floe has no mutable parameters.
-# - NodePublishVolume "with single node multi writer capability" (1): needs
-#   SINGLE_NODE_MULTI_WRITER, which the fixed capability set leaves out.
 # - ListVolumes "pagination should detect volumes added between pages" is
 #   disabled in csi-sanity itself (XIt: the one "Pending").
 # The capability test (driver/tests/csi_capabilities.rs) holds the advertised

@@ -78,6 +78,7 @@ async fn the_controller_advertises_exactly_the_fixed_capability_set() -> Result<
         T::GetSnapshot,
         T::CloneVolume,
         T::ExpandVolume,
+        T::SingleNodeMultiWriter,
     ]
     .into_iter()
     .map(|t| t as i32)
@@ -108,6 +109,7 @@ async fn the_node_advertises_exactly_the_fixed_capability_set_and_its_topology()
         T::GetVolumeStats,
         T::VolumeCondition,
         T::ExpandVolume,
+        T::SingleNodeMultiWriter,
     ]
     .into_iter()
     .map(|t| t as i32)

@@ -29,7 +29,7 @@ use tonic::Request;
 
 mod common;
 
-use common::csi::{block_cap, create_req, mount_cap, Harness};
+use common::csi::{block_cap, create_req, mount_cap, unstage_req, Harness};
 
 const SIZE: i64 = 64 << 20;
 const VOLUMES: usize = 3;
@@ -152,10 +152,7 @@ async fn restore_and_read(h: &Harness, label: &str, snaps: &[csi::Snapshot]) -> 
         });
         let records = read.await??;
         h.node
-            .node_unstage_volume(Request::new(csi::NodeUnstageVolumeRequest {
-                volume_id: vol.volume_id.clone(),
-                staging_target_path: staging.display().to_string(),
-            }))
+            .node_unstage_volume(Request::new(unstage_req(&vol.volume_id, &staging)))
             .await?;
         h.controller
             .delete_volume(Request::new(csi::DeleteVolumeRequest {
@@ -300,12 +297,7 @@ async fn a_group_snapshot_under_writes_restores_to_a_gap_free_prefix_of_the_reco
             .await?;
     }
     for (id, dir) in ids.iter().zip(&dirs) {
-        h.node
-            .node_unstage_volume(Request::new(csi::NodeUnstageVolumeRequest {
-                volume_id: id.clone(),
-                staging_target_path: dir.display().to_string(),
-            }))
-            .await?;
+        h.node.node_unstage_volume(Request::new(unstage_req(id, dir))).await?;
         h.controller
             .delete_volume(Request::new(csi::DeleteVolumeRequest {
                 volume_id: id.clone(),

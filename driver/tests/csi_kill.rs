@@ -36,7 +36,7 @@ use tonic::transport::{Channel, Endpoint};
 
 mod common;
 
-use common::csi::{create_req, mount_cap, start_holder, sweep, wait_for_socket, DATAPLANE};
+use common::csi::{create_req, mount_cap, start_holder, sweep, unpublish_req, unstage_req, wait_for_socket, DATAPLANE};
 
 const CSI_BIN: &str = env!("CARGO_BIN_EXE_floe-csi");
 const VOLUMES_PER_ROUND: usize = 4;
@@ -425,17 +425,9 @@ async fn killing_floe_csi_during_stage_and_publish_storms_leaves_no_half_done_mo
             }
             fsck(v.fs, &device).with_context(|| format!("round {round}: {}", v.id))?;
             for t in &v.targets {
-                n.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-                    volume_id: v.id.clone(),
-                    target_path: t.display().to_string(),
-                })
-                .await?;
+                n.node_unpublish_volume(unpublish_req(&v.id, t)).await?;
             }
-            n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
-                volume_id: v.id.clone(),
-                staging_target_path: v.staging.display().to_string(),
-            })
-            .await?;
+            n.node_unstage_volume(unstage_req(&v.id, &v.staging)).await?;
             controller
                 .delete_volume(csi::DeleteVolumeRequest {
                     volume_id: v.id.clone(),
@@ -463,16 +455,9 @@ async fn killing_floe_csi_during_stage_and_publish_storms_leaves_no_half_done_mo
         KILL_AFTER.len()
     );
     let mut n = NodeClient::new(connect(&node.socket()).await?);
-    n.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-        volume_id: busy.id.clone(),
-        target_path: busy.targets[0].display().to_string(),
-    })
-    .await?;
-    n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
-        volume_id: busy.id.clone(),
-        staging_target_path: busy.staging.display().to_string(),
-    })
-    .await?;
+    n.node_unpublish_volume(unpublish_req(&busy.id, &busy.targets[0]))
+        .await?;
+    n.node_unstage_volume(unstage_req(&busy.id, &busy.staging)).await?;
     let leftover: Vec<Mount> = mounts()?
         .into_iter()
         .filter(|m| m.point.starts_with(node.dir.path()))

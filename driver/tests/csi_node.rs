@@ -16,7 +16,7 @@ use tonic::{Code, Request};
 
 mod common;
 
-use common::csi::{block_cap, create_req, mount_cap, Harness};
+use common::csi::{block_cap, create_req, mount_cap, unpublish_req, unstage_req, Harness};
 
 const MIB: i64 = 1 << 20;
 
@@ -202,21 +202,13 @@ async fn a_mount_volume_stages_publishes_grows_online_and_tears_down() -> Result
 
     for t in [&target, &ro_target] {
         for _ in 0..2 {
-            h.node
-                .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
-                    volume_id: id.into(),
-                    target_path: t.display().to_string(),
-                }))
-                .await?;
+            h.node.node_unpublish_volume(Request::new(unpublish_req(id, t))).await?;
         }
         ensure!(!t.exists(), "{} removed", t.display());
     }
     for _ in 0..2 {
         h.node
-            .node_unstage_volume(Request::new(csi::NodeUnstageVolumeRequest {
-                volume_id: id.into(),
-                staging_target_path: staging.display().to_string(),
-            }))
+            .node_unstage_volume(Request::new(unstage_req(id, &staging)))
             .await?;
     }
     h.controller
@@ -263,17 +255,11 @@ async fn a_block_volume_is_published_as_its_device_node() -> Result<()> {
     let s = stats(&h, id, &target).await?;
     ensure!(total_bytes(&s) == 32 * MIB, "{s:?}");
     h.node
-        .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
-            volume_id: id.into(),
-            target_path: target.display().to_string(),
-        }))
+        .node_unpublish_volume(Request::new(unpublish_req(id, &target)))
         .await?;
     ensure!(!target.exists());
     h.node
-        .node_unstage_volume(Request::new(csi::NodeUnstageVolumeRequest {
-            volume_id: id.into(),
-            staging_target_path: staging.display().to_string(),
-        }))
+        .node_unstage_volume(Request::new(unstage_req(id, &staging)))
         .await?;
     h.controller
         .delete_volume(Request::new(csi::DeleteVolumeRequest {
@@ -281,5 +267,71 @@ async fn a_block_volume_is_published_as_its_device_node() -> Result<()> {
             ..Default::default()
         }))
         .await?;
+    Ok(())
+}
+
+/// `cap` with access mode `mode`.
+fn with_mode(mut cap: csi::VolumeCapability, mode: csi::volume_capability::access_mode::Mode) -> csi::VolumeCapability {
+    cap.access_mode = Some(csi::volume_capability::AccessMode { mode: mode as i32 });
+    cap
+}
+
+#[tokio::test]
+async fn single_node_single_writer_allows_one_publication_and_multi_writer_several() -> Result<()> {
+    use csi::volume_capability::access_mode::Mode as M;
+    if !common::privileged("csi node access modes") {
+        return Ok(());
+    }
+    let h = Harness::new("csi-rwop")?;
+    for (label, cap) in [("mount", mount_cap("ext4")), ("block", block_cap())] {
+        let id = format!("rwop-{label}");
+        h.controller
+            .create_volume(Request::new(create_req(&id, 16 * MIB, cap.clone())))
+            .await?;
+        let staging = h.path(&format!("{label}/staging"));
+        let (t1, t2, t3) = (
+            h.path(&format!("{label}/t1")),
+            h.path(&format!("{label}/t2")),
+            h.path(&format!("{label}/t3")),
+        );
+        let single = with_mode(cap.clone(), M::SingleNodeSingleWriter);
+        let multi = with_mode(cap.clone(), M::SingleNodeMultiWriter);
+        h.node
+            .node_stage_volume(Request::new(stage_req(&id, &staging, single.clone())))
+            .await?;
+        h.node
+            .node_publish_volume(Request::new(publish_req(&id, &staging, &t1, single.clone(), false)))
+            .await?;
+        // The same publication again is a retry, not a second one.
+        h.node
+            .node_publish_volume(Request::new(publish_req(&id, &staging, &t1, single.clone(), false)))
+            .await?;
+        let refused = h
+            .node
+            .node_publish_volume(Request::new(publish_req(&id, &staging, &t2, single.clone(), false)))
+            .await
+            .expect_err("a second single-writer publication is refused");
+        ensure!(
+            refused.code() == Code::FailedPrecondition
+                && refused.message().contains(&t1.display().to_string())
+                && refused.message().contains("SINGLE_NODE_SINGLE_WRITER"),
+            "{label}: {refused:?}"
+        );
+        // Multi-writer: another publication next to the first is fine.
+        for t in [&t2, &t3] {
+            h.node
+                .node_publish_volume(Request::new(publish_req(&id, &staging, t, multi.clone(), false)))
+                .await
+                .with_context(|| format!("{label}: multi-writer publication at {}", t.display()))?;
+        }
+        for t in [&t1, &t2, &t3] {
+            h.node
+                .node_unpublish_volume(Request::new(unpublish_req(&id, t)))
+                .await?;
+        }
+        h.node
+            .node_unstage_volume(Request::new(unstage_req(&id, &staging)))
+            .await?;
+    }
     Ok(())
 }

@@ -43,6 +43,9 @@ pub fn controller_capabilities() -> Vec<csi::ControllerServiceCapability> {
         T::GetSnapshot,
         T::CloneVolume,
         T::ExpandVolume,
+        // SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) and
+        // SINGLE_NODE_MULTI_WRITER access modes.
+        T::SingleNodeMultiWriter,
     ]
     .into_iter()
     .map(|t| csi::ControllerServiceCapability {
@@ -59,6 +62,7 @@ pub fn node_capabilities() -> Vec<csi::NodeServiceCapability> {
         T::GetVolumeStats,
         T::VolumeCondition,
         T::ExpandVolume,
+        T::SingleNodeMultiWriter,
     ]
     .into_iter()
     .map(|t| csi::NodeServiceCapability {

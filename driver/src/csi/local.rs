@@ -246,9 +246,9 @@ impl Inner {
         self.plane
             .create_filled(&name, shape, reserve, OWNER, |primary| match from {
                 None => Ok(()),
-                Some((file, len)) => {
-                    copy_into(file, len, primary).map_err(Error::io("copy into the new volume from", file))
-                }
+                Some((file, len)) => copy_into(file, len, primary)
+                    .map(drop)
+                    .map_err(Error::io("copy into the new volume from", file)),
             })?;
         Ok(())
     }

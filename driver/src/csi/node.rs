@@ -275,6 +275,25 @@ impl NodeService {
                 })
             }
         }
+        if cap.single_publication {
+            let mut elsewhere: Vec<String> = match &cap.access {
+                Access::Block => mounts::node_binds_of(&table, &device),
+                Access::Mount { .. } => mounts::mounts_of(&table, mounts::device_number(&device)?),
+            }
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p != staging && p != target)
+            .map(|p| p.display().to_string())
+            .collect();
+            if !elsewhere.is_empty() {
+                elsewhere.sort();
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id:?} is published at {} and SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) allows one \
+                     publication: unpublish it there first",
+                    elsewhere.join(", ")
+                )));
+            }
+        }
         if cap.is_block() {
             if let Some(dir) = target.parent() {
                 std::fs::create_dir_all(dir).map_err(Error::io("create the parent of", target))?;

@@ -255,6 +255,9 @@ pub struct Capability {
     pub access: Access,
     /// The access mode allows no writer.
     pub reader_only: bool,
+    /// The access mode allows one publication on the node
+    /// (SINGLE_NODE_SINGLE_WRITER, Kubernetes' ReadWriteOncePod).
+    pub single_publication: bool,
 }
 
 impl Capability {
@@ -263,6 +266,7 @@ impl Capability {
     pub fn parse(cap: &csi::VolumeCapability) -> Result<Self> {
         use csi::volume_capability::access_mode::Mode as M;
         let mode = cap.access_mode.as_ref().map(|m| m.mode).unwrap_or_default();
+        let single_publication = mode == M::SingleNodeSingleWriter as i32;
         let reader_only = match M::try_from(mode) {
             Ok(M::SingleNodeWriter | M::SingleNodeSingleWriter | M::SingleNodeMultiWriter) => false,
             Ok(M::SingleNodeReaderOnly) => true,
@@ -308,7 +312,11 @@ impl Capability {
                 })
             }
         };
-        Ok(Capability { access, reader_only })
+        Ok(Capability {
+            access,
+            reader_only,
+            single_publication,
+        })
     }
 
     /// Parses a required capability.

@@ -95,12 +95,12 @@ impl BlockBackend for SizedBackend {
 
 /// Copies the first `len` bytes of the image file `src` into `primary`,
 /// through the engine, skipping holes and all-zero chunks (a new volume
-/// reads as zeros already). Flushes at the end.
-pub fn copy_into(src: &Path, len: u64, primary: &mut Primary<FileStore>) -> io::Result<()> {
+/// reads as zeros already). Flushes at the end. Returns the bytes written.
+pub fn copy_into(src: &Path, len: u64, primary: &mut Primary<FileStore>) -> io::Result<u64> {
     let f = File::open(src)?;
     let len = len.min(f.metadata()?.len());
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0;
+    let (mut pos, mut written) = (0, 0);
     while pos < len {
         let (start, end) = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
             Ok(start) => (start, rustix::fs::seek(&f, SeekFrom::Hole(start))?),
@@ -115,12 +115,14 @@ pub fn copy_into(src: &Path, len: u64, primary: &mut Primary<FileStore>) -> io::
             f.read_exact_at(&mut buf[..n], at)?;
             if buf[..n].iter().any(|&b| b != 0) {
                 primary.write(at, &buf[..n]).map_err(io::Error::other)?;
+                written += n as u64;
             }
             at += n as u64;
         }
         pos = end.max(pos + 1);
     }
-    primary.flush().map_err(io::Error::other)
+    primary.flush().map_err(io::Error::other)?;
+    Ok(written)
 }
 
 #[cfg(test)]

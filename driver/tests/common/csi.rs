@@ -190,3 +190,19 @@ pub fn create_req(name: &str, size: i64, cap: csi::VolumeCapability) -> csi::Cre
         ..Default::default()
     }
 }
+
+/// A NodeUnpublishVolume request.
+pub fn unpublish_req(id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
+    csi::NodeUnpublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.display().to_string(),
+    }
+}
+
+/// A NodeUnstageVolume request.
+pub fn unstage_req(id: &str, staging: &Path) -> csi::NodeUnstageVolumeRequest {
+    csi::NodeUnstageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+    }
+}

@@ -2,30 +2,34 @@
 //! attached, and every operation on them, serialised per volume.
 //!
 //! Each volume has a slot behind its own mutex; an operation holds only its
-//! volume's slot (never two, never the freeze table), so a slow snapshot of
-//! one volume does not hold up another. A volume exists when its record,
+//! volume's slot (never the freeze table; the cut across volumes holds its
+//! members', see [`copies`]), so a slow snapshot of one volume does not
+//! hold up another. A volume exists when its record,
 //! `<data-dir>/volumes/<id>/volume.json`, does: it is written last at create
 //! and restore and removed first at delete, so a directory without it is a
 //! creation that did not finish, cleared when the id is created again.
+//!
+//! - this file: records, slots, create, delete, attach, detach, expand;
+//! - [`copies`]: snapshots, restores, creations filled from an image, the
+//!   cut across volumes;
+//! - [`handover`]: taking volumes over at start, leaving them at exit.
+
+mod copies;
+mod handover;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use floe_engine::{Mode, Primary, RoleGeneration};
-use rustix::fs::SeekFrom;
 use serde::{Deserialize, Serialize};
 
-use super::api::{self, Name, Shape, SnapshotInfo, VolumeInfo};
-use super::attachment::{open_engine, AttachedFile, AttachedRecord, Attachment};
+use super::api::{self, Name, Shape, VolumeInfo};
+use super::attachment::{AttachedFile, AttachedRecord, Attachment};
 use super::error::{chain, DaemonError};
 use super::files::{self, RunPaths};
-use crate::dataplane::fsfreeze::FrozenFs;
 use crate::dataplane::fuse::FuseConfig;
-use crate::dataplane::{EngineBackend, SizedBackend};
 use crate::store::FileStore;
 
 /// `<data-dir>/volumes/<id>/volume.json`: what a volume was created as.
@@ -421,124 +425,6 @@ impl Volumes {
             .collect()
     }
 
-    /// A local point-in-time snapshot through the engine (of the attached
-    /// volume's live engine, or of one opened for the purpose). The caller
-    /// quiesced the file system. An existing snapshot of that name is
-    /// returned as it is.
-    pub(super) fn snapshot(&self, id: &Name, name: &Name) -> Result<SnapshotInfo, DaemonError> {
-        let arc = self.slot(id.as_str());
-        let slot = lock(&arc);
-        let spec = self.spec(id, &slot)?;
-        let path = self.snapshot_path(id.as_str(), name.as_str());
-        let mut info = SnapshotInfo {
-            volume: id.to_string(),
-            name: name.to_string(),
-            path: path.clone(),
-            size_bytes: spec.record.size_bytes,
-            created: false,
-            open_local_epoch: None,
-            last_frozen_group: None,
-        };
-        if path.exists() {
-            return Ok(info);
-        }
-        let engine_err = |source| DaemonError::Engine {
-            op: "take a snapshot",
-            volume: id.to_string(),
-            source,
-        };
-        let mark = match slot.attached.as_ref().and_then(Attachment::backend) {
-            Some(b) => b.with_primary(|p| p.snapshot(name.as_str())).map_err(engine_err)?,
-            None if slot.attached.is_some() => return Err(DaemonError::NotServed(id.to_string())),
-            None => open_engine(&self.data_dir, id.as_str(), spec.mode)?
-                .snapshot(name.as_str())
-                .map_err(engine_err)?,
-        };
-        info.created = true;
-        info.open_local_epoch = Some(mark.open_local);
-        info.last_frozen_group = Some(mark.last_frozen_group);
-        tracing::info!(volume = %id, snapshot = %name, path = %path.display(), "snapshot taken");
-        Ok(info)
-    }
-
-    /// Creates `id` holding snapshot `snapshot` of `from`: same block size,
-    /// the source's mode unless another is asked, at least the snapshot's
-    /// size. The data goes through the engine, so the new volume's blocks
-    /// are all dirty (to be shipped) like any written block.
-    pub(super) fn restore(
-        &self,
-        id: &Name,
-        from: &Name,
-        snapshot: &Name,
-        size_bytes: Option<u64>,
-        mode: Option<Mode>,
-    ) -> Result<VolumeInfo, DaemonError> {
-        let source = {
-            let arc = self.slot(from.as_str());
-            let slot = lock(&arc);
-            self.spec(from, &slot)?.clone()
-        };
-        let file = self.snapshot_path(from.as_str(), snapshot.as_str());
-        let snap_len = match std::fs::metadata(&file) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DaemonError::SnapshotNotFound {
-                    volume: from.to_string(),
-                    name: snapshot.to_string(),
-                    path: file,
-                })
-            }
-            Err(e) => return Err(DaemonError::io("look at the snapshot", &file)(e)),
-        };
-        let bs = source.record.block_size;
-        let size = size_bytes.unwrap_or(snap_len);
-        if size < snap_len {
-            return Err(DaemonError::TooSmall {
-                snapshot: snapshot.to_string(),
-                size: snap_len,
-                requested: size,
-            });
-        }
-        if !size.is_multiple_of(bs) {
-            return Err(DaemonError::NotWholeBlocks {
-                requested: size,
-                block_size: bs,
-            });
-        }
-        let shape = Shape::parse(size, Some(bs), Some(mode.unwrap_or(source.mode).name()))?;
-
-        let arc = self.slot(id.as_str());
-        let mut slot = lock(&arc);
-        if slot.spec.is_some() || slot.unreadable {
-            return Err(DaemonError::AlreadyExists {
-                volume: id.to_string(),
-                existing: slot
-                    .spec
-                    .as_ref()
-                    .map_or("an unreadable record".into(), Spec::shape_words),
-            });
-        }
-        let mut primary = self.new_store(id, shape, shape.size_bytes)?;
-        let copied = copy_into(&mut primary, &file, snap_len).map_err(|e| match e {
-            CopyError::Io(source) => DaemonError::Io {
-                op: "read the snapshot",
-                path: file.clone(),
-                source,
-            },
-            CopyError::Engine(source) => DaemonError::Engine {
-                op: "write the restored data",
-                volume: id.to_string(),
-                source,
-            },
-        })?;
-        drop(primary);
-        let spec = self.commit_record(id, shape, Some(format!("{from}/{snapshot}")), None)?;
-        tracing::info!(volume = %id, from = %from, snapshot = %snapshot, bytes = copied, "volume restored from a snapshot");
-        let info = self.info(&spec, &slot);
-        slot.spec = Some(spec);
-        Ok(info)
-    }
-
     /// One volume.
     pub(crate) fn info_of(&self, id: &Name) -> Result<VolumeInfo, DaemonError> {
         let arc = self.slot(id.as_str());
@@ -556,291 +442,4 @@ impl Volumes {
             .filter(|r| r.owner.as_deref() == Some(owner))
             .collect()
     }
-
-    /// Creates `id` for `owner` with a store of `reserve` bytes (at least
-    /// its size, so it grows online up to that), filled by `fill` through
-    /// its engine before the record makes it exist. An id that exists is
-    /// refused: the owner keeps its own catalog of what it made.
-    pub(crate) fn create_filled<E: From<DaemonError>>(
-        &self,
-        id: &Name,
-        shape: Shape,
-        reserve: u64,
-        owner: &str,
-        fill: impl FnOnce(&mut Primary<FileStore>) -> Result<(), E>,
-    ) -> Result<VolumeInfo, E> {
-        let arc = self.slot(id.as_str());
-        let mut slot = lock(&arc);
-        if let Some(spec) = &slot.spec {
-            return Err(DaemonError::AlreadyExists {
-                volume: id.to_string(),
-                existing: spec.shape_words(),
-            }
-            .into());
-        }
-        if slot.unreadable {
-            return Err(DaemonError::Unreadable(self.volume_dir(id.as_str())).into());
-        }
-        let reserve = reserve.max(shape.size_bytes).div_ceil(shape.block_size) * shape.block_size;
-        let mut primary = self.new_store(id, shape, reserve)?;
-        let filled = fill(&mut primary).and_then(|()| {
-            primary.flush().map_err(|source| {
-                DaemonError::Engine {
-                    op: "flush the new volume",
-                    volume: id.to_string(),
-                    source,
-                }
-                .into()
-            })
-        });
-        drop(primary);
-        let committed = filled.and_then(|()| Ok(self.commit_record(id, shape, None, Some((reserve, owner)))?));
-        let spec = match committed {
-            Ok(spec) => spec,
-            Err(e) => {
-                let dir = self.volume_dir(id.as_str());
-                if let Err(r) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(dir = %dir.display(), error = %r, "remove a creation that failed (cleared at the next create)");
-                }
-                return Err(e);
-            }
-        };
-        tracing::info!(volume = %id, size = shape.size_bytes, reserve, owner, "volume created");
-        let info = self.info(&spec, &slot);
-        slot.spec = Some(spec);
-        Ok(info)
-    }
-
-    /// One cut across `members` (volume, snapshot name): the file system on
-    /// each attached member's device is flushed and frozen, then each
-    /// member's engine is taken in turn and cut while the ones before it
-    /// stay held, so no member moves on before the last is cut (the cut is
-    /// consistent across the members even for raw block volumes); then
-    /// everything is released and thawed, also on error. `delay` is a test
-    /// hook: sleep before cutting the member at that index. Returns the
-    /// snapshot images, `<volume dir>/snapshots/<name>.img`, in order.
-    ///
-    /// The members' slots are held for the cut (a few milliseconds plus
-    /// the freeze); I/O never takes a slot, so nothing waits on a frozen
-    /// file system while holding one.
-    pub(crate) fn cut(
-        &self,
-        members: &[(Name, Name)],
-        delay: Option<(usize, Duration)>,
-    ) -> Result<Vec<PathBuf>, DaemonError> {
-        let mut order: Vec<usize> = (0..members.len()).collect();
-        order.sort_by(|a, b| members[*a].0.as_str().cmp(members[*b].0.as_str()));
-        order.dedup_by(|a, b| members[*a].0 == members[*b].0);
-        if order.len() != members.len() {
-            return Err(DaemonError::Request(api::RequestError::Duplicate("volume in one cut")));
-        }
-        let arcs: Vec<Arc<Mutex<Slot>>> = order.iter().map(|i| self.slot(members[*i].0.as_str())).collect();
-        let guards: Vec<MutexGuard<'_, Slot>> = arcs.iter().map(|a| lock(a)).collect();
-        let mut by_member: Vec<Option<&MutexGuard<'_, Slot>>> = vec![None; members.len()];
-        for (k, i) in order.iter().enumerate() {
-            by_member[*i] = Some(&guards[k]);
-        }
-        let mut engines = Vec::with_capacity(members.len());
-        let mut to_freeze = Vec::new();
-        for ((id, _), slot) in members.iter().zip(by_member) {
-            let slot = slot.expect("every member has its slot");
-            let spec = self.spec(id, slot)?;
-            match &slot.attached {
-                Some(a) => {
-                    let Some(b) = a.sized() else {
-                        return Err(DaemonError::NotServed(id.to_string()));
-                    };
-                    let targets =
-                        files::mounts_of(a.device()).map_err(DaemonError::io("read", "/proc/self/mountinfo"))?;
-                    // One freeze per device: it holds the whole superblock.
-                    to_freeze.extend(targets.into_iter().take(1));
-                    engines.push(CutEngine::Served(Arc::clone(b)));
-                }
-                None => engines.push(CutEngine::Opened(Box::new(EngineBackend::new(open_engine(
-                    &self.data_dir,
-                    id.as_str(),
-                    spec.mode,
-                )?)))),
-            }
-        }
-        let mut frozen = Vec::with_capacity(to_freeze.len());
-        for path in &to_freeze {
-            frozen.push(FrozenFs::freeze(path).map_err(DaemonError::Freeze)?);
-        }
-        let names: Vec<&Name> = members.iter().map(|(_, n)| n).collect();
-        let cut = hold_and_cut(&engines, &names, 0, delay);
-        let mut thawed = Ok(());
-        for mut f in frozen {
-            if let Err(e) = f.thaw() {
-                tracing::error!(path = %f.path().display(), error = %e, "thaw after the cut");
-                thawed = Err(DaemonError::Freeze(e));
-            }
-        }
-        drop(engines);
-        drop(guards);
-        cut?;
-        thawed?;
-        let paths: Vec<PathBuf> = members
-            .iter()
-            .map(|(id, name)| self.snapshot_path(id.as_str(), name.as_str()))
-            .collect();
-        tracing::info!(members = members.len(), frozen = to_freeze.len(), "cut taken");
-        Ok(paths)
-    }
-
-    // ----- start and exit ----------------------------------------------------
-
-    /// Takes over every volume `attached.json` names (see
-    /// [`Attachment::take_over`]) and rewrites it with what is attached now.
-    /// Returns the volumes now served.
-    pub(super) fn take_over(&self) -> Result<Vec<String>, DaemonError> {
-        let path = self.run.attached();
-        let file = match files::read_json::<AttachedFile>(&path) {
-            Ok(f) => f.unwrap_or_default(),
-            Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "unreadable attached-volumes record: nothing taken over");
-                AttachedFile::default()
-            }
-        };
-        let mut served = Vec::new();
-        let mut now = AttachedFile::default();
-        for (id, rec) in &file.volumes {
-            let arc = self.slot(id);
-            let mut slot = lock(&arc);
-            let Some(spec) = slot.spec.clone() else {
-                tracing::error!(volume = %id, "attached volume without a volume record: left alone");
-                continue;
-            };
-            let size = spec.record.size_bytes;
-            if let Some(a) = Attachment::take_over(id, spec.mode, size, rec, &self.data_dir, &self.run) {
-                if a.backend().is_some() {
-                    served.push(id.clone());
-                }
-                now.volumes.insert(id.clone(), a.record());
-                slot.attached = Some(a);
-            }
-        }
-        files::write_json(&path, &now).map_err(DaemonError::io("write the attached-volumes record", &path))?;
-        *lock(&self.index) = now;
-        Ok(served)
-    }
-
-    /// For a process about to exit in favour of a successor: waits for every
-    /// operation under way (and lets no other start), flushes every engine
-    /// and holds its lock (so the process stops at a request boundary),
-    /// leaves mounts, loop devices and the holder's fds in place, and exits.
-    pub(super) fn hand_over(&self) -> ! {
-        let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
-        let mut guards: Vec<MutexGuard<'_, Slot>> = slots.iter().map(|s| lock(s)).collect();
-        let attachments: Vec<Attachment> = guards.iter_mut().filter_map(|g| g.attached.take()).collect();
-        for a in attachments.iter().filter(|a| a.backend().is_some()) {
-            if let Err(e) = crate::dataplane::handover::take(&self.run.holder_socket(), a.volume()) {
-                tracing::error!(volume = a.volume(), error = %chain(&e), "the holder does not keep this volume's connection: it ends with this process");
-            }
-        }
-        let backends: Vec<Arc<SizedBackend>> = attachments.iter().filter_map(|a| a.sized().cloned()).collect();
-        hold_all(
-            &backends,
-            Box::new(move || {
-                let n = attachments.len();
-                for a in attachments {
-                    a.abandon();
-                }
-                tracing::info!(volumes = n, "volumes left to the successor; exiting");
-                std::process::exit(0)
-            }),
-        );
-        drop(guards);
-        std::process::exit(0)
-    }
-}
-
-/// Flushes each engine and keeps its lock while `last` runs (it exits).
-fn hold_all(backends: &[Arc<SizedBackend>], last: Box<dyn FnOnce() + '_>) {
-    match backends.split_first() {
-        None => last(),
-        Some((b, rest)) => b.engine().with_primary(move |p| {
-            if let Err(e) = p.flush() {
-                tracing::error!(error = %chain(&e), "flush an engine before handing over");
-            }
-            hold_all(rest, last)
-        }),
-    }
-}
-
-/// A member's engine in a cut: the attached volume's, or one opened for it.
-enum CutEngine {
-    Served(Arc<SizedBackend>),
-    Opened(Box<EngineBackend>),
-}
-
-impl CutEngine {
-    fn get(&self) -> &EngineBackend {
-        match self {
-            CutEngine::Served(b) => b.engine(),
-            CutEngine::Opened(e) => e,
-        }
-    }
-}
-
-/// Cuts `engines[i..]` in order, holding each one's lock until all are cut.
-fn hold_and_cut(
-    engines: &[CutEngine],
-    names: &[&Name],
-    i: usize,
-    delay: Option<(usize, Duration)>,
-) -> Result<(), DaemonError> {
-    let Some(engine) = engines.get(i) else {
-        return Ok(());
-    };
-    engine.get().with_primary(|p| {
-        if let Some((_, d)) = delay.filter(|(at, _)| *at == i) {
-            tracing::warn!(member = i, delay = ?d, "failpoint: delaying the cut");
-            std::thread::sleep(d);
-        }
-        p.snapshot(names[i].as_str()).map_err(|source| DaemonError::Engine {
-            op: "cut the volume",
-            volume: names[i].to_string(),
-            source,
-        })?;
-        hold_and_cut(engines, names, i + 1, delay)
-    })
-}
-
-enum CopyError {
-    Io(std::io::Error),
-    Engine(floe_engine::EngineError),
-}
-
-/// Writes the data extents of `file` (its first `len` bytes) into the
-/// engine, skipping holes and all-zero chunks, then flushes. Returns the
-/// bytes written.
-fn copy_into(primary: &mut Primary<FileStore>, file: &Path, len: u64) -> Result<u64, CopyError> {
-    const CHUNK: usize = 1 << 20;
-    let f = File::open(file).map_err(CopyError::Io)?;
-    let mut buf = vec![0u8; CHUNK];
-    let (mut at, mut written) = (0u64, 0u64);
-    while at < len {
-        let data = match rustix::fs::seek(&f, SeekFrom::Data(at)) {
-            Ok(d) => d,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(CopyError::Io(e.into())),
-        };
-        let hole = rustix::fs::seek(&f, SeekFrom::Hole(data))
-            .map_err(|e| CopyError::Io(e.into()))?
-            .min(len);
-        let mut pos = data;
-        while pos < hole {
-            let n = (hole - pos).min(CHUNK as u64) as usize;
-            f.read_exact_at(&mut buf[..n], pos).map_err(CopyError::Io)?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                primary.write(pos, &buf[..n]).map_err(CopyError::Engine)?;
-                written += n as u64;
-            }
-            pos += n as u64;
-        }
-        at = hole;
-    }
-    primary.flush().map_err(CopyError::Engine)?;
-    Ok(written)
 }

@@ -1,0 +1,298 @@
+//! Copies of volumes: local snapshots, restores, creations filled from an
+//! image, and the cut across volumes under freeze.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use floe_engine::{Mode, Primary};
+
+use super::{lock, Slot, Spec, Volumes};
+use crate::dataplane::daemon::api::{self, Name, Shape, SnapshotInfo, VolumeInfo};
+use crate::dataplane::daemon::attachment::{open_engine, Attachment};
+use crate::dataplane::daemon::error::DaemonError;
+use crate::dataplane::daemon::files;
+use crate::dataplane::fsfreeze::FrozenFs;
+use crate::dataplane::sized::copy_into;
+use crate::dataplane::{EngineBackend, SizedBackend};
+use crate::store::FileStore;
+
+impl Volumes {
+    /// A local point-in-time snapshot through the engine (of the attached
+    /// volume's live engine, or of one opened for the purpose). The caller
+    /// quiesced the file system. An existing snapshot of that name is
+    /// returned as it is.
+    pub(in crate::dataplane::daemon) fn snapshot(&self, id: &Name, name: &Name) -> Result<SnapshotInfo, DaemonError> {
+        let arc = self.slot(id.as_str());
+        let slot = lock(&arc);
+        let spec = self.spec(id, &slot)?;
+        let path = self.snapshot_path(id.as_str(), name.as_str());
+        let mut info = SnapshotInfo {
+            volume: id.to_string(),
+            name: name.to_string(),
+            path: path.clone(),
+            size_bytes: spec.record.size_bytes,
+            created: false,
+            open_local_epoch: None,
+            last_frozen_group: None,
+        };
+        if path.exists() {
+            return Ok(info);
+        }
+        let engine_err = |source| DaemonError::Engine {
+            op: "take a snapshot",
+            volume: id.to_string(),
+            source,
+        };
+        let mark = match slot.attached.as_ref().and_then(Attachment::backend) {
+            Some(b) => b.with_primary(|p| p.snapshot(name.as_str())).map_err(engine_err)?,
+            None if slot.attached.is_some() => return Err(DaemonError::NotServed(id.to_string())),
+            None => open_engine(&self.data_dir, id.as_str(), spec.mode)?
+                .snapshot(name.as_str())
+                .map_err(engine_err)?,
+        };
+        info.created = true;
+        info.open_local_epoch = Some(mark.open_local);
+        info.last_frozen_group = Some(mark.last_frozen_group);
+        tracing::info!(volume = %id, snapshot = %name, path = %path.display(), "snapshot taken");
+        Ok(info)
+    }
+
+    /// Creates `id` holding snapshot `snapshot` of `from`: same block size,
+    /// the source's mode unless another is asked, at least the snapshot's
+    /// size. The data goes through the engine, so the new volume's blocks
+    /// are all dirty (to be shipped) like any written block.
+    pub(in crate::dataplane::daemon) fn restore(
+        &self,
+        id: &Name,
+        from: &Name,
+        snapshot: &Name,
+        size_bytes: Option<u64>,
+        mode: Option<Mode>,
+    ) -> Result<VolumeInfo, DaemonError> {
+        let source = {
+            let arc = self.slot(from.as_str());
+            let slot = lock(&arc);
+            self.spec(from, &slot)?.clone()
+        };
+        let file = self.snapshot_path(from.as_str(), snapshot.as_str());
+        let snap_len = match std::fs::metadata(&file) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DaemonError::SnapshotNotFound {
+                    volume: from.to_string(),
+                    name: snapshot.to_string(),
+                    path: file,
+                })
+            }
+            Err(e) => return Err(DaemonError::io("look at the snapshot", &file)(e)),
+        };
+        let bs = source.record.block_size;
+        let size = size_bytes.unwrap_or(snap_len);
+        if size < snap_len {
+            return Err(DaemonError::TooSmall {
+                snapshot: snapshot.to_string(),
+                size: snap_len,
+                requested: size,
+            });
+        }
+        if !size.is_multiple_of(bs) {
+            return Err(DaemonError::NotWholeBlocks {
+                requested: size,
+                block_size: bs,
+            });
+        }
+        let shape = Shape::parse(size, Some(bs), Some(mode.unwrap_or(source.mode).name()))?;
+
+        let arc = self.slot(id.as_str());
+        let mut slot = lock(&arc);
+        if slot.spec.is_some() || slot.unreadable {
+            return Err(DaemonError::AlreadyExists {
+                volume: id.to_string(),
+                existing: slot
+                    .spec
+                    .as_ref()
+                    .map_or("an unreadable record".into(), Spec::shape_words),
+            });
+        }
+        let mut primary = self.new_store(id, shape, shape.size_bytes)?;
+        let copied = copy_into(&file, snap_len, &mut primary)
+            .map_err(DaemonError::io("copy into the new volume the snapshot", &file))?;
+        drop(primary);
+        let spec = self.commit_record(id, shape, Some(format!("{from}/{snapshot}")), None)?;
+        tracing::info!(volume = %id, from = %from, snapshot = %snapshot, bytes = copied, "volume restored from a snapshot");
+        let info = self.info(&spec, &slot);
+        slot.spec = Some(spec);
+        Ok(info)
+    }
+
+    /// Creates `id` for `owner` with a store of `reserve` bytes (at least
+    /// its size, so it grows online up to that), filled by `fill` through
+    /// its engine before the record makes it exist. An id that exists is
+    /// refused: the owner keeps its own catalog of what it made.
+    pub(crate) fn create_filled<E: From<DaemonError>>(
+        &self,
+        id: &Name,
+        shape: Shape,
+        reserve: u64,
+        owner: &str,
+        fill: impl FnOnce(&mut Primary<FileStore>) -> Result<(), E>,
+    ) -> Result<VolumeInfo, E> {
+        let arc = self.slot(id.as_str());
+        let mut slot = lock(&arc);
+        if let Some(spec) = &slot.spec {
+            return Err(DaemonError::AlreadyExists {
+                volume: id.to_string(),
+                existing: spec.shape_words(),
+            }
+            .into());
+        }
+        if slot.unreadable {
+            return Err(DaemonError::Unreadable(self.volume_dir(id.as_str())).into());
+        }
+        let reserve = reserve.max(shape.size_bytes).div_ceil(shape.block_size) * shape.block_size;
+        let mut primary = self.new_store(id, shape, reserve)?;
+        let filled = fill(&mut primary).and_then(|()| {
+            primary.flush().map_err(|source| {
+                DaemonError::Engine {
+                    op: "flush the new volume",
+                    volume: id.to_string(),
+                    source,
+                }
+                .into()
+            })
+        });
+        drop(primary);
+        let committed = filled.and_then(|()| Ok(self.commit_record(id, shape, None, Some((reserve, owner)))?));
+        let spec = match committed {
+            Ok(spec) => spec,
+            Err(e) => {
+                let dir = self.volume_dir(id.as_str());
+                if let Err(r) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %r, "remove a creation that failed (cleared at the next create)");
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(volume = %id, size = shape.size_bytes, reserve, owner, "volume created");
+        let info = self.info(&spec, &slot);
+        slot.spec = Some(spec);
+        Ok(info)
+    }
+
+    /// One cut across `members` (volume, snapshot name): the file system on
+    /// each attached member's device is flushed and frozen, then each
+    /// member's engine is taken in turn and cut while the ones before it
+    /// stay held, so no member moves on before the last is cut (the cut is
+    /// consistent across the members even for raw block volumes); then
+    /// everything is released and thawed, also on error. `delay` is a test
+    /// hook: sleep before cutting the member at that index. Returns the
+    /// snapshot images, `<volume dir>/snapshots/<name>.img`, in order.
+    ///
+    /// The members' slots are held for the cut (a few milliseconds plus
+    /// the freeze); I/O never takes a slot, so nothing waits on a frozen
+    /// file system while holding one.
+    pub(crate) fn cut(
+        &self,
+        members: &[(Name, Name)],
+        delay: Option<(usize, Duration)>,
+    ) -> Result<Vec<PathBuf>, DaemonError> {
+        let mut order: Vec<usize> = (0..members.len()).collect();
+        order.sort_by(|a, b| members[*a].0.as_str().cmp(members[*b].0.as_str()));
+        order.dedup_by(|a, b| members[*a].0 == members[*b].0);
+        if order.len() != members.len() {
+            return Err(DaemonError::Request(api::RequestError::Duplicate("volume in one cut")));
+        }
+        let arcs: Vec<Arc<Mutex<Slot>>> = order.iter().map(|i| self.slot(members[*i].0.as_str())).collect();
+        let guards: Vec<MutexGuard<'_, Slot>> = arcs.iter().map(|a| lock(a)).collect();
+        let mut by_member: Vec<Option<&MutexGuard<'_, Slot>>> = vec![None; members.len()];
+        for (k, i) in order.iter().enumerate() {
+            by_member[*i] = Some(&guards[k]);
+        }
+        let mut engines = Vec::with_capacity(members.len());
+        let mut to_freeze = Vec::new();
+        for ((id, _), slot) in members.iter().zip(by_member) {
+            let slot = slot.expect("every member has its slot");
+            let spec = self.spec(id, slot)?;
+            match &slot.attached {
+                Some(a) => {
+                    let Some(b) = a.sized() else {
+                        return Err(DaemonError::NotServed(id.to_string()));
+                    };
+                    let targets =
+                        files::mounts_of(a.device()).map_err(DaemonError::io("read", "/proc/self/mountinfo"))?;
+                    // One freeze per device: it holds the whole superblock.
+                    to_freeze.extend(targets.into_iter().take(1));
+                    engines.push(CutEngine::Served(Arc::clone(b)));
+                }
+                None => engines.push(CutEngine::Opened(Box::new(EngineBackend::new(open_engine(
+                    &self.data_dir,
+                    id.as_str(),
+                    spec.mode,
+                )?)))),
+            }
+        }
+        let mut frozen = Vec::with_capacity(to_freeze.len());
+        for path in &to_freeze {
+            frozen.push(FrozenFs::freeze(path).map_err(DaemonError::Freeze)?);
+        }
+        let names: Vec<&Name> = members.iter().map(|(_, n)| n).collect();
+        let cut = hold_and_cut(&engines, &names, 0, delay);
+        let mut thawed = Ok(());
+        for mut f in frozen {
+            if let Err(e) = f.thaw() {
+                tracing::error!(path = %f.path().display(), error = %e, "thaw after the cut");
+                thawed = Err(DaemonError::Freeze(e));
+            }
+        }
+        drop(engines);
+        drop(guards);
+        cut?;
+        thawed?;
+        let paths: Vec<PathBuf> = members
+            .iter()
+            .map(|(id, name)| self.snapshot_path(id.as_str(), name.as_str()))
+            .collect();
+        tracing::info!(members = members.len(), frozen = to_freeze.len(), "cut taken");
+        Ok(paths)
+    }
+}
+
+/// A member's engine in a cut: the attached volume's, or one opened for it.
+enum CutEngine {
+    Served(Arc<SizedBackend>),
+    Opened(Box<EngineBackend>),
+}
+
+impl CutEngine {
+    fn get(&self) -> &EngineBackend {
+        match self {
+            CutEngine::Served(b) => b.engine(),
+            CutEngine::Opened(e) => e,
+        }
+    }
+}
+
+/// Cuts `engines[i..]` in order, holding each one's lock until all are cut.
+fn hold_and_cut(
+    engines: &[CutEngine],
+    names: &[&Name],
+    i: usize,
+    delay: Option<(usize, Duration)>,
+) -> Result<(), DaemonError> {
+    let Some(engine) = engines.get(i) else {
+        return Ok(());
+    };
+    engine.get().with_primary(|p| {
+        if let Some((_, d)) = delay.filter(|(at, _)| *at == i) {
+            tracing::warn!(member = i, delay = ?d, "failpoint: delaying the cut");
+            std::thread::sleep(d);
+        }
+        p.snapshot(names[i].as_str()).map_err(|source| DaemonError::Engine {
+            op: "cut the volume",
+            volume: names[i].to_string(),
+            source,
+        })?;
+        hold_and_cut(engines, names, i + 1, delay)
+    })
+}
