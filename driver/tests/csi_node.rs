@@ -335,3 +335,66 @@ async fn single_node_single_writer_allows_one_publication_and_multi_writer_sever
     }
     Ok(())
 }
+
+/// The data plane finds a file system on a volume's device however the
+/// device was named when it was mounted (what it freezes for a cut and
+/// what keeps a detach from pulling the device from under a mount).
+#[tokio::test]
+async fn a_volume_mounted_through_another_device_node_is_still_found_mounted() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !common::privileged("csi node device alias") {
+        return Ok(());
+    }
+    let h = Harness::new("csi-alias")?;
+    let id = "alias";
+    h.controller
+        .create_volume(Request::new(create_req(id, 16 * MIB, block_cap())))
+        .await?;
+    let staging = h.path("staging");
+    h.node
+        .node_stage_volume(Request::new(stage_req(id, &staging, block_cap())))
+        .await?;
+    let device = h
+        .plugin
+        .volumes
+        .volume(id)
+        .await?
+        .and_then(|v| v.attachment)
+        .context("staged block volume is attached")?
+        .device;
+    let rdev = std::fs::metadata(&device)?.rdev();
+    let alias = h.path("alias-dev");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &alias,
+        rustix::fs::FileType::BlockDevice,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        rdev,
+    )?;
+    let out = std::process::Command::new("mkfs.ext4")
+        .arg("-qF")
+        .arg(&alias)
+        .output()?;
+    ensure!(out.status.success(), "mkfs: {}", String::from_utf8_lossy(&out.stderr));
+    let mnt = h.path("mnt");
+    std::fs::create_dir_all(&mnt)?;
+    rustix::mount::mount(&alias, &mnt, "ext4", rustix::mount::MountFlags::empty(), None)?;
+    let found = floe_driver::dataplane::daemon::files::mounts_of(&device)?;
+    let detach = h
+        .node
+        .node_unstage_volume(Request::new(unstage_req(id, &staging)))
+        .await;
+    rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::empty())?;
+    ensure!(
+        found.contains(&mnt),
+        "{} mounted through {} not found: {found:?}",
+        device.display(),
+        alias.display()
+    );
+    let refused = detach.expect_err("unstage refuses while a file system is mounted from the device");
+    ensure!(refused.code() == Code::FailedPrecondition, "{refused:?}");
+    h.node
+        .node_unstage_volume(Request::new(unstage_req(id, &staging)))
+        .await?;
+    Ok(())
+}

@@ -129,6 +129,8 @@ pub struct MountEntry {
     pub fstype: String,
     /// What is mounted (`/dev/loop3`, `floe`).
     pub source: String,
+    /// The device number of the mounted file system, `major:minor`.
+    pub dev: String,
 }
 
 /// Parses a `mountinfo` listing (`proc(5)`); lines it cannot read are skipped.
@@ -136,7 +138,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (head, tail) = line.split_once(" - ")?;
-            let target = head.split(' ').nth(4)?;
+            let mut head = head.split(' ');
+            let dev = head.nth(2)?;
+            let target = head.nth(1)?;
             let mut tail = tail.split(' ');
             let fstype = tail.next()?;
             let source = tail.next()?;
@@ -144,6 +148,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 target: PathBuf::from(unescape(target)),
                 fstype: unescape(fstype),
                 source: unescape(source),
+                dev: dev.to_owned(),
             })
         })
         .collect()
@@ -162,10 +167,17 @@ pub fn is_mount_point(path: &Path) -> io::Result<bool> {
 
 /// Where `device` is mounted.
 pub fn mounts_of(device: &Path) -> io::Result<Vec<PathBuf>> {
-    let dev = device.to_string_lossy();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let path = device.to_string_lossy();
+    // By device number too: the same device may be mounted through another
+    // node or link (`/dev/block/7:3`).
+    let number = std::fs::metadata(device)
+        .ok()
+        .filter(|m| m.file_type().is_block_device())
+        .map(|m| format!("{}:{}", rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev())));
     Ok(mounts()?
         .into_iter()
-        .filter(|m| m.source == dev)
+        .filter(|m| m.source == path || number.as_deref() == Some(m.dev.as_str()))
         .map(|m| m.target)
         .collect())
 }
@@ -186,6 +198,7 @@ mod tests {
         assert_eq!(m[1].fstype, "fuse.floe");
         assert_eq!(m[1].source, "floe");
         assert_eq!(m[2].target, Path::new("/var/lib/kubelet/my mnt"));
+        assert_eq!(m[2].dev, "7:3");
         assert_eq!(m[2].source, "/dev/loop3");
         assert_eq!(unescape("a\\134b\\04"), "a\\b\\04");
     }
