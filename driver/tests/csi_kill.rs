@@ -17,6 +17,10 @@
 //! written through one target reads back through the other, and after
 //! unmounting, `e2fsck -fn` / `xfs_repair -n` find each file system clean.
 //!
+//! A second test restarts the data plane (SIGTERM, successor) under a
+//! volume staged through CSI: its fsynced writer sees no error and the
+//! volume, now served by the successor, still grows online.
+//!
 //! Needs root, /dev/fuse, loop devices, mkfs.ext4 and mkfs.xfs: in CI
 //! (`CI` set) their absence is a failure, elsewhere the test is skipped.
 
@@ -63,17 +67,7 @@ impl Node {
             csi: None,
             csi_starts: 0,
         };
-        let serve = Command::new(DATAPLANE)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(node.path("data"))
-            .arg("--run-dir")
-            .arg(node.path("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(node.path("serve.log"))?)
-            .spawn()?;
-        node.serve = Some(serve);
+        node.serve = Some(node.spawn_serve()?);
         wait_for_socket(&node.path("run/dataplane.sock"))?;
         node.start_csi()?;
         Ok(node)
@@ -106,6 +100,35 @@ impl Node {
             .spawn()?;
         self.csi = Some(child);
         wait_for_socket(&self.socket())
+    }
+
+    /// SIGTERM to `serve`, then a successor, which takes every attached
+    /// volume over from the holder.
+    fn restart_serve(&mut self) -> Result<()> {
+        let mut old = self.serve.take().context("serve is running")?;
+        rustix::process::kill_process(rustix::process::Pid::from_child(&old), rustix::process::Signal::TERM)?;
+        old.wait()?;
+        // Its socket file may outlive it: wait for the successor's own.
+        let _ = std::fs::remove_file(self.path("run/dataplane.sock"));
+        self.serve = Some(self.spawn_serve()?);
+        wait_for_socket(&self.path("run/dataplane.sock"))
+    }
+
+    fn spawn_serve(&self) -> Result<Child> {
+        let n = std::fs::read_dir(self.dir.path())?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("serve"))
+            .count();
+        Ok(Command::new(DATAPLANE)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.path("data"))
+            .arg("--run-dir")
+            .arg(self.path("run"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.path(&format!("serve-{n}.log")))?)
+            .spawn()?)
     }
 
     fn kill_csi(&mut self) -> Result<()> {
@@ -463,5 +486,90 @@ async fn killing_floe_csi_during_stage_and_publish_storms_leaves_no_half_done_mo
         .filter(|m| m.point.starts_with(node.dir.path()))
         .collect();
     ensure!(leftover.is_empty(), "mounts left under the scratch dir: {leftover:?}");
+    Ok(())
+}
+
+/// A restart of the data plane under volumes staged through CSI: their I/O
+/// goes on, and a volume taken over by the successor still grows online
+/// (the device of a resumed attachment, then its file system).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_restart_under_csi_volumes_keeps_their_io_and_growth() -> Result<()> {
+    if !common::privileged("csi data-plane restart") {
+        return Ok(());
+    }
+    if !common::tool_present("mkfs.xfs") {
+        common::skip_or_fail("csi data-plane restart: needs mkfs.xfs");
+        return Ok(());
+    }
+    let mut node = Node::start()?;
+    let mut controller = ControllerClient::new(connect(&node.socket()).await?);
+    let mut n = NodeClient::new(connect(&node.socket()).await?);
+    // XFS: it grows online without CAP_SYS_RESOURCE, which ext4 needs.
+    let v = Vol {
+        id: "restart-xfs".into(),
+        fs: "xfs",
+        staging: node.path("restart/staging"),
+        targets: [node.path("restart/t0"), node.path("restart/t1")],
+    };
+    controller
+        .create_volume(create_req(&v.id, SIZE, mount_cap(v.fs)))
+        .await?;
+    n.node_stage_volume(stage_req(&v)).await?;
+    n.node_publish_volume(publish_req(&v, &v.targets[0])).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = writer(v.targets[0].join("log"), Arc::clone(&stop));
+
+    node.restart_serve()?;
+    let status = floe_driver::dataplane::daemon::client::Client::connect(&node.path("run/dataplane.sock"))?.status()?;
+    ensure!(
+        status.took_over.len() == 1,
+        "the successor took the volume over: {:?}",
+        status.took_over
+    );
+
+    let before = rustix::fs::statvfs(&v.targets[0])?;
+    let grown = controller
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: v.id.clone(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: SIZE + (200 << 20),
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(grown.capacity_bytes == SIZE + (200 << 20) && grown.node_expansion_required);
+    n.node_expand_volume(csi::NodeExpandVolumeRequest {
+        volume_id: v.id.clone(),
+        volume_path: v.targets[0].display().to_string(),
+        ..Default::default()
+    })
+    .await?;
+    let after = rustix::fs::statvfs(&v.targets[0])?;
+    let bytes = |s: &rustix::fs::StatVfs| s.f_blocks * s.f_frsize;
+    ensure!(
+        bytes(&after) > bytes(&before) + (150 << 20),
+        "the file system grew on the taken-over device: {} -> {} bytes",
+        bytes(&before),
+        bytes(&after)
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let written = log.join().expect("writer thread")?;
+    let text = std::fs::read_to_string(v.targets[0].join("log"))?;
+    ensure!(text.lines().count() as u64 == written, "every fsynced record is there");
+    ensure!(written > 0, "the writer wrote");
+    n.node_unpublish_volume(unpublish_req(&v.id, &v.targets[0])).await?;
+    let device = device_of(&node, &v.id)?.context("still attached")?;
+    n.node_unstage_volume(unstage_req(&v.id, &v.staging)).await?;
+    ensure!(device_of(&node, &v.id)?.is_none(), "detached");
+    ensure!(!device.exists() || !mounts()?.iter().any(|m| m.source == device.display().to_string()));
+    controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: v.id.clone(),
+            ..Default::default()
+        })
+        .await?;
     Ok(())
 }
