@@ -23,6 +23,12 @@ use crate::csi::volumes::{
 
 /// How long a connection attempt to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a call on a node may take: a backstop for a node that hangs
+/// (the CO's own deadline usually ends a call sooner). Generous, because a
+/// restore or clone copies a whole volume; a call cut short goes on in the
+/// node's data plane, and its retry finds the result (or `ABORTED` while it
+/// runs).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The volumes of one node, over the network.
 #[derive(Clone)]
@@ -45,7 +51,8 @@ impl RemoteVolumes {
         };
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| bad(format!("NODE=https://HOST:PORT ({e})")))?
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
         let uri = endpoint.uri();
         let host = match (uri.scheme_str(), uri.host(), uri.port_u16()) {
             (Some("https"), Some(host), Some(_)) => host.trim_start_matches('[').trim_end_matches(']').to_owned(),

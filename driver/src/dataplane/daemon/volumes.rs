@@ -7,7 +7,8 @@
 //! hold up another. A volume exists when its record,
 //! `<data-dir>/volumes/<id>/volume.json`, does: it is written last at create
 //! and restore and removed first at delete, so a directory without it is a
-//! creation that did not finish, cleared when the id is created again.
+//! creation that did not finish, removed at the next start (or when the id
+//! is created again).
 //!
 //! - this file: records, slots, create, delete, attach, detach, expand;
 //! - [`copies`]: snapshots, restores, creations filled from an image, the
@@ -127,7 +128,12 @@ impl Volumes {
                     }
                 },
                 Ok(None) => {
-                    tracing::warn!(dir = %entry.path().display(), "volume directory without a record: a creation that did not finish (cleared if the id is created again)");
+                    // Only this process (it holds the serve lock) creates
+                    // volumes, and none is under way at start.
+                    tracing::warn!(dir = %entry.path().display(), "remove a volume directory without a record: a creation that did not finish");
+                    if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                        tracing::error!(dir = %entry.path().display(), error = %e, "remove an unfinished volume directory (cleared when the id is created again)");
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -441,5 +447,39 @@ impl Volumes {
             .filter_map(|s| lock(s).spec.as_ref().map(|spec| spec.record.clone()))
             .filter(|r| r.owner.as_deref() == Some(owner))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_creation_that_did_not_finish_is_removed_at_load_and_a_finished_one_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let unfinished = data.join("volumes").join("half");
+        std::fs::create_dir_all(&unfinished).expect("mkdir");
+        std::fs::write(unfinished.join("image"), b"partial").expect("write");
+        let finished = data.join("volumes").join("whole");
+        std::fs::create_dir_all(&finished).expect("mkdir");
+        let record = VolumeRecord {
+            volume: "whole".into(),
+            size_bytes: 4096,
+            block_size: 4096,
+            mode: "continuous".into(),
+            created_unix_ms: 0,
+            restored_from: None,
+            reserve_bytes: None,
+            owner: None,
+        };
+        files::write_json(&finished.join("volume.json"), &record).expect("record");
+        let run = RunPaths::new(&dir.path().join("run"));
+        let volumes = Volumes::load(&data, &run, FuseConfig::default()).expect("load");
+        assert!(!unfinished.exists(), "the unfinished directory is gone");
+        assert!(finished.join("volume.json").exists());
+        assert_eq!(volumes.records_of("nobody").len(), 0);
+        let listed: Vec<String> = lock(&volumes.slots).keys().cloned().collect();
+        assert_eq!(listed, ["whole"]);
     }
 }
