@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs the real csi-sanity (kubernetes-csi/csi-test v5.5.0) against
 # `floe-csi --mode=all` on a node of its own (the fd holder and the data
-# plane, `floe-dataplane holder` and `serve`, on a temp data dir): the whole suite with 300 MiB test
-# volumes (xfs needs at least that), once with the default mount access type
-# and once with `--csi.testvolumeaccesstype block`, each on a fresh plugin and
-# data dir. Prints the spec counts of each run; exits non-zero on any failure
+# plane, `floe-dataplane holder` and `serve`, on a temp data dir): the whole
+# suite with 300 MiB test volumes (xfs needs at least that), once with the
+# default mount access type and once with `--csi.testvolumeaccesstype block`,
+# each on a fresh node and data dir. Prints the spec counts of each run; exits non-zero on any failure
 # and when anything of floe is left mounted or attached afterwards.
 #
 #   scripts/csi-sanity.sh            (needs root, /dev/fuse, loop devices, go)
