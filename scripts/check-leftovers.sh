@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fails when a test left something of floe behind on the machine: a mount
 # that mentions floe, a loop device backed by a file under a path containing
-# floe, or a network namespace whose name starts with floe. Prints each.
+# floe (or by floe's FUSE file whose mount was detached), or a network namespace whose name starts with floe. Prints each.
 set -uo pipefail
 
 found=0
@@ -22,7 +22,9 @@ fi
 for f in /sys/block/loop*/loop/backing_file; do
     [[ -r $f ]] || continue
     backing=$(<"$f")
-    if [[ $backing == *floe* ]]; then
+    # "/volume": floe's FUSE file after its mount was detached lazily (the
+    # kernel then shows the path from the detached mount's root).
+    if [[ $backing == *floe* || $backing == /volume || $backing == "/volume (deleted)" ]]; then
         dev=${f#/sys/block/}
         report "loop device /dev/${dev%%/*} backed by $backing"
     fi

@@ -38,25 +38,14 @@ plugin_bin=$target_dir/debug/floe-csi
 dataplane_bin=$target_dir/debug/floe-dataplane
 sanity=$(scripts/go-tool.sh github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity v5.5.0)
 
+# shellcheck source=scripts/sanity-lib.sh
+source scripts/sanity-lib.sh
+
 work=$(mktemp -d /tmp/floe-csi-sanity-split.XXXXXX)
 controller_pid=
 node_pid=
 serve_pid=
 holder_pid=
-
-# $1: pid; TERM, then KILL after 10 s.
-stop_pid() {
-    local pid=$1
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-}
 
 # The controller, the node plugin, then the data plane (SIGTERM), then the
 # holder (with nothing attached any more, the data plane hands nothing over).
@@ -66,16 +55,6 @@ stop_all() {
     stop_pid "$serve_pid"
     stop_pid "$holder_pid"
     controller_pid= node_pid= serve_pid= holder_pid=
-}
-
-# $1: socket; $2: pid of the process that binds it.
-wait_socket() {
-    for _ in $(seq 300); do
-        [[ -S $1 ]] && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
 }
 
 # The address the node plugin bound for NodeVolumes ($1: its log; $2: its
@@ -89,24 +68,6 @@ wait_admin_addr() {
         sleep 0.1
     done
     return 1
-}
-
-# Whatever a failed run left under $work: mounts (deepest first), then the
-# loop devices on its FUSE files, then the FUSE mounts themselves.
-sweep() {
-    local m dev f
-    for _ in 1 2 3; do
-        while read -r m; do
-            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-        done < <(awk -v w="$work" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r)
-        for f in /sys/block/loop*/loop/backing_file; do
-            [[ -r $f ]] || continue
-            if [[ $(<"$f") == "$work"/* ]]; then
-                dev=${f#/sys/block/}
-                losetup -d "/dev/${dev%%/*}" 2>/dev/null || true
-            fi
-        done
-    done
 }
 
 cleanup() {
@@ -160,12 +121,7 @@ start_failed() {
     exit 1
 }
 
-"$dataplane_bin" holder --run-dir "$run" >"$dir/holder.log" 2>&1 &
-holder_pid=$!
-wait_socket "$run/holder.sock" "$holder_pid" || start_failed "floe-dataplane holder"
-"$dataplane_bin" serve --data-dir "$dir/data" --run-dir "$run" >"$dir/serve.log" 2>&1 &
-serve_pid=$!
-wait_socket "$run/dataplane.sock" "$serve_pid" || start_failed "floe-dataplane serve"
+start_dataplane "$dir" || start_failed "the data plane (floe-dataplane holder and serve)"
 "$plugin_bin" --mode=node --endpoint "unix://$node_sock" --node-id "$node_id" \
     --dataplane-socket "$run/dataplane.sock" --node-admin-listen 127.0.0.1:0 "${tls_node[@]}" \
     >"$dir/node.log" 2>&1 &
@@ -192,11 +148,7 @@ TMPDIR=$dir/tmp "$sanity" \
     --ginkgo.v \
     "${focus[@]}" >"$dir/sanity.log" 2>&1 || rc=$?
 stop_all
-# Ginkgo's summary: "Ran 75 of 96 Specs ..." and "SUCCESS! -- 75 Passed | 0 Failed | 1 Pending | 20 Skipped".
-ran=$(grep -E '^Ran [0-9]+ of [0-9]+ Specs' "$dir/sanity.log" | tail -1 || true)
-counts=$(grep -E '[0-9]+ Passed \| [0-9]+ Failed' "$dir/sanity.log" | tail -1 || true)
-echo "csi-sanity-split: skipped specs:" >&2
-grep -E -A1 '^S \[SKIPPED\]' "$dir/sanity.log" | grep -E -v '^(S \[SKIPPED\]|--)' | sed 's/^/    /' | sort | uniq -c >&2 || true
+read_summary split "$dir/sanity.log"
 if [[ -n ${FLOE_SANITY_LOGS:-} ]]; then
     mkdir -p "$FLOE_SANITY_LOGS"
     cp "$dir/sanity.log" "$FLOE_SANITY_LOGS/sanity-split.log"
@@ -215,7 +167,7 @@ if [[ $rc -ne 0 ]]; then
     done
 fi
 sweep
-echo "csi-sanity [split]: ${ran:-no summary} ${counts:+-- ${counts#*-- }}"
+echo "csi-sanity [split]: $summary"
 if [[ $rc -ne 0 ]]; then
     echo "csi-sanity-split: FAILED"
     exit 1

@@ -125,6 +125,21 @@ impl Drop for Harness {
 pub fn sweep(dir: &Path) {
     let prefix = dir.display().to_string();
     for _ in 0..3 {
+        // The loop devices first, while their FUSE files are still mounted:
+        // once a FUSE mount is detached, the kernel names its file from the
+        // detached root ("/volume") and the prefix no longer finds it.
+        let loops: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/block")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        std::fs::read_to_string(e.path().join("loop/backing_file"))
+                            .is_ok_and(|b| b.starts_with(&prefix))
+                    })
+                    .map(|e| Path::new("/dev").join(e.file_name()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut points: Vec<String> = mounts
             .lines()
@@ -136,16 +151,8 @@ pub fn sweep(dir: &Path) {
         for p in points.iter().rev() {
             let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
         }
-        if let Ok(entries) = std::fs::read_dir("/sys/block") {
-            for e in entries.flatten() {
-                let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
-                if backing.starts_with(&prefix) {
-                    let _ = Command::new("losetup")
-                        .arg("-d")
-                        .arg(Path::new("/dev").join(e.file_name()))
-                        .output();
-                }
-            }
+        for dev in &loops {
+            let _ = Command::new("losetup").arg("-d").arg(dev).output();
         }
     }
 }
