@@ -26,13 +26,13 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
+use floe_driver::dataplane::mounttable::{self, MountEntry};
 use floe_proto::csi;
 use floe_proto::csi::controller_client::ControllerClient;
 use floe_proto::csi::node_client::NodeClient;
@@ -215,37 +215,8 @@ async fn stage_and_publish(channel: Channel, v: Vol, done: Arc<AtomicUsize>, kic
     }
 }
 
-/// A mount from /proc/self/mountinfo.
-#[derive(Debug, Clone)]
-struct Mount {
-    dev: String,
-    root: String,
-    point: PathBuf,
-    fs: String,
-    source: String,
-}
-
-fn mounts() -> Result<Vec<Mount>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let (left, right) = line.split_once(" - ").context("mountinfo separator")?;
-        let l: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        out.push(Mount {
-            dev: l[2].to_owned(),
-            root: l[3].to_owned(),
-            point: PathBuf::from(floe_driver::dataplane::mount::unescape_mount_field(l[4])),
-            fs: r[0].to_owned(),
-            source: r.get(1).copied().unwrap_or_default().to_owned(),
-        });
-    }
-    Ok(out)
-}
-
-fn dev_string(device: &Path) -> Result<String> {
-    let rdev = std::fs::metadata(device)?.rdev();
-    Ok(format!("{}:{}", rustix::fs::major(rdev), rustix::fs::minor(rdev)))
+fn mounts() -> Result<Vec<MountEntry>> {
+    Ok(mounttable::table()?)
 }
 
 /// The loop device of a volume from the data plane's own answer.
@@ -265,28 +236,28 @@ fn device_of(node: &Node, id: &str) -> Result<Option<PathBuf>> {
 /// it belongs, and nothing of it is mounted anywhere else.
 fn check_no_half_done(node: &Node, vols: &[Vol]) -> Result<()> {
     let table = mounts()?;
-    let mut owned: HashMap<String, &Vol> = HashMap::new();
+    let mut owned: HashMap<(u32, u32), &Vol> = HashMap::new();
     for v in vols {
-        let staged: Vec<&Mount> = table.iter().filter(|m| m.point == v.staging).collect();
+        let staged: Vec<&MountEntry> = table.iter().filter(|m| m.mount_point == v.staging).collect();
         let device = device_of(node, &v.id)?;
         if let Some(s) = staged.last() {
             let device = device.with_context(|| format!("{} is mounted but its volume is not attached", v.id))?;
             ensure!(
-                s.dev == dev_string(&device)? && s.fs == v.fs && s.root == "/",
+                (s.major, s.minor) == mounttable::device_number(&device)? && s.fs_type == v.fs && s.root == "/",
                 "{}: the staging mount {s:?} is not the whole {} file system of {}",
                 v.id,
                 v.fs,
                 device.display()
             );
-            owned.insert(s.dev.clone(), v);
+            owned.insert((s.major, s.minor), v);
         }
         for t in &v.targets {
-            if let Some(m) = table.iter().rfind(|m| &m.point == t) {
+            if let Some(m) = table.iter().rfind(|m| &m.mount_point == t) {
                 let s = staged
                     .last()
                     .with_context(|| format!("{}: {} is published but not staged", v.id, t.display()))?;
                 ensure!(
-                    m.dev == s.dev && m.fs == v.fs,
+                    (m.major, m.minor) == (s.major, s.minor) && m.fs_type == v.fs,
                     "{}: the target mount {m:?} is not a bind of the staged file system {s:?}",
                     v.id
                 );
@@ -295,12 +266,12 @@ fn check_no_half_done(node: &Node, vols: &[Vol]) -> Result<()> {
     }
     // A floe device mounted anywhere but its staging path and targets.
     for m in table.iter().filter(|m| m.source.starts_with("/dev/loop")) {
-        if let Some(v) = owned.get(&m.dev) {
+        if let Some(v) = owned.get(&(m.major, m.minor)) {
             ensure!(
-                m.point == v.staging || v.targets.contains(&m.point),
+                m.mount_point == v.staging || v.targets.contains(&m.mount_point),
                 "{}: its file system is also mounted at {}",
                 v.id,
-                m.point.display()
+                m.mount_point.display()
             );
         }
     }
@@ -481,9 +452,9 @@ async fn killing_floe_csi_during_stage_and_publish_storms_leaves_no_half_done_mo
     n.node_unpublish_volume(unpublish_req(&busy.id, &busy.targets[0]))
         .await?;
     n.node_unstage_volume(unstage_req(&busy.id, &busy.staging)).await?;
-    let leftover: Vec<Mount> = mounts()?
+    let leftover: Vec<MountEntry> = mounts()?
         .into_iter()
-        .filter(|m| m.point.starts_with(node.dir.path()))
+        .filter(|m| m.mount_point.starts_with(node.dir.path()))
         .collect();
     ensure!(leftover.is_empty(), "mounts left under the scratch dir: {leftover:?}");
     Ok(())

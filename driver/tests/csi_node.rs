@@ -379,7 +379,7 @@ async fn a_volume_mounted_through_another_device_node_is_still_found_mounted() -
     let mnt = h.path("mnt");
     std::fs::create_dir_all(&mnt)?;
     rustix::mount::mount(&alias, &mnt, "ext4", rustix::mount::MountFlags::empty(), None)?;
-    let found = floe_driver::dataplane::daemon::files::mounts_of(&device)?;
+    let found = floe_driver::dataplane::mounttable::mount_points_of(&device)?;
     let detach = h
         .node
         .node_unstage_volume(Request::new(unstage_req(id, &staging)))

@@ -31,6 +31,7 @@ pub mod fuse;
 pub mod handover;
 pub mod loopdev;
 pub mod mount;
+pub mod mounttable;
 pub mod process;
 pub mod sized;
 mod sys;

@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use super::api::{AttachState, AttachmentInfo};
 use super::error::{chain, DaemonError};
-use super::files::{self, RunPaths};
+use super::files::RunPaths;
 use crate::dataplane::cmd;
 use crate::dataplane::fuse::{abort_connection, FuseConfig, FuseServer};
 use crate::dataplane::handover::{self, HandoverError, HolderLink};
 use crate::dataplane::loopdev::{self, LoopError};
+use crate::dataplane::mounttable;
 use crate::dataplane::{mount, AttachedVolume, EngineBackend, SizedBackend};
 use crate::store::FileStore;
 
@@ -360,7 +361,7 @@ fn clear_stale(volume: &str, fuse_dir: &Path, link: &HolderLink) -> Result<(), D
     })?;
     let file = fuse_dir.join(crate::dataplane::fuse::ops::FILE_NAME);
     for device in loopdev::devices_backed_by(&file) {
-        let targets = files::mounts_of(&device).map_err(DaemonError::io("read", "/proc/self/mountinfo"))?;
+        let targets = mounttable::mount_points_of(&device).map_err(DaemonError::io("find the mounts of", &device))?;
         if !targets.is_empty() {
             return Err(DaemonError::StaleMounted {
                 volume: volume.to_owned(),
@@ -382,7 +383,7 @@ fn clear_stale(volume: &str, fuse_dir: &Path, link: &HolderLink) -> Result<(), D
 
 /// Ends and unmounts whatever FUSE connection is mounted at `fuse_dir`.
 fn tear_down_fuse(fuse_dir: &Path) {
-    if files::is_mount_point(fuse_dir).unwrap_or(false) {
+    if mounttable::is_mount_point(fuse_dir).unwrap_or(false) {
         tracing::warn!(dir = %fuse_dir.display(), "unmounting a FUSE mount nobody serves");
         abort_connection(fuse_dir);
         if mount::unmount_path(fuse_dir).is_err() {

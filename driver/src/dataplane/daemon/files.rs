@@ -1,12 +1,11 @@
 //! Small file-system helpers of the daemon: the run directory's layout,
-//! records written atomically, `/proc/self/mountinfo`, tokens and clocks.
+//! records written atomically, tokens and clocks.
 
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::dataplane::mount::unescape_mount_field as unescape;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -120,88 +119,9 @@ pub fn new_token() -> io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// One line of `/proc/self/mountinfo`, the fields the daemon needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    /// Where it is mounted.
-    pub target: PathBuf,
-    /// File system type (`ext4`, `fuse.floe`).
-    pub fstype: String,
-    /// What is mounted (`/dev/loop3`, `floe`).
-    pub source: String,
-    /// The device number of the mounted file system, `major:minor`.
-    pub dev: String,
-}
-
-/// Parses a `mountinfo` listing (`proc(5)`); lines it cannot read are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let (head, tail) = line.split_once(" - ")?;
-            let mut head = head.split(' ');
-            let dev = head.nth(2)?;
-            let target = head.nth(1)?;
-            let mut tail = tail.split(' ');
-            let fstype = tail.next()?;
-            let source = tail.next()?;
-            Some(MountEntry {
-                target: PathBuf::from(unescape(target)),
-                fstype: unescape(fstype),
-                source: unescape(source),
-                dev: dev.to_owned(),
-            })
-        })
-        .collect()
-}
-
-/// The mounts of this process's namespace.
-pub fn mounts() -> io::Result<Vec<MountEntry>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?))
-}
-
-/// Whether `path` (resolved) is a mount point.
-pub fn is_mount_point(path: &Path) -> io::Result<bool> {
-    let path = std::fs::canonicalize(path)?;
-    Ok(mounts()?.iter().any(|m| m.target == path))
-}
-
-/// Where `device` is mounted.
-pub fn mounts_of(device: &Path) -> io::Result<Vec<PathBuf>> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let path = device.to_string_lossy();
-    // By device number too: the same device may be mounted through another
-    // node or link (`/dev/block/7:3`).
-    let number = std::fs::metadata(device)
-        .ok()
-        .filter(|m| m.file_type().is_block_device())
-        .map(|m| format!("{}:{}", rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev())));
-    Ok(mounts()?
-        .into_iter()
-        .filter(|m| m.source == path || number.as_deref() == Some(m.dev.as_str()))
-        .map(|m| m.target)
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_lines_give_target_type_and_source() {
-        let text = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
-                    90 22 0:77 / /run/floe/fuse/pvc-1 rw,nosuid shared:5 - fuse.floe floe rw\n\
-                    91 22 7:3 / /var/lib/kubelet/my\\040mnt rw - ext4 /dev/loop3 rw\n\
-                    garbage\n";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[1].target, Path::new("/run/floe/fuse/pvc-1"));
-        assert_eq!(m[1].fstype, "fuse.floe");
-        assert_eq!(m[1].source, "floe");
-        assert_eq!(m[2].target, Path::new("/var/lib/kubelet/my mnt"));
-        assert_eq!(m[2].dev, "7:3");
-        assert_eq!(m[2].source, "/dev/loop3");
-        assert_eq!(unescape("a\\134b\\04"), "a\\b\\04");
-    }
 
     #[test]
     fn records_are_replaced_whole() {

@@ -24,6 +24,7 @@ use super::api::{FrozenInfo, Quiesced};
 use super::error::DaemonError;
 use super::files;
 use crate::dataplane::fsfreeze::{self, FrozenFs};
+use crate::dataplane::mounttable;
 
 /// The durable record of a frozen file system.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +93,7 @@ impl Freezer {
     /// `syncfs` then `FIFREEZE` on the file system mounted at `path`, thawed
     /// by [`Freezer::thaw`] or by the watchdog after `timeout`.
     pub(super) fn quiesce(&self, path: &Path, timeout: Duration) -> Result<Quiesced, DaemonError> {
-        match files::is_mount_point(path) {
+        match mounttable::is_mount_point(path) {
             Ok(true) => {}
             Ok(false) => return Err(DaemonError::NotMounted(path.to_owned())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DaemonError::NotMounted(path.to_owned())),
@@ -329,7 +330,7 @@ pub(super) fn thaw_leftovers(frozen_dir: &Path) -> Vec<PathBuf> {
                 continue;
             }
         };
-        match files::is_mount_point(&record.path) {
+        match mounttable::is_mount_point(&record.path) {
             Ok(true) => match fsfreeze::thaw(&record.path) {
                 Ok(()) => {
                     tracing::warn!(path = %record.path.display(), token = %record.token, pid = record.pid, "thawed a file system left frozen by an earlier process");

@@ -31,6 +31,7 @@ use super::attachment::{AttachedFile, AttachedRecord, Attachment};
 use super::error::{chain, DaemonError};
 use super::files::{self, RunPaths};
 use crate::dataplane::fuse::FuseConfig;
+use crate::dataplane::mounttable;
 use crate::store::FileStore;
 
 /// `<data-dir>/volumes/<id>/volume.json`: what a volume was created as.
@@ -367,7 +368,8 @@ impl Volumes {
         let Some(a) = slot.attached.as_mut() else {
             return Ok(false);
         };
-        let targets = files::mounts_of(a.device()).map_err(DaemonError::io("read", "/proc/self/mountinfo"))?;
+        let targets =
+            mounttable::mount_points_of(a.device()).map_err(DaemonError::io("find the mounts of", a.device()))?;
         if !targets.is_empty() {
             return Err(DaemonError::Mounted {
                 volume: id.to_string(),

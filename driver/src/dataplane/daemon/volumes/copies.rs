@@ -11,8 +11,8 @@ use super::{lock, Slot, Spec, Volumes};
 use crate::dataplane::daemon::api::{self, Name, Shape, SnapshotInfo, VolumeInfo};
 use crate::dataplane::daemon::attachment::{open_engine, Attachment};
 use crate::dataplane::daemon::error::DaemonError;
-use crate::dataplane::daemon::files;
 use crate::dataplane::fsfreeze::FrozenFs;
+use crate::dataplane::mounttable;
 use crate::dataplane::sized::copy_into;
 use crate::dataplane::{EngineBackend, SizedBackend};
 use crate::store::FileStore;
@@ -219,8 +219,8 @@ impl Volumes {
                     let Some(b) = a.sized() else {
                         return Err(DaemonError::NotServed(id.to_string()));
                     };
-                    let targets =
-                        files::mounts_of(a.device()).map_err(DaemonError::io("read", "/proc/self/mountinfo"))?;
+                    let targets = mounttable::mount_points_of(a.device())
+                        .map_err(DaemonError::io("find the mounts of", a.device()))?;
                     // One freeze per device: it holds the whole superblock.
                     to_freeze.extend(targets.into_iter().take(1));
                     engines.push(CutEngine::Served(Arc::clone(b)));
