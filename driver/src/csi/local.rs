@@ -274,7 +274,12 @@ impl Inner {
                 });
             }
         }
-        // What to copy from, checked before anything is written.
+        // What to copy from, checked before anything is written: a
+        // snapshot's image (with its length), or a volume to cut first.
+        enum Content {
+            Image(PathBuf, u64),
+            Volume(VolumeRecord),
+        }
         let copy_from = match &spec.source {
             None => None,
             Some(Source::Snapshot(sid)) => {
@@ -282,13 +287,12 @@ impl Inner {
                     .read(|c| c.snapshots.get(sid).cloned())
                     .ok_or_else(|| Error::SnapshotNotFound(sid.clone()))?;
                 check_fits(spec.size_bytes, s.size_bytes, "snapshot", sid)?;
-                Some((None, s.size_bytes))
+                Some(Content::Image(self.snapshot_file(sid), s.size_bytes))
             }
             Some(Source::Volume(vid)) => {
                 let src = self.ready(vid)?;
                 check_fits(spec.size_bytes, src.volume.size_bytes, "volume", vid)?;
-                let len = src.volume.size_bytes;
-                Some((Some(src), len))
+                Some(Content::Volume(src))
             }
         };
         let cap = self.capacity()?;
@@ -315,14 +319,11 @@ impl Inner {
         self.write(|c| c.volumes.insert(spec.id.clone(), record.clone()))?;
         let filled = match copy_from {
             None => self.new_store(&record.store, &volume, record.reserve_bytes, None),
-            Some((None, len)) => {
-                let Some(Source::Snapshot(sid)) = &spec.source else {
-                    unreachable!("a copy without a source volume is of a snapshot")
-                };
-                let file = self.snapshot_file(sid);
+            Some(Content::Image(file, len)) => {
                 self.new_store(&record.store, &volume, record.reserve_bytes, Some((&file, len)))
             }
-            Some((Some(src), len)) => self.cut_one(&src, &format!("clone-{}", spec.id)).and_then(|file| {
+            Some(Content::Volume(src)) => self.cut_one(&src, &format!("clone-{}", spec.id)).and_then(|file| {
+                let len = src.volume.size_bytes;
                 let res = self.new_store(&record.store, &volume, record.reserve_bytes, Some((&file, len)));
                 let _ = std::fs::remove_file(&file);
                 res

@@ -20,51 +20,12 @@ use super::mounts::{self, MountEntry};
 use super::params::{self, Access, Capability};
 use super::volumes::Volume;
 use super::Plugin;
-use crate::dataplane::mount::{make_fs, probe, FsType, MountError};
+use crate::dataplane::mount::{format_once, MountError};
 
-/// Left in the (not yet mounted) staging directory while `mkfs` runs: a
-/// stage retried after the plugin died in the middle of `mkfs` finds it
-/// and formats again, instead of taking a half-written file system that
-/// `blkid` may already recognise (mkfs.xfs writes its superblock early) for
-/// a finished one.
+/// Left in the (not yet mounted) staging directory while `mkfs` runs
+/// ([`format_once`]): a stage retried after the plugin died in the middle
+/// of `mkfs` formats again.
 pub const FORMAT_MARKER: &str = ".floe-mkfs-in-progress";
-
-/// Makes `fs` on `device` unless it holds one already (or holds one whose
-/// making was cut short, as the marker in `staging` says). Refuses a device
-/// holding another file system.
-fn format_once(device: &Path, fs: FsType, staging: &Path) -> Result<()> {
-    let marker = staging.join(FORMAT_MARKER);
-    let interrupted = marker.exists();
-    let found = if interrupted {
-        tracing::warn!(device = %device.display(), "a file system creation was cut short: making it again");
-        None
-    } else {
-        probe(device).map_err(|source| Error::Mount {
-            op: "probe the device",
-            source,
-        })?
-    };
-    match found {
-        Some(found) if found == fs.name() => return Ok(()),
-        Some(found) => {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {:?} holds {found}, not {}: ask for fs_type {found} or use another volume",
-                device.display(),
-                fs.name()
-            )))
-        }
-        None => {}
-    }
-    let f = std::fs::File::create(&marker).map_err(Error::io("create", &marker))?;
-    f.sync_all().map_err(Error::io("sync", &marker))?;
-    super::catalog::sync_dir(staging)?;
-    make_fs(device, fs).map_err(|source: MountError| Error::Mount {
-        op: "make the file system",
-        source,
-    })?;
-    std::fs::remove_file(&marker).map_err(Error::io("remove", &marker))?;
-    super::catalog::sync_dir(staging)
-}
 
 /// The Node service.
 #[derive(Clone)]
@@ -173,9 +134,20 @@ impl NodeService {
         let device = self.attach(&v).await?;
         let fs = fs_type.unwrap_or(v.params.fs_type);
         let (dev, dir) = (device.clone(), staging.to_owned());
-        tokio::task::spawn_blocking(move || format_once(&dev, fs, &dir))
-            .await
-            .map_err(|e| Error::Internal(format!("mkfs task: {e}")))??;
+        tokio::task::spawn_blocking(move || {
+            format_once(&dev, fs, Some(&dir.join(FORMAT_MARKER))).map_err(|source| match source {
+                MountError::WrongContent { found, wanted, .. } => Error::FailedPrecondition(format!(
+                    "volume {:?} holds {found}, not {wanted}: ask for fs_type {found} or use another volume",
+                    dev.display()
+                )),
+                source => Error::Mount {
+                    op: "make the file system",
+                    source,
+                },
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("mkfs task: {e}")))??;
         let mut flags = options.flags;
         if cap.reader_only {
             flags |= MountFlags::RDONLY;

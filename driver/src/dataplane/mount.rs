@@ -79,6 +79,17 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
+    /// The marker of a file system creation could not be written or removed.
+    #[error("{op} the file-system creation marker {path}")]
+    Marker {
+        /// What was being done.
+        op: &'static str,
+        /// The marker.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A consistency check found problems.
     #[error("{tool} found problems on {device}: {output}")]
     Unclean {
@@ -118,7 +129,23 @@ pub fn probe(device: &Path) -> Result<Option<String>, MountError> {
 /// Formats `device` with `fs` when it is empty. Returns whether it formatted;
 /// refuses a device that holds something else.
 pub fn format_if_empty(device: &Path, fs: FsType) -> Result<bool, MountError> {
-    match probe(device)? {
+    format_once(device, fs, None)
+}
+
+/// [`format_if_empty`] that survives being killed in the middle of `mkfs`:
+/// `marker` (a file in a directory the caller owns) exists exactly while
+/// `mkfs` runs, so a retry that finds it formats again instead of taking a
+/// half-made file system that `blkid` may already recognise (mkfs.xfs
+/// writes its superblock early) for a finished one.
+pub fn format_once(device: &Path, fs: FsType, marker: Option<&Path>) -> Result<bool, MountError> {
+    let interrupted = marker.is_some_and(Path::exists);
+    let found = if interrupted {
+        tracing::warn!(device = %device.display(), "a file system creation was cut short: making it again");
+        None
+    } else {
+        probe(device)?
+    };
+    match found {
         None => {}
         Some(found) if found == fs.name() => return Ok(false),
         Some(found) => {
@@ -129,8 +156,29 @@ pub fn format_if_empty(device: &Path, fs: FsType) -> Result<bool, MountError> {
             })
         }
     }
+    let marker_err = |op, path: &Path| {
+        let path = path.to_owned();
+        move |source| MountError::Marker { op, path, source }
+    };
+    if let Some(m) = marker {
+        std::fs::File::create(m)
+            .and_then(|f| f.sync_all())
+            .map_err(marker_err("create", m))?;
+        sync_parent(m).map_err(marker_err("sync the directory of", m))?;
+    }
     make_fs(device, fs)?;
+    if let Some(m) = marker {
+        std::fs::remove_file(m).map_err(marker_err("remove", m))?;
+        sync_parent(m).map_err(marker_err("sync the directory of", m))?;
+    }
     Ok(true)
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// Makes a file system of type `fs` on `device`, whatever it holds.
