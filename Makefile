@@ -5,7 +5,8 @@
 #   make build       build every crate and target
 #   make lint        rustfmt check, clippy -D warnings
 #   make test        deps, lint, workspace tests, model, test-bugs, csi-sanity (all, split), check-leftovers
-#   make test-full   the same with every model matrix in full
+#   make test-full   the same with every model matrix in full (100,000 schedules
+#                    per mode from today's seed base and a second derived one)
 #   make test-bugs   the model tests must catch each injected engine bug
 #   make bench       write docs/benchmarks.md
 #   make demo        (arrives with the replication issue)
@@ -25,6 +26,10 @@ STAGE := scripts/stage.sh
 ifeq ($(strip $(FLOE_MODEL_SEED_BASE)),)
 FLOE_MODEL_SEED_BASE := $(shell echo $$(( $$(date -u +%s) / 86400 )))
 endif
+# test-full also runs from a second base derived from the first (a
+# multiplicative hash, far from any base `make test` uses), so the full run
+# and CI's sample explore different schedules on the same day.
+FLOE_MODEL_SEED_BASE_2 := $(shell echo $$(( ($(FLOE_MODEL_SEED_BASE) * 2654435761) % 4294967291 )))
 
 .PHONY: deps build lint test test-full test-bugs check-leftovers bench demo clean
 
@@ -39,11 +44,13 @@ lint: deps
 	@$(STAGE) clippy $(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	@$(STAGE) engine-purity scripts/check-engine-purity.sh
 
-# $(1): extra environment for the workspace tests.
+# $(1): extra environment for the workspace tests; $(2): model seed bases.
 define run-tests
-	@echo "model seed base: $(FLOE_MODEL_SEED_BASE)"
+	@echo "model seed bases: $(2)"
 	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(1) $(STAGE) cargo-test $(CARGO) test --workspace --locked -- --skip model_
-	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(1) $(STAGE) model $(CARGO) test -p floe-engine --locked --test model -- --nocapture
+	@for base in $(2); do \
+		FLOE_MODEL_SEED_BASE=$$base $(1) $(STAGE) model-$$base $(CARGO) test -p floe-engine --locked --test model -- --nocapture; \
+	done
 	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(STAGE) test-bugs scripts/test-bugs.sh
 	@$(STAGE) csi-sanity scripts/csi-sanity.sh
 	@$(STAGE) csi-sanity-split scripts/csi-sanity-split.sh
@@ -52,10 +59,10 @@ endef
 
 # Schedules per mode come from the model test itself (10,000).
 test: deps lint
-	$(call run-tests,)
+	$(call run-tests,,$(FLOE_MODEL_SEED_BASE))
 
 test-full: deps lint
-	$(call run-tests,FLOE_MODEL_SCHEDULES=100000)
+	$(call run-tests,FLOE_MODEL_SCHEDULES=100000,$(FLOE_MODEL_SEED_BASE) $(FLOE_MODEL_SEED_BASE_2))
 
 test-bugs: deps
 	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(STAGE) test-bugs scripts/test-bugs.sh

@@ -28,7 +28,7 @@ pub trait DecisionLog {
 }
 
 /// Coordinator of one replication group at the DR site.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Coordinator<L: DecisionLog> {
     log: L,
     members: MemberIndex,

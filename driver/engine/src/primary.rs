@@ -33,7 +33,7 @@ pub enum ClosingState {
     Staged,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Closing {
     local: LocalEpoch,
     group: GroupEpoch,
@@ -58,7 +58,7 @@ enum Link {
     Up,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Resync {
     /// Not in a failback pairing, or it is done.
     Idle,
@@ -126,7 +126,7 @@ pub enum AbortOutcome {
 }
 
 /// A volume in the primary role.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Primary<S: VolumeStore> {
     store: S,
     geo: Geometry,

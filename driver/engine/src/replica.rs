@@ -29,9 +29,11 @@ pub struct ReplicaStats {
     pub manifest_mismatches: u64,
     /// Epochs folded into the image.
     pub folds: u64,
+    /// Late seals ignored because a newer seal of the session was held.
+    pub stale_seals: u64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct PendingSeal {
     local: LocalEpoch,
     group: GroupEpoch,
@@ -39,7 +41,7 @@ struct PendingSeal {
 }
 
 /// A volume in the replica role.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Replica<S: VolumeStore> {
     store: S,
     geo: Geometry,
@@ -277,10 +279,10 @@ impl<S: VolumeStore> Replica<S> {
                     Some(s) if s == local => self.reply(Reply::StagedAck { local }),
                     // An earlier incarnation's epoch awaits its decision:
                     // this seal waits for it (staged after the fold or drop).
-                    Some(s) if local > s => self.pending_seal = Some(PendingSeal { local, group, manifest }),
+                    Some(s) if local > s => self.hold_seal(PendingSeal { local, group, manifest }),
                     Some(_) => {}
                     None if local > self.floor => {
-                        self.pending_seal = Some(PendingSeal { local, group, manifest });
+                        self.hold_seal(PendingSeal { local, group, manifest });
                         self.try_stage()?;
                     }
                     // Dropped here by an abort: say so again, to both.
@@ -414,6 +416,18 @@ impl<S: VolumeStore> Replica<S> {
             return false;
         }
         generation == self.meta.generation
+    }
+
+    /// Keep the newest seal of the session. A primary seals an epoch only
+    /// once the one before it is resolved, so a seal older than the one held
+    /// is a late copy of an epoch already committed or dropped: it must not
+    /// displace the newer seal, which nothing would ever send again.
+    fn hold_seal(&mut self, seal: PendingSeal) {
+        if self.pending_seal.as_ref().is_some_and(|held| held.local > seal.local) {
+            self.stats.stale_seals += 1;
+            return;
+        }
+        self.pending_seal = Some(seal);
     }
 
     fn staged_local(&self) -> Option<LocalEpoch> {

@@ -65,6 +65,27 @@ fn run_mode(mode: Mode) {
     );
 }
 
+/// Schedules that once failed, each replayed in every run under what it found.
+const REGRESSIONS: &[(Mode, u64, &str)] = &[(
+    Mode::Continuous,
+    777_779_431_652,
+    "a late seal of a dropped epoch displaced the next epoch's seal, which then never resolved",
+)];
+
+#[test]
+fn model_regression_schedules_stay_green() {
+    for &(mode, seed, found) in REGRESSIONS {
+        let mut w = World::new(Config::small(mode), seed);
+        if let Err(e) = w.run() {
+            panic!(
+                "{} seed {seed} ({found}) fails again: {e}\nreplay: FLOE_MODEL_SEED={seed} FLOE_MODEL_MODE={} cargo test -p floe-engine --test model -- --nocapture",
+                mode.name(),
+                mode.name()
+            );
+        }
+    }
+}
+
 #[test]
 fn model_continuous_holds_i1_to_i5() {
     run_mode(Mode::Continuous);

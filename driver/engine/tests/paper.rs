@@ -414,3 +414,51 @@ fn a_local_snapshot_is_the_host_view_in_every_mode_even_inside_the_freeze_window
         assert_eq!(&snap[BS..2 * BS], &block(b'B')[..], "{mode:?}");
     }
 }
+
+#[test]
+fn a_late_seal_of_a_dropped_epoch_never_displaces_the_next_epochs_seal() {
+    // Model seed 777779431652 (continuous): the seal of an epoch the group
+    // had already dropped arrived after the next epoch's seal, took its
+    // place, was staged, dropped again, and the next epoch never resolved.
+    let mut g = Group::new(2, Mode::Continuous);
+    g.p[0].write(0, &block(b'A')).expect("write");
+    g.p[1].write(0, &block(b'X')).expect("write");
+    g.freeze(1);
+    g.sync(0);
+    g.sync(1);
+    assert_eq!(g.c.record().committed, 1);
+
+    // Epoch 2: member 0 ships and seals it, and the network holds it back.
+    g.p[0].write(0, &block(b'B')).expect("write");
+    g.p[1].write(0, &block(b'Y')).expect("write");
+    g.freeze(2);
+    g.send_all(0);
+    let late = std::mem::take(&mut g.wire[0]);
+    assert!(matches!(late.last(), Some(ToReplica::Sealed { local: 2, .. })));
+    // Member 1 gives epoch 2 up: the coordinator drops it on both members,
+    // and member 0's primary folds its blocks into the open epoch.
+    g.p[1].abort(2).expect("abort");
+    g.sync(1);
+    assert!(g.p[0].take_events().contains(&PrimaryEvent::Aborted(2)));
+
+    // Epoch 3: its seal overtakes its blocks, then the late epoch 2 arrives.
+    g.p[0].write(0, &block(b'C')).expect("write");
+    g.freeze(3);
+    g.send_all(0);
+    let mut next = std::mem::take(&mut g.wire[0]);
+    let seal = next.pop().expect("a seal");
+    assert!(matches!(seal, ToReplica::Sealed { local: 3, .. }));
+    g.deliver(0, seal);
+    for f in late.into_iter().chain(next) {
+        g.deliver(0, f);
+    }
+    g.sync(0);
+    g.sync(1);
+
+    assert_eq!(
+        g.c.record().committed,
+        3,
+        "epoch 3 resolves once every frame is delivered"
+    );
+    assert_eq!((g.dr_block(0, 0), g.dr_block(1, 0)), (block(b'C'), block(b'Y')));
+}

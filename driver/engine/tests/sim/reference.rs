@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+#[derive(Clone)]
 pub struct Reference {
     pub block_size: usize,
     pub blocks: u64,

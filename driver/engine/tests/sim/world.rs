@@ -14,6 +14,10 @@ use super::store::{SimLog, SimStore};
 
 pub type Outcome = Result<(), String>;
 
+/// Healthy steps in a row after which a pending group epoch must resolve
+/// under an in-order delivery of every frame (`World::probe_liveness`).
+const LIVENESS_STEPS: usize = 30;
+
 /// Shape of a schedule.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -39,12 +43,14 @@ impl Config {
 }
 
 #[allow(clippy::large_enum_variant)] // a test harness; boxing the store buys nothing
+#[derive(Clone)]
 enum Vol {
     Primary(Box<Primary<SimStore>>),
     Replica(Box<Replica<SimStore>>),
     Down(SimStore, bool),
 }
 
+#[derive(Clone)]
 enum Coord {
     Up(Coordinator<SimLog>),
     Down(SimLog),
@@ -62,7 +68,7 @@ impl Coord {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Net {
     to_replica: Vec<ToReplica>,
     to_primary: Vec<ToPrimary>,
@@ -80,6 +86,7 @@ enum Phase {
     FailingBack,
 }
 
+#[derive(Clone)]
 struct Failback {
     /// Per member: blocks the new primary wrote since promotion.
     n_written: Vec<BTreeSet<u64>>,
@@ -90,6 +97,7 @@ struct Failback {
     compare: Vec<Option<Vec<u8>>>,
 }
 
+#[derive(Clone)]
 pub struct World {
     cfg: Config,
     geo: Geometry,
@@ -119,6 +127,9 @@ pub struct World {
     epoch_ships: Vec<BTreeMap<(u64, u64), u32>>,
     dr_fingerprint: u64,
     last_out: Vec<Option<ToReplica>>,
+    /// The pending group epoch and the healthy steps in a row it has been
+    /// pending through (see `probe_liveness`).
+    stalled: Option<(GroupEpoch, usize)>,
     pub trace: Vec<String>,
     pub stats: RunStats,
 }
@@ -137,6 +148,7 @@ pub struct RunStats {
     pub dr_checks: u64,
     pub blocks_written: u64,
     pub blocks_shipped: u64,
+    pub liveness_probes: u64,
 }
 
 impl RunStats {
@@ -151,6 +163,7 @@ impl RunStats {
         self.dr_checks += o.dr_checks;
         self.blocks_written += o.blocks_written;
         self.blocks_shipped += o.blocks_shipped;
+        self.liveness_probes += o.liveness_probes;
     }
 }
 
@@ -198,6 +211,7 @@ impl World {
             epoch_ships: vec![BTreeMap::new(); cfg.members],
             dr_fingerprint: u64::MAX,
             last_out: vec![None; cfg.members],
+            stalled: None,
             trace: Vec::new(),
             stats: RunStats::default(),
         }
@@ -223,6 +237,7 @@ impl World {
             let result = if fault { self.fault(roll) } else { self.step(roll) };
             result.map_err(|e| format!("step {step}: {e}"))?;
             self.after_step().map_err(|e| format!("step {step}: {e}"))?;
+            self.probe_liveness().map_err(|e| format!("step {step}: {e}"))?;
         }
         self.settle().map_err(|e| format!("settle: {e}"))
     }
@@ -1099,6 +1114,58 @@ impl World {
                     "I1: DR member {m} is not the image of group epoch {k} (blocks {bad:?} differ)"
                 ));
             }
+        }
+        Ok(())
+    }
+
+    // ----- liveness while the schedule runs ----------------------------------
+
+    /// Every member up in its role, every link up, the coordinator up.
+    fn healthy(&self) -> bool {
+        if self.phase == Phase::FailedOver || !self.coord_up() {
+            return false;
+        }
+        let (prim, dr) = (self.prim, self.dr());
+        (0..self.cfg.members).all(|m| {
+            let primary_up =
+                matches!(&self.sites[prim][m], Vol::Primary(p) if p.is_connected() && p.fenced_by().is_none());
+            primary_up && self.net[m].connected && matches!(self.sites[dr][m], Vol::Replica(_))
+        })
+    }
+
+    /// Liveness where it fails, not only at the end: each time a group epoch
+    /// has been pending through `LIVENESS_STEPS` more healthy steps in a row, a copy of
+    /// the world delivers every frame in order until it is quiet; the epoch
+    /// must then be committed or aborted. The copy leaves the schedule (and
+    /// its random stream) untouched, so a seed replays the same either way.
+    fn probe_liveness(&mut self) -> Outcome {
+        let Some(g) = self.pending.filter(|_| self.healthy()) else {
+            self.stalled = None;
+            return Ok(());
+        };
+        let steps = match self.stalled {
+            Some((s, n)) if s == g => n + 1,
+            _ => 1,
+        };
+        self.stalled = Some((g, steps));
+        if steps % LIVENESS_STEPS != 0 {
+            return Ok(());
+        }
+        self.stats.liveness_probes += 1;
+        let trace = std::mem::take(&mut self.trace);
+        let mut copy = self.clone();
+        self.trace = trace;
+        let drained = copy.drain();
+        let stuck = copy.pending == Some(g);
+        if drained.is_err() || stuck {
+            self.trace.push("liveness probe: every frame delivered in order".into());
+            self.trace.extend(copy.trace.into_iter().map(|l| format!("  probe{l}")));
+        }
+        drained.map_err(|e| format!("liveness probe: {e}"))?;
+        if stuck {
+            return err(format!(
+                "liveness: group epoch {g} pending through {steps} healthy steps in a row, and still neither committed nor aborted after an in-order delivery of every frame"
+            ));
         }
         Ok(())
     }
