@@ -56,6 +56,12 @@ pub struct Replica<S: VolumeStore> {
     floor: LocalEpoch,
     /// Current session of the primary (set by its Hello); frames of others are dropped.
     session: u64,
+    /// The current session carried bytes that failed the manifest check: its
+    /// frames are dropped and the shell must close it (`take_link_reset`),
+    /// so the primary re-sends the epoch on a fresh session.
+    session_closed: bool,
+    /// `session_closed` not yet reported to the shell.
+    link_reset: bool,
     to_primary: Vec<ToPrimary>,
     to_coordinator: Vec<ToCoordinator>,
     buf: Vec<u8>,
@@ -117,6 +123,8 @@ impl<S: VolumeStore> Replica<S> {
             member,
             floor: meta.committed,
             session: 0,
+            session_closed: false,
+            link_reset: false,
             meta,
             stream: BTreeMap::new(),
             pending_seal: None,
@@ -207,7 +215,7 @@ impl<S: VolumeStore> Replica<S> {
                 local,
                 blocks,
             } => {
-                if !self.accepts(generation) || session != self.session {
+                if !self.accepts(generation) || session != self.session || self.session_closed {
                     return Ok(());
                 }
                 if local <= self.floor || self.staged_local() == Some(local) {
@@ -258,7 +266,11 @@ impl<S: VolumeStore> Replica<S> {
                 manifest,
                 covers_resync,
             } => {
-                if !self.accepts(generation) || incarnation != self.meta.peer_incarnation || session != self.session {
+                if !self.accepts(generation)
+                    || incarnation != self.meta.peer_incarnation
+                    || session != self.session
+                    || self.session_closed
+                {
                     return Ok(());
                 }
                 if self.meta.resync_candidates.is_some() && !covers_resync {
@@ -365,6 +377,7 @@ impl<S: VolumeStore> Replica<S> {
             return Ok(());
         }
         self.session = session;
+        self.session_closed = false;
         self.store.put_meta(&self.meta)?;
         self.store.sync()?;
         // Resume from what is durable: unsealed staging is re-sent by the primary.
@@ -455,12 +468,16 @@ impl<S: VolumeStore> Replica<S> {
         }
         for e in &seal.manifest {
             let present = self.store.stage_get(seal.local, e.index, &mut self.buf)?;
-            if !present || hash_block(&self.buf) != e.hash {
+            let intact = cfg!(feature = "bug-skip-manifest-hash") || hash_block(&self.buf) == e.hash;
+            if !present || !intact {
                 // Same sequence, other bytes: corruption on the way or at rest.
-                // Nothing of it is used; the primary re-sends on its next session.
+                // Nothing of it is used; the session closes and the primary
+                // re-sends the whole epoch on its next one.
                 self.stats.manifest_mismatches += 1;
                 self.stream.remove(&seal.local);
                 self.store.stage_drop(seal.local)?;
+                self.session_closed = true;
+                self.link_reset = true;
                 return Ok(());
             }
         }
@@ -571,6 +588,13 @@ impl<S: VolumeStore> Replica<S> {
     /// Last group epoch folded.
     pub fn committed_group(&self) -> GroupEpoch {
         self.meta.committed_group
+    }
+
+    /// Whether the shell must close the current session now (a seal failed
+    /// its manifest check); reading it clears it. The primary re-sends what
+    /// is not staged when it reconnects.
+    pub fn take_link_reset(&mut self) -> bool {
+        std::mem::take(&mut self.link_reset)
     }
 
     /// Group epoch staged and awaiting the decision, if any.

@@ -63,6 +63,10 @@ fn run_mode(mode: Mode) {
         n < 100 || total.failbacks_done > 0,
         "no schedule completed a failback: {total:?}"
     );
+    assert!(
+        n < 100 || total.corruptions_detected > 0,
+        "bits were flipped on the way but no replica's manifest check refused a seal: {total:?}"
+    );
 }
 
 /// Schedules that once failed, each replayed in every run under what it found.

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use floe_engine::{
-    Coordinator, DecisionRecord, FromCoordinator, Geometry, GroupEpoch, Mode, Primary, PrimaryEvent, Replica, Reply,
-    RoleGeneration, ToCoordinator, ToPrimary, ToReplica,
+    Coordinator, DecisionRecord, FromCoordinator, Geometry, GroupEpoch, Mode, Payload, Primary, PrimaryEvent, Replica,
+    Reply, RoleGeneration, ToCoordinator, ToPrimary, ToReplica,
 };
 
 use super::reference::Reference;
@@ -127,6 +127,11 @@ pub struct World {
     epoch_ships: Vec<BTreeMap<(u64, u64), u32>>,
     dr_fingerprint: u64,
     last_out: Vec<Option<ToReplica>>,
+    /// Faults on the bytes themselves, from a stream of their own so that
+    /// schedules drawn without them replay exactly as before they existed.
+    rot: Rng,
+    /// Chance that a data block in a delivered frame has a bit flipped.
+    corrupt_in_flight: f64,
     /// The pending group epoch and the healthy steps in a row it has been
     /// pending through (see `probe_liveness`).
     stalled: Option<(GroupEpoch, usize)>,
@@ -149,6 +154,10 @@ pub struct RunStats {
     pub blocks_written: u64,
     pub blocks_shipped: u64,
     pub liveness_probes: u64,
+    /// Bits flipped in block payloads on the way to a replica.
+    pub corruptions_injected: u64,
+    /// Seals a replica refused because a block failed its manifest hash.
+    pub corruptions_detected: u64,
 }
 
 impl RunStats {
@@ -164,6 +173,8 @@ impl RunStats {
         self.blocks_written += o.blocks_written;
         self.blocks_shipped += o.blocks_shipped;
         self.liveness_probes += o.liveness_probes;
+        self.corruptions_injected += o.corruptions_injected;
+        self.corruptions_detected += o.corruptions_detected;
     }
 }
 
@@ -211,6 +222,8 @@ impl World {
             epoch_ships: vec![BTreeMap::new(); cfg.members],
             dr_fingerprint: u64::MAX,
             last_out: vec![None; cfg.members],
+            rot: Rng::new(seed ^ 0xC022_0F7E),
+            corrupt_in_flight: 0.0,
             stalled: None,
             trace: Vec::new(),
             stats: RunStats::default(),
@@ -231,6 +244,10 @@ impl World {
         // Each schedule draws how stormy it is: calm ones commit many epochs,
         // stormy ones hit every crash point.
         let fault_rate = [0.002, 0.008, 0.025, 0.07][self.rng.below(4) as usize];
+        // One schedule in four flips bits in the blocks it delivers.
+        if self.rot.chance(0.25) {
+            self.corrupt_in_flight = [0.005, 0.02, 0.08][self.rot.below(3) as usize];
+        }
         for step in 0..self.cfg.steps {
             let fault = self.rng.chance(fault_rate);
             let roll = self.rng.below(1000);
@@ -610,18 +627,54 @@ impl World {
         Ok(())
     }
 
-    fn deliver_to_replica(&mut self, m: usize, f: ToReplica) -> Outcome {
+    fn deliver_to_replica(&mut self, m: usize, mut f: ToReplica) -> Outcome {
         self.note(format!("  -> r{m} {}", brief_to_replica(&f)));
+        self.corrupt(m, &mut f);
         let dr = self.dr();
         let Vol::Replica(r) = &mut self.sites[dr][m] else {
             return Ok(());
         };
+        let refused_before = r.stats().manifest_mismatches;
         r.on_frame(f).map_err(|e| format!("replica on_frame: {e}"))?;
         let replies = r.take_to_primary();
         let to_coord = r.take_to_coordinator();
         self.net[m].to_primary.extend(replies);
         if self.coord_up() {
             self.to_coord.extend(to_coord);
+        }
+        self.after_replica_call(m, refused_before)
+    }
+
+    /// A bit flipped in the payload of some blocks of a frame on the way.
+    fn corrupt(&mut self, m: usize, f: &mut ToReplica) {
+        if self.corrupt_in_flight <= 0.0 {
+            return;
+        }
+        let ToReplica::Blocks { blocks, .. } = f else { return };
+        for sb in blocks {
+            if let Payload::Data(d) = &mut sb.payload {
+                if self.rot.chance(self.corrupt_in_flight) {
+                    let at = self.rot.below(d.len() as u64) as usize;
+                    d[at] ^= 1 << self.rot.below(8);
+                    self.stats.corruptions_injected += 1;
+                    self.trace
+                        .push(format!("    (bit flipped in block {} to r{m})", sb.index));
+                }
+            }
+        }
+    }
+
+    /// Count what the replica's manifest check refused, and close the
+    /// session when the replica asks: the primary re-sends on a new one.
+    fn after_replica_call(&mut self, m: usize, refused_before: u64) -> Outcome {
+        let dr = self.dr();
+        let Vol::Replica(r) = &mut self.sites[dr][m] else {
+            return Ok(());
+        };
+        self.stats.corruptions_detected += r.stats().manifest_mismatches - refused_before;
+        if r.take_link_reset() {
+            self.note(format!("  r{m} closes the session: a seal failed its manifest check"));
+            self.disconnect(m)?;
         }
         Ok(())
     }
@@ -667,13 +720,14 @@ impl World {
         let Vol::Replica(r) = &mut self.sites[dr][m] else {
             return Ok(());
         };
+        let refused_before = r.stats().manifest_mismatches;
         r.on_coordinator(msg)
             .map_err(|e| format!("replica on_coordinator: {e}"))?;
         let replies = r.take_to_primary();
         self.net[m].to_primary.extend(replies);
         let to_coord = r.take_to_coordinator();
         self.to_coord.extend(to_coord);
-        Ok(())
+        self.after_replica_call(m, refused_before)
     }
 
     fn disconnect(&mut self, m: usize) -> Outcome {
