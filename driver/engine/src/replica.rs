@@ -222,7 +222,9 @@ impl<S: VolumeStore> Replica<S> {
                     return Ok(());
                 }
                 for sb in blocks {
-                    if sb.seq.incarnation != self.meta.peer_incarnation || sb.index >= self.geo.blocks() {
+                    let foreign = sb.seq.incarnation != self.meta.peer_incarnation
+                        && !cfg!(feature = "bug-accept-old-incarnation");
+                    if foreign || sb.index >= self.geo.blocks() {
                         self.stats.fenced_frames += 1;
                         continue;
                     }
@@ -266,11 +268,9 @@ impl<S: VolumeStore> Replica<S> {
                 manifest,
                 covers_resync,
             } => {
-                if !self.accepts(generation)
-                    || incarnation != self.meta.peer_incarnation
-                    || session != self.session
-                    || self.session_closed
-                {
+                let foreign =
+                    incarnation != self.meta.peer_incarnation && !cfg!(feature = "bug-accept-old-incarnation");
+                if !self.accepts(generation) || foreign || session != self.session || self.session_closed {
                     return Ok(());
                 }
                 if self.meta.resync_candidates.is_some() && !covers_resync {
@@ -364,7 +364,7 @@ impl<S: VolumeStore> Replica<S> {
             self.meta.generation = generation;
             self.meta.peer_incarnation = 0;
         }
-        if incarnation < self.meta.peer_incarnation {
+        if incarnation < self.meta.peer_incarnation && !cfg!(feature = "bug-accept-old-incarnation") {
             return Ok(());
         }
         if incarnation > self.meta.peer_incarnation {
@@ -553,7 +553,10 @@ impl<S: VolumeStore> Replica<S> {
             }
             self.store.write_image(e.index, &self.buf)?;
         }
-        self.store.sync()?;
+        // The image is durable before the record says it is committed.
+        if !cfg!(feature = "bug-fold-skips-sync") {
+            self.store.sync()?;
+        }
         self.meta.committed = st.local;
         self.meta.committed_group = st.group;
         self.meta.staged = None;

@@ -1,7 +1,11 @@
 //! In-memory `VolumeStore` with a durable layer and buffered mutations: `sync`
 //! applies them; `crash` keeps an arbitrary subset of them (and may tear a
-//! block write), as a power cut would.
+//! block write), as a power cut would. A cut can also be armed to fall at the
+//! k-th mutation or sync *inside* the next engine call (`arm_cut`): that
+//! operation and every later one on the store fail, and the caller crashes
+//! the volume.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use floe_engine::{BlockIndex, DecisionLog, DecisionRecord, LocalEpoch, StoreError, VolumeMeta, VolumeStore};
@@ -65,12 +69,46 @@ impl Layer {
     }
 }
 
+/// Which store operations an armed cut counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutAt {
+    /// Every mutation and every sync.
+    AnyOp,
+    /// Syncs only: the cut falls partway through the `after`-th sync.
+    Sync,
+}
+
+thread_local! {
+    /// An armed power cut: what it counts and how many are left before it.
+    static FUSE: Cell<Option<(CutAt, u32)>> = const { Cell::new(None) };
+}
+
+/// Arm a power cut at the `after`-th counted store operation from now (0:
+/// the next one), on whichever store the next engine call of this thread uses.
+pub fn arm_cut(at: CutAt, after: u32) {
+    FUSE.set(Some((at, after)));
+}
+
+/// Disarm the cut if it did not fall.
+pub fn disarm_cut() {
+    FUSE.set(None);
+}
+
+fn power_cut() -> StoreError {
+    StoreError {
+        op: "reach the disk",
+        source: "power cut (simulated)".into(),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SimStore {
     block_size: usize,
     durable: Layer,
     view: Layer,
     pending: Vec<Op>,
+    /// An armed cut fell on this store: every operation fails until `crash`.
+    cut: bool,
     /// Bumped by every sync that made something durable.
     pub durable_version: u64,
 }
@@ -82,40 +120,90 @@ impl SimStore {
             durable: Layer::default(),
             view: Layer::default(),
             pending: Vec::new(),
+            cut: false,
             durable_version: 0,
         }
     }
 
-    fn push(&mut self, op: Op) {
+    /// Count one operation against an armed cut.
+    fn tick(&mut self, op: CutAt) -> Result<(), StoreError> {
+        if self.cut {
+            return Err(power_cut());
+        }
+        match FUSE.get() {
+            Some((at, _)) if at != CutAt::AnyOp && at != op => Ok(()),
+            Some((_, 0)) => {
+                FUSE.set(None);
+                self.cut = true;
+                Err(power_cut())
+            }
+            Some((at, n)) => {
+                FUSE.set(Some((at, n - 1)));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn alive(&self) -> Result<(), StoreError> {
+        if self.cut {
+            return Err(power_cut());
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, op: Op) -> Result<(), StoreError> {
+        self.tick(CutAt::AnyOp)?;
         self.view.apply(&op);
         self.pending.push(op);
+        Ok(())
+    }
+
+    /// Whether an armed cut fell on this store.
+    pub fn was_cut(&self) -> bool {
+        self.cut
     }
 
     /// A power cut: each unsynced mutation independently reached the disk or
     /// not; a block write that did may be torn (a prefix of the new bytes).
-    pub fn crash(&mut self, rng: &mut Rng) {
+    /// `keep` decides what survives and tears image writes; `tear` tears the
+    /// other block writes (staging, copies aside, snapshot patches), so
+    /// schedules drawn before those tears existed replay unchanged.
+    pub fn crash(&mut self, keep: &mut Rng, tear: &mut Rng) {
         for op in std::mem::take(&mut self.pending) {
-            if !rng.chance(0.5) {
+            if !keep.chance(0.5) {
                 continue;
             }
             let op = match op {
-                Op::Image(b, mut d) if rng.chance(0.3) => {
-                    let old = self
-                        .durable
-                        .image
-                        .get(&b)
-                        .cloned()
-                        .unwrap_or_else(|| vec![0; self.block_size]);
-                    let cut = rng.below(d.len() as u64 + 1) as usize;
-                    d[cut..].copy_from_slice(&old[cut..]);
+                Op::Image(b, mut d) if keep.chance(0.3) => {
+                    let old = self.durable.image.get(&b).cloned();
+                    Self::tear(&mut d, old, keep);
                     Op::Image(b, d)
+                }
+                Op::StagePut(e, b, mut d) if tear.chance(0.3) => {
+                    let old = self.durable.stage.get(&(e, b)).cloned();
+                    Self::tear(&mut d, old, tear);
+                    Op::StagePut(e, b, d)
+                }
+                Op::SidePut(b, mut d) if tear.chance(0.3) => {
+                    let old = self.durable.side.get(&b).cloned();
+                    Self::tear(&mut d, old, tear);
+                    Op::SidePut(b, d)
                 }
                 other => other,
             };
             self.durable.apply(&op);
         }
         self.view = self.durable.clone();
+        self.cut = false;
         self.durable_version += 1;
+    }
+
+    /// A torn block write: a prefix of the new bytes over the old ones.
+    fn tear(new: &mut [u8], old: Option<Vec<u8>>, rng: &mut Rng) {
+        let old = old.unwrap_or_else(|| vec![0; new.len()]);
+        let at = rng.below(new.len() as u64 + 1) as usize;
+        new[at..].copy_from_slice(&old[at..]);
     }
 
     /// The durable state alone, as a restart after a clean power cut sees it.
@@ -125,6 +213,7 @@ impl SimStore {
             durable: self.durable.clone(),
             view: self.durable.clone(),
             pending: Vec::new(),
+            cut: false,
             durable_version: self.durable_version,
         }
     }
@@ -161,6 +250,7 @@ impl SimStore {
 
 impl VolumeStore for SimStore {
     fn read_image(&self, b: BlockIndex, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.alive()?;
         match self.view.image.get(&b) {
             Some(d) => buf.copy_from_slice(d),
             None => buf.fill(0),
@@ -168,28 +258,27 @@ impl VolumeStore for SimStore {
         Ok(())
     }
     fn write_image(&mut self, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
-        self.push(Op::Image(b, data.to_vec()));
-        Ok(())
+        self.push(Op::Image(b, data.to_vec()))
     }
     fn side_put(&mut self, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
-        self.push(Op::SidePut(b, data.to_vec()));
-        Ok(())
+        self.push(Op::SidePut(b, data.to_vec()))
     }
     fn side_get(&self, b: BlockIndex, buf: &mut [u8]) -> Result<bool, StoreError> {
+        self.alive()?;
         Ok(self.view.side.get(&b).map(|d| buf.copy_from_slice(d)).is_some())
     }
     fn side_blocks(&self) -> Result<Vec<BlockIndex>, StoreError> {
+        self.alive()?;
         Ok(self.view.side.keys().copied().collect())
     }
     fn side_clear(&mut self) -> Result<(), StoreError> {
-        self.push(Op::SideClear);
-        Ok(())
+        self.push(Op::SideClear)
     }
     fn stage_put(&mut self, epoch: LocalEpoch, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
-        self.push(Op::StagePut(epoch, b, data.to_vec()));
-        Ok(())
+        self.push(Op::StagePut(epoch, b, data.to_vec()))
     }
     fn stage_get(&self, epoch: LocalEpoch, b: BlockIndex, buf: &mut [u8]) -> Result<bool, StoreError> {
+        self.alive()?;
         Ok(self
             .view
             .stage
@@ -198,36 +287,37 @@ impl VolumeStore for SimStore {
             .is_some())
     }
     fn stage_drop(&mut self, epoch: LocalEpoch) -> Result<(), StoreError> {
-        self.push(Op::StageDrop(epoch));
-        Ok(())
+        self.push(Op::StageDrop(epoch))
     }
     fn stage_epochs(&self) -> Result<Vec<LocalEpoch>, StoreError> {
+        self.alive()?;
         let set: BTreeSet<LocalEpoch> = self.view.stage.keys().map(|(e, _)| *e).collect();
         Ok(set.into_iter().collect())
     }
     fn intent_set(&mut self, region: u64, on: bool) -> Result<(), StoreError> {
-        self.push(Op::Intent(region, on));
-        Ok(())
+        self.push(Op::Intent(region, on))
     }
     fn intent_regions(&self) -> Result<Vec<u64>, StoreError> {
+        self.alive()?;
         Ok(self.view.intent.iter().copied().collect())
     }
     fn put_meta(&mut self, meta: &VolumeMeta) -> Result<(), StoreError> {
-        self.push(Op::Meta(meta.clone()));
-        Ok(())
+        self.push(Op::Meta(meta.clone()))
     }
     fn get_meta(&self) -> Result<Option<VolumeMeta>, StoreError> {
+        self.alive()?;
         Ok(self.view.meta.clone())
     }
     fn snapshot_image(&mut self, name: &str) -> Result<(), StoreError> {
-        self.push(Op::Snapshot(name.to_owned()));
-        Ok(())
+        self.push(Op::Snapshot(name.to_owned()))
     }
     fn snapshot_patch(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
-        self.push(Op::SnapshotPatch(name.to_owned(), b, data.to_vec()));
-        Ok(())
+        self.push(Op::SnapshotPatch(name.to_owned(), b, data.to_vec()))
     }
     fn sync(&mut self) -> Result<(), StoreError> {
+        // A cut here is a cut partway through the sync: `crash` then keeps
+        // an arbitrary part of what it was making durable.
+        self.tick(CutAt::Sync)?;
         if !self.pending.is_empty() {
             for op in std::mem::take(&mut self.pending) {
                 self.durable.apply(&op);

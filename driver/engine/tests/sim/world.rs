@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use floe_engine::{
-    Coordinator, DecisionRecord, FromCoordinator, Geometry, GroupEpoch, Mode, Payload, Primary, PrimaryEvent, Replica,
-    Reply, RoleGeneration, ToCoordinator, ToPrimary, ToReplica,
+    Coordinator, DecisionRecord, EngineError, FromCoordinator, Geometry, GroupEpoch, Mode, Payload, Primary,
+    PrimaryEvent, Replica, Reply, RoleGeneration, ToCoordinator, ToPrimary, ToReplica,
 };
 
 use super::reference::Reference;
 use super::rng::Rng;
-use super::store::{SimLog, SimStore};
+use super::store::{arm_cut, disarm_cut, CutAt, SimLog, SimStore};
 
 pub type Outcome = Result<(), String>;
 
@@ -132,6 +132,16 @@ pub struct World {
     rot: Rng,
     /// Chance that a data block in a delivered frame has a bit flipped.
     corrupt_in_flight: f64,
+    /// Chance that an engine call gets a power cut armed inside it.
+    cut_in_call: f64,
+    /// Frames of an earlier incarnation come back from the network.
+    replay_ghosts: bool,
+    /// Per member: the last frames its primary sent (kept when ghosts replay).
+    recent: Vec<Vec<ToReplica>>,
+    /// Per member: frames of a crashed incarnation still out there.
+    ghosts: Vec<Vec<ToReplica>>,
+    /// Off while the sites are drained (healing is fault-free).
+    cuts_enabled: bool,
     /// The pending group epoch and the healthy steps in a row it has been
     /// pending through (see `probe_liveness`).
     stalled: Option<(GroupEpoch, usize)>,
@@ -158,6 +168,10 @@ pub struct RunStats {
     pub corruptions_injected: u64,
     /// Seals a replica refused because a block failed its manifest hash.
     pub corruptions_detected: u64,
+    /// Power cuts that fell inside an engine call.
+    pub cuts_in_calls: u64,
+    /// Frames of an earlier incarnation delivered after its restart.
+    pub ghosts_replayed: u64,
 }
 
 impl RunStats {
@@ -175,6 +189,8 @@ impl RunStats {
         self.liveness_probes += o.liveness_probes;
         self.corruptions_injected += o.corruptions_injected;
         self.corruptions_detected += o.corruptions_detected;
+        self.cuts_in_calls += o.cuts_in_calls;
+        self.ghosts_replayed += o.ghosts_replayed;
     }
 }
 
@@ -224,6 +240,11 @@ impl World {
             last_out: vec![None; cfg.members],
             rot: Rng::new(seed ^ 0xC022_0F7E),
             corrupt_in_flight: 0.0,
+            cut_in_call: 0.0,
+            replay_ghosts: false,
+            recent: vec![Vec::new(); cfg.members],
+            ghosts: vec![Vec::new(); cfg.members],
+            cuts_enabled: true,
             stalled: None,
             trace: Vec::new(),
             stats: RunStats::default(),
@@ -248,12 +269,20 @@ impl World {
         if self.rot.chance(0.25) {
             self.corrupt_in_flight = [0.005, 0.02, 0.08][self.rot.below(3) as usize];
         }
+        // One in four cuts the power inside engine calls, at the k-th store
+        // operation of the call (mutation or sync).
+        if self.rot.chance(0.25) {
+            self.cut_in_call = [0.01, 0.03, 0.1][self.rot.below(3) as usize];
+        }
+        // One in four replays frames of crashed incarnations.
+        self.replay_ghosts = self.rot.chance(0.25);
         for step in 0..self.cfg.steps {
             let fault = self.rng.chance(fault_rate);
             let roll = self.rng.below(1000);
             let result = if fault { self.fault(roll) } else { self.step(roll) };
             result.map_err(|e| format!("step {step}: {e}"))?;
             self.after_step().map_err(|e| format!("step {step}: {e}"))?;
+            self.replay_ghost().map_err(|e| format!("step {step}: {e}"))?;
             self.probe_liveness().map_err(|e| format!("step {step}: {e}"))?;
         }
         self.settle().map_err(|e| format!("settle: {e}"))
@@ -292,6 +321,80 @@ impl World {
     }
 
     // ----- host I/O -------------------------------------------------------
+
+    /// Arm a power cut inside the next engine call, now and then (`boost`
+    /// times as often for the rarer, longer calls).
+    fn arm(&mut self, boost: f64) {
+        if self.cuts_enabled && self.cut_in_call > 0.0 && self.rot.chance(self.cut_in_call * boost) {
+            // At one of the first syncs of the call (partway through it), at
+            // an early mutation, or anywhere in a long call (a fold of a
+            // whole epoch, a log-mode merge).
+            match self.rot.below(3) {
+                0 => arm_cut(CutAt::Sync, self.rot.below(2) as u32),
+                1 => arm_cut(CutAt::AnyOp, self.rot.below(4) as u32),
+                _ => arm_cut(CutAt::AnyOp, self.rot.below(64) as u32),
+            }
+        }
+    }
+
+    /// One engine call on primary `m` (which must be up), perhaps with a
+    /// power cut inside it. `Ok(None)`: the cut fell and the primary crashed.
+    fn primary_call<T>(
+        &mut self,
+        m: usize,
+        what: &str,
+        call: impl FnOnce(&mut Primary<SimStore>) -> Result<T, EngineError>,
+    ) -> Result<Option<T>, String> {
+        self.arm(1.0);
+        let prim = self.prim;
+        let Vol::Primary(p) = &mut self.sites[prim][m] else {
+            disarm_cut();
+            return err(format!("{what}: member {m} is not a primary"));
+        };
+        let out = call(p);
+        disarm_cut();
+        let cut = p.store().was_cut();
+        match out {
+            Ok(v) => Ok(Some(v)),
+            Err(_) if cut => {
+                self.note(format!("power cut inside {what} on primary m{m}"));
+                self.stats.cuts_in_calls += 1;
+                self.crash_primary(m)?;
+                Ok(None)
+            }
+            Err(e) => err(format!("{what}: {e}")),
+        }
+    }
+
+    /// One engine call on replica `m` (which must be up), perhaps with a
+    /// power cut inside it. `Ok(None)`: the cut fell and the replica crashed.
+    fn replica_call<T>(
+        &mut self,
+        m: usize,
+        what: &str,
+        boost: f64,
+        call: impl FnOnce(&mut Replica<SimStore>) -> Result<T, EngineError>,
+    ) -> Result<Option<T>, String> {
+        self.arm(boost);
+        let dr = self.dr();
+        let Vol::Replica(r) = &mut self.sites[dr][m] else {
+            disarm_cut();
+            return err(format!("{what}: member {m} is not a replica"));
+        };
+        let out = call(r);
+        disarm_cut();
+        let cut = r.store().was_cut();
+        match out {
+            Ok(v) => Ok(Some(v)),
+            Err(_) if cut => {
+                self.note(format!("power cut inside {what} on replica m{m}"));
+                self.stats.cuts_in_calls += 1;
+                self.crash_replica(m)?;
+                Ok(None)
+            }
+            Err(e) => err(format!("{what}: {e}")),
+        }
+    }
 
     fn primary(&mut self, m: usize) -> Option<&mut Primary<SimStore>> {
         match &mut self.sites[self.prim][m] {
@@ -342,14 +445,29 @@ impl World {
         if strays && p.fenced_by().is_none() && p.generation().site != self.site_ids[site] {
             return Ok(());
         }
-        match &data {
-            Some(d) => p.write(offset, d),
-            None => p.zero(offset, len),
-        }
-        .map_err(|e| format!("write: {e}"))?;
-        self.stats.blocks_written += 1;
         let bs = self.cfg.block_size as u64;
         let blocks = offset / bs..(offset + len).div_ceil(bs);
+        let write = |p: &mut Primary<SimStore>| match &data {
+            Some(d) => p.write(offset, d),
+            None => p.zero(offset, len),
+        };
+        if strays {
+            write(p).map_err(|e| format!("write: {e}"))?;
+        } else if self.primary_call(m, "write", write)?.is_none() {
+            // Never acknowledged: after the restart its blocks may hold the
+            // old bytes, the new ones or a tear of both, and the new
+            // primary's record may count them as written since promotion.
+            self.note(format!("  (the cut write was m{m} {offset}+{len})"));
+            if let Some(fb) = &mut self.failback {
+                fb.n_written[m].extend(blocks.clone());
+            }
+            for b in blocks {
+                self.reference.unflushed[m].insert(b);
+                self.reference.write_group[m][b as usize] = open;
+            }
+            return Ok(());
+        }
+        self.stats.blocks_written += 1;
         if strays {
             // The old primary, cut off by a failover, keeps taking writes.
             if let Some(fb) = &mut self.failback {
@@ -369,8 +487,10 @@ impl World {
     }
 
     fn host_flush(&mut self, m: usize) -> Outcome {
-        if let Some(p) = self.primary(m) {
-            p.flush().map_err(|e| format!("flush: {e}"))?;
+        if self.primary(m).is_none() {
+            return Ok(());
+        }
+        if self.primary_call(m, "flush", |p| p.flush())?.is_some() {
             self.reference.flush(m);
             self.flushed_known[m] = self.consistent[m];
         }
@@ -487,9 +607,10 @@ impl World {
             return Ok(());
         }
         let max = 1 + self.rng.below(4) as usize;
-        let Some(p) = self.primary(m) else { return Ok(()) };
-        let frame = p.poll_send(max).map_err(|e| format!("poll_send: {e}"))?;
-        let Some(frame) = frame else {
+        if self.primary(m).is_none() {
+            return Ok(());
+        }
+        let Some(Some(frame)) = self.primary_call(m, "poll_send", |p| p.poll_send(max))? else {
             return self.collect_events();
         };
         self.observe_outgoing(m, &frame)?;
@@ -499,6 +620,15 @@ impl World {
 
     fn observe_outgoing(&mut self, m: usize, frame: &ToReplica) -> Outcome {
         self.last_out[m] = Some(frame.clone());
+        if self.replay_ghosts {
+            if self.recent[m].len() == 24 {
+                let oldest = self.recent[m]
+                    .iter()
+                    .position(|f| !matches!(f, ToReplica::Hello { .. }));
+                self.recent[m].remove(oldest.unwrap_or(0));
+            }
+            self.recent[m].push(frame.clone());
+        }
         match frame {
             ToReplica::Blocks { local, blocks, .. } => {
                 for b in blocks {
@@ -635,7 +765,15 @@ impl World {
             return Ok(());
         };
         let refused_before = r.stats().manifest_mismatches;
-        r.on_frame(f).map_err(|e| format!("replica on_frame: {e}"))?;
+        if self
+            .replica_call(m, "replica on_frame", 1.0, |r| r.on_frame(f))?
+            .is_none()
+        {
+            return Ok(());
+        }
+        let Vol::Replica(r) = &mut self.sites[dr][m] else {
+            return Ok(());
+        };
         let replies = r.take_to_primary();
         let to_coord = r.take_to_coordinator();
         self.net[m].to_primary.extend(replies);
@@ -683,13 +821,15 @@ impl World {
         self.note(format!("  -> p{m} {:?}", f.reply).chars().take(160).collect());
         let is_welcome = matches!(f.reply, Reply::Welcome { .. });
         let is_hashes = matches!(f.reply, Reply::ResyncHashes { .. });
-        let prim = self.prim;
-        let Vol::Primary(p) = &mut self.sites[prim][m] else {
+        let Some(p) = self.primary(m) else {
             return Ok(());
         };
         let was_connected = p.is_connected();
-        p.on_frame(f).map_err(|e| format!("primary on_frame: {e}"))?;
-        if is_welcome && !was_connected && p.is_connected() {
+        if self.primary_call(m, "primary on_frame", |p| p.on_frame(f))?.is_none() {
+            return self.collect_events();
+        }
+        let now_connected = self.primary(m).is_some_and(|p| p.is_connected());
+        if is_welcome && !was_connected && now_connected {
             self.reset_coalescing(m);
         }
         if is_hashes {
@@ -721,8 +861,15 @@ impl World {
             return Ok(());
         };
         let refused_before = r.stats().manifest_mismatches;
-        r.on_coordinator(msg)
-            .map_err(|e| format!("replica on_coordinator: {e}"))?;
+        if self
+            .replica_call(m, "replica on_coordinator", 5.0, |r| r.on_coordinator(msg))?
+            .is_none()
+        {
+            return Ok(());
+        }
+        let Vol::Replica(r) = &mut self.sites[dr][m] else {
+            return Ok(());
+        };
         let replies = r.take_to_primary();
         self.net[m].to_primary.extend(replies);
         let to_coord = r.take_to_coordinator();
@@ -767,6 +914,11 @@ impl World {
         }
         let hello = p.connect();
         self.net[m].connected = true;
+        if self.replay_ghosts {
+            // A Hello stays among the frames a dead incarnation may replay.
+            self.recent[m].retain(|f| !matches!(f, ToReplica::Hello { .. }));
+            self.recent[m].push(hello.clone());
+        }
         self.net[m].to_replica.push(hello);
         self.note(format!("connect m{m}"));
         Ok(())
@@ -783,8 +935,9 @@ impl World {
         };
         self.note(format!("crash primary m{m}"));
         self.stats.primary_crashes += 1;
+        self.ghosts[m] = std::mem::take(&mut self.recent[m]);
         let mut store = p.into_store();
-        store.crash(&mut self.rng);
+        store.crash(&mut self.rng, &mut self.rot);
         self.sites[prim][m] = Vol::Down(store, true);
         self.disconnect(m)?;
         if let Some(g) = self.pending {
@@ -834,6 +987,22 @@ impl World {
         self.collect_events()
     }
 
+    /// A power cut on one DR member alone (the coordinator stays up).
+    fn crash_replica(&mut self, m: usize) -> Outcome {
+        let dr = self.dr();
+        let vol = std::mem::replace(&mut self.sites[dr][m], Vol::Down(SimStore::new(1), false));
+        let Vol::Replica(r) = vol else {
+            self.sites[dr][m] = vol;
+            return Ok(());
+        };
+        self.note(format!("crash replica m{m}"));
+        self.stats.dr_crashes += 1;
+        let mut store = r.into_store();
+        store.crash(&mut self.rng, &mut self.rot);
+        self.sites[dr][m] = Vol::Down(store, false);
+        self.disconnect(m)
+    }
+
     fn crash_dr(&mut self) -> Outcome {
         if self.phase == Phase::FailedOver {
             return Ok(());
@@ -846,7 +1015,7 @@ impl World {
             self.sites[dr][m] = match vol {
                 Vol::Replica(r) => {
                     let mut s = r.into_store();
-                    s.crash(&mut self.rng);
+                    s.crash(&mut self.rng, &mut self.rot);
                     Vol::Down(s, false)
                 }
                 other => other,
@@ -895,6 +1064,11 @@ impl World {
         }
         self.note("FAILOVER".into());
         self.failovers += 1;
+        // The next ghosts would be the old site's: fencing is its own check.
+        self.ghosts
+            .iter_mut()
+            .chain(self.recent.iter_mut())
+            .for_each(Vec::clear);
         self.stats.failovers += 1;
         // The primary site is lost: every primary crashes.
         let prim = self.prim;
@@ -910,7 +1084,7 @@ impl World {
             self.sites[prim][m] = match vol {
                 Vol::Primary(p) => {
                     let mut s = p.into_store();
-                    s.crash(&mut self.rng);
+                    s.crash(&mut self.rng, &mut self.rot);
                     Vol::Down(s, true)
                 }
                 other => other,
@@ -1172,6 +1346,33 @@ impl World {
         Ok(())
     }
 
+    // ----- frames of the dead -------------------------------------------------
+
+    /// Now and then, deliver a frame that a crashed incarnation of a primary
+    /// sent before it died (its session numbers are reused by the new one).
+    /// The replica must refuse it whole; I1 shows it if it did not.
+    fn replay_ghost(&mut self) -> Outcome {
+        if !self.replay_ghosts || self.phase != Phase::Paired || !self.rot.chance(0.1) {
+            return Ok(());
+        }
+        let haunted: Vec<usize> = (0..self.cfg.members).filter(|&m| !self.ghosts[m].is_empty()).collect();
+        if haunted.is_empty() {
+            return Ok(());
+        }
+        let m = haunted[self.rot.below(haunted.len() as u64) as usize];
+        // Its Hello a third of the time: a reused session number is the
+        // sharpest ghost.
+        let hello = self.ghosts[m].iter().position(|f| matches!(f, ToReplica::Hello { .. }));
+        let i = match hello {
+            Some(h) if self.rot.chance(0.3) => h,
+            _ => self.rot.below(self.ghosts[m].len() as u64) as usize,
+        };
+        let f = self.ghosts[m][i].clone();
+        self.note(format!("  ghost of an earlier incarnation of p{m}:"));
+        self.stats.ghosts_replayed += 1;
+        self.deliver_to_replica(m, f)
+    }
+
     // ----- liveness while the schedule runs ----------------------------------
 
     /// Every member up in its role, every link up, the coordinator up.
@@ -1227,6 +1428,8 @@ impl World {
     // ----- the end: heal everything and demand progress ---------------------
 
     fn settle(&mut self) -> Outcome {
+        // Healing is fault-free.
+        self.cuts_enabled = false;
         while self.phase == Phase::FailedOver {
             self.failback()?;
         }
@@ -1260,6 +1463,14 @@ impl World {
     }
 
     fn drain(&mut self) -> Outcome {
+        let cuts = std::mem::replace(&mut self.cuts_enabled, false);
+        let out = self.drain_quiet();
+        self.cuts_enabled = cuts;
+        out
+    }
+
+    /// Deliver every frame in order until the sites go quiet.
+    fn drain_quiet(&mut self) -> Outcome {
         for _ in 0..20_000 {
             for m in 0..self.cfg.members {
                 self.connect(m)?;
