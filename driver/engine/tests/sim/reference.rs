@@ -17,6 +17,10 @@ pub struct Reference {
     pub write_group: Vec<Vec<u64>>,
     /// Per member and block: number of writes (for the coalescing bound).
     pub writes: Vec<Vec<u64>>,
+    /// Per member and block: the group epoch open at its last write that a
+    /// power cut interrupted (never acknowledged; it may or may not have
+    /// reached the disk or the write-intent record).
+    pub attempted_group: Vec<Vec<u64>>,
 }
 
 impl Reference {
@@ -30,6 +34,7 @@ impl Reference {
             freezes: BTreeMap::new(),
             write_group: vec![vec![0; blocks as usize]; members],
             writes: vec![vec![0; blocks as usize]; members],
+            attempted_group: vec![vec![0; blocks as usize]; members],
         }
     }
 

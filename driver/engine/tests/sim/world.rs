@@ -90,8 +90,17 @@ enum Phase {
 struct Failback {
     /// Per member: blocks the new primary wrote since promotion.
     n_written: Vec<BTreeSet<u64>>,
-    /// Per member: blocks the old primary wrote after the last epoch it knew committed, plus strays.
+    /// Per member: `n_written` when the new primary last took a Welcome
+    /// (what the hash request it builds then must cover).
+    n_at_welcome: Vec<BTreeSet<u64>>,
+    /// Per member: blocks of new-primary writes a power cut interrupted.
+    n_maybe: Vec<BTreeSet<u64>>,
+    /// Per member: blocks the old primary wrote (or tried to) after the last
+    /// epoch it knew committed, plus strays: what candidates may include.
     o_written: Vec<BTreeSet<u64>>,
+    /// Per member: blocks the old primary wrote after the DR's last committed
+    /// epoch, plus strays: what candidates must include.
+    o_required: Vec<BTreeSet<u64>>,
     /// Per member: the old site's image when the failback hashes arrived
     /// (it does not change before the first fold).
     compare: Vec<Option<Vec<u8>>>,
@@ -172,6 +181,8 @@ pub struct RunStats {
     pub cuts_in_calls: u64,
     /// Frames of an earlier incarnation delivered after its restart.
     pub ghosts_replayed: u64,
+    /// Failback hash requests checked to cover the whole I5 union.
+    pub failback_coverage_checks: u64,
 }
 
 impl RunStats {
@@ -191,6 +202,7 @@ impl RunStats {
         self.corruptions_detected += o.corruptions_detected;
         self.cuts_in_calls += o.cuts_in_calls;
         self.ghosts_replayed += o.ghosts_replayed;
+        self.failback_coverage_checks += o.failback_coverage_checks;
     }
 }
 
@@ -459,11 +471,11 @@ impl World {
             // primary's record may count them as written since promotion.
             self.note(format!("  (the cut write was m{m} {offset}+{len})"));
             if let Some(fb) = &mut self.failback {
-                fb.n_written[m].extend(blocks.clone());
+                fb.n_maybe[m].extend(blocks.clone());
             }
             for b in blocks {
                 self.reference.unflushed[m].insert(b);
-                self.reference.write_group[m][b as usize] = open;
+                self.reference.attempted_group[m][b as usize] = open;
             }
             return Ok(());
         }
@@ -471,7 +483,8 @@ impl World {
         if strays {
             // The old primary, cut off by a failover, keeps taking writes.
             if let Some(fb) = &mut self.failback {
-                fb.o_written[m].extend(blocks);
+                fb.o_written[m].extend(blocks.clone());
+                fb.o_required[m].extend(blocks);
             }
             return Ok(());
         }
@@ -663,6 +676,7 @@ impl World {
                 let regions: BTreeSet<u64> = fb.o_written[m]
                     .iter()
                     .chain(fb.n_written[m].iter())
+                    .chain(fb.n_maybe[m].iter())
                     .map(|b| self.geo.region_of(*b))
                     .collect();
                 for b in blocks {
@@ -673,6 +687,20 @@ impl World {
                         ));
                     }
                 }
+                // And they cover the whole union: a block left out would
+                // ship (if at all) without its comparison.
+                let asked: BTreeSet<u64> = blocks.iter().copied().collect();
+                if let Some(b) = fb.n_at_welcome[m].iter().find(|b| !asked.contains(b)) {
+                    return err(format!(
+                        "I5: failback candidates of member {m} leave out block {b}, written on the new primary since promotion"
+                    ));
+                }
+                if let Some(b) = fb.o_required[m].iter().find(|b| !asked.contains(b)) {
+                    return err(format!(
+                        "I5: failback candidates of member {m} leave out block {b}, written on the old primary after the DR's last committed epoch"
+                    ));
+                }
+                self.stats.failback_coverage_checks += 1;
                 self.reset_coalescing(m);
             }
             _ => {}
@@ -821,6 +849,7 @@ impl World {
         self.note(format!("  -> p{m} {:?}", f.reply).chars().take(160).collect());
         let is_welcome = matches!(f.reply, Reply::Welcome { .. });
         let is_hashes = matches!(f.reply, Reply::ResyncHashes { .. });
+
         let Some(p) = self.primary(m) else {
             return Ok(());
         };
@@ -831,6 +860,9 @@ impl World {
         let now_connected = self.primary(m).is_some_and(|p| p.is_connected());
         if is_welcome && !was_connected && now_connected {
             self.reset_coalescing(m);
+            if let Some(fb) = &mut self.failback {
+                fb.n_at_welcome[m] = fb.n_written[m].clone();
+            }
         }
         if is_hashes {
             self.snapshot_for_compare(m);
@@ -1075,11 +1107,11 @@ impl World {
         let mut o_written = Vec::new();
         for m in 0..self.cfg.members {
             let known = self.flushed_known[m];
-            o_written.push(
-                (0..self.cfg.blocks)
-                    .filter(|&b| self.reference.write_group[m][b as usize] > known)
-                    .collect::<BTreeSet<_>>(),
-            );
+            let after_known = |b: &u64| {
+                let b = *b as usize;
+                self.reference.write_group[m][b] > known || self.reference.attempted_group[m][b] > known
+            };
+            o_written.push((0..self.cfg.blocks).filter(after_known).collect::<BTreeSet<_>>());
             let vol = std::mem::replace(&mut self.sites[prim][m], Vol::Down(SimStore::new(1), true));
             self.sites[prim][m] = match vol {
                 Vol::Primary(p) => {
@@ -1098,6 +1130,15 @@ impl World {
             None => return err("no coordinator at the DR site"),
         };
         let k = record.committed;
+        // The old primary's write-intent record covers every write after the
+        // DR's committed epoch: none of its regions was cleared past it.
+        let o_required: Vec<BTreeSet<u64>> = (0..self.cfg.members)
+            .map(|m| {
+                (0..self.cfg.blocks)
+                    .filter(|&b| self.reference.write_group[m][b as usize] > k)
+                    .collect()
+            })
+            .collect();
         let expected = self
             .reference
             .image_at(k)
@@ -1137,7 +1178,10 @@ impl World {
         self.reported = 0;
         self.failback = Some(Failback {
             n_written: vec![BTreeSet::new(); self.cfg.members],
+            n_at_welcome: vec![BTreeSet::new(); self.cfg.members],
+            n_maybe: vec![BTreeSet::new(); self.cfg.members],
             o_written,
+            o_required,
             compare: vec![None; self.cfg.members],
         });
         Ok(())
