@@ -74,6 +74,16 @@ pub enum EngineError {
         /// Role held.
         actual: &'static str,
     },
+    /// Promote of a replica whose image is not one freeze point of its group:
+    /// blocks of a committed epoch failed their check at the fold (or a
+    /// failback is still under way). Fail closed: a resync must fold first.
+    #[error(
+        "the replica's image is not a consistent point of its group: {blocks} blocks await a resync from the primary; promote refused"
+    )]
+    NotConsistent {
+        /// Blocks still to be compared and re-sent.
+        blocks: usize,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

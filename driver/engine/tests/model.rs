@@ -67,6 +67,14 @@ fn run_mode(mode: Mode) {
         n < 100 || total.corruptions_detected > 0,
         "bits were flipped on the way but no replica's manifest check refused a seal: {total:?}"
     );
+    assert!(
+        n < 100 || total.folds_refused > 0,
+        "staged blocks rotted at rest but no fold was refused: {total:?}"
+    );
+    assert!(
+        n < 100 || (total.cuts_in_calls > 0 && total.ghosts_replayed > 0 && total.failback_coverage_checks > 0),
+        "a fault class was never exercised: {total:?}"
+    );
 }
 
 /// Schedules that once failed, each replayed in every run under what it found.

@@ -206,6 +206,20 @@ impl SimStore {
         new[at..].copy_from_slice(&old[at..]);
     }
 
+    /// Rot at rest: flip bit `bit` of staged block `b` of epoch `local`,
+    /// durable and live alike. False if no such block is staged.
+    pub fn rot_staged(&mut self, local: LocalEpoch, b: BlockIndex, bit: u64) -> bool {
+        let mut found = false;
+        for layer in [&mut self.durable, &mut self.view] {
+            if let Some(d) = layer.stage.get_mut(&(local, b)) {
+                let at = (bit / 8) as usize % d.len();
+                d[at] ^= 1 << (bit % 8);
+                found = true;
+            }
+        }
+        found
+    }
+
     /// The durable state alone, as a restart after a clean power cut sees it.
     pub fn durable_copy(&self) -> SimStore {
         SimStore {

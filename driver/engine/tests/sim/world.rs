@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use floe_engine::{
     Coordinator, DecisionRecord, EngineError, FromCoordinator, Geometry, GroupEpoch, Mode, Payload, Primary,
-    PrimaryEvent, Replica, Reply, RoleGeneration, ToCoordinator, ToPrimary, ToReplica,
+    PrimaryEvent, Replica, ReplicaStats, Reply, RoleGeneration, ToCoordinator, ToPrimary, ToReplica, VolumeStore,
 };
 
 use super::reference::Reference;
@@ -101,9 +101,6 @@ struct Failback {
     /// Per member: blocks the old primary wrote after the DR's last committed
     /// epoch, plus strays: what candidates must include.
     o_required: Vec<BTreeSet<u64>>,
-    /// Per member: the old site's image when the failback hashes arrived
-    /// (it does not change before the first fold).
-    compare: Vec<Option<Vec<u8>>>,
 }
 
 #[derive(Clone)]
@@ -143,6 +140,18 @@ pub struct World {
     corrupt_in_flight: f64,
     /// Chance that an engine call gets a power cut armed inside it.
     cut_in_call: f64,
+    /// Per member: the replica's image when the latest resync hashes arrived
+    /// (failback or the repair of rotted blocks); it does not change before
+    /// the next fold.
+    compare: Vec<Option<Vec<u8>>>,
+    /// Per member: the old site's image when it was demoted for a failback
+    /// (a legitimate content of its blocks until the first fold).
+    demoted: Vec<Option<Vec<u8>>>,
+    /// Chance per step that a staged block rots at rest at the DR.
+    rot_at_rest: f64,
+    /// Per member: blocks of epochs whose staging rotted (the replica may
+    /// name them as resync candidates and refuse promote until they fold).
+    rotted: Vec<BTreeSet<u64>>,
     /// Frames of an earlier incarnation come back from the network.
     replay_ghosts: bool,
     /// Per member: the last frames its primary sent (kept when ghosts replay).
@@ -183,6 +192,10 @@ pub struct RunStats {
     pub ghosts_replayed: u64,
     /// Failback hash requests checked to cover the whole I5 union.
     pub failback_coverage_checks: u64,
+    /// Staged blocks rotted at rest after their staged-ack.
+    pub rot_injected: u64,
+    /// Decided folds a replica refused because staging no longer matched.
+    pub folds_refused: u64,
 }
 
 impl RunStats {
@@ -203,6 +216,8 @@ impl RunStats {
         self.cuts_in_calls += o.cuts_in_calls;
         self.ghosts_replayed += o.ghosts_replayed;
         self.failback_coverage_checks += o.failback_coverage_checks;
+        self.rot_injected += o.rot_injected;
+        self.folds_refused += o.folds_refused;
     }
 }
 
@@ -253,6 +268,10 @@ impl World {
             rot: Rng::new(seed ^ 0xC022_0F7E),
             corrupt_in_flight: 0.0,
             cut_in_call: 0.0,
+            compare: vec![None; cfg.members],
+            demoted: vec![None; cfg.members],
+            rot_at_rest: 0.0,
+            rotted: vec![BTreeSet::new(); cfg.members],
             replay_ghosts: false,
             recent: vec![Vec::new(); cfg.members],
             ghosts: vec![Vec::new(); cfg.members],
@@ -288,6 +307,10 @@ impl World {
         }
         // One in four replays frames of crashed incarnations.
         self.replay_ghosts = self.rot.chance(0.25);
+        // One in four lets staged blocks rot at rest.
+        if self.rot.chance(0.25) {
+            self.rot_at_rest = [0.01, 0.05][self.rot.below(2) as usize];
+        }
         for step in 0..self.cfg.steps {
             let fault = self.rng.chance(fault_rate);
             let roll = self.rng.below(1000);
@@ -295,6 +318,7 @@ impl World {
             result.map_err(|e| format!("step {step}: {e}"))?;
             self.after_step().map_err(|e| format!("step {step}: {e}"))?;
             self.replay_ghost().map_err(|e| format!("step {step}: {e}"))?;
+            self.rot_staged_block();
             self.probe_liveness().map_err(|e| format!("step {step}: {e}"))?;
         }
         self.settle().map_err(|e| format!("settle: {e}"))
@@ -366,16 +390,15 @@ impl World {
         let out = call(p);
         disarm_cut();
         let cut = p.store().was_cut();
-        match out {
-            Ok(v) => Ok(Some(v)),
-            Err(_) if cut => {
-                self.note(format!("power cut inside {what} on primary m{m}"));
-                self.stats.cuts_in_calls += 1;
-                self.crash_primary(m)?;
-                Ok(None)
-            }
-            Err(e) => err(format!("{what}: {e}")),
+        // The power is gone whether or not the call noticed (the engine
+        // tolerates a failed lazy intent clear, for one).
+        if cut {
+            self.note(format!("power cut inside {what} on primary m{m}"));
+            self.stats.cuts_in_calls += 1;
+            self.crash_primary(m)?;
+            return Ok(None);
         }
+        out.map(Some).map_err(|e| format!("{what}: {e}"))
     }
 
     /// One engine call on replica `m` (which must be up), perhaps with a
@@ -396,16 +419,15 @@ impl World {
         let out = call(r);
         disarm_cut();
         let cut = r.store().was_cut();
-        match out {
-            Ok(v) => Ok(Some(v)),
-            Err(_) if cut => {
-                self.note(format!("power cut inside {what} on replica m{m}"));
-                self.stats.cuts_in_calls += 1;
-                self.crash_replica(m)?;
-                Ok(None)
-            }
-            Err(e) => err(format!("{what}: {e}")),
+        // The power is gone whether or not the call noticed (the engine
+        // tolerates a failed lazy intent clear, for one).
+        if cut {
+            self.note(format!("power cut inside {what} on replica m{m}"));
+            self.stats.cuts_in_calls += 1;
+            self.crash_replica(m)?;
+            return Ok(None);
         }
+        out.map(Some).map_err(|e| format!("{what}: {e}"))
     }
 
     fn primary(&mut self, m: usize) -> Option<&mut Primary<SimStore>> {
@@ -677,6 +699,7 @@ impl World {
                     .iter()
                     .chain(fb.n_written[m].iter())
                     .chain(fb.n_maybe[m].iter())
+                    .chain(self.rotted[m].iter())
                     .map(|b| self.geo.region_of(*b))
                     .collect();
                 for b in blocks {
@@ -792,7 +815,7 @@ impl World {
         let Vol::Replica(r) = &mut self.sites[dr][m] else {
             return Ok(());
         };
-        let refused_before = r.stats().manifest_mismatches;
+        let before = r.stats().clone();
         if self
             .replica_call(m, "replica on_frame", 1.0, |r| r.on_frame(f))?
             .is_none()
@@ -808,7 +831,7 @@ impl World {
         if self.coord_up() {
             self.to_coord.extend(to_coord);
         }
-        self.after_replica_call(m, refused_before)
+        self.after_replica_call(m, &before)
     }
 
     /// A bit flipped in the payload of some blocks of a frame on the way.
@@ -832,14 +855,15 @@ impl World {
 
     /// Count what the replica's manifest check refused, and close the
     /// session when the replica asks: the primary re-sends on a new one.
-    fn after_replica_call(&mut self, m: usize, refused_before: u64) -> Outcome {
+    fn after_replica_call(&mut self, m: usize, before: &ReplicaStats) -> Outcome {
         let dr = self.dr();
         let Vol::Replica(r) = &mut self.sites[dr][m] else {
             return Ok(());
         };
-        self.stats.corruptions_detected += r.stats().manifest_mismatches - refused_before;
+        self.stats.corruptions_detected += r.stats().manifest_mismatches - before.manifest_mismatches;
+        self.stats.folds_refused += r.stats().folds_refused - before.folds_refused;
         if r.take_link_reset() {
-            self.note(format!("  r{m} closes the session: a seal failed its manifest check"));
+            self.note(format!("  r{m} closes the session: a seal or a fold failed its check"));
             self.disconnect(m)?;
         }
         Ok(())
@@ -892,7 +916,7 @@ impl World {
         let Vol::Replica(r) = &mut self.sites[dr][m] else {
             return Ok(());
         };
-        let refused_before = r.stats().manifest_mismatches;
+        let before = r.stats().clone();
         if self
             .replica_call(m, "replica on_coordinator", 5.0, |r| r.on_coordinator(msg))?
             .is_none()
@@ -906,7 +930,7 @@ impl World {
         self.net[m].to_primary.extend(replies);
         let to_coord = r.take_to_coordinator();
         self.to_coord.extend(to_coord);
-        self.after_replica_call(m, refused_before)
+        self.after_replica_call(m, &before)
     }
 
     fn disconnect(&mut self, m: usize) -> Outcome {
@@ -1094,6 +1118,12 @@ impl World {
         if self.phase != Phase::Paired || self.failovers >= 2 {
             return Ok(());
         }
+        if let Some((m, why)) = self.promote_refusal() {
+            // Fail closed: a member's image is not the group's cut. The
+            // primary site stays (this schedule's disaster is called off).
+            self.note(format!("failover refused: r{m}: {why}"));
+            return Ok(());
+        }
         self.note("FAILOVER".into());
         self.failovers += 1;
         // The next ghosts would be the old site's: fencing is its own check.
@@ -1182,9 +1212,25 @@ impl World {
             n_maybe: vec![BTreeSet::new(); self.cfg.members],
             o_written,
             o_required,
-            compare: vec![None; self.cfg.members],
         });
         Ok(())
+    }
+
+    /// Would promote refuse on some DR member (a dry run on copies)?
+    fn promote_refusal(&self) -> Option<(usize, String)> {
+        let dr = self.dr();
+        let record = self.coords[dr].as_ref()?.log().record;
+        for m in 0..self.cfg.members {
+            let replica = match &self.sites[dr][m] {
+                Vol::Replica(r) => (**r).clone(),
+                Vol::Down(s, false) => Replica::open(s.durable_copy(), self.geo, m as u32).ok()?,
+                _ => return None,
+            };
+            if let Err(e @ EngineError::NotConsistent { .. }) = replica.promote(&record, 99, self.cfg.mode) {
+                return Some((m, e.to_string()));
+            }
+        }
+        None
     }
 
     fn failback(&mut self) -> Outcome {
@@ -1210,6 +1256,7 @@ impl World {
             };
             let discard = self.rng.chance(0.3);
             let r = Replica::from_demotion(*p, m as u32, discard).map_err(|e| format!("demote: {e}"))?;
+            self.demoted[m] = Some(r.store().image_bytes(self.cfg.blocks));
             if !discard && r.store().snapshots() == 0 {
                 return err(format!("I5: member {m}'s stray writes were not kept as a snapshot"));
             }
@@ -1246,15 +1293,13 @@ impl World {
     }
 
     fn snapshot_for_compare(&mut self, m: usize) {
-        let old = self.dr();
-        let Some(fb) = &mut self.failback else { return };
-        let Vol::Replica(r) = &self.sites[old][m] else { return };
-        let o_img = r.store().image_bytes(self.cfg.blocks);
-        fb.compare[m] = Some(o_img);
+        let dr = self.dr();
+        let Vol::Replica(r) = &self.sites[dr][m] else { return };
+        self.compare[m] = Some(r.store().image_bytes(self.cfg.blocks));
     }
 
-    /// I5: a candidate ships only if the version shipped differs from the old
-    /// site's copy (which does not change before the first fold). A candidate
+    /// I5: a candidate ships only if the version shipped differs from the
+    /// replica's copy (which does not change before the next fold). A candidate
     /// skipped wrongly would leave the old site's image off the freeze point,
     /// which the I1 check after the first fold catches.
     fn check_resync_decision(&mut self, m: usize, block: u64, shipped: bool) -> Outcome {
@@ -1262,10 +1307,7 @@ impl World {
             self.stats.resync_skipped += 1;
             return Ok(());
         }
-        let Some(fb) = &self.failback else {
-            return err("resync decision outside a failback");
-        };
-        let Some(o_img) = &fb.compare[m] else {
+        let Some(o_img) = &self.compare[m] else {
             return err("resync decision before hashes");
         };
         let Some(ToReplica::Blocks { blocks, .. }) = &self.last_out[m] else {
@@ -1372,6 +1414,17 @@ impl World {
             .image_at(k)
             .ok_or(format!("I1: DR committed {k}, which the model never froze"))?;
         for (m, r) in replicas.into_iter().enumerate() {
+            if r.resync_candidates().is_some() && !self.rotted[m].is_empty() && self.phase == Phase::Paired {
+                // Failed closed after rot at rest: promote must refuse, and
+                // no block of the image may hold bytes of no freeze point.
+                let img = r.store().image_bytes(self.cfg.blocks);
+                self.check_no_foreign_bytes(m, k, &img)?;
+                match r.promote(&record, 99, self.cfg.mode) {
+                    Err(EngineError::NotConsistent { .. }) => continue,
+                    Err(e) => return err(format!("promote: {e}")),
+                    Ok(_) => return err(format!("I1: member {m} awaits a resync, yet promote served its image")),
+                }
+            }
             let mut p = r
                 .promote(&record, 99, self.cfg.mode)
                 .map_err(|e| format!("promote: {e}"))?;
@@ -1415,6 +1468,33 @@ impl World {
         self.note(format!("  ghost of an earlier incarnation of p{m}:"));
         self.stats.ghosts_replayed += 1;
         self.deliver_to_replica(m, f)
+    }
+
+    /// Now and then, a bit of a staged block (of an epoch already acked as
+    /// staged) flips on the DR's disk. The fold must refuse it.
+    fn rot_staged_block(&mut self) {
+        if self.rot_at_rest <= 0.0 || !self.rot.chance(self.rot_at_rest) {
+            return;
+        }
+        let dr = self.dr();
+        let m = self.rot.below(self.cfg.members as u64) as usize;
+        let bit = self.rot.below(self.cfg.block_size as u64 * 8);
+        let pick = self.rot.next_u64();
+        let Vol::Replica(r) = &mut self.sites[dr][m] else {
+            return;
+        };
+        let Some(st) = r.store().get_meta().ok().flatten().and_then(|meta| meta.staged) else {
+            return;
+        };
+        if st.manifest.is_empty() {
+            return;
+        }
+        let e = st.manifest[(pick % st.manifest.len() as u64) as usize];
+        if r.store_mut().rot_staged(st.local, e.index, bit) {
+            self.rotted[m].extend(st.manifest.iter().map(|e| e.index));
+            self.stats.rot_injected += 1;
+            self.note(format!("  (staged block {} of l{} rotted at r{m})", e.index, st.local));
+        }
     }
 
     // ----- liveness while the schedule runs ----------------------------------
@@ -1465,6 +1545,32 @@ impl World {
             return err(format!(
                 "liveness: group epoch {g} pending through {steps} healthy steps in a row, and still neither committed nor aborted after an in-order delivery of every frame"
             ));
+        }
+        Ok(())
+    }
+
+    /// Every block of `img` (member `m`) holds what the member held at some
+    /// freeze point up to `k` (or at its demotion for a failback), or a tear
+    /// of two such versions (a fold cut short, then refused on redo):
+    /// nothing rotten was ever folded.
+    fn check_no_foreign_bytes(&self, m: usize, k: GroupEpoch, img: &[u8]) -> Outcome {
+        let bs = self.cfg.block_size;
+        let mut images: Vec<Vec<u8>> = (0..=k)
+            .filter_map(|j| self.reference.image_at(j))
+            .map(|i| i[m].clone())
+            .collect();
+        images.extend(self.demoted[m].clone());
+        let versions = |b: usize| images.iter().map(move |i| &i[b * bs..(b + 1) * bs]);
+        for b in 0..self.cfg.blocks as usize {
+            let got = &img[b * bs..(b + 1) * bs];
+            let legit = versions(b).any(|new| {
+                versions(b).any(|old| (0..=bs).any(|cut| got[..cut] == new[..cut] && got[cut..] == old[cut..]))
+            });
+            if !legit {
+                return err(format!(
+                    "I1: member {m} block {b} holds bytes of no freeze point up to {k} (a rotten block was folded)"
+                ));
+            }
         }
         Ok(())
     }
