@@ -147,7 +147,7 @@ impl<S: VolumeStore> Primary<S> {
         };
         self.progress.abort_requests.insert(group);
         if self.session.is_up() {
-            self.session.outbox.push(ToReplica::EpochAborted {
+            self.session.outbox.push_back(ToReplica::EpochAborted {
                 generation: self.meta.generation,
                 incarnation: self.meta.incarnation,
                 local,

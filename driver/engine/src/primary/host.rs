@@ -1,6 +1,9 @@
 //! Host I/O: the volume as the host sees it, the closing epoch's versions
 //! kept readable while its window is open (copy-on-write, or redirect-on-write
 //! into the freeze log), local snapshots, and the write-intent record.
+//!
+//! Nothing here allocates per block: partial blocks go through the scratch
+//! block `aux`, old versions through `buf`.
 
 use crate::bitmap::Bitmap;
 use crate::error::{EngineError, StoreError};
@@ -219,15 +222,11 @@ impl<S: VolumeStore> Primary<S> {
     /// Lazily clear write-intent bits of regions whose every write is in an
     /// epoch the DR has committed (no sync: a lost clear only costs a re-send).
     pub(super) fn clear_intent_through(&mut self, local: LocalEpoch) {
-        let done: Vec<u64> = self
-            .intent
-            .regions
-            .iter_ones()
-            .filter(|&r| self.intent.region_epoch[r as usize] <= local)
-            .collect();
-        for r in done {
+        let mut from = 0;
+        while let Some(r) = self.intent.regions.next_one(from) {
+            from = r + 1;
             // A failed clear leaves the bit set, which is always safe.
-            if self.store.intent_set(r, false).is_ok() {
+            if self.intent.region_epoch[r as usize] <= local && self.store.intent_set(r, false).is_ok() {
                 self.intent.regions.set(r, false);
             }
         }

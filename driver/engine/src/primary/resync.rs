@@ -76,7 +76,7 @@ impl<S: VolumeStore> Primary<S> {
             None => all.extend(self.intent_blocks()),
         }
         self.failback.resync = Resync::AwaitingHashes;
-        self.session.outbox.push(ToReplica::ResyncHashRequest {
+        self.session.outbox.push_back(ToReplica::ResyncHashRequest {
             generation: self.meta.generation,
             blocks: all.into_iter().collect(),
         });

@@ -2,6 +2,8 @@
 //! (`on_frame`), fencing, and resume from what the replica holds durably when
 //! its `Welcome` arrives.
 
+use std::collections::VecDeque;
+
 use crate::error::EngineError;
 use crate::frame::{Reply, ToPrimary, ToReplica};
 use crate::store::VolumeStore;
@@ -25,7 +27,7 @@ pub(super) struct Session {
     /// A newer generation answered: nothing ships any more.
     pub(super) fenced_by: Option<RoleGeneration>,
     /// Control frames waiting for `poll_send`, sent before any block.
-    pub(super) outbox: Vec<ToReplica>,
+    pub(super) outbox: VecDeque<ToReplica>,
 }
 
 impl Session {
@@ -34,7 +36,7 @@ impl Session {
             link: Link::Down,
             number: 0,
             fenced_by: None,
-            outbox: Vec::new(),
+            outbox: VecDeque::new(),
         }
     }
 
@@ -142,7 +144,7 @@ impl<S: VolumeStore> Primary<S> {
         }
         for &group in &self.progress.abort_requests {
             let local = self.closing.as_ref().filter(|c| c.group == group).map(|c| c.local);
-            self.session.outbox.push(ToReplica::EpochAborted {
+            self.session.outbox.push_back(ToReplica::EpochAborted {
                 generation: self.meta.generation,
                 incarnation: self.meta.incarnation,
                 local,

@@ -18,8 +18,8 @@ impl<S: VolumeStore> Primary<S> {
         if !self.session.is_up() || self.session.fenced_by.is_some() {
             return Ok(None);
         }
-        if !self.session.outbox.is_empty() {
-            return Ok(Some(self.session.outbox.remove(0)));
+        if let Some(frame) = self.session.outbox.pop_front() {
+            return Ok(Some(frame));
         }
         if self.failback.awaiting_hashes() {
             return Ok(None);
@@ -42,8 +42,11 @@ impl<S: VolumeStore> Primary<S> {
             return Ok(None);
         }
         let mut blocks = Vec::new();
+        // Pending bits below `from` were all cleared by this loop.
+        let mut from = 0;
         while blocks.len() < max {
-            let Some(b) = c.pending.next_one(0) else { break };
+            let Some(b) = c.pending.next_one(from) else { break };
+            from = b + 1;
             c.pending.set(b, false);
             // The closing epoch's version: preserved aside (copy-on-write
             // modes) or still in the image (log mode redirects new writes).
@@ -141,6 +144,9 @@ impl<S: VolumeStore> Primary<S> {
             Payload::Zero
         } else {
             self.stats.bytes_shipped += data.len() as u64;
+            // The one allocation per shipped block left on the send path:
+            // `Payload::Data` owns its bytes. Removing it needs a frame that
+            // carries one buffer for all its blocks (issue 9).
             Payload::Data(data.to_vec())
         };
         self.stats.blocks_shipped += 1;
