@@ -8,7 +8,11 @@
 //! - [`bitmap`]: the block bitmaps, O(1) per host write, no allocation.
 //! - [`store`]: the one narrow trait to storage and the durable metadata record.
 //! - [`frame`]: messages between primary, replica and coordinator.
-//! - [`primary`]: a volume in the primary role (three modes).
+//! - [`primary`]: a volume in the primary role (three modes), one concern per
+//!   file: `mod.rs` the state and the public API, `host.rs` host I/O,
+//!   copy-on-write and write intent, `epoch.rs` freeze, abort and the freeze
+//!   window, `ship.rs` what `poll_send` sends, `session.rs` the link and
+//!   resume, `resync.rs` the failback comparison.
 //! - [`replica`]: a volume in the DR role: staging, manifest check, fold, promote.
 //! - [`coordinator`]: the DR site's group commit.
 //!

@@ -2,7 +2,7 @@
 //! the trait boundary.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::codec::DecodeError;
 
@@ -132,10 +132,24 @@ impl std::fmt::Display for SlotState {
 }
 
 impl Error {
-    /// An I/O error with what was done and where.
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
-        let path = path.into();
-        move |source| Error::Io { op, path, source }
+    /// An I/O error with what was done and where. The path is copied only
+    /// when the error happens: this runs for every block read and write.
+    pub(crate) fn io<P: AsRef<Path>>(op: &'static str, path: P) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io {
+            op,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// [`Error::io`] for a path that must first be built (joined): built only
+    /// when the error happens.
+    pub(crate) fn io_at(op: &'static str, path: impl FnOnce() -> PathBuf) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io {
+            op,
+            path: path(),
+            source,
+        }
     }
 
     /// Convert at the `VolumeStore` / `DecisionLog` boundary.
@@ -170,6 +184,14 @@ mod tests {
         for good in ["pvc-1234", "pre-failback-g1-i2", "a.b"] {
             assert!(check_name(good).is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn io_context_names_the_path_it_was_given_or_builds() {
+        let e = Error::io("read", Path::new("/v/image"))(io::Error::other("boom"));
+        assert!(matches!(&e, Error::Io { op: "read", path, .. } if path == Path::new("/v/image")));
+        let e = Error::io_at("write staged block", || Path::new("/v/stage").join("3.data"))(io::Error::other("boom"));
+        assert!(matches!(&e, Error::Io { path, .. } if path == Path::new("/v/stage/3.data")));
     }
 
     #[test]

@@ -53,13 +53,13 @@ impl FileStore {
     pub(super) fn patch_snapshot(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), Error> {
         check_name(name)?;
         self.check(b, data.len())?;
-        let path = self.paths.snapshot(name);
         if !self.patched.contains_key(name) {
+            let path = self.paths.snapshot(name);
             let f = self.fs.open(&path).map_err(Error::io("open snapshot", &path))?;
             self.patched.insert(name.to_owned(), f);
         }
         let f = self.patched.get(name).expect("inserted above when missing");
         f.write_at(data, self.offset(b))
-            .map_err(Error::io("write snapshot", &path))
+            .map_err(Error::io_at("write snapshot", || self.paths.snapshot(name)))
     }
 }

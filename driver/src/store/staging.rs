@@ -140,14 +140,13 @@ impl Staging {
 
     pub(crate) fn put(&mut self, fs: &dyn Backend, e: LocalEpoch, b: u64, data: &[u8]) -> Result<(), Error> {
         let at = b * self.block_size;
-        let path = self.dir.join(data_name(e));
         let ep = self.epoch(fs, e)?;
-        ep.data
-            .write_at(data, at)
-            .map_err(Error::io("write staged block", &path))?;
-        ep.data_dirty = true;
-        ep.map.set(b, true);
-        Ok(())
+        let written = ep.data.write_at(data, at);
+        if written.is_ok() {
+            ep.data_dirty = true;
+            ep.map.set(b, true);
+        }
+        written.map_err(Error::io_at("write staged block", || self.dir.join(data_name(e))))
     }
 
     pub(crate) fn get(&self, e: LocalEpoch, b: u64, buf: &mut [u8]) -> Result<bool, Error> {
@@ -156,7 +155,7 @@ impl Staging {
         };
         ep.data
             .read_at(buf, b * self.block_size)
-            .map_err(Error::io("read staged block", self.dir.join(data_name(e))))?;
+            .map_err(Error::io_at("read staged block", || self.dir.join(data_name(e))))?;
         Ok(true)
     }
 
@@ -183,7 +182,7 @@ impl Staging {
         for (e, ep) in self.epochs.iter_mut().filter(|(_, ep)| ep.data_dirty) {
             ep.data
                 .sync()
-                .map_err(Error::io("sync staged data", self.dir.join(data_name(*e))))?;
+                .map_err(Error::io_at("sync staged data", || self.dir.join(data_name(*e))))?;
             ep.data_dirty = false;
         }
         Ok(())
@@ -205,7 +204,7 @@ impl Staging {
         for (e, ep) in &mut self.epochs {
             ep.map
                 .persist()
-                .map_err(Error::io("write staging map", self.dir.join(map_name(*e))))?;
+                .map_err(Error::io_at("write staging map", || self.dir.join(map_name(*e))))?;
         }
         Ok(())
     }

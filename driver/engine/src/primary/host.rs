@@ -1,0 +1,234 @@
+//! Host I/O: the volume as the host sees it, the closing epoch's versions
+//! kept readable while its window is open (copy-on-write, or redirect-on-write
+//! into the freeze log), local snapshots, and the write-intent record.
+//!
+//! Nothing here allocates per block: partial blocks go through the scratch
+//! block `aux`, old versions through `buf`.
+
+use crate::bitmap::Bitmap;
+use crate::error::{EngineError, StoreError};
+use crate::store::VolumeStore;
+use crate::types::{BlockIndex, LocalEpoch, Mode};
+
+use super::{Primary, SnapshotMark};
+
+/// The write-intent record: one durable bit per region, set and synced before
+/// the first write into a clean region, cleared lazily once every write of the
+/// region is in an epoch the DR committed.
+#[derive(Clone, Debug)]
+pub(super) struct Intent {
+    /// The bits, as this primary believes they are stored.
+    pub(super) regions: Bitmap,
+    /// The open epoch of each region's last write (memory only).
+    pub(super) region_epoch: Vec<LocalEpoch>,
+}
+
+impl Intent {
+    pub(super) fn new(regions: u64) -> Self {
+        Intent {
+            regions: Bitmap::new(regions),
+            region_epoch: vec![0; regions as usize],
+        }
+    }
+}
+
+impl<S: VolumeStore> Primary<S> {
+    /// Host write of `data` at byte `offset` (any alignment).
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), EngineError> {
+        self.write_range(offset, data.len() as u64, Some(data))
+    }
+
+    /// Host discard or zero-range of `len` bytes at `offset`: the blocks read
+    /// back as zeroes and replicate as zero records.
+    pub fn zero(&mut self, offset: u64, len: u64) -> Result<(), EngineError> {
+        self.write_range(offset, len, None)
+    }
+
+    /// Host read of `buf.len()` bytes at `offset`.
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), EngineError> {
+        self.check_range(offset, buf.len() as u64)?;
+        let bs = self.geo.block_size() as u64;
+        let mut block = std::mem::take(&mut self.aux);
+        let mut pos = 0u64;
+        let len = buf.len() as u64;
+        while pos < len {
+            let abs = offset + pos;
+            let (b, within) = (abs / bs, (abs % bs) as usize);
+            let n = (bs - within as u64).min(len - pos) as usize;
+            self.read_current(b, &mut block)?;
+            buf[pos as usize..pos as usize + n].copy_from_slice(&block[within..within + n]);
+            pos += n as u64;
+        }
+        self.aux = block;
+        Ok(())
+    }
+
+    /// Host flush: everything written before is durable when this returns.
+    pub fn flush(&mut self) -> Result<(), EngineError> {
+        self.store.sync()?;
+        Ok(())
+    }
+
+    /// Take a local point-in-time snapshot of the volume as the host sees it
+    /// now (the caller has quiesced the filesystem). Durable on return; the
+    /// mark says which epochs it falls between, so it can later be matched
+    /// with the DR's committed epoch.
+    pub fn snapshot(&mut self, name: &str) -> Result<SnapshotMark, EngineError> {
+        self.store.sync()?;
+        self.store.snapshot_image(name)?;
+        if self.mode == Mode::Log {
+            if let Some(c) = self.closing.as_ref().filter(|c| c.window_open()) {
+                for b in c.preserved.iter_ones() {
+                    if self.store.side_get(b, &mut self.buf)? {
+                        self.store.snapshot_patch(name, b, &self.buf)?;
+                    }
+                }
+            }
+        }
+        self.store.sync()?;
+        Ok(SnapshotMark {
+            open_local: self.open.local,
+            last_frozen_group: self.progress.last_frozen_group,
+        })
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        let size = self.geo.bytes();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(EngineError::OutOfRange { offset, len, size });
+        }
+        Ok(())
+    }
+
+    fn write_range(&mut self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<(), EngineError> {
+        self.check_range(offset, len)?;
+        let bs = self.geo.block_size() as u64;
+        let mut block = std::mem::take(&mut self.aux);
+        let mut pos = 0u64;
+        let result = (|| {
+            while pos < len {
+                let abs = offset + pos;
+                let (b, within) = (abs / bs, (abs % bs) as usize);
+                let n = (bs - within as u64).min(len - pos) as usize;
+                if n as u64 == bs {
+                    match data {
+                        Some(d) => block.copy_from_slice(&d[pos as usize..pos as usize + n]),
+                        None => block.fill(0),
+                    }
+                } else {
+                    self.read_current(b, &mut block)?;
+                    match data {
+                        Some(d) => block[within..within + n].copy_from_slice(&d[pos as usize..pos as usize + n]),
+                        None => block[within..within + n].fill(0),
+                    }
+                }
+                self.write_block(b, &block)?;
+                pos += n as u64;
+            }
+            Ok(())
+        })();
+        self.aux = block;
+        result
+    }
+
+    /// The block as the host sees it now.
+    pub(super) fn read_current(&mut self, b: BlockIndex, out: &mut [u8]) -> Result<(), StoreError> {
+        if self.mode == Mode::Log {
+            if let Some(c) = &self.closing {
+                if c.preserved.get(b) && self.store.side_get(b, out)? {
+                    return Ok(());
+                }
+            }
+        }
+        self.store.read_image(b, out)
+    }
+
+    fn write_block(&mut self, b: BlockIndex, data: &[u8]) -> Result<(), EngineError> {
+        self.note_intent(b)?;
+        self.stats.blocks_written += 1;
+        self.open.dirty.set(b, true);
+        self.failback.note_write(b);
+        // The closing epoch's version of a member block must survive until
+        // the replica holds the epoch durably.
+        let keep_old = !cfg!(feature = "bug-no-cow");
+        if let Some(c) = self
+            .closing
+            .as_mut()
+            .filter(|c| keep_old && c.window_open() && c.members.get(b))
+        {
+            let group = c.group;
+            let kept = if self.mode == Mode::Log {
+                // Redirect-on-write: the new version goes to the freeze log.
+                let put = self.store.side_put(b, data);
+                if put.is_ok() {
+                    c.preserved.set(b, true);
+                    self.stats.redirected_writes += 1;
+                    return Ok(());
+                }
+                put
+            } else if !c.preserved.get(b) {
+                // Copy-on-write: the old version moves aside first. No fsync:
+                // after a crash the closing epoch is either staged at the DR
+                // already or aborted and re-sent from the write-intent record.
+                let copied = self
+                    .store
+                    .read_image(b, &mut self.buf)
+                    .and_then(|()| self.store.side_put(b, &self.buf));
+                if copied.is_ok() {
+                    c.preserved.set(b, true);
+                    self.stats.cow_copies += 1;
+                }
+                copied
+            } else {
+                Ok(())
+            };
+            if let Err(e) = kept {
+                // No room to keep the epoch's version: the epoch is given up,
+                // never the host write.
+                self.stats.preserve_failures += 1;
+                self.last_preserve_error = Some(e.to_string());
+                self.abort(group)?;
+            }
+        }
+        self.store.write_image(b, data)?;
+        Ok(())
+    }
+
+    /// Write-intent: durable before the first write into a clean region.
+    fn note_intent(&mut self, b: BlockIndex) -> Result<(), StoreError> {
+        let r = self.geo.region_of(b);
+        self.intent.region_epoch[r as usize] = self.open.local;
+        if !self.intent.regions.get(r) {
+            self.store.intent_set(r, true)?;
+            self.store.sync()?;
+            self.intent.regions.set(r, true);
+        }
+        Ok(())
+    }
+
+    /// After a restart: every block of every durable intent region may differ
+    /// from the DR's image, so it is dirty in the open epoch.
+    pub(super) fn recover_intent(&mut self) -> Result<(), EngineError> {
+        for r in self.store.intent_regions()? {
+            if r < self.geo.regions() {
+                self.intent.regions.set(r, true);
+                self.intent.region_epoch[r as usize] = self.open.local;
+                self.open.dirty.set_range(self.geo.region_range(r), true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lazily clear write-intent bits of regions whose every write is in an
+    /// epoch the DR has committed (no sync: a lost clear only costs a re-send).
+    pub(super) fn clear_intent_through(&mut self, local: LocalEpoch) {
+        let mut from = 0;
+        while let Some(r) = self.intent.regions.next_one(from) {
+            from = r + 1;
+            // A failed clear leaves the bit set, which is always safe.
+            if self.intent.region_epoch[r as usize] <= local && self.store.intent_set(r, false).is_ok() {
+                self.intent.regions.set(r, false);
+            }
+        }
+    }
+}
