@@ -1,0 +1,305 @@
+//! The DR side of one volume: staging apart from the consistent image,
+//! manifest checks, folds decided by the group coordinator, promote.
+//!
+//! The image only ever changes by a fold of a complete, verified, durably
+//! staged epoch that the coordinator committed, so at every instant the image
+//! (plus, after a crash, the redo of a decided fold) is a freeze point.
+//!
+//! # Layout
+//! - `mod.rs`: the state, its lifecycle (create, reopen, demotion into a
+//!   replica, promote) and what the shell reads;
+//! - `stream.rs`: frames from the primary: sessions, blocks into staging,
+//!   seals checked against their manifest, the staged-ack, failback hashes;
+//! - `fold.rs`: the coordinator's decisions: verified folds, refused folds
+//!   (fail closed until a resync), drops.
+
+mod fold;
+mod stream;
+
+use std::collections::BTreeMap;
+
+use crate::coordinator::DecisionRecord;
+use crate::error::{EngineError, StoreError};
+use crate::frame::{FromCoordinator, MemberIndex, Payload, Reply, ToCoordinator, ToPrimary, ToReplica};
+use crate::primary::Primary;
+use crate::store::{Role, StagedRecord, VolumeMeta, VolumeStore};
+use crate::types::{
+    hash_block, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq,
+};
+
+/// Counters a replica keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Block versions staged.
+    pub blocks_staged: u64,
+    /// Versions dropped because a newer one was already staged.
+    pub stale_dropped: u64,
+    /// Frames refused for an older generation or incarnation.
+    pub fenced_frames: u64,
+    /// Seals whose staged data did not hash to the manifest.
+    pub manifest_mismatches: u64,
+    /// Epochs folded into the image.
+    pub folds: u64,
+    /// Late seals ignored because a newer seal of the session was held.
+    pub stale_seals: u64,
+    /// Decided epochs not folded because a staged block no longer matched
+    /// its manifest entry (rot at rest after the staged-ack).
+    pub folds_refused: u64,
+}
+
+#[derive(Clone, Debug)]
+struct PendingSeal {
+    local: LocalEpoch,
+    group: GroupEpoch,
+    manifest: Vec<ManifestEntry>,
+}
+
+/// A volume in the replica role.
+#[derive(Clone, Debug)]
+pub struct Replica<S: VolumeStore> {
+    store: S,
+    geo: Geometry,
+    member: MemberIndex,
+    meta: VolumeMeta,
+    /// Unsealed staging: local epoch → block → highest sequence staged.
+    stream: BTreeMap<LocalEpoch, BTreeMap<BlockIndex, SendSeq>>,
+    pending_seal: Option<PendingSeal>,
+    /// A failback hash request held back while an epoch is staged.
+    hash_request: Option<Vec<BlockIndex>>,
+    /// Frames for local epochs at or below this are dropped.
+    floor: LocalEpoch,
+    /// Current session of the primary (set by its Hello); frames of others are dropped.
+    session: u64,
+    /// The current session carried bytes that failed the manifest check: its
+    /// frames are dropped and the shell must close it (`take_link_reset`),
+    /// so the primary re-sends the epoch on a fresh session.
+    session_closed: bool,
+    /// `session_closed` not yet reported to the shell.
+    link_reset: bool,
+    to_primary: Vec<ToPrimary>,
+    to_coordinator: Vec<ToCoordinator>,
+    buf: Vec<u8>,
+    stats: ReplicaStats,
+}
+
+impl<S: VolumeStore> Replica<S> {
+    /// Initialise a new replica (empty image) accepting `generation` and newer.
+    pub fn create(
+        mut store: S,
+        geo: Geometry,
+        member: MemberIndex,
+        generation: RoleGeneration,
+    ) -> Result<Self, EngineError> {
+        let mut meta = VolumeMeta::new(Role::Replica, generation);
+        meta.incarnation = 1;
+        store.put_meta(&meta)?;
+        store.sync()?;
+        Ok(Self::assemble(store, geo, member, meta))
+    }
+
+    /// Reopen after a restart or crash: unsealed staging is dropped (the
+    /// primary re-sends it), a staged epoch is re-reported to the coordinator,
+    /// which answers with the fold (redo) or the drop it decided.
+    pub fn open(mut store: S, geo: Geometry, member: MemberIndex) -> Result<Self, EngineError> {
+        let mut meta = store.get_meta()?.ok_or_else(|| StoreError {
+            op: "load volume metadata",
+            source: "volume was never initialised".into(),
+        })?;
+        if meta.role != Role::Replica {
+            return Err(EngineError::WrongRole {
+                needed: "replica",
+                actual: "primary",
+            });
+        }
+        meta.incarnation += 1;
+        store.put_meta(&meta)?;
+        store.sync()?;
+        let keep = meta.staged.as_ref().map(|s| s.local);
+        for e in store.stage_epochs()? {
+            if Some(e) != keep {
+                store.stage_drop(e)?;
+            }
+        }
+        let mut me = Self::assemble(store, geo, member, meta);
+        if let Some(st) = &me.meta.staged {
+            me.to_coordinator.push(ToCoordinator::Staged {
+                member,
+                group: st.group,
+            });
+        }
+        Ok(me)
+    }
+
+    fn assemble(store: S, geo: Geometry, member: MemberIndex, meta: VolumeMeta) -> Self {
+        Replica {
+            store,
+            geo,
+            member,
+            floor: meta.committed,
+            session: 0,
+            session_closed: false,
+            link_reset: false,
+            meta,
+            stream: BTreeMap::new(),
+            pending_seal: None,
+            hash_request: None,
+            to_primary: Vec::new(),
+            to_coordinator: Vec::new(),
+            buf: vec![0; geo.block_size()],
+            stats: ReplicaStats::default(),
+        }
+    }
+
+    /// Turn a fenced or retiring primary into the replica of the new one.
+    ///
+    /// Its failback candidates are the blocks its write-intent record cannot
+    /// rule out (everything it wrote after the last epoch it knows committed).
+    /// Unless `discard_strays`, the image as it stands — stray writes included —
+    /// is kept as a local snapshot first.
+    pub fn from_demotion(primary: Primary<S>, member: MemberIndex, discard_strays: bool) -> Result<Self, EngineError> {
+        let candidates = primary.intent_blocks();
+        let regions = primary.intent_regions();
+        let window_open = primary.closing_window_open();
+        let (mut store, mut meta, mode, geo) = primary.into_parts();
+        // A log-mode freeze log still holds the newest writes: merge it first.
+        if window_open && mode == Mode::Log {
+            let mut buf = vec![0; geo.block_size()];
+            for b in store.side_blocks()? {
+                if store.side_get(b, &mut buf)? {
+                    store.write_image(b, &buf)?;
+                }
+            }
+        }
+        store.side_clear()?;
+        store.sync()?;
+        if !discard_strays {
+            let name = format!("pre-failback-g{}-i{}", meta.generation.counter, meta.incarnation);
+            store.snapshot_image(&name)?;
+        }
+        for r in regions {
+            store.intent_set(r, false)?;
+        }
+        meta.role = Role::Replica;
+        meta.committed = 0;
+        meta.committed_group = 0;
+        meta.staged = None;
+        meta.peer_incarnation = 0;
+        meta.resync_candidates = Some(candidates);
+        store.put_meta(&meta)?;
+        store.sync()?;
+        Ok(Self::assemble(store, geo, member, meta))
+    }
+
+    /// Promote this replica (failover): finish the staged epoch if the group
+    /// decided it, drop it otherwise, and become primary under a generation
+    /// newer than any the old primary can hold.
+    pub fn promote(mut self, decision: &DecisionRecord, site: u64, mode: Mode) -> Result<Primary<S>, EngineError> {
+        if let Some(st) = self.meta.staged.clone() {
+            if decision.committed == st.group {
+                self.fold_staged(&st)?;
+            } else {
+                self.drop_staged(&st)?;
+            }
+        }
+        if let Some(pending) = &self.meta.resync_candidates {
+            return Err(EngineError::NotConsistent { blocks: pending.len() });
+        }
+        for e in self.store.stage_epochs()? {
+            self.store.stage_drop(e)?;
+        }
+        let mut meta = self.meta;
+        meta.role = Role::Primary;
+        meta.generation = meta.generation.promoted_by(site);
+        meta.last_sealed = meta.committed;
+        meta.last_sealed_group = meta.committed_group;
+        meta.resync_candidates = None;
+        self.store.put_meta(&meta)?;
+        self.store.sync()?;
+        Ok(Primary::from_promotion(self.store, self.geo, mode, meta))
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.to_primary.push(ToPrimary {
+            generation: self.meta.generation,
+            reply,
+        });
+    }
+
+    fn accepts(&mut self, generation: RoleGeneration) -> bool {
+        if generation < self.meta.generation {
+            self.stats.fenced_frames += 1;
+            self.reply(Reply::Fenced {
+                generation: self.meta.generation,
+            });
+            return false;
+        }
+        generation == self.meta.generation
+    }
+
+    fn staged_local(&self) -> Option<LocalEpoch> {
+        self.meta.staged.as_ref().map(|s| s.local)
+    }
+
+    /// The store, for a shell's scrubber and for the simulator's faults at
+    /// rest. Whatever writes through it must be something a disk could do.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Drain frames for the primary.
+    pub fn take_to_primary(&mut self) -> Vec<ToPrimary> {
+        std::mem::take(&mut self.to_primary)
+    }
+
+    /// Drain messages for the coordinator.
+    pub fn take_to_coordinator(&mut self) -> Vec<ToCoordinator> {
+        std::mem::take(&mut self.to_coordinator)
+    }
+
+    /// Last group epoch folded.
+    pub fn committed_group(&self) -> GroupEpoch {
+        self.meta.committed_group
+    }
+
+    /// Whether the shell must close the current session now (a seal failed
+    /// its manifest check); reading it clears it. The primary re-sends what
+    /// is not staged when it reconnects.
+    pub fn take_link_reset(&mut self) -> bool {
+        std::mem::take(&mut self.link_reset)
+    }
+
+    /// Group epoch staged and awaiting the decision, if any.
+    pub fn staged_group(&self) -> Option<GroupEpoch> {
+        self.meta.staged.as_ref().map(|s| s.group)
+    }
+
+    /// Generation accepted.
+    pub fn generation(&self) -> RoleGeneration {
+        self.meta.generation
+    }
+
+    /// Failback candidates still offered, if any.
+    pub fn resync_candidates(&self) -> Option<&[BlockIndex]> {
+        self.meta.resync_candidates.as_deref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ReplicaStats {
+        &self.stats
+    }
+
+    /// Member index in the group.
+    pub fn member(&self) -> MemberIndex {
+        self.member
+    }
+
+    /// The store, for inspection.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Give up the volume (crash or shutdown), keeping its store.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+}
