@@ -196,6 +196,11 @@ pub struct RunStats {
     pub rot_injected: u64,
     /// Decided folds a replica refused because staging no longer matched.
     pub folds_refused: u64,
+    /// Writes the old site took after a failover (kept as a snapshot or
+    /// discarded at failback).
+    pub stray_writes: u64,
+    /// Old primaries that reached the promoted site and were fenced.
+    pub old_primaries_fenced: u64,
 }
 
 impl RunStats {
@@ -218,6 +223,8 @@ impl RunStats {
         self.failback_coverage_checks += o.failback_coverage_checks;
         self.rot_injected += o.rot_injected;
         self.folds_refused += o.folds_refused;
+        self.stray_writes += o.stray_writes;
+        self.old_primaries_fenced += o.old_primaries_fenced;
     }
 }
 
@@ -504,6 +511,7 @@ impl World {
         self.stats.blocks_written += 1;
         if strays {
             // The old primary, cut off by a failover, keeps taking writes.
+            self.stats.stray_writes += 1;
             if let Some(fb) = &mut self.failback {
                 fb.o_written[m].extend(blocks.clone());
                 fb.o_required[m].extend(blocks);
@@ -1248,6 +1256,9 @@ impl World {
             self.note("old site back".into());
             return self.restart_old_site();
         }
+        if self.rot.chance(0.5) {
+            self.fence_old_site()?;
+        }
         self.note("FAILBACK".into());
         for m in 0..self.cfg.members {
             let vol = std::mem::replace(&mut self.sites[old][m], Vol::Down(SimStore::new(1), false));
@@ -1270,6 +1281,43 @@ impl World {
         }
         self.phase = Phase::FailingBack;
         self.dr_fingerprint = u64::MAX;
+        Ok(())
+    }
+
+    /// The live old site reaches the promoted one, whose transport answers
+    /// its Hello with the newer generation: every old primary is fenced,
+    /// refuses freezes and ships nothing, and still takes host writes.
+    fn fence_old_site(&mut self) -> Outcome {
+        let (old, new) = (self.dr(), self.prim);
+        for m in 0..self.cfg.members {
+            let Vol::Primary(n) = &self.sites[new][m] else { continue };
+            let newer = n.generation();
+            let Vol::Primary(p) = &mut self.sites[old][m] else {
+                continue;
+            };
+            if p.fenced_by().is_some() {
+                continue;
+            }
+            let _hello = p.connect();
+            p.on_frame(ToPrimary {
+                generation: newer,
+                reply: Reply::Fenced { generation: newer },
+            })
+            .map_err(|e| format!("fence: {e}"))?;
+            if p.fenced_by() != Some(newer) {
+                return err(format!(
+                    "old primary m{m} was told of generation {newer:?} and is not fenced"
+                ));
+            }
+            if !matches!(p.freeze(u64::MAX), Err(EngineError::Fenced { .. })) {
+                return err(format!("fenced old primary m{m} accepted a freeze"));
+            }
+            if p.poll_send(8).map_err(|e| format!("poll_send: {e}"))?.is_some() {
+                return err(format!("fenced old primary m{m} still ships"));
+            }
+            self.stats.old_primaries_fenced += 1;
+            self.note(format!("old primary m{m} fenced by {newer:?}"));
+        }
         Ok(())
     }
 
