@@ -13,8 +13,11 @@ pub type MemberIndex = u32;
 pub enum Payload {
     /// The block is all zeroes (discard, zero-range or a zero write): no data travels.
     Zero,
-    /// The block's bytes.
-    Data(Vec<u8>),
+    /// The block's bytes: `data[at..at + block size]` of its `Blocks` frame.
+    Data {
+        /// Offset of the block's bytes in the frame's `data`.
+        at: u32,
+    },
 }
 
 /// One block version on the wire.
@@ -50,6 +53,9 @@ pub enum ToReplica {
         local: LocalEpoch,
         /// The versions.
         blocks: Vec<ShippedBlock>,
+        /// The bytes of every data block of the frame, back to back: one
+        /// buffer a frame, not one a block (and one AEAD seal a frame, later).
+        data: Vec<u8>,
     },
     /// Every block of `local` has been sent (patent: "all freeze data transmitted").
     Sealed {

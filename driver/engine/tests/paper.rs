@@ -121,13 +121,15 @@ fn shipped_payload(frames: &[ToReplica], b: u64) -> Vec<Vec<u8>> {
     frames
         .iter()
         .flat_map(|f| match f {
-            ToReplica::Blocks { blocks, .. } => blocks.clone(),
+            ToReplica::Blocks { blocks, data, .. } => blocks
+                .iter()
+                .filter(|sb| sb.index == b)
+                .map(|sb| match sb.payload {
+                    Payload::Data { at } => data[at as usize..at as usize + BS].to_vec(),
+                    Payload::Zero => vec![0; BS],
+                })
+                .collect(),
             _ => Vec::new(),
-        })
-        .filter(|sb| sb.index == b)
-        .map(|sb| match sb.payload {
-            Payload::Data(d) => d,
-            Payload::Zero => vec![0; BS],
         })
         .collect()
 }

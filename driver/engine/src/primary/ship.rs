@@ -42,6 +42,7 @@ impl<S: VolumeStore> Primary<S> {
             return Ok(None);
         }
         let mut blocks = Vec::new();
+        let mut out = Vec::new();
         // Pending bits below `from` were all cleared by this loop.
         let mut from = 0;
         while blocks.len() < max {
@@ -55,7 +56,8 @@ impl<S: VolumeStore> Primary<S> {
             if !aside {
                 self.store.read_image(b, &mut data)?;
             }
-            let shipped = self.ship_block(b, &data, c.covers_resync && !c.shipped.contains_key(&b));
+            let compare = c.covers_resync && !c.shipped.contains_key(&b);
+            let shipped = self.ship_block(b, &data, compare, &mut out, max);
             self.buf = data;
             if let Some((sb, entry)) = shipped {
                 c.shipped.insert(b, entry);
@@ -68,6 +70,7 @@ impl<S: VolumeStore> Primary<S> {
                 session: self.session.number,
                 local: c.local,
                 blocks,
+                data: out,
             }));
         }
         // Everything sent: the seal point is durable before the seal leaves,
@@ -93,6 +96,7 @@ impl<S: VolumeStore> Primary<S> {
         // may change under the hashes: only that epoch's blocks compare.
         let may_compare = self.closing.as_ref().is_none_or(|c| !c.covers_resync);
         let mut blocks = Vec::new();
+        let mut out = Vec::new();
         while blocks.len() < max {
             // A rotating cursor: every dirty block waits at most one sweep,
             // and hot blocks coalesce while the sweep is elsewhere.
@@ -109,7 +113,7 @@ impl<S: VolumeStore> Primary<S> {
             // A block already shipped in this epoch must ship again: the
             // replica will fold the staged version, not its image's.
             let compare = may_compare && !self.open.shipped.contains_key(&b);
-            let shipped = self.ship_block(b, &data, compare);
+            let shipped = self.ship_block(b, &data, compare, &mut out, max);
             self.buf = data;
             if let Some((sb, entry)) = shipped {
                 self.open.shipped.insert(b, entry);
@@ -124,12 +128,21 @@ impl<S: VolumeStore> Primary<S> {
             session: self.session.number,
             local: self.open.local,
             blocks,
+            data: out,
         }))
     }
 
     /// Turn one block version into a shipment, unless failback found the
-    /// replica already holds the same bytes.
-    fn ship_block(&mut self, b: BlockIndex, data: &[u8], compare: bool) -> Option<(ShippedBlock, ManifestEntry)> {
+    /// replica already holds the same bytes. Its bytes join the frame's
+    /// buffer `out`, sized once for `max` blocks.
+    fn ship_block(
+        &mut self,
+        b: BlockIndex,
+        data: &[u8],
+        compare: bool,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Option<(ShippedBlock, ManifestEntry)> {
         let hash = hash_block(data);
         if compare && self.replica_holds(b, &hash) {
             return None;
@@ -144,10 +157,12 @@ impl<S: VolumeStore> Primary<S> {
             Payload::Zero
         } else {
             self.stats.bytes_shipped += data.len() as u64;
-            // The one allocation per shipped block left on the send path:
-            // `Payload::Data` owns its bytes. Removing it needs a frame that
-            // carries one buffer for all its blocks (issue 9).
-            Payload::Data(data.to_vec())
+            if out.capacity() == 0 {
+                out.reserve_exact(max * data.len());
+            }
+            let at = u32::try_from(out.len()).expect("a frame holds far less than 4 GiB of blocks");
+            out.extend_from_slice(data);
+            Payload::Data { at }
         };
         self.stats.blocks_shipped += 1;
         Some((

@@ -17,6 +17,7 @@ impl<S: VolumeStore> Replica<S> {
                 session,
                 local,
                 blocks,
+                data,
             } => {
                 if !self.accepts(generation) || session != self.session || self.session_closed {
                     return Ok(());
@@ -43,15 +44,18 @@ impl<S: VolumeStore> Replica<S> {
                             continue;
                         }
                     }
-                    match &sb.payload {
+                    match sb.payload {
                         Payload::Zero => {
                             self.buf.fill(0);
                             self.store.stage_put(local, sb.index, &self.buf)?;
                         }
-                        Payload::Data(d) if d.len() == self.buf.len() => self.store.stage_put(local, sb.index, d)?,
-                        Payload::Data(_) => {
-                            self.stats.fenced_frames += 1;
-                            continue;
+                        Payload::Data { at } => {
+                            let at = at as usize;
+                            let Some(bytes) = data.get(at..at + self.buf.len()) else {
+                                self.stats.fenced_frames += 1;
+                                continue;
+                            };
+                            self.store.stage_put(local, sb.index, bytes)?;
                         }
                     }
                     idx.insert(sb.index, sb.seq);

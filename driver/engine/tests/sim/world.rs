@@ -847,12 +847,15 @@ impl World {
         if self.corrupt_in_flight <= 0.0 {
             return;
         }
-        let ToReplica::Blocks { blocks, .. } = f else { return };
-        for sb in blocks {
-            if let Payload::Data(d) = &mut sb.payload {
+        let ToReplica::Blocks { blocks, data, .. } = f else {
+            return;
+        };
+        let bs = self.cfg.block_size;
+        for sb in blocks.iter() {
+            if let Payload::Data { at } = sb.payload {
                 if self.rot.chance(self.corrupt_in_flight) {
-                    let at = self.rot.below(d.len() as u64) as usize;
-                    d[at] ^= 1 << self.rot.below(8);
+                    let at = at as usize + self.rot.below(bs as u64) as usize;
+                    data[at] ^= 1 << self.rot.below(8);
                     self.stats.corruptions_injected += 1;
                     self.trace
                         .push(format!("    (bit flipped in block {} to r{m})", sb.index));
@@ -1358,7 +1361,7 @@ impl World {
         let Some(o_img) = &self.compare[m] else {
             return err("resync decision before hashes");
         };
-        let Some(ToReplica::Blocks { blocks, .. }) = &self.last_out[m] else {
+        let Some(ToReplica::Blocks { blocks, data, .. }) = &self.last_out[m] else {
             return err("resync shipment without a frame");
         };
         let Some(sb) = blocks.iter().find(|b| b.index == block) else {
@@ -1366,9 +1369,9 @@ impl World {
         };
         let bs = self.cfg.block_size;
         let theirs = &o_img[block as usize * bs..(block as usize + 1) * bs];
-        let same = match &sb.payload {
+        let same = match sb.payload {
             floe_engine::Payload::Zero => theirs.iter().all(|&x| x == 0),
-            floe_engine::Payload::Data(d) => d[..] == theirs[..],
+            floe_engine::Payload::Data { at } => data[at as usize..at as usize + bs] == theirs[..],
         };
         if same {
             return err(format!(
