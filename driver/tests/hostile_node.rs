@@ -1,0 +1,493 @@
+//! A node that a hostile neighbour cannot abuse: each defect of issue 8 as
+//! a case that failed on the code before its fix.
+//!
+//! The hostile local user is an unprivileged uid (`nobody`, or a system
+//! user the test creates when there is none). Its connections are made
+//! from a thread of this test that dropped its own credentials
+//! (`setresuid` on the thread, as the kernel does it: the rest of the
+//! process stays root), so the kernel checks the socket's mode and the
+//! server sees that uid in `SO_PEERCRED`, exactly as for a separate
+//! process of that user.
+//!
+//! Needs root, /dev/fuse, loop devices, mkfs.ext4 and unshare: in CI (`CI`
+//! set) their absence is a failure, elsewhere the test is skipped with a
+//! note. Every mount and loop device under the scratch dirs is swept even
+//! when a case fails; child processes are killed by their guards.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use floe_driver::csi::controller::ControllerService;
+use floe_driver::dataplane::daemon::client::Client;
+use floe_proto::csi;
+use floe_proto::csi::controller_server::Controller;
+use floe_proto::csi::node_server::Node;
+use tonic::Request;
+
+mod common;
+
+use common::csi::{block_cap, create_req, sweep, unstage_req, wait_for_socket};
+use common::csi::{Harness, DATAPLANE};
+
+const MIB: i64 = 1 << 20;
+const CSI_BIN: &str = env!("CARGO_BIN_EXE_floe-csi");
+
+fn ready(test: &str) -> bool {
+    if !common::privileged(test) {
+        return false;
+    }
+    for tool in ["mkfs.ext4", "unshare", "losetup"] {
+        if !common::tool_present(tool) {
+            common::skip_or_fail(&format!("{test}: needs {tool}"));
+            return false;
+        }
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------
+// The hostile user.
+
+/// The uid and gid of an unprivileged user: `nobody`, or `floe-hostile`
+/// (created as a system user when neither exists).
+fn hostile_user() -> Result<(u32, u32)> {
+    fn id_of(user: &str) -> Option<(u32, u32)> {
+        let q = |flag: &str| -> Option<u32> {
+            let out = Command::new("id").arg(flag).arg(user).output().ok()?;
+            out.status.success().then_some(())?;
+            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+        };
+        Some((q("-u")?, q("-g")?))
+    }
+    if let Some(ids) = id_of("nobody").filter(|(u, _)| *u != 0) {
+        return Ok(ids);
+    }
+    if id_of("floe-hostile").is_none() {
+        let out = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "floe-hostile",
+            ])
+            .output()?;
+        ensure!(
+            out.status.success() || id_of("floe-hostile").is_some(),
+            "useradd: {out:?}"
+        );
+    }
+    id_of("floe-hostile").context("the hostile user exists")
+}
+
+/// Runs `f` on a thread whose credentials are the hostile user's (the
+/// process stays root). The thread ends with `f`.
+fn as_hostile<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    use rustix::process::{Gid, Uid};
+    let (uid, gid) = hostile_user()?;
+    std::thread::spawn(move || -> Result<T> {
+        let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+        rustix::thread::set_thread_groups(&[]).context("drop the supplementary groups")?;
+        rustix::thread::set_thread_res_gid(gid, gid, gid).context("setresgid on the thread")?;
+        rustix::thread::set_thread_res_uid(uid, uid, uid).context("setresuid on the thread")?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the hostile thread panicked"))?
+}
+
+fn mode_of(path: &Path) -> Result<u32> {
+    Ok(std::fs::symlink_metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777)
+}
+
+/// Polls `cond` every 20 ms until it holds, for at most `limit`.
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond()? {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A node of separate processes (holder, serve, optionally floe-csi).
+
+struct Procs {
+    dir: tempfile::TempDir,
+    holder: Option<Child>,
+    serve: Option<Child>,
+    csi: Option<Child>,
+    serves: usize,
+}
+
+/// `bin args…` under `umask`, through `sh` (the umask is the process's).
+fn under_umask(umask: u32, bin: &str, args: &[&str], log: &Path) -> Result<Child> {
+    Ok(Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
+        .arg(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?)
+}
+
+impl Procs {
+    fn start(prefix: &str, umask: u32) -> Result<Self> {
+        let dir = common::scratch(prefix)?;
+        let mut p = Procs {
+            dir,
+            holder: None,
+            serve: None,
+            csi: None,
+            serves: 0,
+        };
+        p.start_holder(umask)?;
+        p.start_serve(umask)?;
+        Ok(p)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn start_holder(&mut self, umask: u32) -> Result<()> {
+        let run = self.path("run");
+        let child = under_umask(
+            umask,
+            DATAPLANE,
+            &["holder", "--run-dir", &run.display().to_string()],
+            &self.path(&format!("holder-{}.log", self.serves)),
+        )?;
+        self.holder = Some(child);
+        wait_for_socket(&run.join("holder.sock"))
+    }
+
+    fn start_serve(&mut self, umask: u32) -> Result<()> {
+        let _ = std::fs::remove_file(self.path("run/dataplane.sock"));
+        self.serves += 1;
+        let (run, data) = (self.path("run"), self.path("data"));
+        let child = under_umask(
+            umask,
+            DATAPLANE,
+            &[
+                "serve",
+                "--run-dir",
+                &run.display().to_string(),
+                "--data-dir",
+                &data.display().to_string(),
+            ],
+            &self.path(&format!("serve-{}.log", self.serves)),
+        )?;
+        self.serve = Some(child);
+        wait_for_socket(&run.join("dataplane.sock"))
+    }
+
+    /// `floe-csi --mode=node` on `endpoint` under `umask`.
+    fn start_csi(&mut self, umask: u32, endpoint: &Path) -> Result<()> {
+        let child = under_umask(
+            umask,
+            CSI_BIN,
+            &[
+                "--mode=node",
+                "--endpoint",
+                &format!("unix://{}", endpoint.display()),
+                "--dataplane-socket",
+                &self.path("run/dataplane.sock").display().to_string(),
+                "--node-id",
+                "floe-hostile-node",
+            ],
+            &self.path("csi.log"),
+        )?;
+        self.csi = Some(child);
+        wait_for_socket(endpoint)
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.csi.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        sweep(self.dir.path());
+        for mut c in [self.serve.take(), self.holder.take()].into_iter().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        sweep(self.dir.path());
+    }
+}
+
+fn stage_req(id: &str, staging: &Path, cap: csi::VolumeCapability) -> csi::NodeStageVolumeRequest {
+    csi::NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    }
+}
+
+async fn create(c: &ControllerService, name: &str, size: i64, cap: csi::VolumeCapability) -> Result<String> {
+    Ok(c.create_volume(Request::new(create_req(name, size, cap)))
+        .await?
+        .into_inner()
+        .volume
+        .context("a volume")?
+        .volume_id)
+}
+
+// ---------------------------------------------------------------------------
+// Defect 1: modes from the umask; peers not checked.
+
+/// Under umask 000 the holder, the daemon and `floe-csi` still make their
+/// sockets 0600 and their directories 0700, so the hostile user cannot
+/// even connect (before the fix: an unprivileged user took a volume's
+/// `/dev/fuse` fds from the holder and deleted a root-owned file through
+/// the CSI socket).
+#[test]
+fn defect1_sockets_and_directories_are_private_whatever_the_umask() -> Result<()> {
+    if !ready("defect1_sockets_and_directories_are_private_whatever_the_umask") {
+        return Ok(());
+    }
+    let mut p = Procs::start("hostile-umask", 0)?;
+    let endpoint = p.path("plugins/floe/csi.sock");
+    p.start_csi(0, &endpoint)?;
+    for (path, want) in [
+        (p.path("run"), 0o700),
+        (p.path("data"), 0o700),
+        (p.path("run/holder.sock"), 0o600),
+        (p.path("run/dataplane.sock"), 0o600),
+        (p.path("plugins/floe"), 0o700),
+        (endpoint.clone(), 0o600),
+    ] {
+        let got = mode_of(&path)?;
+        ensure!(got == want, "{} has mode {got:o}, not {want:o}", path.display());
+    }
+    for sock in [p.path("run/dataplane.sock"), endpoint] {
+        let s = sock.clone();
+        let refused = as_hostile(move || UnixStream::connect(&s).err().map(|e| e.kind()))?;
+        ensure!(
+            refused == Some(std::io::ErrorKind::PermissionDenied),
+            "the hostile user connected to {} ({refused:?})",
+            sock.display()
+        );
+    }
+    let holder = p.path("run/holder.sock");
+    let refused = as_hostile(move || seqpacket_connect(&holder).err().map(|e| e.kind()))?;
+    ensure!(
+        refused == Some(std::io::ErrorKind::PermissionDenied),
+        "the hostile user connected to the holder ({refused:?})"
+    );
+    Ok(())
+}
+
+fn seqpacket_connect(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+    rustix::net::connect(&sock, &SocketAddrUnix::new(path)?)?;
+    Ok(sock)
+}
+
+/// Even with their modes opened up (a mistake of the operator's), the
+/// holder and the daemon answer only root and their own uid: the hostile
+/// user's connection is closed unanswered, and the refusal is logged.
+#[test]
+fn defect1_holder_and_daemon_check_their_peers_credentials() -> Result<()> {
+    if !ready("defect1_holder_and_daemon_check_their_peers_credentials") {
+        return Ok(());
+    }
+    let p = Procs::start("hostile-peercred", 0o022)?;
+    std::fs::set_permissions(p.path("run"), std::fs::Permissions::from_mode(0o755))?;
+    for sock in ["run/holder.sock", "run/dataplane.sock"] {
+        std::fs::set_permissions(p.path(sock), std::fs::Permissions::from_mode(0o666))?;
+    }
+    // The holder: TAKE of a key, as a thief would.
+    let holder = p.path("run/holder.sock");
+    let answer = as_hostile(move || -> std::io::Result<usize> {
+        let sock = seqpacket_connect(&holder)?;
+        rustix::net::send(&sock, b"\x03pvc-1", rustix::net::SendFlags::NOSIGNAL)?;
+        let mut buf = [0u8; 64];
+        Ok(rustix::net::recv(&sock, &mut buf, rustix::net::RecvFlags::empty())?.0)
+    })?;
+    ensure!(
+        matches!(answer, Ok(0) | Err(_)),
+        "the holder answered the hostile user ({answer:?} bytes)"
+    );
+    // The daemon: a status request.
+    let api = p.path("run/dataplane.sock");
+    let answer = as_hostile(move || -> std::io::Result<String> {
+        let mut s = UnixStream::connect(&api)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(b"{\"op\":\"status\"}\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })?;
+    ensure!(
+        answer.as_ref().map_or(true, |a| a.is_empty()),
+        "the daemon answered the hostile user: {answer:?}"
+    );
+    // Root still gets answers.
+    Client::connect(&p.path("run/dataplane.sock"))?.status()?;
+    seqpacket_connect(&p.path("run/holder.sock"))?;
+    for log in ["holder-0.log", "serve-1.log"] {
+        let path = p.path(log);
+        wait_until(
+            &format!("{log} names the refused peer"),
+            Duration::from_secs(20),
+            || Ok(std::fs::read_to_string(&path)?.contains("refused a peer")),
+        )?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Defect 5: one thread per connection, no cap, no idle timeout.
+
+fn threads_of_this_process() -> Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .context("Threads: in /proc/self/status")
+}
+
+/// 300 idle connections to the daemon's API do not make 300 threads, and a
+/// client arriving after them is still answered (before the fix: one
+/// memory-locked thread each; 2,000 took 4.2 GB and starved the others).
+#[test]
+fn defect5_idle_api_connections_are_bounded() -> Result<()> {
+    if !ready("defect5_idle_api_connections_are_bounded") {
+        return Ok(());
+    }
+    let h = Harness::new("hostile-conns")?;
+    let sock = h.path("run/dataplane.sock");
+    Client::connect(&sock)?.status()?;
+    let before = threads_of_this_process()?;
+    let idle: Vec<UnixStream> = (0..300).map(|_| UnixStream::connect(&sock)).collect::<Result<_, _>>()?;
+    // Accepted in order: once this one is answered, all before it were
+    // accepted (and, before the fix, had their threads).
+    let mut late = Client::connect(&sock)?;
+    late.set_timeout(Duration::from_secs(30))?;
+    late.status().context("a client after 300 idle connections")?;
+    let grown = threads_of_this_process()?.saturating_sub(before);
+    ensure!(grown <= 80, "300 idle connections made {grown} threads");
+    drop(idle);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Defect 6: quiesce freezes any mount point.
+
+/// Quiesce refuses a mount point that is not a floe volume's file system
+/// (before the fix: a foreign ext4 was frozen, and `/` passed the same
+/// check). `/` itself is not tried here: on the old code that froze the
+/// machine's root file system.
+#[test]
+fn defect6_quiesce_refuses_file_systems_that_are_not_floe_volumes() -> Result<()> {
+    if !ready("defect6_quiesce_refuses_file_systems_that_are_not_floe_volumes") {
+        return Ok(());
+    }
+    let h = Harness::new("hostile-quiesce")?;
+    let image = h.path("foreign.img");
+    std::fs::File::create(&image)?.set_len(64 << 20)?;
+    let out = Command::new("mkfs.ext4").arg("-q").arg("-F").arg(&image).output()?;
+    ensure!(out.status.success(), "mkfs.ext4: {out:?}");
+    let mnt = h.path("foreign");
+    std::fs::create_dir_all(&mnt)?;
+    let out = Command::new("mount")
+        .arg("-o")
+        .arg("loop")
+        .arg(&image)
+        .arg(&mnt)
+        .output()?;
+    ensure!(out.status.success(), "mount -o loop: {out:?}");
+    let mut client = Client::connect(&h.path("run/dataplane.sock"))?;
+    match client.quiesce(&mnt, Some(2000)) {
+        Ok(q) => {
+            let _ = client.thaw(&q.token);
+            bail!("a foreign ext4 at {} was frozen", mnt.display());
+        }
+        Err(e) => {
+            let kind = e.api().map(|w| format!("{:?}", w.kind));
+            ensure!(
+                kind.as_deref() == Some("InvalidArgument") || kind.as_deref() == Some("FailedPrecondition"),
+                "quiesce of a foreign mount failed with {e:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Defect 9: unstage blocks while another mount namespace holds the FUSE mount.
+
+/// A process in its own mount namespace (`unshare -m`, as containerd makes
+/// for every pod) holds a copy of the volume's FUSE mount. NodeUnstageVolume
+/// still ends within a bound (before the fix: it waited for the FUSE
+/// workers without bound, 133 s until that process went).
+#[tokio::test(flavor = "multi_thread")]
+async fn defect9_unstage_is_bounded_when_another_namespace_holds_the_fuse_mount() -> Result<()> {
+    if !ready("defect9_unstage_is_bounded_when_another_namespace_holds_the_fuse_mount") {
+        return Ok(());
+    }
+    let h = Harness::new("hostile-unshare")?;
+    let id = create(&h.controller, "hostile-unshare", 16 * MIB, block_cap()).await?;
+    let staging = h.path("staging");
+    h.node
+        .node_stage_volume(Request::new(stage_req(&id, &staging, block_cap())))
+        .await?;
+    let holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "600"])
+        .stdin(Stdio::null())
+        .spawn()?;
+    let holder = KillOnDrop(holder);
+    let pid = holder.0.id();
+    let ours = std::fs::read_link("/proc/self/ns/mnt")?;
+    wait_until("the unshared process runs sleep", Duration::from_secs(20), || {
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        Ok(ns != ours && exe.file_name().is_some_and(|n| n == "sleep"))
+    })?;
+    let started = Instant::now();
+    let unstaged = tokio::time::timeout(
+        Duration::from_secs(60),
+        h.node.node_unstage_volume(Request::new(unstage_req(&id, &staging))),
+    )
+    .await;
+    let took = started.elapsed();
+    drop(holder);
+    match unstaged {
+        Ok(r) => {
+            r?;
+        }
+        Err(_) => bail!("NodeUnstageVolume still blocked after {took:?}"),
+    }
+    let v = h.plugin.volumes.volume(&id).await?.context("the volume")?;
+    ensure!(v.attachment.is_none(), "still attached after unstage: {v:?}");
+    Ok(())
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
