@@ -19,19 +19,25 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use floe_driver::cli::PluginMode;
 use floe_driver::csi::controller::ControllerService;
+use floe_driver::csi::daemon_volumes::DaemonVolumes;
+use floe_driver::csi::node::NodeService;
+use floe_driver::csi::volumes::{GroupSpec, NodeVolumes, SnapshotSpec, Source, VolumeSpec};
+use floe_driver::csi::Plugin;
 use floe_driver::dataplane::daemon::client::Client;
 use floe_proto::csi;
 use floe_proto::csi::controller_server::Controller;
 use floe_proto::csi::node_server::Node;
-use tonic::Request;
+use tonic::{Code, Request};
 
 mod common;
 
-use common::csi::{block_cap, create_req, sweep, unstage_req, wait_for_socket};
+use common::csi::{block_cap, create_req, mount_cap, sweep, unpublish_req, unstage_req, wait_for_socket};
 use common::csi::{Harness, DATAPLANE};
 
 const MIB: i64 = 1 << 20;
@@ -215,6 +221,22 @@ impl Procs {
         self.csi = Some(child);
         wait_for_socket(endpoint)
     }
+
+    /// SIGKILL to `serve` and the holder: every connection ends.
+    fn kill_both(&mut self) -> Result<()> {
+        for c in [self.serve.take(), self.holder.take()].into_iter().flatten() {
+            let mut c = c;
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// A plugin in `--mode=all` in this process over the daemon's socket.
+    fn plugin(&self) -> Arc<Plugin> {
+        let volumes = DaemonVolumes::new(&self.path("run/dataplane.sock"));
+        Arc::new(Plugin::new(PluginMode::All, "floe-hostile-node", 8, Arc::new(volumes)))
+    }
 }
 
 impl Drop for Procs {
@@ -236,6 +258,16 @@ fn stage_req(id: &str, staging: &Path, cap: csi::VolumeCapability) -> csi::NodeS
     csi::NodeStageVolumeRequest {
         volume_id: id.into(),
         staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    }
+}
+
+fn publish_req(id: &str, staging: &Path, target: &Path, cap: csi::VolumeCapability) -> csi::NodePublishVolumeRequest {
+    csi::NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
         volume_capability: Some(cap),
         ..Default::default()
     }
@@ -356,6 +388,256 @@ fn defect1_holder_and_daemon_check_their_peers_credentials() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// Defect 2: ids with a path traversal.
+
+const TRAVERSAL: &str = "../../../../../../../../tmp/floe-hostile-traversal";
+/// Where the snapshot image of [`TRAVERSAL`] lands if it is taken as a path.
+const VICTIM: &str = "/tmp/floe-hostile-traversal.img";
+
+/// A snapshot id, a volume id, a group id and a content source that climb
+/// out of the data dir are refused with INVALID_ARGUMENT on the node, over
+/// mutual TLS from a CA-signed peer and locally (before the fix: the
+/// snapshot's image was written to `/tmp/…-traversal.img`, and deleting
+/// the snapshot removed whatever file that path named).
+#[tokio::test(flavor = "multi_thread")]
+async fn defect2_ids_that_climb_out_of_the_data_dir_are_refused() -> Result<()> {
+    if !ready("defect2_ids_that_climb_out_of_the_data_dir_are_refused") {
+        return Ok(());
+    }
+    let victim = Path::new(VICTIM);
+    let dir = common::scratch("hostile-ids")?;
+    let pki = common::tls::pki(&dir.path().join("pki"))?;
+    let node = common::split::Node::start("hostile-ids", &pki.node).await?;
+    let remote: Arc<dyn NodeVolumes> = Arc::new(node.remote(&pki.controller, None)?);
+    let local = Arc::clone(node.local());
+    let c = ControllerService::new(Arc::clone(&node.harness.plugin));
+    let vol = create(&c, "hostile-src", 16 * MIB, block_cap()).await?;
+    let result = async {
+        for (how, volumes) in [("remote", &remote), ("local", &local)] {
+            let spec = SnapshotSpec {
+                id: TRAVERSAL.into(),
+                name: "evil".into(),
+                volume: vol.clone(),
+            };
+            let e = volumes.snapshot(spec).await.err();
+            ensure!(
+                !victim.exists(),
+                "{how}: a snapshot wrote {} outside the data dir",
+                victim.display()
+            );
+            ensure!(
+                e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+                "{how}: snapshot {TRAVERSAL:?} answered {e:?}"
+            );
+            std::fs::write(victim, b"root's file")?;
+            let e = volumes.delete_snapshot(TRAVERSAL).await.err();
+            ensure!(victim.exists(), "{how}: delete_snapshot removed {}", victim.display());
+            ensure!(
+                e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+                "{how}: delete_snapshot answered {e:?}"
+            );
+            std::fs::remove_file(victim)?;
+            let mut spec = VolumeSpec {
+                id: "hostile-restore".into(),
+                name: "hostile-restore".into(),
+                size_bytes: 16 << 20,
+                params: Default::default(),
+                source: Some(Source::Snapshot(TRAVERSAL.into())),
+                node: None,
+            };
+            let e = volumes.create(spec.clone()).await.err();
+            ensure!(
+                e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+                "{how}: create from snapshot {TRAVERSAL:?} answered {e:?}"
+            );
+            spec.source = None;
+            spec.id = TRAVERSAL.into();
+            let e = volumes.create(spec).await.err();
+            ensure!(
+                e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+                "{how}: create of volume {TRAVERSAL:?} answered {e:?}"
+            );
+            let group = GroupSpec {
+                id: "hostile-group".into(),
+                name: "hostile-group".into(),
+                members: vec![SnapshotSpec {
+                    id: TRAVERSAL.into(),
+                    name: "m".into(),
+                    volume: vol.clone(),
+                }],
+            };
+            let e = volumes.create_group(group).await.err();
+            ensure!(!victim.exists(), "{how}: a group snapshot wrote {}", victim.display());
+            ensure!(
+                e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+                "{how}: group member {TRAVERSAL:?} answered {e:?}"
+            );
+            for id_call in ["delete", "attach", "detach", "expand", "delete_group"] {
+                let e = match id_call {
+                    "delete" => volumes.delete(TRAVERSAL).await.err(),
+                    "attach" => volumes.attach(TRAVERSAL).await.err(),
+                    "detach" => volumes.detach(TRAVERSAL).await.err(),
+                    "expand" => volumes.expand(TRAVERSAL, 32 << 20).await.err(),
+                    _ => volumes.delete_group(TRAVERSAL).await.err(),
+                };
+                ensure!(
+                    e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+                    "{how}: {id_call} of {TRAVERSAL:?} answered {e:?}"
+                );
+            }
+        }
+        // And from the CO's side: every id field of the controller RPCs.
+        let e = c
+            .delete_snapshot(Request::new(csi::DeleteSnapshotRequest {
+                snapshot_id: TRAVERSAL.into(),
+                ..Default::default()
+            }))
+            .await
+            .err();
+        ensure!(
+            e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+            "DeleteSnapshot answered {e:?}"
+        );
+        let e = c
+            .delete_volume(Request::new(csi::DeleteVolumeRequest {
+                volume_id: TRAVERSAL.into(),
+                ..Default::default()
+            }))
+            .await
+            .err();
+        ensure!(
+            e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+            "DeleteVolume answered {e:?}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_file(victim);
+    result
+}
+
+// ---------------------------------------------------------------------------
+// Defect 3: NodeUnpublishVolume deletes what it is given.
+
+/// NodeUnpublishVolume of a volume that does not exist is NOT_FOUND and
+/// touches nothing; of a real volume, it unmounts and removes only its own
+/// publication (before the fix: it deleted a root-owned file named as the
+/// target, for any volume id).
+#[tokio::test(flavor = "multi_thread")]
+async fn defect3_unpublish_touches_only_a_publication_of_that_volume() -> Result<()> {
+    if !ready("defect3_unpublish_touches_only_a_publication_of_that_volume") {
+        return Ok(());
+    }
+    let h = Harness::new("hostile-unpublish")?;
+    let precious = h.path("precious");
+    std::fs::write(&precious, b"root's file")?;
+    let e = h
+        .node
+        .node_unpublish_volume(Request::new(unpublish_req("no-such-volume", &precious)))
+        .await
+        .err();
+    ensure!(
+        precious.exists(),
+        "unpublish of an unknown volume deleted {}",
+        precious.display()
+    );
+    ensure!(
+        e.as_ref().map(|e| e.code()) == Some(Code::NotFound),
+        "unpublish of an unknown volume answered {e:?}"
+    );
+    // A known volume, but the target is not its publication.
+    let id = create(&h.controller, "hostile-unpub", 16 * MIB, block_cap()).await?;
+    let e = h
+        .node
+        .node_unpublish_volume(Request::new(unpublish_req(&id, &precious)))
+        .await
+        .err();
+    ensure!(
+        precious.exists(),
+        "unpublish deleted {}, not a publication",
+        precious.display()
+    );
+    ensure!(
+        e.as_ref().map(|e| e.code()) == Some(Code::FailedPrecondition),
+        "unpublish of a foreign file answered {e:?}"
+    );
+    // A foreign mount at the target stays mounted.
+    let foreign = h.path("foreign");
+    std::fs::create_dir_all(&foreign)?;
+    rustix::mount::mount("tmpfs", &foreign, "tmpfs", rustix::mount::MountFlags::empty(), None)?;
+    let e = h
+        .node
+        .node_unpublish_volume(Request::new(unpublish_req(&id, &foreign)))
+        .await
+        .err();
+    ensure!(
+        floe_driver::dataplane::mounttable::is_mount_point(&foreign)?,
+        "unpublish unmounted a foreign tmpfs"
+    );
+    ensure!(
+        e.as_ref().map(|e| e.code()) == Some(Code::FailedPrecondition),
+        "unpublish of a foreign mount answered {e:?}"
+    );
+    // Its own publication goes, and a retry is fine.
+    let (staging, target) = (h.path("staging"), h.path("pod/dev"));
+    h.node
+        .node_stage_volume(Request::new(stage_req(&id, &staging, block_cap())))
+        .await?;
+    h.node
+        .node_publish_volume(Request::new(publish_req(&id, &staging, &target, block_cap())))
+        .await?;
+    for _ in 0..2 {
+        h.node
+            .node_unpublish_volume(Request::new(unpublish_req(&id, &target)))
+            .await?;
+        ensure!(!target.exists(), "the publication is still there");
+    }
+    h.node
+        .node_unstage_volume(Request::new(unstage_req(&id, &staging)))
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Defect 4: NodeStageVolume says OK for a broken attachment.
+
+/// Holder and data plane both killed: the connection is gone and the next
+/// data plane finds the volume broken. A retried NodeStageVolume must say
+/// so (FAILED_PRECONDITION), not OK (before the fix: OK, so kubelet took a
+/// dead device for a healthy one).
+#[tokio::test(flavor = "multi_thread")]
+async fn defect4_stage_refuses_a_broken_attachment() -> Result<()> {
+    if !ready("defect4_stage_refuses_a_broken_attachment") {
+        return Ok(());
+    }
+    let mut p = Procs::start("hostile-broken", 0o022)?;
+    let plugin = p.plugin();
+    let (c, n) = (ControllerService::new(Arc::clone(&plugin)), NodeService::new(plugin));
+    let id = create(&c, "hostile-broken", 64 * MIB, mount_cap("ext4")).await?;
+    let staging = p.path("staging");
+    n.node_stage_volume(Request::new(stage_req(&id, &staging, mount_cap("ext4"))))
+        .await?;
+    p.kill_both()?;
+    p.start_holder(0o022)?;
+    p.start_serve(0o022)?;
+    let e = n
+        .node_stage_volume(Request::new(stage_req(&id, &staging, mount_cap("ext4"))))
+        .await
+        .err();
+    ensure!(
+        e.as_ref().map(|e| e.code()) == Some(Code::FailedPrecondition),
+        "stage of a broken volume answered {e:?}"
+    );
+    // Recovery as documented: unmount, unstage, stage again.
+    rustix::mount::unmount(&staging, rustix::mount::UnmountFlags::DETACH)?;
+    n.node_unstage_volume(Request::new(unstage_req(&id, &staging))).await?;
+    n.node_stage_volume(Request::new(stage_req(&id, &staging, mount_cap("ext4"))))
+        .await?;
+    n.node_unstage_volume(Request::new(unstage_req(&id, &staging))).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // Defect 5: one thread per connection, no cap, no idle timeout.
 
 fn threads_of_this_process() -> Result<usize> {
@@ -435,6 +717,196 @@ fn defect6_quiesce_refuses_file_systems_that_are_not_floe_volumes() -> Result<()
 }
 
 // ---------------------------------------------------------------------------
+// Defect 7: paths taken as given.
+
+/// Relative staging paths, and staging or target paths through a symlink,
+/// are INVALID_ARGUMENT (before the fix: a relative path was mounted
+/// relative to the plugin's working directory, and a staging path that was
+/// a symlink to /etc mounted the volume over /etc).
+#[tokio::test(flavor = "multi_thread")]
+async fn defect7_csi_paths_must_be_absolute_and_free_of_symlinks() -> Result<()> {
+    if !ready("defect7_csi_paths_must_be_absolute_and_free_of_symlinks") {
+        return Ok(());
+    }
+    let h = Harness::new("hostile-paths")?;
+    let id = create(&h.controller, "hostile-paths", 64 * MIB, mount_cap("ext4")).await?;
+    // Relative: it would resolve into the scratch dir, from the cwd.
+    let cwd = std::env::current_dir()?;
+    let up = "../".repeat(cwd.components().count().saturating_sub(1));
+    let relative = format!(
+        "{up}{}",
+        h.path("rel-stage").display().to_string().trim_start_matches('/')
+    );
+    let e = h
+        .node
+        .node_stage_volume(Request::new(stage_req(&id, Path::new(&relative), mount_cap("ext4"))))
+        .await
+        .err();
+    ensure!(
+        e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+        "stage at the relative path {relative:?} answered {e:?}"
+    );
+    // Through a symlink.
+    let elsewhere = h.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere)?;
+    let link = h.path("link");
+    std::os::unix::fs::symlink(&elsewhere, &link)?;
+    for staging in [link.clone(), link.join("stage")] {
+        let e = h
+            .node
+            .node_stage_volume(Request::new(stage_req(&id, &staging, mount_cap("ext4"))))
+            .await
+            .err();
+        ensure!(
+            !floe_driver::dataplane::mounttable::is_mount_point(&elsewhere)?,
+            "the volume was mounted through the symlink at {}",
+            elsewhere.display()
+        );
+        ensure!(
+            e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+            "stage at {} answered {e:?}",
+            staging.display()
+        );
+    }
+    let dotted = format!("{}/./x/../stage", h.path("").display());
+    let e = h
+        .node
+        .node_stage_volume(Request::new(stage_req(&id, Path::new(&dotted), mount_cap("ext4"))))
+        .await
+        .err();
+    ensure!(
+        e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+        "stage at {dotted:?} answered {e:?}"
+    );
+    // A good stage, then a publish whose target is a symlink.
+    let staging = h.path("staging");
+    h.node
+        .node_stage_volume(Request::new(stage_req(&id, &staging, mount_cap("ext4"))))
+        .await?;
+    let e = h
+        .node
+        .node_publish_volume(Request::new(publish_req(&id, &staging, &link, mount_cap("ext4"))))
+        .await
+        .err();
+    ensure!(
+        !floe_driver::dataplane::mounttable::is_mount_point(&elsewhere)?,
+        "the volume was published through the symlink"
+    );
+    ensure!(
+        e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+        "publish at a symlink answered {e:?}"
+    );
+    h.node
+        .node_unstage_volume(Request::new(unstage_req(&id, &staging)))
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Defect 8: EIO for a full disk; volumes overcommitted.
+
+/// Mounts a fresh `mb`-MiB ext4 at `<dir>/data` (on a loop device over a
+/// file in the dir, both swept with it).
+fn small_data_fs(dir: &Path, mb: u64) -> Result<()> {
+    let image = dir.join("data.img");
+    std::fs::File::create(&image)?.set_len(mb << 20)?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(&image)
+        .output()?;
+    ensure!(out.status.success(), "mkfs.ext4: {out:?}");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let out = Command::new("mount")
+        .arg("-o")
+        .arg("loop")
+        .arg(&image)
+        .arg(&data)
+        .output()?;
+    ensure!(out.status.success(), "mount -o loop: {out:?}");
+    Ok(())
+}
+
+/// On a 256 MiB data disk, a second 150 MiB volume is refused (before the
+/// fix: both were made, each checked alone against the free space); and a
+/// writer that fills the disk gets ENOSPC, not EIO.
+#[tokio::test(flavor = "multi_thread")]
+async fn defect8_full_data_disk_is_enospc_and_volumes_are_not_overcommitted() -> Result<()> {
+    if !ready("defect8_full_data_disk_is_enospc_and_volumes_are_not_overcommitted") {
+        return Ok(());
+    }
+    let h = Harness::new_with("hostile-space", |dir| small_data_fs(dir, 256))?;
+    let a = create(&h.controller, "hostile-space-a", 150 * MIB, block_cap()).await?;
+    let e = create(&h.controller, "hostile-space-b", 150 * MIB, block_cap())
+        .await
+        .err();
+    let code = e
+        .as_ref()
+        .and_then(|e| e.downcast_ref::<tonic::Status>())
+        .map(|s| s.code());
+    ensure!(
+        code == Some(Code::ResourceExhausted),
+        "a second 150 MiB volume on a 256 MiB disk answered {e:?}"
+    );
+    // Fill the disk, then write where the volume has no block yet.
+    let staging = h.path("staging");
+    h.node
+        .node_stage_volume(Request::new(stage_req(&a, &staging, block_cap())))
+        .await?;
+    let device = h
+        .plugin
+        .volumes
+        .volume(&a)
+        .await?
+        .and_then(|v| v.attachment)
+        .context("attached")?
+        .device;
+    let filler = h.path("data/filler");
+    {
+        let mut f = std::fs::File::create(&filler)?;
+        let chunk = vec![0x5au8; 1 << 20];
+        loop {
+            match f.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc_enospc()) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let _ = f.sync_all();
+    }
+    let got = direct_write(&device, 100 << 20, 1 << 20);
+    let _ = std::fs::remove_file(&filler);
+    let errno = got.err().and_then(|e| e.raw_os_error());
+    ensure!(
+        errno == Some(libc_enospc()),
+        "a write to a volume on a full disk got errno {errno:?}, not ENOSPC"
+    );
+    h.node
+        .node_unstage_volume(Request::new(unstage_req(&a, &staging)))
+        .await?;
+    Ok(())
+}
+
+fn libc_enospc() -> i32 {
+    rustix::io::Errno::NOSPC.raw_os_error()
+}
+
+/// `len` bytes at `offset` of `device`, with O_DIRECT, then fsync.
+fn direct_write(device: &Path, offset: u64, len: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(device)?;
+    // O_DIRECT wants an aligned buffer: a 4 KiB-aligned slice of a larger one.
+    let mut raw = vec![0xa5u8; len + 4096];
+    let skip = raw.as_ptr().align_offset(4096);
+    f.write_all_at(&raw[skip..skip + len], offset)?;
+    raw.clear();
+    f.sync_all()
+}
+
+// ---------------------------------------------------------------------------
 // Defect 9: unstage blocks while another mount namespace holds the FUSE mount.
 
 /// A process in its own mount namespace (`unshare -m`, as containerd makes
@@ -490,4 +962,53 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Defect 10: mount options checked only after attach and mkfs.
+
+/// An unknown mount option is INVALID_ARGUMENT, and nothing was attached or
+/// formatted for it (before the fix: the volume was attached and formatted,
+/// then the mount failed and came back INTERNAL).
+#[tokio::test(flavor = "multi_thread")]
+async fn defect10_bad_mount_options_are_refused_before_attach() -> Result<()> {
+    if !ready("defect10_bad_mount_options_are_refused_before_attach") {
+        return Ok(());
+    }
+    let h = Harness::new("hostile-options")?;
+    let id = create(&h.controller, "hostile-options", 64 * MIB, mount_cap("ext4")).await?;
+    let staging = h.path("staging");
+    for bad in ["nosuchoption", "data=nonsense", "errors=explode", "context=\"x\""] {
+        let mut cap = mount_cap("ext4");
+        if let Some(csi::volume_capability::AccessType::Mount(m)) = cap.access_type.as_mut() {
+            m.mount_flags = vec![bad.into()];
+        }
+        let e = h
+            .node
+            .node_stage_volume(Request::new(stage_req(&id, &staging, cap)))
+            .await
+            .err();
+        ensure!(
+            e.as_ref().map(|e| e.code()) == Some(Code::InvalidArgument),
+            "mount option {bad:?} answered {e:?}"
+        );
+        let v = h.plugin.volumes.volume(&id).await?.context("the volume")?;
+        ensure!(v.attachment.is_none(), "mount option {bad:?}: the volume was attached");
+    }
+    // Good options still work.
+    let mut cap = mount_cap("ext4");
+    if let Some(csi::volume_capability::AccessType::Mount(m)) = cap.access_type.as_mut() {
+        m.mount_flags = vec![
+            "noatime".into(),
+            "data=ordered,errors=remount-ro".into(),
+            "discard".into(),
+        ];
+    }
+    h.node
+        .node_stage_volume(Request::new(stage_req(&id, &staging, cap)))
+        .await?;
+    h.node
+        .node_unstage_volume(Request::new(unstage_req(&id, &staging)))
+        .await?;
+    Ok(())
 }
