@@ -1012,3 +1012,244 @@ async fn defect10_bad_mount_options_are_refused_before_attach() -> Result<()> {
         .await?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Path traversal in every id and name field of the CSI services.
+
+/// Every id field of every RPC of the Controller, GroupController and Node
+/// services refuses a path with INVALID_ARGUMENT (list filters may answer
+/// an empty list instead), and names that are paths become safe ids.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_id_field_of_every_csi_rpc_refuses_a_path() -> Result<()> {
+    use floe_proto::csi::group_controller_server::GroupController;
+    if !ready("every_id_field_of_every_csi_rpc_refuses_a_path") {
+        return Ok(());
+    }
+    let h = Harness::new("hostile-rpcs")?;
+    let vol = create(&h.controller, "hostile-rpcs", 16 * MIB, block_cap()).await?;
+    let bad = TRAVERSAL.to_owned();
+    let (c, g, n) = (&h.controller, &h.group, &h.node);
+    let dir = h.path("paths");
+    let (staging, target) = (dir.join("staging"), dir.join("target"));
+    let code = |r: std::result::Result<(), tonic::Status>| r.err().map(|s| s.code());
+    let mut results: Vec<(&str, Option<Code>)> = Vec::new();
+    results.push((
+        "DeleteVolume.volume_id",
+        code(
+            c.delete_volume(Request::new(csi::DeleteVolumeRequest {
+                volume_id: bad.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    results.push((
+        "ControllerExpandVolume.volume_id",
+        code(
+            c.controller_expand_volume(Request::new(csi::ControllerExpandVolumeRequest {
+                volume_id: bad.clone(),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 32 * MIB,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    results.push((
+        "ValidateVolumeCapabilities.volume_id",
+        code(
+            c.validate_volume_capabilities(Request::new(csi::ValidateVolumeCapabilitiesRequest {
+                volume_id: bad.clone(),
+                volume_capabilities: vec![block_cap()],
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    results.push((
+        "CreateSnapshot.source_volume_id",
+        code(
+            c.create_snapshot(Request::new(csi::CreateSnapshotRequest {
+                name: "hostile-snap".into(),
+                source_volume_id: bad.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    results.push((
+        "DeleteSnapshot.snapshot_id",
+        code(
+            c.delete_snapshot(Request::new(csi::DeleteSnapshotRequest {
+                snapshot_id: bad.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    results.push((
+        "GetSnapshot.snapshot_id",
+        code(
+            c.get_snapshot(Request::new(csi::GetSnapshotRequest {
+                snapshot_id: bad.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    for source in [
+        csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource {
+            snapshot_id: bad.clone(),
+        }),
+        csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource { volume_id: bad.clone() }),
+    ] {
+        let mut req = create_req("hostile-restore", 16 * MIB, block_cap());
+        req.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(source) });
+        results.push((
+            "CreateVolume.volume_content_source",
+            code(c.create_volume(Request::new(req)).await.map(drop)),
+        ));
+    }
+    results.push((
+        "CreateVolumeGroupSnapshot.source_volume_ids",
+        code(
+            g.create_volume_group_snapshot(Request::new(csi::CreateVolumeGroupSnapshotRequest {
+                name: "hostile-group".into(),
+                source_volume_ids: vec![vol.clone(), bad.clone()],
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    results.push((
+        "DeleteVolumeGroupSnapshot.group_snapshot_id",
+        code(
+            g.delete_volume_group_snapshot(Request::new(csi::DeleteVolumeGroupSnapshotRequest {
+                group_snapshot_id: bad.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    results.push((
+        "GetVolumeGroupSnapshot.group_snapshot_id",
+        code(
+            g.get_volume_group_snapshot(Request::new(csi::GetVolumeGroupSnapshotRequest {
+                group_snapshot_id: bad.clone(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    results.push((
+        "NodeStageVolume.volume_id",
+        code(
+            n.node_stage_volume(Request::new(stage_req(&bad, &staging, block_cap())))
+                .await
+                .map(drop),
+        ),
+    ));
+    results.push((
+        "NodeUnstageVolume.volume_id",
+        code(
+            n.node_unstage_volume(Request::new(unstage_req(&bad, &staging)))
+                .await
+                .map(drop),
+        ),
+    ));
+    results.push((
+        "NodePublishVolume.volume_id",
+        code(
+            n.node_publish_volume(Request::new(publish_req(&bad, &staging, &target, block_cap())))
+                .await
+                .map(drop),
+        ),
+    ));
+    results.push((
+        "NodeUnpublishVolume.volume_id",
+        code(
+            n.node_unpublish_volume(Request::new(unpublish_req(&bad, &target)))
+                .await
+                .map(drop),
+        ),
+    ));
+    results.push((
+        "NodeGetVolumeStats.volume_id",
+        code(
+            n.node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
+                volume_id: bad.clone(),
+                volume_path: target.display().to_string(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    results.push((
+        "NodeExpandVolume.volume_id",
+        code(
+            n.node_expand_volume(Request::new(csi::NodeExpandVolumeRequest {
+                volume_id: bad.clone(),
+                volume_path: target.display().to_string(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        ),
+    ));
+    let wrong: Vec<String> = results
+        .iter()
+        .filter(|(_, c)| *c != Some(Code::InvalidArgument))
+        .map(|(f, c)| format!("{f}: {c:?}"))
+        .collect();
+    ensure!(wrong.is_empty(), "a path as an id was not refused: {wrong:?}");
+    // List filters find nothing.
+    let listed = c
+        .list_snapshots(Request::new(csi::ListSnapshotsRequest {
+            snapshot_id: bad.clone(),
+            source_volume_id: String::new(),
+            ..Default::default()
+        }))
+        .await;
+    ensure!(
+        listed.as_ref().map_or_else(
+            |s| s.code() == Code::InvalidArgument,
+            |l| l.get_ref().entries.is_empty()
+        ),
+        "ListSnapshots by a path answered {listed:?}"
+    );
+    // Names are the CO's free text: a path as a name gives a safe id.
+    let id = create(&h.controller, TRAVERSAL, 16 * MIB, block_cap()).await?;
+    ensure!(
+        floe_driver::model::ObjectId::parse("id", &id).is_ok(),
+        "the name {TRAVERSAL:?} gave the id {id:?}"
+    );
+    let snap = c
+        .create_snapshot(Request::new(csi::CreateSnapshotRequest {
+            name: TRAVERSAL.into(),
+            source_volume_id: id.clone(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner()
+        .snapshot
+        .context("a snapshot")?;
+    ensure!(
+        floe_driver::model::ObjectId::parse("id", &snap.snapshot_id).is_ok(),
+        "the snapshot name {TRAVERSAL:?} gave the id {:?}",
+        snap.snapshot_id
+    );
+    ensure!(!Path::new(VICTIM).exists(), "something wrote {VICTIM}");
+    Ok(())
+}

@@ -56,6 +56,9 @@ pub(super) struct Inner {
     file: CatalogFile,
     catalog: Mutex<Catalog>,
     busy: Mutex<HashSet<String>>,
+    /// Held from a capacity check to the catalog write of the claim it
+    /// allowed, so two creations cannot both take the same free bytes.
+    claims: Mutex<()>,
     pub(super) failpoints: Failpoints,
     pub(super) plane: Arc<Volumes>,
 }
@@ -123,6 +126,7 @@ impl LocalVolumes {
             file,
             catalog: Mutex::new(catalog),
             busy: Mutex::new(HashSet::new()),
+            claims: Mutex::new(()),
             failpoints: Failpoints::default(),
             plane,
         };
@@ -301,6 +305,7 @@ impl Inner {
                 Some(Content::Volume(src))
             }
         };
+        let claim = lock(&self.claims);
         let cap = self.capacity()?;
         if spec.size_bytes > cap.available_bytes {
             return Err(Error::ResourceExhausted(format!(
@@ -323,6 +328,7 @@ impl Inner {
             state: State::Creating,
         };
         self.write(|c| c.volumes.insert(spec.id.clone(), record.clone()))?;
+        drop(claim);
         let filled = match copy_from {
             None => self.new_store(&record.store, &volume, record.reserve_bytes, None),
             Some(Content::Image(file, len)) => {
@@ -461,6 +467,7 @@ impl Inner {
             tracing::info!(volume = %id, size, store = %next.store, "volume grown by copying it into a larger store");
             return Ok(self.volume_of(&next));
         }
+        let claim = lock(&self.claims);
         let growth = next.volume.size_bytes.saturating_sub(r.volume.size_bytes);
         let available = self.capacity()?.available_bytes;
         if growth > available {
@@ -471,6 +478,7 @@ impl Inner {
         // Within the reserve: the catalog first, so a crash never shrinks it;
         // the data plane then grows the store's size and the attached device.
         self.write(|c| c.volumes.insert(id.to_owned(), next.clone()))?;
+        drop(claim);
         self.plane.expand(&name, next.volume.size_bytes)?;
         tracing::info!(volume = %id, size, "volume grown");
         Ok(self.volume_of(&next))

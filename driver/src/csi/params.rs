@@ -496,6 +496,14 @@ pub fn required<'a>(rpc: &'static str, field: &'static str, value: &'a str, hint
     Ok(value)
 }
 
+/// Checks that a required id field holds an id this driver could have made
+/// ([`crate::model::ObjectId`]): never a path.
+pub fn object_id<'a>(rpc: &'static str, field: &'static str, value: &'a str, hint: &'static str) -> Result<&'a str> {
+    required(rpc, field, value, hint)?;
+    crate::model::ObjectId::parse(field, value)?;
+    Ok(value)
+}
+
 /// The id of the object named `name`: the name itself when it is a safe
 /// file name, else `~` and a hash of it. The same name always gives the same
 /// id, which is what makes creation idempotent; `~` is not a character of a
