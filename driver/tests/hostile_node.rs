@@ -1253,3 +1253,69 @@ async fn every_id_field_of_every_csi_rpc_refuses_a_path() -> Result<()> {
     ensure!(!Path::new(VICTIM).exists(), "something wrote {VICTIM}");
     Ok(())
 }
+
+/// The API's bounds themselves, with small limits: a connection left idle
+/// is closed after the idle timeout, and past the cap the connection idle
+/// the longest is closed to make room for a caller.
+#[test]
+fn defect5_idle_connections_time_out_and_the_longest_idle_makes_room() -> Result<()> {
+    use floe_driver::dataplane::daemon::{ApiLimits, Daemon, ServeConfig};
+    if !ready("defect5_idle_connections_time_out_and_the_longest_idle_makes_room") {
+        return Ok(());
+    }
+    let dir = common::scratch("hostile-limits")?;
+    let run = dir.path().join("run");
+    let mut holder = KillOnDrop(common::csi::start_holder(&run, &dir.path().join("holder.log"))?);
+    let idle_timeout = Duration::from_millis(1500);
+    let cfg = ServeConfig {
+        data_dir: dir.path().join("data"),
+        run_dir: run.clone(),
+        fuse: Default::default(),
+        api: ApiLimits {
+            max_connections: 4,
+            idle_timeout,
+        },
+    };
+    let daemon = Daemon::start(&cfg).map_err(|e| anyhow::anyhow!("start the data plane: {e}"))?;
+    daemon
+        .serve_api()
+        .map_err(|e| anyhow::anyhow!("start the data plane's API: {e}"))?;
+    let sock = run.join("dataplane.sock");
+    let result = (|| -> Result<()> {
+        // Idle: closed by the daemon after the timeout, not before.
+        let opened = Instant::now();
+        let mut idle = UnixStream::connect(&sock)?;
+        idle.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let n = idle.read(&mut [0u8; 16])?;
+        let after = opened.elapsed();
+        ensure!(n == 0, "an idle connection got {n} bytes");
+        ensure!(
+            after >= idle_timeout - Duration::from_millis(100),
+            "an idle connection was closed after {after:?}, before the {idle_timeout:?} timeout"
+        );
+        // Four idle connections fill the slots; a fifth caller is served,
+        // and the first of the four is closed to make room.
+        let mut first = UnixStream::connect(&sock)?;
+        first.set_read_timeout(Some(Duration::from_secs(30)))?;
+        // Answered: the daemon has accepted it before the next ones.
+        first.write_all(b"{\"op\":\"status\"}\n")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(first.try_clone()?), &mut line)?;
+        ensure!(
+            line.contains("\"ok\"") || line.contains("status"),
+            "status answered {line:?}"
+        );
+        let others: Vec<UnixStream> = (0..3).map(|_| UnixStream::connect(&sock)).collect::<Result<_, _>>()?;
+        let mut late = Client::connect(&sock)?;
+        late.set_timeout(Duration::from_secs(30))?;
+        late.status().context("a caller past the cap")?;
+        let n = first.read(&mut [0u8; 16])?;
+        ensure!(n == 0, "the longest-idle connection was not closed (read {n} bytes)");
+        drop(others);
+        Ok(())
+    })();
+    drop(daemon);
+    let _ = holder.0.kill();
+    sweep(dir.path());
+    result
+}
