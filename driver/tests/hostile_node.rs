@@ -628,6 +628,15 @@ async fn defect4_stage_refuses_a_broken_attachment() -> Result<()> {
         e.as_ref().map(|e| e.code()) == Some(Code::FailedPrecondition),
         "stage of a broken volume answered {e:?}"
     );
+    let target = p.path("pod");
+    let e = n
+        .node_publish_volume(Request::new(publish_req(&id, &staging, &target, mount_cap("ext4"))))
+        .await
+        .err();
+    ensure!(
+        e.as_ref().map(|e| e.code()) == Some(Code::FailedPrecondition),
+        "publish of a broken volume answered {e:?}"
+    );
     // Recovery as documented: unmount, unstage, stage again.
     rustix::mount::unmount(&staging, rustix::mount::UnmountFlags::DETACH)?;
     n.node_unstage_volume(Request::new(unstage_req(&id, &staging))).await?;

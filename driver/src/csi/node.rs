@@ -251,7 +251,11 @@ impl NodeService {
                 staging.display()
             ))
         };
-        let device = v.attachment.as_ref().map(|a| a.device.clone()).ok_or_else(not_staged)?;
+        if v.attachment.is_none() {
+            return Err(not_staged());
+        }
+        // Through the data plane: a broken attachment is refused here too.
+        let device = self.attach(&v).await?;
         let read_only = req.readonly || cap.reader_only;
         let table = mounts::mount_table()?;
         let (source, flags) = match &cap.access {
