@@ -229,6 +229,13 @@ pub struct ServeArgs {
     /// FUSE worker threads per volume.
     #[arg(long, env = "FLOE_FUSE_THREADS", default_value_t = 4)]
     pub fuse_threads: usize,
+    /// Local API connections served at once; past it, the connection idle
+    /// the longest is closed.
+    #[arg(long, env = "FLOE_API_MAX_CONNECTIONS", default_value_t = 32)]
+    pub api_max_connections: usize,
+    /// Seconds an API connection may wait between requests before it is closed.
+    #[arg(long, env = "FLOE_API_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub api_idle_timeout_secs: u64,
 }
 
 /// Flags of `floe-dataplane holder`.

@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod csi;
 pub mod dataplane;
+pub mod model;
 pub mod store;

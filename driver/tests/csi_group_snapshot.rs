@@ -5,7 +5,7 @@
 //! k at least the last one acknowledged before the RPC was sent, and each
 //! restored file system passes `e2fsck -fn` — also when a failpoint delays
 //! the second volume's cut by 200 ms. A control shows the check has teeth:
-//! three single-volume snapshots taken one after the other, 200 ms apart,
+//! three single-volume snapshots taken one after the other, the writer 30 records on between two,
 //! do not form such a prefix.
 //!
 //! Needs root, /dev/fuse, loop devices, mkfs.ext4 and e2fsck: in CI (`CI`
@@ -240,7 +240,8 @@ async fn a_group_snapshot_under_writes_restores_to_a_gap_free_prefix_of_the_reco
     *h.failpoints().cut_delay.lock().expect("failpoint") = None;
     writer.wait_past(before_delayed + 30).await?;
 
-    // 3. Control: one volume at a time, 200 ms apart, no common cut.
+    // 3. Control: one volume at a time, the writer 30 records further on
+    //    between two, no common cut.
     let mut sequential = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let s = h
@@ -255,7 +256,7 @@ async fn a_group_snapshot_under_writes_restores_to_a_gap_free_prefix_of_the_reco
             .snapshot
             .context("snapshot")?;
         sequential.push(s);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer.wait_past(writer.acked() + 30).await?;
     }
     let last = writer.stop()?;
 
@@ -274,7 +275,7 @@ async fn a_group_snapshot_under_writes_restores_to_a_gap_free_prefix_of_the_reco
     let control = gap_free_prefix(&restore_and_read(&h, "sequential", &sequential).await?);
     ensure!(
         control.is_err(),
-        "three snapshots 200 ms apart formed a prefix 1..{:?} (writer reached {last}): the check cannot tell a cut from a sequence",
+        "three snapshots 30 records apart formed a prefix 1..{:?} (writer reached {last}): the check cannot tell a cut from a sequence",
         control
     );
     eprintln!("group cut: records 1..{k} (acked {before_plain} before); delayed cut: 1..{kd} (acked {before_delayed}); sequential: {}", control.err().unwrap_or_default());

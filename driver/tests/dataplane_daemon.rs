@@ -474,24 +474,49 @@ fn restarts_of_the_csi_server_and_the_data_plane_cost_a_running_filesystem_no_io
         .spawn()
         .context("start fio")?;
     rig.fio = Some(fio);
-    let fio_start = Instant::now();
-    let at = |secs: u64| fio_start + Duration::from_secs(secs);
-    let sleep_until = |t: Instant| std::thread::sleep(t.saturating_duration_since(Instant::now()));
+    // Each step waits until fio has written 8 MiB more through the device
+    // (its /sys/block stat), not on a clock.
+    let stat = Path::new("/sys/block").join(&devname).join("stat");
+    let written = || -> Result<u64> {
+        let text = std::fs::read_to_string(&stat).with_context(|| format!("read {}", stat.display()))?;
+        let sectors = text.split_whitespace().nth(6).and_then(|s| s.parse::<u64>().ok());
+        Ok(sectors.context("sectors written in the device's stat")? * 512)
+    };
+    let fio_writes_on = |step: &str| -> Result<()> {
+        let from = written()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while written()? < from + (8 << 20) {
+            ensure!(
+                Instant::now() < deadline,
+                "fio wrote less than 8 MiB in 60 s before {step}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    };
 
     // 1. SIGKILL the CSI server (after it logged at least one status).
-    sleep_until(at(3));
-    let csi_log = std::fs::read_to_string(rig.dir.path().join("csi.log")).unwrap_or_default();
-    ensure!(
-        csi_log.contains("data plane status"),
-        "floe-csi did not reach the data plane:\n{csi_log}"
-    );
+    let csi_log_path = rig.dir.path().join("csi.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let csi_log = std::fs::read_to_string(&csi_log_path).unwrap_or_default();
+        if csi_log.contains("data plane status") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "floe-csi did not reach the data plane in 30 s:\n{csi_log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fio_writes_on("the kill of floe-csi")?;
     let mut csi = rig.csi.take().context("csi")?;
     csi.kill()?;
     csi.wait()?;
 
     // 2. Graceful restart: SIGTERM, and a successor started at once (it
     //    waits for the old one to let go of the serve lock).
-    sleep_until(at(6));
+    fio_writes_on("the graceful restart")?;
     rig.signal_serve(Signal::TERM)?;
     let graceful = Instant::now();
     let second = rig.start_serve()?;
@@ -501,7 +526,7 @@ fn restarts_of_the_csi_server_and_the_data_plane_cost_a_running_filesystem_no_io
     ensure!(status.success(), "the old serve exited with {status} on SIGTERM");
 
     // 3. SIGKILL the successor, start another.
-    sleep_until(at(12));
+    fio_writes_on("the SIGKILL of serve")?;
     rig.signal_serve(Signal::KILL)?;
     let killed = Instant::now();
     let third = rig.start_serve()?;

@@ -38,11 +38,15 @@ fn holder_sock(dir: &Path) -> PathBuf {
     dir.join("holder.sock")
 }
 
-/// Not a test: where a re-run of this binary starts a serving process. Does
-/// nothing without `FLOE_DP_HANDOVER_ROLE`.
+/// Not a test: where a re-run of this binary starts a serving process
+/// (`spawn_role` runs it with `--ignored --exact` and
+/// `FLOE_DP_HANDOVER_ROLE` set). Ignored in a plain run, and it fails when
+/// run without its variables, so it can never pass for a test.
 #[test]
+#[ignore = "a helper process of io_survives_sigkill_of_the_data_plane_with_a_successor"]
 fn handover_child_process_entry_point() -> Result<()> {
-    let Ok(role) = std::env::var(ROLE) else { return Ok(()) };
+    let role = std::env::var(ROLE)
+        .context("FLOE_DP_HANDOVER_ROLE is unset: this helper is started by io_survives_sigkill_of_the_data_plane_with_a_successor")?;
     let dir = PathBuf::from(std::env::var(DIR).context("FLOE_DP_HANDOVER_DIR")?);
     let backend = Arc::new(FileBackend::open(&backing(&dir))?);
     let ready = match role.as_str() {
@@ -71,8 +75,9 @@ fn handover_child_process_entry_point() -> Result<()> {
     let tmp = dir.join(format!("ready-{role}.tmp"));
     std::fs::write(&tmp, ready)?;
     std::fs::rename(&tmp, dir.join(format!("ready-{role}")))?;
+    // Serves until killed: the FUSE workers run on their own threads.
     loop {
-        std::thread::sleep(Duration::from_secs(3600));
+        std::thread::park();
     }
 }
 
@@ -81,6 +86,7 @@ fn spawn_role(dir: &Path, role: &str) -> Result<Child> {
         .args([
             "handover_child_process_entry_point",
             "--exact",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -249,16 +255,38 @@ fn io_survives_sigkill_of_the_data_plane_with_a_successor() -> Result<()> {
             .stderr(Stdio::piped())
             .spawn()?,
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill while fio has requests in flight on the connection.
+    let conn = connection_dir(&fuse_dir(&d)).context("the connection's fusectl directory")?;
+    let waiting = || -> u64 {
+        std::fs::read_to_string(conn.join("waiting"))
+            .ok()
+            .and_then(|w| w.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting() == 0 {
+        ensure!(
+            rig.fio.as_mut().expect("fio").try_wait()?.is_none(),
+            "fio ended before it had a request in flight"
+        );
+        ensure!(Instant::now() < deadline, "fio had no request in flight within 30 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
-    // SIGKILL; the child stays in `rig.servers` (reaped at teardown).
+    // SIGKILL; the child stays in `rig.servers` (reaped at teardown). The
+    // kernel keeps queueing fio's requests for the successor.
     let old = rig.servers.last_mut().expect("the server");
     old.kill()?;
     old.wait()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let waiting = connection_dir(&fuse_dir(&d))
-        .and_then(|c| std::fs::read_to_string(c.join("waiting")).ok())
-        .unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting() == 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "no request waits on the connection after the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let waiting = waiting().to_string();
     rig.servers.push(spawn_role(&d, "successor")?);
     wait_ready(&d, "successor", rig.servers.last_mut().expect("just pushed"))?;
     eprintln!(

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use floe_driver::cli::{DataplaneArgs, DataplaneCommand, HolderArgs, ServeArgs};
 use floe_driver::dataplane::daemon::files::RunPaths;
-use floe_driver::dataplane::daemon::{chain, Daemon, ServeConfig};
+use floe_driver::dataplane::daemon::{chain, ApiLimits, Daemon, ServeConfig};
 use floe_driver::dataplane::fuse::FuseConfig;
 use floe_driver::dataplane::handover::{Holder, HolderLink};
 use floe_driver::dataplane::process::{self, ProcessError};
@@ -63,6 +63,10 @@ fn serve(args: ServeArgs) -> Result<()> {
             threads: args.fuse_threads,
             ..FuseConfig::default()
         },
+        api: ApiLimits {
+            max_connections: args.api_max_connections,
+            idle_timeout: std::time::Duration::from_secs(args.api_idle_timeout_secs),
+        },
     };
     cfg.validate()?;
     let daemon = Daemon::start(&cfg)
@@ -82,7 +86,8 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 fn holder(args: HolderArgs) -> Result<()> {
     let run = RunPaths::new(&args.run_dir);
-    std::fs::create_dir_all(&run.dir).with_context(|| format!("create {}", run.dir.display()))?;
+    floe_driver::dataplane::localsock::private_dir(&run.dir)
+        .with_context(|| format!("create {} (mode 0700)", run.dir.display()))?;
     let path = run.holder_socket();
     if HolderLink::connect(&path, "probe").is_ok() {
         bail!("a holder already answers on {}", path.display());

@@ -179,7 +179,7 @@ impl ControllerService {
         let source = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
             None => None,
             Some(csi::volume_content_source::Type::Snapshot(s)) => Some(Source::Snapshot(
-                params::required(
+                params::object_id(
                     "CreateVolume",
                     "volume_content_source.snapshot.snapshot_id",
                     &s.snapshot_id,
@@ -188,7 +188,7 @@ impl ControllerService {
                 .to_owned(),
             )),
             Some(csi::volume_content_source::Type::Volume(v)) => Some(Source::Volume(
-                params::required(
+                params::object_id(
                     "CreateVolume",
                     "volume_content_source.volume.volume_id",
                     &v.volume_id,
@@ -599,7 +599,7 @@ impl Controller for ControllerService {
         request: Request<csi::GetSnapshotRequest>,
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let id = params::required("GetSnapshot", "snapshot_id", &req.snapshot_id, "the snapshot to show")?;
+        let id = params::object_id("GetSnapshot", "snapshot_id", &req.snapshot_id, "the snapshot to show")?;
         let snaps = self.plugin.volumes.snapshots().await?;
         let snap = snaps
             .iter()

@@ -13,6 +13,7 @@ use super::catalog::{sync_dir, GroupRecord, State, VolumeRecord};
 use super::error::{Error, Result};
 use super::local::{cut_name, lock, store, Inner};
 use super::volumes::{GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Time};
+use crate::model::ObjectId;
 
 impl Inner {
     /// One cut across `members`: (volume, id of the cut, where its image goes).
@@ -62,7 +63,8 @@ impl Inner {
         }
         let r = self.ready(&spec.volume)?;
         let created = Time::now();
-        self.cut(&[(r.clone(), spec.id.clone(), self.snapshot_file(&spec.id))])?;
+        let file = self.snapshot_file(&ObjectId::parse("snapshot_id", &spec.id)?);
+        self.cut(&[(r.clone(), spec.id.clone(), file)])?;
         let snap = Snapshot {
             id: spec.id.clone(),
             name: spec.name,
@@ -87,7 +89,7 @@ impl Inner {
             )));
         }
         self.write(|c| c.snapshots.remove(id))?;
-        let _ = std::fs::remove_file(self.snapshot_file(id));
+        let _ = std::fs::remove_file(self.snapshot_file(&ObjectId::parse("snapshot_id", id)?));
         Ok(())
     }
 
@@ -124,7 +126,8 @@ impl Inner {
                     requested: format!("membership of group snapshot {:?}", spec.name),
                 });
             }
-            cuts.push((self.ready(&m.volume)?, m.id.clone(), self.snapshot_file(&m.id)));
+            let file = self.snapshot_file(&ObjectId::parse("snapshot_id", &m.id)?);
+            cuts.push((self.ready(&m.volume)?, m.id.clone(), file));
         }
         let group = GroupSnapshot {
             id: spec.id.clone(),
@@ -173,7 +176,12 @@ impl Inner {
             g.map(|g| g.group.members).unwrap_or_default()
         })?;
         for m in members {
-            let _ = std::fs::remove_file(self.snapshot_file(&m));
+            match ObjectId::parse("snapshot_id", &m) {
+                Ok(id) => {
+                    let _ = std::fs::remove_file(self.snapshot_file(&id));
+                }
+                Err(e) => tracing::error!(error = %e, "the catalog names a snapshot that is no id: its file is left"),
+            }
         }
         Ok(())
     }

@@ -228,6 +228,16 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+impl From<crate::model::Invalid> for Error {
+    fn from(e: crate::model::Invalid) -> Self {
+        Error::Invalid {
+            field: e.field,
+            value: e.value,
+            expected: e.expected,
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let code = e.code();

@@ -38,6 +38,7 @@ use super::volumes::{Attachment, Capacity, Source, Volume, VolumeSpec};
 use crate::dataplane::daemon::api::{AttachState, Name, Shape};
 use crate::dataplane::daemon::Volumes;
 use crate::dataplane::sized::{copy_into, reserve_for};
+use crate::model::ObjectId;
 
 /// Who the data plane's volumes of the CSI catalog belong to.
 pub const OWNER: &str = "csi";
@@ -55,6 +56,9 @@ pub(super) struct Inner {
     file: CatalogFile,
     catalog: Mutex<Catalog>,
     busy: Mutex<HashSet<String>>,
+    /// Held from a capacity check to the catalog write of the claim it
+    /// allowed, so two creations cannot both take the same free bytes.
+    claims: Mutex<()>,
     pub(super) failpoints: Failpoints,
     pub(super) plane: Arc<Volumes>,
 }
@@ -122,6 +126,7 @@ impl LocalVolumes {
             file,
             catalog: Mutex::new(catalog),
             busy: Mutex::new(HashSet::new()),
+            claims: Mutex::new(()),
             failpoints: Failpoints::default(),
             plane,
         };
@@ -164,7 +169,9 @@ impl Inner {
         Ok(out)
     }
 
-    pub(super) fn snapshot_file(&self, id: &str) -> PathBuf {
+    /// The image of snapshot `id`: a file directly in the snapshot dir,
+    /// whatever the id (an [`ObjectId`] is one safe component).
+    pub(super) fn snapshot_file(&self, id: &ObjectId) -> PathBuf {
         self.snap_dir.join(format!("{id}.img"))
     }
 
@@ -287,7 +294,10 @@ impl Inner {
                     .read(|c| c.snapshots.get(sid).cloned())
                     .ok_or_else(|| Error::SnapshotNotFound(sid.clone()))?;
                 check_fits(spec.size_bytes, s.size_bytes, "snapshot", sid)?;
-                Some(Content::Image(self.snapshot_file(sid), s.size_bytes))
+                Some(Content::Image(
+                    self.snapshot_file(&ObjectId::parse("source.snapshot", sid)?),
+                    s.size_bytes,
+                ))
             }
             Some(Source::Volume(vid)) => {
                 let src = self.ready(vid)?;
@@ -295,6 +305,7 @@ impl Inner {
                 Some(Content::Volume(src))
             }
         };
+        let claim = lock(&self.claims);
         let cap = self.capacity()?;
         if spec.size_bytes > cap.available_bytes {
             return Err(Error::ResourceExhausted(format!(
@@ -317,6 +328,7 @@ impl Inner {
             state: State::Creating,
         };
         self.write(|c| c.volumes.insert(spec.id.clone(), record.clone()))?;
+        drop(claim);
         let filled = match copy_from {
             None => self.new_store(&record.store, &volume, record.reserve_bytes, None),
             Some(Content::Image(file, len)) => {
@@ -455,21 +467,63 @@ impl Inner {
             tracing::info!(volume = %id, size, store = %next.store, "volume grown by copying it into a larger store");
             return Ok(self.volume_of(&next));
         }
+        let claim = lock(&self.claims);
+        let growth = next.volume.size_bytes.saturating_sub(r.volume.size_bytes);
+        let available = self.capacity()?.available_bytes;
+        if growth > available {
+            return Err(Error::ResourceExhausted(format!(
+                "growing volume {id:?} by {growth} bytes needs more than the {available} bytes this node has free for volumes"
+            )));
+        }
         // Within the reserve: the catalog first, so a crash never shrinks it;
         // the data plane then grows the store's size and the attached device.
         self.write(|c| c.volumes.insert(id.to_owned(), next.clone()))?;
+        drop(claim);
         self.plane.expand(&name, next.volume.size_bytes)?;
         tracing::info!(volume = %id, size, "volume grown");
         Ok(self.volume_of(&next))
     }
 
+    /// Space left for new volumes: the data disk's free bytes less what
+    /// the volumes already made are promised and have not yet taken (a
+    /// store is sparse: each volume holds a claim on its capacity, less
+    /// the bytes its store has allocated), so volumes are never
+    /// overcommitted. Snapshots and copies take what they allocate.
     pub(super) fn capacity(&self) -> Result<Capacity> {
         let (bytes, _) = mounts::usage(&self.data_dir)?;
+        let records: Vec<VolumeRecord> = self.read(|c| c.volumes.values().cloned().collect());
+        let promised: u64 = records
+            .iter()
+            .map(|r| {
+                let dir = self.data_dir.join("volumes").join(&r.store);
+                r.volume.size_bytes.saturating_sub(allocated_bytes(&dir))
+            })
+            .sum();
+        let available = bytes[1].saturating_sub(promised);
         Ok(Capacity {
-            available_bytes: bytes[1],
-            max_volume_bytes: bytes[1],
+            available_bytes: available,
+            max_volume_bytes: available,
         })
     }
+}
+
+/// Bytes allocated on disk by the files under `dir` (recursively).
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+        .map(|(path, m)| {
+            if m.is_dir() {
+                allocated_bytes(&path)
+            } else {
+                m.blocks() * 512
+            }
+        })
+        .sum()
 }
 
 fn check_fits(size: u64, source: u64, kind: &str, id: &str) -> Result<()> {

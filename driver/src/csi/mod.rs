@@ -49,6 +49,7 @@ use std::sync::Arc;
 use floe_proto::csi;
 
 use crate::cli::PluginMode;
+use crate::dataplane::localsock;
 use error::{Error, Result};
 use locks::Locks;
 use volumes::{NodeVolumes, Snapshot};
@@ -132,7 +133,8 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
 }
 
 /// Serves the services of `plugin.mode` on the unix socket at `path` (a
-/// stale socket file is removed first) until `shutdown` resolves.
+/// stale socket file is removed first; the socket is 0600 and a directory
+/// made for it 0700, whatever the umask) until `shutdown` resolves.
 pub async fn serve(
     plugin: Arc<Plugin>,
     path: &std::path::Path,
@@ -142,15 +144,18 @@ pub async fn serve(
         controller_server::ControllerServer, group_controller_server::GroupControllerServer,
         identity_server::IdentityServer, node_server::NodeServer,
     };
-    match std::fs::remove_file(path) {
-        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove the stale socket", path)(e)),
-    }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io("create the socket directory", dir))?;
+        localsock::dir_if_missing(dir).map_err(Error::io("create the socket directory (mode 0700)", dir))?;
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(Error::io("listen on", path))?;
+    // Mode 0600 before it listens, whatever the umask: only root (kubelet,
+    // the sidecars) may call.
+    let listener = localsock::listen_private(path, rustix::net::SocketType::STREAM, 128)
+        .map_err(Error::io("listen (mode 0600) on", path))?;
+    let listener = std::os::unix::net::UnixListener::from(listener);
+    listener
+        .set_nonblocking(true)
+        .map_err(Error::io("make non-blocking", path))?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(Error::io("listen on", path))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let serves_controller = matches!(plugin.mode, PluginMode::Controller | PluginMode::All);
     let serves_node = matches!(plugin.mode, PluginMode::Node | PluginMode::All);

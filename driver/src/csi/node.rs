@@ -20,7 +20,8 @@ use super::mounts::{self, MountEntry};
 use super::params::{self, Access, Capability};
 use super::volumes::Volume;
 use super::Plugin;
-use crate::dataplane::mount::{format_once, MountError};
+use crate::dataplane::mount::{format_once, unmount_path, MountError};
+use crate::model::HostPath;
 
 /// Left in the (not yet mounted) staging directory while `mkfs` runs
 /// ([`format_once`]): a stage retried after the plugin died in the middle
@@ -61,6 +62,30 @@ fn at_path(table: &[MountEntry], path: &Path, device: Option<&Path>) -> Result<A
     Ok(AtPath::Other(m))
 }
 
+/// A path kubelet gives: required, absolute and canonical, and through
+/// no symlink ([`HostPath`]), so a mount lands where it says.
+fn host_path(rpc: &'static str, field: &'static str, value: &str, hint: &'static str) -> Result<HostPath> {
+    params::required(rpc, field, value, hint)?;
+    let path = HostPath::parse(field, value)?;
+    path.check_no_symlink(field)?;
+    Ok(path)
+}
+
+/// The `volume_path` of a stats or expand call: a path that is not
+/// absolute and canonical, or passes through a symlink, is not where this
+/// driver published the volume (NOT_FOUND, as the spec says for a path the
+/// volume is not at), and is never followed.
+fn volume_path(id: &str, value: &str) -> Result<HostPath> {
+    let not_here = |e: crate::model::Invalid| Error::NotAtPath {
+        volume: id.to_owned(),
+        path: value.into(),
+        why: format!("the path does not exist as given: {}", e.expected),
+    };
+    let path = HostPath::parse("volume_path", value).map_err(not_here)?;
+    path.check_no_symlink("volume_path").map_err(not_here)?;
+    Ok(path)
+}
+
 fn describe(m: &MountEntry) -> String {
     format!("{} from {} ({})", m.fs_type, m.source, m.options.join(","))
 }
@@ -79,10 +104,13 @@ impl NodeService {
             .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
     }
 
-    /// Attaches `v`, refusing past the node's volume limit.
+    /// Attaches `v`, refusing past the node's volume limit. Asks the data
+    /// plane even when `v` shows an attachment: it refuses one whose FUSE
+    /// connection is lost (FAILED_PRECONDITION), which must not pass for
+    /// staged.
     async fn attach(&self, v: &Volume) -> Result<std::path::PathBuf> {
-        if let Some(a) = &v.attachment {
-            return Ok(a.device.clone());
+        if v.attachment.is_some() {
+            return Ok(self.plugin.volumes.attach(&v.id).await?.device);
         }
         let staged = self
             .plugin
@@ -103,15 +131,20 @@ impl NodeService {
 
     async fn stage(&self, req: csi::NodeStageVolumeRequest) -> Result<()> {
         let id = params::required("NodeStageVolume", "volume_id", &req.volume_id, "the volume to stage")?;
-        let staging = Path::new(params::required(
+        let staging = host_path(
             "NodeStageVolume",
             "staging_target_path",
             &req.staging_target_path,
             "the global mount path kubelet chose",
-        )?);
+        )?;
+        let staging = staging.as_path();
         let cap = Capability::required("NodeStageVolume", req.volume_capability.as_ref())?;
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         let v = self.volume(id).await?;
+        if let Access::Mount { fs_type, options } = &cap.access {
+            // Before anything is attached or formatted.
+            options.check_for(fs_type.unwrap_or(v.params.fs_type))?;
+        }
         let Access::Mount { fs_type, options } = &cap.access else {
             // Block: the device is the product; publish binds it.
             self.attach(&v).await?;
@@ -120,7 +153,11 @@ impl NodeService {
         std::fs::create_dir_all(staging).map_err(Error::io("create the staging path", staging))?;
         let table = mounts::mount_table()?;
         match at_path(&table, staging, v.attachment.as_ref().map(|a| a.device.as_path()))? {
-            AtPath::Fs(_) => return Ok(()),
+            AtPath::Fs(_) => {
+                // Staged already, if its device still works.
+                self.attach(&v).await?;
+                return Ok(());
+            }
             AtPath::Nothing => {}
             AtPath::Device(m) | AtPath::Other(m) => {
                 return Err(Error::AlreadyExists {
@@ -164,12 +201,13 @@ impl NodeService {
             &req.volume_id,
             "the volume to unstage",
         )?;
-        let staging = Path::new(params::required(
+        let staging = host_path(
             "NodeUnstageVolume",
             "staging_target_path",
             &req.staging_target_path,
             "the path given to NodeStageVolume",
-        )?);
+        )?;
+        let staging = staging.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         let Some(v) = self.plugin.volumes.volume(id).await? else {
             return Ok(());
@@ -190,19 +228,21 @@ impl NodeService {
             &req.volume_id,
             "the volume to publish",
         )?;
-        let target = Path::new(params::required(
+        let target = host_path(
             "NodePublishVolume",
             "target_path",
             &req.target_path,
             "where the pod sees the volume",
-        )?);
+        )?;
+        let target = target.as_path();
         let cap = Capability::required("NodePublishVolume", req.volume_capability.as_ref())?;
-        let staging = Path::new(params::required(
+        let staging = host_path(
             "NodePublishVolume",
             "staging_target_path",
             &req.staging_target_path,
             "the path given to NodeStageVolume (this driver stages)",
-        )?);
+        )?;
+        let staging = staging.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         let v = self.volume(id).await?;
         let not_staged = || {
@@ -211,7 +251,11 @@ impl NodeService {
                 staging.display()
             ))
         };
-        let device = v.attachment.as_ref().map(|a| a.device.clone()).ok_or_else(not_staged)?;
+        if v.attachment.is_none() {
+            return Err(not_staged());
+        }
+        // Through the data plane: a broken attachment is refused here too.
+        let device = self.attach(&v).await?;
         let read_only = req.readonly || cap.reader_only;
         let table = mounts::mount_table()?;
         let (source, flags) = match &cap.access {
@@ -291,19 +335,51 @@ impl NodeService {
             &req.volume_id,
             "the volume to unpublish",
         )?;
-        let target = Path::new(params::required(
+        let target = host_path(
             "NodeUnpublishVolume",
             "target_path",
             &req.target_path,
             "the path given to NodePublishVolume",
-        )?);
+        )?;
+        let target = target.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        mounts::unmount_all(target)?;
-        match std::fs::symlink_metadata(target) {
-            Ok(m) if m.is_dir() => {
-                std::fs::remove_dir(target).map_err(Error::io("remove the target directory", target))?
+        // Only a publication of this volume is undone: an unknown volume is
+        // NOT_FOUND, and a foreign mount or file at the target stays.
+        let v = self.volume(id).await?;
+        let device = v.attachment.as_ref().map(|a| a.device.clone());
+        let not_ours = |what: String| {
+            Error::FailedPrecondition(format!(
+                "{} holds {what}, not a publication of volume {id:?}: left as it is",
+                target.display()
+            ))
+        };
+        for layer in 0.. {
+            match at_path(&mounts::mount_table()?, target, device.as_deref())? {
+                AtPath::Nothing => break,
+                _ if layer == 16 => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{} still has mounts stacked on it after 16 unmounts",
+                        target.display()
+                    )))
+                }
+                AtPath::Fs(_) | AtPath::Device(_) => unmount_path(target).map_err(|source| Error::Mount {
+                    op: "unmount the publication",
+                    source,
+                })?,
+                AtPath::Other(m) => return Err(not_ours(describe(&m))),
             }
-            Ok(_) => std::fs::remove_file(target).map_err(Error::io("remove the target file", target))?,
+        }
+        // What publish made: a directory (left empty by the unmount) or an
+        // empty file (a block volume's bind target).
+        match std::fs::symlink_metadata(target) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir(target).map_err(|e| match e.kind() {
+                std::io::ErrorKind::DirectoryNotEmpty => not_ours("a directory with files in it".into()),
+                _ => Error::io("remove the target directory", target)(e),
+            })?,
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                std::fs::remove_file(target).map_err(Error::io("remove the target file", target))?
+            }
+            Ok(m) => return Err(not_ours(format!("a {:?} of {} bytes", m.file_type(), m.len()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("look at the target", target)(e)),
         }
@@ -319,13 +395,15 @@ impl NodeService {
             &req.volume_id,
             "the volume to measure",
         )?;
-        let path = Path::new(params::required(
+        let path = params::required(
             "NodeGetVolumeStats",
             "volume_path",
             &req.volume_path,
             "a path the volume is published or staged at",
-        )?);
+        )?;
         let v = self.volume(id).await?;
+        let path = volume_path(id, path)?;
+        let path = path.as_path();
         if std::fs::symlink_metadata(path).is_err() {
             return Err(Error::NotAtPath {
                 volume: id.to_owned(),
@@ -389,17 +467,19 @@ impl NodeService {
 
     async fn expand(&self, req: csi::NodeExpandVolumeRequest) -> Result<csi::NodeExpandVolumeResponse> {
         let id = params::required("NodeExpandVolume", "volume_id", &req.volume_id, "the volume to grow")?;
-        let path = Path::new(params::required(
+        let path = params::required(
             "NodeExpandVolume",
             "volume_path",
             &req.volume_path,
             "where the volume is published",
-        )?);
+        )?;
         if let Some(c) = req.volume_capability.as_ref() {
             Capability::parse(c)?;
         }
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         let mut v = self.volume(id).await?;
+        let path = volume_path(id, path)?;
+        let path = path.as_path();
         if let Some(range) = req.capacity_range.as_ref() {
             let size = params::capacity(Some(range), v.params.block_size, 0)?;
             if size > v.size_bytes {

@@ -219,6 +219,12 @@ impl MountOptions {
                     })
                 }
                 other => {
+                    if fs_takes(FsType::Ext4, other)
+                        .or_else(|| fs_takes(FsType::Xfs, other))
+                        .is_none()
+                    {
+                        return Err(unknown_option(other, None));
+                    }
                     out.data.push(other.to_owned());
                     continue;
                 }
@@ -228,10 +234,150 @@ impl MountOptions {
         Ok(out)
     }
 
+    /// Checks the file-system options against what `fs` takes: called
+    /// before the volume is attached or formatted, so a bad option is
+    /// INVALID_ARGUMENT and leaves nothing behind.
+    pub fn check_for(&self, fs: FsType) -> Result<()> {
+        match self.data.iter().find(|o| fs_takes(fs, o).is_none()) {
+            None => Ok(()),
+            Some(o) => Err(unknown_option(o, Some(fs))),
+        }
+    }
+
     /// The data string for `mount(2)`.
     pub fn data_string(&self) -> String {
         self.data.join(",")
     }
+}
+
+fn unknown_option(opt: &str, fs: Option<FsType>) -> Error {
+    Error::Invalid {
+        field: "mount_flags",
+        value: opt.chars().take(64).collect(),
+        expected: match fs {
+            Some(fs) => format!(
+                "a mount option {} takes (see its man page), or a generic one such as noatime",
+                fs.name()
+            ),
+            None => "a generic mount option (noatime, nodev, ro, ...) or one ext4 or xfs takes".into(),
+        },
+    }
+}
+
+/// Options of ext4 (`ext4(5)`) floe passes on: flags, then `key=value`
+/// options with the values each takes (`#` any decimal number, `#s` a
+/// size with an optional k/m/g suffix).
+const EXT4_OPTIONS: &[&str] = &[
+    "acl",
+    "noacl",
+    "user_xattr",
+    "nouser_xattr",
+    "barrier",
+    "nobarrier",
+    "discard",
+    "nodiscard",
+    "delalloc",
+    "nodelalloc",
+    "auto_da_alloc",
+    "noauto_da_alloc",
+    "journal_checksum",
+    "nojournal_checksum",
+    "journal_async_commit",
+    "noload",
+    "norecovery",
+    "init_itable",
+    "noinit_itable",
+    "dioread_lock",
+    "dioread_nolock",
+    "i_version",
+    "nombcache",
+    "block_validity",
+    "noblock_validity",
+    "grpid",
+    "bsdgroups",
+    "nogrpid",
+    "sysvgroups",
+    "quota",
+    "noquota",
+    "usrquota",
+    "grpquota",
+    "prjquota",
+];
+const EXT4_VALUES: &[(&str, &[&str])] = &[
+    ("data", &["journal", "ordered", "writeback"]),
+    ("errors", &["continue", "remount-ro", "panic"]),
+    ("barrier", &["0", "1"]),
+    ("commit", &["#"]),
+    ("init_itable", &["#"]),
+    ("stripe", &["#"]),
+    ("max_batch_time", &["#"]),
+    ("min_batch_time", &["#"]),
+    ("journal_ioprio", &["#"]),
+    ("inode_readahead_blks", &["#"]),
+    ("resuid", &["#"]),
+    ("resgid", &["#"]),
+];
+/// Options of xfs (`xfs(5)`) floe passes on.
+const XFS_OPTIONS: &[&str] = &[
+    "attr2",
+    "noattr2",
+    "discard",
+    "nodiscard",
+    "grpid",
+    "bsdgroups",
+    "nogrpid",
+    "sysvgroups",
+    "filestreams",
+    "ikeep",
+    "noikeep",
+    "inode32",
+    "inode64",
+    "largeio",
+    "nolargeio",
+    "noalign",
+    "norecovery",
+    "nouuid",
+    "noquota",
+    "uquota",
+    "usrquota",
+    "uqnoenforce",
+    "quota",
+    "pquota",
+    "prjquota",
+    "pqnoenforce",
+    "gquota",
+    "grpquota",
+    "gqnoenforce",
+    "swalloc",
+    "wsync",
+];
+const XFS_VALUES: &[(&str, &[&str])] = &[
+    ("allocsize", &["#s"]),
+    ("logbufs", &["#"]),
+    ("logbsize", &["#s"]),
+    ("sunit", &["#"]),
+    ("swidth", &["#"]),
+];
+
+/// `Some(())` when `fs` takes the option `opt`.
+fn fs_takes(fs: FsType, opt: &str) -> Option<()> {
+    let (flags, values) = match fs {
+        FsType::Ext4 => (EXT4_OPTIONS, EXT4_VALUES),
+        FsType::Xfs => (XFS_OPTIONS, XFS_VALUES),
+    };
+    let Some((key, value)) = opt.split_once('=') else {
+        return flags.contains(&opt).then_some(());
+    };
+    let (_, allowed) = values.iter().find(|(k, _)| *k == key)?;
+    let number = |v: &str| !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit());
+    allowed
+        .iter()
+        .any(|a| match *a {
+            "#" => number(value),
+            "#s" => number(value.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G'])),
+            literal => literal == value,
+        })
+        .then_some(())
 }
 
 /// How a volume is consumed.
@@ -347,6 +493,14 @@ pub fn required<'a>(rpc: &'static str, field: &'static str, value: &'a str, hint
             expected: "at most 4096 bytes without NUL".into(),
         });
     }
+    Ok(value)
+}
+
+/// Checks that a required id field holds an id this driver could have made
+/// ([`crate::model::ObjectId`]): never a path.
+pub fn object_id<'a>(rpc: &'static str, field: &'static str, value: &'a str, hint: &'static str) -> Result<&'a str> {
+    required(rpc, field, value, hint)?;
+    crate::model::ObjectId::parse(field, value)?;
     Ok(value)
 }
 
@@ -485,6 +639,21 @@ mod tests {
         assert_eq!(o.flags, MountFlags::NOATIME | MountFlags::RDONLY);
         assert_eq!(o.data_string(), "discard");
         assert!(MountOptions::parse(&["bind".into()]).is_err());
+        for bad in [
+            "nosuchoption",
+            "data=nonsense",
+            "errors=explode",
+            "context=\"x\"",
+            "commit=1x",
+            "sb=",
+        ] {
+            assert!(MountOptions::parse(&[bad.into()]).is_err(), "{bad}");
+        }
+        let o = MountOptions::parse(&["data=ordered,errors=remount-ro".into(), "logbsize=256k".into()]).expect("valid");
+        assert!(o.check_for(FsType::Ext4).is_err(), "logbsize is xfs's");
+        assert!(o.check_for(FsType::Xfs).is_err(), "data= is ext4's");
+        let o = MountOptions::parse(&["data=ordered,commit=30".into(), "discard".into()]).expect("valid");
+        assert!(o.check_for(FsType::Ext4).is_ok());
     }
 
     #[test]

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::catalog::State;
 use super::error::Result;
 use super::local::LocalVolumes;
-use super::volumes::{Attachment, Capacity, GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Volume, VolumeSpec};
+use super::volumes::{
+    Attachment, Capacity, GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Source, Volume, VolumeSpec,
+};
+use crate::model::ObjectId;
 
 /// One [`NodeVolumes`](super::volumes::NodeVolumes) call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,9 +113,49 @@ pub enum NodeReply {
     Capacity(Capacity),
 }
 
+impl NodeCall {
+    /// Checks every id the call carries ([`ObjectId`]): the daemon is the
+    /// node's one entry for these calls, local or from a remote controller.
+    pub fn check_ids(&self) -> Result<()> {
+        let id = |field, v: &str| ObjectId::parse(field, v).map(drop);
+        let snapshot = |s: &SnapshotSpec| -> Result<()> {
+            id("snapshot.id", &s.id)?;
+            id("snapshot.volume", &s.volume)?;
+            Ok(())
+        };
+        match self {
+            NodeCall::Create { spec } => {
+                id("spec.id", &spec.id)?;
+                match &spec.source {
+                    Some(Source::Snapshot(s)) => id("source.snapshot", s)?,
+                    Some(Source::Volume(v)) => id("source.volume", v)?,
+                    None => {}
+                }
+            }
+            NodeCall::Delete { id: v }
+            | NodeCall::Volume { id: v }
+            | NodeCall::Expand { id: v, .. }
+            | NodeCall::Attach { id: v }
+            | NodeCall::Detach { id: v } => id("volume_id", v)?,
+            NodeCall::Snapshot { spec } => snapshot(spec)?,
+            NodeCall::DeleteSnapshot { id: s } => id("snapshot_id", s)?,
+            NodeCall::CreateGroup { spec } => {
+                id("group.id", &spec.id)?;
+                for m in &spec.members {
+                    snapshot(m)?;
+                }
+            }
+            NodeCall::DeleteGroup { id: g } | NodeCall::Group { id: g } => id("group_snapshot_id", g)?,
+            NodeCall::Volumes | NodeCall::Snapshots | NodeCall::Capacity => {}
+        }
+        Ok(())
+    }
+}
+
 impl LocalVolumes {
     /// Carries out one call (blocking; the daemon's API threads call it).
     pub fn call(&self, call: NodeCall) -> Result<NodeReply> {
+        call.check_ids()?;
         let i = &self.inner;
         Ok(match call {
             NodeCall::Create { spec } => NodeReply::Volume(i.create(spec)?),
@@ -177,5 +220,26 @@ mod tests {
         assert_eq!(serde_json::from_str::<NodeCall>(&text).expect("decode"), call);
         assert!(serde_json::from_str::<NodeCall>(r#"{"method":"expand","id":"a","size":1}"#).is_err());
         assert!(serde_json::from_str::<NodeCall>(r#"{"method":"format","id":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn ids_that_are_paths_are_refused() {
+        let bad = "../../../../tmp/x";
+        for call in [
+            NodeCall::DeleteSnapshot { id: bad.into() },
+            NodeCall::Attach { id: bad.into() },
+            NodeCall::DeleteGroup { id: bad.into() },
+            NodeCall::Snapshot {
+                spec: SnapshotSpec {
+                    id: bad.into(),
+                    name: "n".into(),
+                    volume: "v".into(),
+                },
+            },
+        ] {
+            let e = call.check_ids().expect_err("a path is no id");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{call:?}");
+        }
+        assert!(NodeCall::Attach { id: "pvc-1".into() }.check_ids().is_ok());
     }
 }

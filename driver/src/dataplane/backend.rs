@@ -45,6 +45,18 @@ pub enum BackendError {
         #[source]
         source: io::Error,
     },
+    /// The engine failed; `errno` is the one its store's I/O failed with
+    /// (ENOSPC for a full disk), or EIO.
+    #[error("{op}")]
+    Engine {
+        /// What the backend was doing, as a verb phrase.
+        op: &'static str,
+        /// The errno to answer with.
+        errno: i32,
+        /// The engine's error.
+        #[source]
+        source: floe_engine::EngineError,
+    },
 }
 
 impl BackendError {
@@ -54,6 +66,7 @@ impl BackendError {
             BackendError::OutOfRange { .. } => rustix::io::Errno::NOSPC.raw_os_error(),
             BackendError::Unsupported(_) => rustix::io::Errno::OPNOTSUPP.raw_os_error(),
             BackendError::Io { source, .. } => source.raw_os_error().unwrap_or(rustix::io::Errno::IO.raw_os_error()),
+            BackendError::Engine { errno, .. } => *errno,
         }
     }
 

@@ -49,11 +49,26 @@ impl EngineBackend {
 fn engine_error(op: &'static str) -> impl FnOnce(EngineError) -> BackendError {
     move |e| match e {
         EngineError::OutOfRange { offset, len, size } => BackendError::OutOfRange { offset, len, size },
-        other => BackendError::Io {
+        other => BackendError::Engine {
             op,
-            source: io::Error::other(other),
+            errno: errno_in(&other),
+            source: other,
         },
     }
+}
+
+/// The errno of the first OS error among `e`'s causes (the store's failed
+/// `pwrite` or `fsync`), so a full disk reaches the writer as ENOSPC;
+/// EIO when there is none.
+fn errno_in(e: &(dyn std::error::Error + 'static)) -> i32 {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(errno) = c.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+            return errno;
+        }
+        cause = c.source();
+    }
+    rustix::io::Errno::IO.raw_os_error()
 }
 
 impl BlockBackend for EngineBackend {
@@ -79,5 +94,34 @@ impl BlockBackend for EngineBackend {
     fn flush(&self) -> Result<(), BackendError> {
         self.with_primary(|p| p.flush())
             .map_err(engine_error("flush volume through the engine"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use floe_engine::StoreError;
+
+    use super::*;
+
+    #[test]
+    fn the_stores_errno_reaches_the_writer() {
+        let full = crate::store::Error::Io {
+            op: "write block",
+            path: "/data/v/image".into(),
+            source: io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
+        };
+        let e = EngineError::Store(StoreError {
+            op: "write through",
+            source: Box::new(full),
+        });
+        assert_eq!(
+            engine_error("write")(e).errno(),
+            rustix::io::Errno::NOSPC.raw_os_error()
+        );
+        let e = EngineError::Store(StoreError {
+            op: "write through",
+            source: Box::new(io::Error::other("no errno")),
+        });
+        assert_eq!(engine_error("write")(e).errno(), rustix::io::Errno::IO.raw_os_error());
     }
 }

@@ -37,6 +37,10 @@
 //! few reasons to restart as possible, and never roll it together with the
 //! data plane.
 //!
+//! The socket is 0600 whatever the umask, and only root and the holder's
+//! own uid are served ([`localsock`]): whoever holds these fds can answer a
+//! live volume's I/O.
+//!
 //! Wire protocol (`SOCK_SEQPACKET`, one request and one answer per message):
 //! a kind byte, then for `PUT_INIT` the 40-byte [`InitParams`], then the
 //! connection's key (the volume id) in UTF-8. `PUT_FD` carries one fd;
@@ -58,6 +62,7 @@ use rustix::net::{
 
 use super::fuse::abi::{InitParams, INIT_PARAMS_LEN};
 use super::fuse::{Connection, FdObserver};
+use super::localsock;
 
 const PUT_FD: u8 = 1;
 const PUT_INIT: u8 = 2;
@@ -121,19 +126,12 @@ pub struct Holder {
 impl Holder {
     /// Binds the socket at `path` (replacing a stale one) and starts serving.
     pub fn bind(path: &Path) -> Result<Self, HandoverError> {
-        let err = |op| {
-            move |e: rustix::io::Errno| HandoverError::Socket {
-                op,
+        let listener =
+            localsock::listen_private(path, SocketType::SEQPACKET, 16).map_err(|source| HandoverError::Socket {
+                op: "listen (mode 0600) on",
                 path: path.to_owned(),
-                source: e.into(),
-            }
-        };
-        let _ = std::fs::remove_file(path);
-        let listener = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
-            .map_err(err("socket"))?;
-        let addr = SocketAddrUnix::new(path).map_err(err("address"))?;
-        rustix::net::bind(&listener, &addr).map_err(err("bind"))?;
-        rustix::net::listen(&listener, 16).map_err(err("listen"))?;
+                source,
+            })?;
         let listener = Arc::new(listener);
         let table: Table = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -216,6 +214,10 @@ fn accept_loop(listener: &OwnedFd, table: &Table, stop: &AtomicBool) {
                 return;
             }
         };
+        if let Err(e) = localsock::check_peer(&client) {
+            tracing::warn!(error = %e, "holder: refused a peer");
+            continue;
+        }
         let table = Arc::clone(table);
         let spawned = std::thread::Builder::new()
             .name("floe-holder-client".into())

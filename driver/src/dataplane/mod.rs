@@ -16,6 +16,7 @@
 //! - [`mount`]: probe, mkfs, mount, grow, check, trim;
 //! - [`fsfreeze`]: `syncfs`, `FIFREEZE`, `FITHAW`;
 //! - [`volume`]: [`AttachedVolume`], tying FUSE and loop together;
+//! - [`localsock`]: sockets 0600 and directories 0700 whatever the umask, peer credentials;
 //! - [`handover`]: passing a live connection's fds to a successor process;
 //! - [`daemon`]: `floe-dataplane serve`: the local API, the freeze
 //!   watchdog, attach bookkeeping and restarts through the holder;
@@ -29,6 +30,7 @@ pub mod engine_backend;
 pub mod fsfreeze;
 pub mod fuse;
 pub mod handover;
+pub mod localsock;
 pub mod loopdev;
 pub mod mount;
 pub mod mounttable;

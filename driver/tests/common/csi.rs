@@ -18,7 +18,7 @@ use floe_driver::csi::identity::IdentityService;
 use floe_driver::csi::local::Failpoints;
 use floe_driver::csi::node::NodeService;
 use floe_driver::csi::Plugin;
-use floe_driver::dataplane::daemon::{Daemon, ServeConfig};
+use floe_driver::dataplane::daemon::{ApiLimits, Daemon, ServeConfig};
 use floe_driver::dataplane::fuse::FuseConfig;
 use floe_proto::csi;
 
@@ -75,13 +75,25 @@ pub fn wait_for_socket(path: &Path) -> anyhow::Result<()> {
 impl Harness {
     /// A fresh node on a scratch dir.
     pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        Self::new_with(prefix, |_| Ok(()))
+    }
+
+    /// A fresh node on a scratch dir; `prepare` runs on the scratch dir
+    /// before the data plane starts (to mount a small file system at
+    /// `data`, say). Whatever it mounts under the dir is swept on drop.
+    pub fn new_with(prefix: &str, prepare: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<Self> {
         let dir = super::scratch(prefix)?;
+        if let Err(e) = prepare(dir.path()) {
+            sweep(dir.path());
+            return Err(e);
+        }
         let run = dir.path().join("run");
         let holder = start_holder(&run, &dir.path().join("holder.log"))?;
         let cfg = ServeConfig {
             data_dir: dir.path().join("data"),
             run_dir: run.clone(),
             fuse: FuseConfig::default(),
+            api: ApiLimits::default(),
         };
         let daemon = Daemon::start(&cfg).map_err(|e| anyhow::anyhow!("start the data plane: {e}"))?;
         daemon

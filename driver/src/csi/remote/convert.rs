@@ -16,16 +16,24 @@ use crate::csi::volumes::{
     Attachment, Capacity, GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Source, Time, Volume, VolumeSpec,
 };
 use crate::dataplane::mount::FsType;
+use crate::model::ObjectId;
 
-/// A required string: present and not empty.
-pub(super) fn id(field: &'static str, value: String) -> Result<String> {
+/// A required string: present and not empty (names, device paths).
+fn nonempty(field: &'static str, value: String) -> Result<String> {
     if value.is_empty() {
         return Err(Error::Invalid {
             field,
             value,
-            expected: "a non-empty id".into(),
+            expected: "a non-empty string".into(),
         });
     }
+    Ok(value)
+}
+
+/// A required id: one this driver could have made, never a path
+/// ([`ObjectId`]).
+pub(super) fn id(field: &'static str, value: String) -> Result<String> {
+    ObjectId::parse(field, &value)?;
     Ok(value)
 }
 
@@ -154,7 +162,7 @@ impl TryFrom<wire::VolumeSpec> for VolumeSpec {
     fn try_from(s: wire::VolumeSpec) -> Result<Self> {
         Ok(VolumeSpec {
             id: id("spec.id", s.id)?,
-            name: id("spec.name", s.name)?,
+            name: nonempty("spec.name", s.name)?,
             size_bytes: s.size_bytes,
             params: present("spec.params", s.params)?.try_into()?,
             source: source_from_wire(s.source)?,
@@ -181,7 +189,7 @@ impl TryFrom<wire::Volume> for Volume {
     fn try_from(v: wire::Volume) -> Result<Self> {
         Ok(Volume {
             id: id("volume.id", v.id)?,
-            name: id("volume.name", v.name)?,
+            name: nonempty("volume.name", v.name)?,
             size_bytes: v.size_bytes,
             params: present("volume.params", v.params)?.try_into()?,
             source: source_from_wire(v.source)?,
@@ -202,7 +210,7 @@ impl TryFrom<wire::Attachment> for Attachment {
     type Error = Error;
     fn try_from(a: wire::Attachment) -> Result<Self> {
         Ok(Attachment {
-            device: id("attachment.device", a.device)?.into(),
+            device: nonempty("attachment.device", a.device)?.into(),
         })
     }
 }
@@ -222,7 +230,7 @@ impl TryFrom<wire::SnapshotSpec> for SnapshotSpec {
     fn try_from(s: wire::SnapshotSpec) -> Result<Self> {
         Ok(SnapshotSpec {
             id: id("snapshot.id", s.id)?,
-            name: id("snapshot.name", s.name)?,
+            name: nonempty("snapshot.name", s.name)?,
             volume: id("snapshot.volume", s.volume)?,
         })
     }
@@ -246,7 +254,7 @@ impl TryFrom<wire::Snapshot> for Snapshot {
     fn try_from(s: wire::Snapshot) -> Result<Self> {
         Ok(Snapshot {
             id: id("snapshot.id", s.id)?,
-            name: id("snapshot.name", s.name)?,
+            name: nonempty("snapshot.name", s.name)?,
             source_volume: id("snapshot.source_volume", s.source_volume)?,
             size_bytes: s.size_bytes,
             created: time("snapshot.created", s.created)?,
@@ -270,7 +278,7 @@ impl TryFrom<wire::GroupSpec> for GroupSpec {
     fn try_from(g: wire::GroupSpec) -> Result<Self> {
         Ok(GroupSpec {
             id: id("group.id", g.id)?,
-            name: id("group.name", g.name)?,
+            name: nonempty("group.name", g.name)?,
             members: g.members.into_iter().map(TryInto::try_into).collect::<Result<_>>()?,
         })
     }
@@ -300,9 +308,17 @@ impl TryFrom<wire::GroupSnapshot> for GroupSnapshot {
         }
         Ok(GroupSnapshot {
             id: id("group.id", g.id)?,
-            name: id("group.name", g.name)?,
-            members: g.members,
-            volumes: g.volumes,
+            name: nonempty("group.name", g.name)?,
+            members: g
+                .members
+                .into_iter()
+                .map(|m| id("group.members", m))
+                .collect::<Result<_>>()?,
+            volumes: g
+                .volumes
+                .into_iter()
+                .map(|v| id("group.volumes", v))
+                .collect::<Result<_>>()?,
             created: time("group.created", g.created)?,
         })
     }

@@ -126,6 +126,14 @@ pub enum DaemonError {
     /// Quiesce of something that is not a mount point.
     #[error("{0} is not a mount point: quiesce the directory a file system is mounted on")]
     NotMounted(PathBuf),
+    /// Quiesce of a mount point whose file system is not on a floe volume.
+    #[error("{path} holds {what}, not the file system of a volume this data plane serves: quiesce freezes only floe volumes")]
+    NotAFloeVolume {
+        /// The mount point.
+        path: PathBuf,
+        /// What is mounted there.
+        what: String,
+    },
     /// Quiesce of a file system frozen already.
     #[error("{path} is frozen already under token {token}: thaw it first")]
     AlreadyFrozen {
@@ -263,6 +271,7 @@ impl DaemonError {
             | E::Mounted { .. }
             | E::StaleMounted { .. }
             | E::NotServed(_)
+            | E::NotAFloeVolume { .. }
             | E::AlreadyFrozen { .. }
             | E::StillFreezing(_) => ErrorKind::FailedPrecondition,
             E::CannotGrow { .. } => ErrorKind::Unimplemented,

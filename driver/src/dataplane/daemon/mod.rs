@@ -18,7 +18,9 @@
 //! requests, and the next `serve` takes the connections over.
 //!
 //! # The local API
-//! A unix socket, `<run-dir>/dataplane.sock` (mode 0600), speaking
+//! A unix socket, `<run-dir>/dataplane.sock` (mode 0600 whatever the
+//! umask; peers other than root and this process's uid are refused,
+//! connections bounded in number and idle time: see `server`), speaking
 //! line-delimited JSON ([`api`]): one request object per line, one response
 //! per line, on a connection the client may keep. Chosen over tonic on a
 //! unix socket because this process is the I/O path: it is synchronous
@@ -112,12 +114,14 @@ pub use error::{chain, DaemonError};
 use files::RunPaths;
 use freeze::Freezer;
 pub use freeze::FrozenRecord;
+pub use server::ApiLimits;
 pub use volumes::VolumeRecord;
 pub(crate) use volumes::Volumes;
 
 use crate::csi::local::LocalVolumes;
 use crate::dataplane::fuse::FuseConfig;
 use crate::dataplane::handover::HolderLink;
+use crate::dataplane::{localsock, mounttable};
 
 /// How `serve` is set up.
 #[derive(Debug, Clone)]
@@ -128,6 +132,8 @@ pub struct ServeConfig {
     pub run_dir: PathBuf,
     /// FUSE settings of every volume.
     pub fuse: FuseConfig,
+    /// Bounds of the local API's connections.
+    pub api: ApiLimits,
 }
 
 /// A configuration `serve` cannot run with.
@@ -145,6 +151,9 @@ pub enum ConfigError {
     /// FUSE settings out of range.
     #[error("FUSE settings")]
     Fuse(#[source] crate::dataplane::fuse::FuseError),
+    /// API limits of zero.
+    #[error("API limits {0:?}: at least one connection and a non-zero idle timeout")]
+    Api(ApiLimits),
 }
 
 impl ServeConfig {
@@ -157,6 +166,9 @@ impl ServeConfig {
                     path: path.clone(),
                 });
             }
+        }
+        if self.api.max_connections == 0 || self.api.idle_timeout.is_zero() {
+            return Err(ConfigError::Api(self.api));
         }
         self.fuse.validate().map_err(ConfigError::Fuse)
     }
@@ -171,6 +183,7 @@ pub struct Daemon {
     started: SystemTime,
     took_over: Vec<String>,
     holder_ok: AtomicBool,
+    api: ApiLimits,
     /// Holds `serve.lock` for the life of the process.
     _lock: File,
 }
@@ -181,8 +194,13 @@ impl Daemon {
     /// [`Daemon::serve_api`].
     pub fn start(cfg: &ServeConfig) -> Result<Arc<Self>, DaemonError> {
         let run = RunPaths::new(&cfg.run_dir);
-        for dir in [run.dir.clone(), run.dir.join("fuse"), run.frozen()] {
-            std::fs::create_dir_all(&dir).map_err(DaemonError::io("create", &dir))?;
+        for dir in [
+            run.dir.clone(),
+            run.dir.join("fuse"),
+            run.frozen(),
+            cfg.data_dir.clone(),
+        ] {
+            localsock::private_dir(&dir).map_err(DaemonError::io("create (mode 0700)", &dir))?;
         }
         let lock = take_lock(&run)?;
         let volumes = Arc::new(Volumes::load(&cfg.data_dir, &run, cfg.fuse.clone())?);
@@ -206,6 +224,7 @@ impl Daemon {
             csi,
             started: SystemTime::now(),
             took_over,
+            api: cfg.api,
             _lock: lock,
         });
         let d = Arc::clone(&daemon);
@@ -223,7 +242,7 @@ impl Daemon {
 
     /// Binds `<run-dir>/dataplane.sock` and answers requests from a thread.
     pub fn serve_api(self: &Arc<Self>) -> Result<(), DaemonError> {
-        server::listen(Arc::clone(self), &self.run.api_socket())
+        server::listen(Arc::clone(self), &self.run.api_socket(), self.api)
     }
 
     /// Carries out one request.
@@ -244,7 +263,10 @@ impl Daemon {
             Command::Expand { volume, size_bytes } => Reply::Volume(self.volumes.expand(&volume, size_bytes)?),
             Command::List => Reply::Volumes(self.volumes.list()),
             Command::Status => Reply::Status(self.status()),
-            Command::Quiesce { path, timeout } => Reply::Quiesced(self.freezer.quiesce(&path, timeout)?),
+            Command::Quiesce { path, timeout } => {
+                self.check_floe_mount(&path)?;
+                Reply::Quiesced(self.freezer.quiesce(&path, timeout)?)
+            }
             Command::Thaw(token) => Reply::Thawed {
                 path: self.freezer.thaw(&token)?,
                 token,
@@ -265,6 +287,20 @@ impl Daemon {
                 message: crate::csi::error::chain(&e),
             })?),
         })
+    }
+
+    /// Refuses a quiesce of anything but the file system of a volume this
+    /// data plane has attached (a foreign mount, `/`).
+    fn check_floe_mount(&self, path: &std::path::Path) -> Result<(), DaemonError> {
+        let table = mounttable::table().map_err(DaemonError::io("read the mount table", "/proc/self/mountinfo"))?;
+        let devices: Vec<(u32, u32)> = self
+            .volumes
+            .list()
+            .iter()
+            .filter_map(|v| v.attachment.as_ref())
+            .filter_map(|a| mounttable::device_number(&a.device).ok())
+            .collect();
+        floe_mount(&table, path, &devices)
     }
 
     /// Parses and carries out one request line; logs failures.
@@ -322,6 +358,23 @@ impl Daemon {
     }
 }
 
+/// Whether the top mount at `path` in `table` is a file system on one of
+/// `devices` (the attached volumes' loop devices).
+fn floe_mount(
+    table: &[mounttable::MountEntry],
+    path: &std::path::Path,
+    devices: &[(u32, u32)],
+) -> Result<(), DaemonError> {
+    let m = mounttable::mount_at(table, path).ok_or_else(|| DaemonError::NotMounted(path.to_owned()))?;
+    if m.mount_point != path || !devices.contains(&(m.major, m.minor)) {
+        return Err(DaemonError::NotAFloeVolume {
+            path: path.to_owned(),
+            what: format!("{} from {} at {}", m.fs_type, m.source, m.mount_point.display()),
+        });
+    }
+    Ok(())
+}
+
 fn holder_reachable(run: &RunPaths) -> bool {
     HolderLink::connect(&run.holder_socket(), "probe").is_ok()
 }
@@ -354,4 +407,30 @@ fn take_lock(run: &RunPaths) -> Result<File, DaemonError> {
     std::io::Write::write_all(&mut &file, format!("{}\n", std::process::id()).as_bytes())
         .map_err(DaemonError::io("write", &path))?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn quiesce_takes_only_a_floe_volumes_own_mount_point() {
+        let table = mounttable::parse_mountinfo(
+            "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+             40 22 7:3 / /mnt/vol rw,relatime shared:2 - ext4 /dev/loop3 rw\n\
+             41 22 7:9 / /mnt/foreign rw,relatime shared:3 - ext4 /dev/loop9 rw\n",
+        );
+        let floe = [(7, 3)];
+        assert!(floe_mount(&table, Path::new("/mnt/vol"), &floe).is_ok());
+        for refused in ["/", "/mnt/foreign"] {
+            let e = floe_mount(&table, Path::new(refused), &floe).expect_err(refused);
+            assert!(matches!(e, DaemonError::NotAFloeVolume { .. }), "{refused}: {e}");
+        }
+        assert!(matches!(
+            floe_mount(&table, Path::new("/nowhere"), &floe),
+            Err(DaemonError::NotMounted(_))
+        ));
+    }
 }

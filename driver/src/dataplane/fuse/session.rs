@@ -24,6 +24,10 @@ use super::{FuseConfig, FuseError};
 use crate::dataplane::backend::BlockBackend;
 use crate::dataplane::sys;
 
+/// How long [`FuseServer::unmount`] waits for the workers to see the
+/// connection end before it aborts it (and again after the abort).
+pub const WORKER_GRACE: Duration = Duration::from_secs(5);
+
 /// Told about every `/dev/fuse` fd of a connection before its first read, and
 /// about the `INIT` parameters once they are settled. The handover holder
 /// implements this to keep a copy of each fd.
@@ -197,8 +201,18 @@ impl FuseServer {
 
     /// Unmounts and waits for the workers. Idempotent. Waits up to 10 s for
     /// users of the file (a loop device being torn down) to let go, then
-    /// detaches lazily and aborts the connection.
+    /// detaches lazily and aborts the connection. The wait for the workers
+    /// is bounded too: when another mount namespace holds a copy of the
+    /// mount (`unshare -m`; containerd makes one per pod), the connection
+    /// outlives the unmount here, so after [`WORKER_GRACE`] it is aborted
+    /// through fusectl (found before the unmount, while this namespace
+    /// still shows the mount).
     pub fn unmount(&mut self) -> Result<(), FuseError> {
+        let conn = if self.mounted {
+            connection_dir(&self.mountpoint)
+        } else {
+            None
+        };
         if self.mounted {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -224,10 +238,46 @@ impl FuseServer {
             }
             self.mounted = false;
         }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        self.join_workers(conn.as_deref());
         Ok(())
+    }
+
+    /// Joins the workers, aborting the connection at `conn` if they still
+    /// serve it after [`WORKER_GRACE`]; a worker still running after a
+    /// second grace is left behind (logged), never waited for without end.
+    fn join_workers(&mut self, conn: Option<&Path>) {
+        let running = |ws: &[JoinHandle<()>]| ws.iter().any(|w| !w.is_finished());
+        let wait = |ws: &[JoinHandle<()>]| {
+            let deadline = Instant::now() + WORKER_GRACE;
+            while running(ws) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        wait(&self.workers);
+        if running(&self.workers) {
+            tracing::warn!(
+                mountpoint = %self.mountpoint.display(),
+                "the FUSE connection outlived its unmount (another mount namespace holds a copy of the mount): aborting it"
+            );
+            match conn {
+                Some(dir) => {
+                    if let Err(e) = std::fs::write(dir.join("abort"), "1") {
+                        tracing::error!(error = %e, dir = %dir.display(), "abort the FUSE connection");
+                    }
+                }
+                None => {
+                    tracing::error!(mountpoint = %self.mountpoint.display(), "no fusectl directory to abort the FUSE connection with")
+                }
+            }
+            wait(&self.workers);
+        }
+        for w in self.workers.drain(..) {
+            if w.is_finished() {
+                let _ = w.join();
+            } else {
+                tracing::error!(mountpoint = %self.mountpoint.display(), "a FUSE worker still runs after the abort: left behind");
+            }
+        }
     }
 }
 
