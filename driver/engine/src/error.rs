@@ -1,23 +1,7 @@
 //! Errors of the engine, one enum per concern.
 
+pub use crate::types::ConfigError;
 use crate::types::{GroupEpoch, RoleGeneration};
-
-/// A configuration the engine refuses.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    /// Block size not a power of two or above 1 MiB.
-    #[error("block size {0} must be a power of two of at most 1 MiB")]
-    BlockSize(usize),
-    /// A volume of zero blocks.
-    #[error("a volume needs at least one block")]
-    EmptyVolume,
-    /// Region size not a power of two.
-    #[error("write-intent region of {0} blocks must be a power of two")]
-    RegionSize(u64),
-    /// Mode name not known.
-    #[error("unknown replication mode {0:?}: expected continuous, log or interval")]
-    UnknownMode(String),
-}
 
 /// The store underneath a state machine failed.
 #[derive(Debug, thiserror::Error)]

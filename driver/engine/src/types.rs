@@ -1,7 +1,5 @@
 //! Strict domain types shared by every state machine of the engine.
 
-use crate::error::ConfigError;
-
 /// Index of a tracking block within a volume.
 pub type BlockIndex = u64;
 
@@ -184,6 +182,23 @@ pub struct ManifestEntry {
     pub seq: SendSeq,
     /// Hash of that version's content.
     pub hash: BlockHash,
+}
+
+/// A configuration the engine refuses.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Block size not a power of two or above 1 MiB.
+    #[error("block size {0} must be a power of two of at most 1 MiB")]
+    BlockSize(usize),
+    /// A volume of zero blocks.
+    #[error("a volume needs at least one block")]
+    EmptyVolume,
+    /// Region size not a power of two.
+    #[error("write-intent region of {0} blocks must be a power of two")]
+    RegionSize(u64),
+    /// Mode name not known.
+    #[error("unknown replication mode {0:?}: expected continuous, log or interval")]
+    UnknownMode(String),
 }
 
 #[cfg(test)]
