@@ -9,6 +9,9 @@
 #   make test-bugs   the model tests must catch each injected engine bug
 #   make bench       write docs/benchmarks.md
 #   make demo        (arrives with the replication issue)
+#   make e2e         real Kubernetes clusters with floe (root; not yet part of make test): e2e/run-tests.sh
+#   make e2e-build   build the e2e components into /var/cache/floe-e2e (once per version)
+#   make cluster     one cluster with floe, for a person to explore; make cluster-down removes it
 #   make clean       cargo clean
 
 SHELL := /bin/bash
@@ -26,7 +29,7 @@ ifeq ($(strip $(FLOE_MODEL_SEED_BASE)),)
 FLOE_MODEL_SEED_BASE := $(shell echo $$(( $$(date -u +%s) / 86400 )))
 endif
 
-.PHONY: deps build lint test test-full test-bugs check-leftovers bench demo clean
+.PHONY: deps build lint test test-full test-bugs check-leftovers bench demo clean e2e e2e-build cluster cluster-down
 
 deps:
 	@$(STAGE) deps scripts/deps.sh
@@ -65,6 +68,25 @@ check-leftovers:
 
 bench: deps
 	@$(STAGE) bench scripts/bench.sh
+
+# E2E_TEST=NAME runs the e2e tests whose name contains NAME.
+e2e: deps
+	@$(STAGE) e2e e2e/run-tests.sh $(E2E_TEST)
+
+e2e-build:
+	@$(STAGE) e2e-build e2e/build.sh all
+
+CLUSTER ?= dev
+
+cluster: deps
+	@$(STAGE) e2e-build e2e/build.sh all >/dev/null
+	@$(STAGE) floe-build $(CARGO) build --locked -p floe-driver --bins
+	@$(STAGE) cluster-up e2e/cluster.sh up $(CLUSTER) 7
+	@$(STAGE) cluster-floe e2e/cluster.sh floe $(CLUSTER)
+	@echo "kubectl: /var/lib/floe-e2e/$(CLUSTER)/kubectl get pods -A   (make cluster-down removes it)"
+
+cluster-down:
+	@$(STAGE) cluster-down e2e/cluster.sh down $(CLUSTER)
 
 demo:
 	@echo "make demo arrives with the replication issue (two sites, a freeze, a failover)."

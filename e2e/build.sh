@@ -109,6 +109,7 @@ images_version() {
 }
 
 if [[ ${1:-} == all ]]; then
+    "$here/deps.sh"
     for c in kubernetes etcd containerd provisioner registrar images; do component "$c"; done
 else
     component "${1:-}"

@@ -1,0 +1,79 @@
+# floe on a running e2e cluster, as Kubernetes runs a CSI driver (sourced by
+# e2e/cluster.sh after `names`): on the node `floe-dataplane holder`,
+# `floe-dataplane serve`, `floe-csi --mode=node` (serving its volumes to the
+# controller over mutual TLS) and the real csi-node-driver-registrar, which
+# registers the plugin with kubelet; beside them `floe-csi --mode=controller`
+# and the real csi-provisioner; then the CSIDriver object (attachRequired:
+# false) and the StorageClass `floe`. Every process is a host process in the
+# cluster's network namespace; `e2e/cluster.sh down` stops them with the rest.
+#
+# The floe binaries come from $FLOE_E2E_FLOE_BIN, else
+# ${CARGO_TARGET_DIR:-target}/debug (build them first: cargo build -p floe-driver --bins).
+
+floe_up() {
+    [[ -f $dir/index ]] || die "cluster $name is not up"
+    addresses "$(cat "$dir/index")"
+    bins
+    local floe_bin=${FLOE_E2E_FLOE_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug}
+    [[ -x $floe_bin/floe-csi && -x $floe_bin/floe-dataplane ]] ||
+        die "no floe-csi/floe-dataplane in $floe_bin (cargo build -p floe-driver --bins)"
+    local registrar_bin provisioner_bin
+    registrar_bin=$("$here/build.sh" registrar)
+    provisioner_bin=$("$here/build.sh" provisioner)
+    if alive floe-csi-node; then
+        echo "floe already runs on $name" >&2
+        return 0
+    fi
+
+    local f=$dir/floe plugin=$dir/kubelet/root/plugins/floe.csi.dev
+    mkdir -p "$f/run" "$f/data" "$plugin" "$dir/kubelet/root/plugins_registry"
+    chmod 700 "$f/run" "$f/data"
+    start floe-holder "$floe_bin/floe-dataplane" holder --run-dir "$f/run"
+    wait_for floe-holder 30 test -S "$f/run/holder.sock"
+    start floe-serve "$floe_bin/floe-dataplane" serve --data-dir "$f/data" --run-dir "$f/run"
+    wait_for floe-serve 30 test -S "$f/run/dataplane.sock"
+    start floe-csi-node "$floe_bin/floe-csi" --mode=node --endpoint "unix://$plugin/csi.sock" \
+        --node-id "$node" --dataplane-socket "$f/run/dataplane.sock" \
+        --node-admin-listen "$node_ip:9443" \
+        --tls-cert "$pki/floe-node.crt" --tls-key "$pki/floe-node.key" --tls-ca "$pki/ca.crt"
+    wait_for floe-csi-node 30 test -S "$plugin/csi.sock"
+    start csi-node-driver-registrar "$registrar_bin/csi-node-driver-registrar" \
+        --csi-address "$plugin/csi.sock" --kubelet-registration-path "$plugin/csi.sock" \
+        --plugin-registration-path "$dir/kubelet/root/plugins_registry" --timeout 30s
+    start floe-csi-controller "$floe_bin/floe-csi" --mode=controller \
+        --endpoint "unix://$f/controller.sock" --node-id "$node-controller" \
+        --node-endpoint "$node=https://$node_ip:9443" \
+        --tls-cert "$pki/floe-controller.crt" --tls-key "$pki/floe-controller.key" --tls-ca "$pki/ca.crt"
+    wait_for floe-csi-controller 30 test -S "$f/controller.sock"
+    start csi-provisioner "$provisioner_bin/csi-provisioner" --csi-address "$f/controller.sock" \
+        --kubeconfig "$dir/admin.kubeconfig" --leader-election=false --timeout 120s \
+        --v 2
+
+    kc apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: CSIDriver
+metadata:
+  name: floe.csi.dev
+spec:
+  attachRequired: false
+  podInfoOnMount: false
+  fsGroupPolicy: File
+  volumeLifecycleModes: [Persistent]
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: floe
+provisioner: floe.csi.dev
+reclaimPolicy: Delete
+volumeBindingMode: WaitForFirstConsumer
+allowVolumeExpansion: true
+EOF
+    # Registered when kubelet's CSINode lists the driver.
+    wait_for csi-node-driver-registrar 60 csinode_has_floe
+    echo "floe up on $name: StorageClass floe, driver floe.csi.dev on node $node" >&2
+}
+
+csinode_has_floe() {
+    [[ $(kc get csinode "$node" -o 'jsonpath={.spec.drivers[*].name}') == *floe.csi.dev* ]]
+}
