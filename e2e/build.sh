@@ -21,8 +21,11 @@ export GOFLAGS=-buildvcs=false GOWORK=off
 cached() {
     local component=$1 version=$2 fill=$3
     local dir=$cache/$component-$version
+    mkdir -p "$cache"
+    # One build of a component at a time; a second caller waits and finds it.
+    exec {lock}>"$cache/.lock-$component"
+    flock "$lock"
     if [[ ! -d $dir/bin ]]; then
-        mkdir -p "$cache"
         local scratch
         scratch=$(mktemp -d "$cache/.build-$component.XXXXXX")
         # shellcheck disable=SC2064
@@ -36,6 +39,7 @@ cached() {
         mv "$scratch" "$dir"
         trap - EXIT
     fi
+    exec {lock}>&-
     echo "$dir/bin"
 }
 
@@ -63,7 +67,8 @@ fill_kubernetes() {
 
 fill_etcd() {
     gobuild etcd "$1" -ldflags "-s -w" go.etcd.io/etcd/server/v3
-    mv "$1/bin/v3" "$1/bin/etcd"
+    # go build names the module's root package after its path: server.
+    mv "$1/bin/server" "$1/bin/etcd"
 }
 
 fill_containerd() {
