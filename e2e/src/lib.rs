@@ -315,6 +315,7 @@ metadata:
   name: {name}
 spec:
   restartPolicy: Never
+  dnsPolicy: Default
   terminationGracePeriodSeconds: 2
   automountServiceAccountToken: false
   enableServiceLinks: false
