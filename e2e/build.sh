@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds one e2e component once into a cache outside the clone and prints its
 # bin directory:
-#   e2e/build.sh kubernetes|etcd|containerd|provisioner|registrar|images
+#   e2e/build.sh kubernetes|etcd|containerd|provisioner|registrar|snapshotter|images
 #   e2e/build.sh all      (every component, one after the other)
 #
 # The cache is $FLOE_E2E_CACHE (default /var/cache/floe-e2e)/<component>-<version>/bin.
@@ -85,6 +85,17 @@ fill_provisioner() {
         github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
 }
 
+fill_snapshotter() {
+    gobuild snapshotter "$1" -ldflags "-s -w -X main.version=$2" \
+        github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter \
+        github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
+    # The CRDs of the client module the build used (VolumeSnapshot*, VolumeGroupSnapshot*).
+    local client
+    client=$(cd "$here/snapshotter" && go list -m -f '{{.Dir}}' github.com/kubernetes-csi/external-snapshotter/client/v8)
+    mkdir -p "$1/crd"
+    cp "$client"/config/crd/*storage.k8s.io_*.yaml "$1/crd/"
+}
+
 fill_registrar() {
     "$here/registrar/build.sh" "$1" "$2"
 }
@@ -100,9 +111,10 @@ component() {
     containerd) cached containerd "$CONTAINERD_VERSION" fill_containerd ;;
     provisioner) cached csi-provisioner "$PROVISIONER_VERSION" fill_provisioner ;;
     registrar) cached csi-node-driver-registrar "$REGISTRAR_VERSION" fill_registrar ;;
+    snapshotter) cached csi-snapshotter "$SNAPSHOTTER_VERSION" fill_snapshotter ;;
     images) cached images "$(images_version)" fill_images ;;
     *)
-        echo "usage: $0 kubernetes|etcd|containerd|provisioner|registrar|images|all" >&2
+        echo "usage: $0 kubernetes|etcd|containerd|provisioner|registrar|snapshotter|images|all" >&2
         exit 2
         ;;
     esac
@@ -115,7 +127,7 @@ images_version() {
 
 if [[ ${1:-} == all ]]; then
     "$here/deps.sh"
-    for c in kubernetes etcd containerd provisioner registrar images; do component "$c"; done
+    for c in kubernetes etcd containerd provisioner registrar snapshotter images; do component "$c"; done
 else
     component "${1:-}"
 fi

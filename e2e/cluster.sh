@@ -465,17 +465,24 @@ cluster_pids() {
 down_named() {
     names "$1"
     local pid what p
-    # Our processes, newest first: kubelet before containerd before the API server.
+    # Our processes: TERM to all (newest first), up to 5 s to exit, then KILL.
+    local pids=()
     if [[ -f $dir/pids ]]; then
         while read -r what pid; do
-            kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null || true
+            kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
         done < <(tac "$dir/pids")
     fi
+    for _ in $(seq 50); do
+        local left=0
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null && left=1
+        done
+        ((left)) || break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
     # Whatever is left: shims, pods' processes, anything a pod started.
     for _ in 1 2 3 4 5; do
         p=$(cluster_pids | sort -u | tr '\n' ' ')

@@ -3,8 +3,10 @@
 # `floe-dataplane serve`, `floe-csi --mode=node` (serving its volumes to the
 # controller over mutual TLS) and the real csi-node-driver-registrar, which
 # registers the plugin with kubelet; beside them `floe-csi --mode=controller`
-# and the real csi-provisioner; then the CSIDriver object (attachRequired:
-# false) and the StorageClass `floe`. Every process is a host process in the
+# and the real csi-provisioner, csi-snapshotter and snapshot-controller (with
+# the VolumeSnapshot and VolumeGroupSnapshot CRDs of the snapshotter's client
+# module); then the CSIDriver object (attachRequired: false), the
+# StorageClass, VolumeSnapshotClass and VolumeGroupSnapshotClass `floe`. Every process is a host process in the
 # cluster's network namespace; `e2e/cluster.sh down` stops them with the rest.
 #
 # The floe binaries come from $FLOE_E2E_FLOE_BIN, else
@@ -17,9 +19,10 @@ floe_up() {
     local floe_bin=${FLOE_E2E_FLOE_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug}
     [[ -x $floe_bin/floe-csi && -x $floe_bin/floe-dataplane ]] ||
         die "no floe-csi/floe-dataplane in $floe_bin (cargo build -p floe-driver --bins)"
-    local registrar_bin provisioner_bin
+    local registrar_bin provisioner_bin snapshotter_bin
     registrar_bin=$("$here/build.sh" registrar)
     provisioner_bin=$("$here/build.sh" provisioner)
+    snapshotter_bin=$("$here/build.sh" snapshotter)
     if alive floe-csi-node; then
         echo "floe already runs on $name" >&2
         return 0
@@ -49,6 +52,17 @@ floe_up() {
         --kubeconfig "$dir/admin.kubeconfig" --leader-election=false --timeout 120s \
         --v 2
 
+    # Snapshots: the CRDs of the snapshotter's client module, the
+    # snapshot-controller and csi-snapshotter, both with VolumeGroupSnapshot on.
+    kc apply --server-side -f "$snapshotter_bin/../crd" >/dev/null
+    kc wait --for condition=established --timeout 60s -f "$snapshotter_bin/../crd" >/dev/null
+    start snapshot-controller "$snapshotter_bin/snapshot-controller" \
+        --kubeconfig "$dir/admin.kubeconfig" --leader-election=false \
+        --feature-gates CSIVolumeGroupSnapshot=true --v 2
+    start csi-snapshotter "$snapshotter_bin/csi-snapshotter" --csi-address "$f/controller.sock" \
+        --kubeconfig "$dir/admin.kubeconfig" --leader-election=false --timeout 120s \
+        --feature-gates CSIVolumeGroupSnapshot=true --v 2
+
     kc apply -f - >/dev/null <<EOF
 apiVersion: storage.k8s.io/v1
 kind: CSIDriver
@@ -68,6 +82,20 @@ provisioner: floe.csi.dev
 reclaimPolicy: Delete
 volumeBindingMode: WaitForFirstConsumer
 allowVolumeExpansion: true
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotClass
+metadata:
+  name: floe
+driver: floe.csi.dev
+deletionPolicy: Delete
+---
+apiVersion: groupsnapshot.storage.k8s.io/v1beta2
+kind: VolumeGroupSnapshotClass
+metadata:
+  name: floe
+driver: floe.csi.dev
+deletionPolicy: Delete
 EOF
     # Registered when kubelet's CSINode lists the driver.
     wait_for csi-node-driver-registrar 60 csinode_has_floe

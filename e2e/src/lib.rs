@@ -347,3 +347,34 @@ spec:
 "
     )
 }
+
+/// A PVC of the StorageClass `floe` restored from VolumeSnapshot `snapshot`.
+pub fn floe_pvc_from_snapshot(name: &str, size: &str, snapshot: &str) -> String {
+    format!(
+        "{}  dataSource:
+    apiGroup: snapshot.storage.k8s.io
+    kind: VolumeSnapshot
+    name: {snapshot}
+",
+        floe_pvc(name, size, false)
+    )
+}
+
+/// A Pod of the records image running `args` with each `(claim, path)`
+/// mounted (Filesystem) at `path`.
+pub fn records_pod_mounts(cluster: &Cluster, name: &str, args: &[&str], mounts: &[(&str, &str)]) -> String {
+    let base = records_pod(cluster, name, args, None);
+    let volume_mounts = mounts
+        .iter()
+        .enumerate()
+        .map(|(i, (_, path))| format!("{{name: v{i}, mountPath: {path}}}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let volumes = mounts
+        .iter()
+        .enumerate()
+        .map(|(i, (claim, _))| format!("{{name: v{i}, persistentVolumeClaim: {{claimName: {claim}}}}}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{base}    volumeMounts: [{volume_mounts}]\n  volumes: [{volumes}]\n")
+}

@@ -2,9 +2,9 @@
 // file or a block device, fsyncing each one, and reads them back.
 //
 //	records write -path P -count N [-start S] [-sleep]   write records S..S+N-1
-//	records stream -path P [-interval 10ms]              write 0,1,2,... until killed; exit 1 on the first error
+//	records stream -path P [-path2 Q] [-interval 10ms]   write 0,1,2,... until killed (each to P, then to Q); exit 1 on the first error
 //	records check -path P -count N                        every record 0..N-1 present and intact
-//	records prefix -path P                                prints how many records from 0 on are intact (a gap-free prefix)
+//	records prefix -path P                                prints how many records from 0 on are intact; exit 1 when one is intact past that gap
 //	records listen -addr A / records dial -addr A         a TCP listener that answers "floe-e2e <hostname>" / its client
 //	records size -path P                                  prints the size in bytes of a file's file system or of a block device
 //	records sleep                                         sleeps until SIGTERM
@@ -90,6 +90,7 @@ func main() {
 	sleep := fs.Bool("sleep", false, "sleep until SIGTERM afterwards")
 	interval := fs.Duration("interval", 10*time.Millisecond, "pause between streamed records")
 	addr := fs.String("addr", ":7070", "listen or dial address")
+	path2 := fs.String("path2", "", "stream: a second file or device, written after -path")
 	_ = fs.Parse(os.Args[2:])
 
 	switch cmd {
@@ -104,8 +105,15 @@ func main() {
 		}
 	case "stream":
 		f := open(*path, true)
+		var g *os.File
+		if *path2 != "" {
+			g = open(*path2, true)
+		}
 		for i := 0; ; i++ {
 			writeOne(f, i)
+			if g != nil {
+				writeOne(g, i)
+			}
 			if i%100 == 0 {
 				fmt.Printf("streamed %d records\n", i+1)
 			}
@@ -124,6 +132,11 @@ func main() {
 		n := 0
 		for intact(f, n) {
 			n++
+		}
+		for i := n + 1; i < n+256; i++ {
+			if intact(f, i) {
+				fail("record %d is intact after the gap at %d in %s", i, n, *path)
+			}
 		}
 		fmt.Println(n)
 	case "size":
