@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds one e2e component once into a cache outside the clone and prints its
 # bin directory:
-#   e2e/build.sh kubernetes|etcd|containerd|provisioner|registrar|snapshotter|images
+#   e2e/build.sh kubernetes|etcd|containerd|provisioner|registrar|snapshotter|resizer|images
 #   e2e/build.sh all      (every component, one after the other)
 #
 # The cache is $FLOE_E2E_CACHE (default /var/cache/floe-e2e)/<component>-<version>/bin.
@@ -96,6 +96,11 @@ fill_snapshotter() {
     cp "$client"/config/crd/*storage.k8s.io_*.yaml "$1/crd/"
 }
 
+fill_resizer() {
+    gobuild resizer "$1" -ldflags "-s -w -X main.version=$2" \
+        github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer
+}
+
 fill_registrar() {
     "$here/registrar/build.sh" "$1" "$2"
 }
@@ -112,9 +117,10 @@ component() {
     provisioner) cached csi-provisioner "$PROVISIONER_VERSION" fill_provisioner ;;
     registrar) cached csi-node-driver-registrar "$REGISTRAR_VERSION" fill_registrar ;;
     snapshotter) cached csi-snapshotter "$SNAPSHOTTER_VERSION" fill_snapshotter ;;
+    resizer) cached csi-resizer "$RESIZER_VERSION" fill_resizer ;;
     images) cached images "$(images_version)" fill_images ;;
     *)
-        echo "usage: $0 kubernetes|etcd|containerd|provisioner|registrar|snapshotter|images|all" >&2
+        echo "usage: $0 kubernetes|etcd|containerd|provisioner|registrar|snapshotter|resizer|images|all" >&2
         exit 2
         ;;
     esac
@@ -127,7 +133,7 @@ images_version() {
 
 if [[ ${1:-} == all ]]; then
     "$here/deps.sh"
-    for c in kubernetes etcd containerd provisioner registrar snapshotter images; do component "$c"; done
+    for c in kubernetes etcd containerd provisioner registrar snapshotter resizer images; do component "$c"; done
 else
     component "${1:-}"
 fi

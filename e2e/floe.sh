@@ -3,7 +3,7 @@
 # `floe-dataplane serve`, `floe-csi --mode=node` (serving its volumes to the
 # controller over mutual TLS) and the real csi-node-driver-registrar, which
 # registers the plugin with kubelet; beside them `floe-csi --mode=controller`
-# and the real csi-provisioner, csi-snapshotter and snapshot-controller (with
+# and the real csi-provisioner, csi-resizer, csi-snapshotter and snapshot-controller (with
 # the VolumeSnapshot and VolumeGroupSnapshot CRDs of the snapshotter's client
 # module); then the CSIDriver object (attachRequired: false), the
 # StorageClass, VolumeSnapshotClass and VolumeGroupSnapshotClass `floe`. Every process is a host process in the
@@ -19,10 +19,11 @@ floe_up() {
     local floe_bin=${FLOE_E2E_FLOE_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug}
     [[ -x $floe_bin/floe-csi && -x $floe_bin/floe-dataplane ]] ||
         die "no floe-csi/floe-dataplane in $floe_bin (cargo build -p floe-driver --bins)"
-    local registrar_bin provisioner_bin snapshotter_bin
+    local registrar_bin provisioner_bin snapshotter_bin resizer_bin
     registrar_bin=$("$here/build.sh" registrar)
     provisioner_bin=$("$here/build.sh" provisioner)
     snapshotter_bin=$("$here/build.sh" snapshotter)
+    resizer_bin=$("$here/build.sh" resizer)
     if alive floe-csi-node; then
         echo "floe already runs on $name" >&2
         return 0
@@ -51,6 +52,10 @@ floe_up() {
     start csi-provisioner "$provisioner_bin/csi-provisioner" --csi-address "$f/controller.sock" \
         --kubeconfig "$dir/admin.kubeconfig" --leader-election=false --timeout 120s \
         --v 2
+
+    start csi-resizer "$resizer_bin/csi-resizer" --csi-address "$f/controller.sock" \
+        --kubeconfig "$dir/admin.kubeconfig" --leader-election=false --timeout 120s \
+        --handle-volume-inuse-error=false --v 2
 
     # Snapshots: the CRDs of the snapshotter's client module, the
     # snapshot-controller and csi-snapshotter, both with VolumeGroupSnapshot on.
@@ -82,6 +87,19 @@ provisioner: floe.csi.dev
 reclaimPolicy: Delete
 volumeBindingMode: WaitForFirstConsumer
 allowVolumeExpansion: true
+---
+# xfs: it grows online with CAP_SYS_ADMIN alone (ext4 needs CAP_SYS_RESOURCE,
+# which root lacks on this machine).
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: floe-xfs
+provisioner: floe.csi.dev
+reclaimPolicy: Delete
+volumeBindingMode: WaitForFirstConsumer
+allowVolumeExpansion: true
+parameters:
+  fsType: xfs
 ---
 apiVersion: snapshot.storage.k8s.io/v1
 kind: VolumeSnapshotClass

@@ -197,3 +197,47 @@ fn writer_sees_no_error_when_floe_is_killed_and_restarted() -> Result<()> {
     cluster.delete("pvc", "busy")?;
     Ok(())
 }
+
+/// The PVC grows online through csi-resizer (ControllerExpandVolume) and
+/// kubelet (NodeExpandVolume) while its Pod runs, and the Pod sees the new
+/// size of its file system. The volume is xfs: growing a mounted ext4 needs
+/// CAP_SYS_RESOURCE, which root lacks on this machine (floe refuses with a
+/// message that says so).
+#[test]
+#[ignore = "needs root, the e2e components and floe's binaries: make e2e"]
+fn pvc_expanded_online_and_the_pod_sees_the_new_size() -> Result<()> {
+    let cluster = Cluster::up("e2e-grow", 5)?;
+    cluster.install_floe()?;
+    cluster.apply(&floe_pvc("grow", "1Gi", false).replace("storageClassName: floe", "storageClassName: floe-xfs"))?;
+    cluster.apply(&records_pod(&cluster, "holder", &["sleep"], Some(("grow", false))))?;
+    cluster.wait_pod("holder", "Running", Duration::from_secs(180))?;
+    let size = |c: &Cluster| -> Result<u64> {
+        let out = c.exec("holder", &["records", "size", "-path", "/data"])?;
+        out.trim()
+            .parse()
+            .map_err(|_| Error::Check(format!("size printed {out:?}")))
+    };
+    let before = size(&cluster)?;
+    cluster.kubectl(&[
+        "patch",
+        "pvc",
+        "grow",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+    ])?;
+    cluster.wait_until("the Pod sees the grown file system", Duration::from_secs(180), || {
+        let now = size(&cluster)?;
+        Ok((
+            now > before + (768 << 20),
+            format!("{now} bytes {}", cluster.events_of("grow")),
+        ))
+    })?;
+    let capacity = cluster.kubectl(&["get", "pvc", "grow", "-o", "jsonpath={.status.capacity.storage}"])?;
+    println!(
+        "file system in the Pod: {before} -> {} bytes; PVC capacity {capacity}",
+        size(&cluster)?
+    );
+    Ok(())
+}
