@@ -15,7 +15,8 @@ fn pod_log(cluster: &Cluster, pod: &str) -> Result<String> {
     cluster.kubectl(&["logs", pod])
 }
 
-/// Mounts and loop devices of floe volumes on this cluster's node.
+/// floe volumes (the data plane's stores), their mounts and loop devices on
+/// this cluster's node.
 fn floe_leftovers(cluster: &Cluster) -> Result<Vec<String>> {
     let dir = cluster.env("FLOE_E2E_DIR");
     let mut left = Vec::new();
@@ -27,6 +28,11 @@ fn floe_leftovers(cluster: &Cluster) -> Result<Vec<String>> {
         let target = line.split_whitespace().nth(1).unwrap_or("");
         if target.starts_with(&format!("{dir}/kubelet/root/")) || target.starts_with(&format!("{dir}/floe/data/")) {
             left.push(format!("mount {target}"));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(format!("{dir}/floe/data/volumes")) {
+        for e in entries.flatten() {
+            left.push(format!("floe volume {}", e.file_name().to_string_lossy()));
         }
     }
     if let Ok(entries) = std::fs::read_dir("/sys/block") {
@@ -88,11 +94,11 @@ fn records_written_by_one_pod_are_read_by_the_next() -> Result<()> {
         let pvs = cluster.kubectl(&["get", "pv", "-o", "name"])?;
         Ok((pvs.trim().is_empty(), pvs))
     })?;
-    cluster.wait_until("no floe mount or loop device", Duration::from_secs(30), || {
+    cluster.wait_until("no floe volume, mount or loop device", Duration::from_secs(30), || {
         let left = floe_leftovers(&cluster)?;
         Ok((left.is_empty(), left.join(", ")))
     })?;
-    println!("pvc data deleted: no PV, floe mount or loop device left");
+    println!("pvc data deleted: no PV, floe volume, mount or loop device left");
     Ok(())
 }
 
@@ -129,7 +135,7 @@ fn block_volume_records_written_by_one_pod_are_read_by_the_next() -> Result<()> 
     }
     cluster.delete("pod", "reader")?;
     cluster.delete("pvc", "raw")?;
-    cluster.wait_until("no floe mount or loop device", Duration::from_secs(60), || {
+    cluster.wait_until("no floe volume, mount or loop device", Duration::from_secs(60), || {
         let left = floe_leftovers(&cluster)?;
         Ok((left.is_empty(), left.join(", ")))
     })?;
