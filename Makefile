@@ -4,12 +4,12 @@
 #   make deps        install what a fresh Debian 12 machine lacks (idempotent)
 #   make build       build every crate and target
 #   make lint        rustfmt check, clippy -D warnings
-#   make test        deps, lint, workspace tests, model, test-bugs, csi-sanity (all, split), check-leftovers
+#   make test        deps, lint, workspace tests, model, test-bugs, csi-sanity (all, split), e2e, check-leftovers
 #   make test-full   the same with every model matrix in full
 #   make test-bugs   the model tests must catch each injected engine bug
 #   make bench       write docs/benchmarks.md
 #   make demo        (arrives with the replication issue)
-#   make e2e         real Kubernetes clusters with floe (root; not yet part of make test): e2e/run-tests.sh
+#   make e2e         real Kubernetes clusters with floe (root), the e2e stage of make test alone: e2e/run-tests.sh
 #   make e2e-build   build the e2e components into /var/cache/floe-e2e (once per version)
 #   make cluster     one cluster with floe, for a person to explore; make cluster-down removes it
 #   make clean       cargo clean
@@ -50,6 +50,7 @@ define run-tests
 	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(STAGE) test-bugs scripts/test-bugs.sh
 	@$(STAGE) csi-sanity scripts/csi-sanity.sh
 	@$(STAGE) csi-sanity-split scripts/csi-sanity-split.sh
+	@$(STAGE) e2e e2e/run-tests.sh
 	@$(STAGE) check-leftovers scripts/check-leftovers.sh
 endef
 

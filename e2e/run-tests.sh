@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Runs the e2e tests (the #[ignore]d tests of the floe-e2e crate) one at a
 # time, after building every component into the cache and floe's binaries;
-# removes every e2e-* cluster afterwards, also when interrupted.
+# removes every e2e-* cluster afterwards, also when interrupted. Part of
+# `make test` (skipped when not root, or with FLOE_E2E=0).
 #   e2e/run-tests.sh                 every test
 #   e2e/run-tests.sh NAME            the tests whose name contains NAME
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+
+if [[ ${FLOE_E2E:-1} == 0 ]]; then
+    echo "e2e: skipped (FLOE_E2E=0)" >&2
+    exit 0
+fi
+if [[ $(id -u) != 0 ]]; then
+    echo "e2e: skipped: needs root (network namespaces, cgroups, mounts)" >&2
+    exit 0
+fi
 
 cleanup() {
     local d
