@@ -129,7 +129,8 @@ impl Cluster {
                 stderr: "see its output above".into(),
             });
         }
-        let path = PathBuf::from(format!("/var/lib/floe-e2e/{name}/env"));
+        let state = std::env::var("FLOE_E2E_STATE").unwrap_or_else(|_| "/var/lib/floe-e2e".to_owned());
+        let path = PathBuf::from(format!("{state}/{name}/env"));
         let text = std::fs::read_to_string(&path).map_err(|source| Error::Env { path, source })?;
         let env = text
             .lines()
