@@ -21,7 +21,7 @@
 #   node (on lo of the namespace)  198.18.(16i).1
 #   pods (bridge floe-e2e-br)      198.18.(16i+1).0/24
 #   services (no proxy)            198.18.(16i+2).0/24
-#   link between clusters          198.19.255.0/24 (veth floe-e2e-link)
+#   link between clusters          198.19.255.i/24 (veth floe-e2e-l-i)
 #
 # `up` tears everything down itself when it fails or is interrupted; `down` is
 # idempotent and also cleans a half-made cluster.
@@ -578,7 +578,7 @@ run)
     exec nsenter --net="/run/netns/$ns" -- "$@"
     ;;
 *)
-    sed -n '2,28p' "$0" >&2
+    sed -n '2,27p' "$0" >&2
     exit 2
     ;;
 esac
