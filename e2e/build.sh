@@ -115,7 +115,7 @@ component() {
     etcd) cached etcd "$ETCD_VERSION" fill_etcd ;;
     containerd) cached containerd "$CONTAINERD_VERSION" fill_containerd ;;
     provisioner) cached csi-provisioner "$PROVISIONER_VERSION" fill_provisioner ;;
-    registrar) cached csi-node-driver-registrar "$REGISTRAR_VERSION" fill_registrar ;;
+    registrar) cached floe-registrar "$REGISTRAR_VERSION" fill_registrar ;;
     snapshotter) cached csi-snapshotter "$SNAPSHOTTER_VERSION" fill_snapshotter ;;
     resizer) cached csi-resizer "$RESIZER_VERSION" fill_resizer ;;
     images) cached images "$(images_version)" fill_images ;;

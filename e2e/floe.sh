@@ -1,8 +1,9 @@
 # floe on a running e2e cluster, as Kubernetes runs a CSI driver (sourced by
 # e2e/cluster.sh after `names`): on the node `floe-dataplane holder`,
 # `floe-dataplane serve`, `floe-csi --mode=node` (serving its volumes to the
-# controller over mutual TLS) and the real csi-node-driver-registrar, which
-# registers the plugin with kubelet; beside them `floe-csi --mode=controller`
+# controller over mutual TLS) and floe-registrar (e2e/registrar: our own
+# kubelet plugin registration; the module proxy serves no
+# csi-node-driver-registrar), which registers the plugin with kubelet; beside them `floe-csi --mode=controller`
 # and the real csi-provisioner, csi-resizer, csi-snapshotter and snapshot-controller (with
 # the VolumeSnapshot and VolumeGroupSnapshot CRDs of the snapshotter's client
 # module); then the CSIDriver object (attachRequired: false), the
@@ -41,7 +42,7 @@ floe_up() {
         --node-admin-listen "$node_ip:9443" \
         --tls-cert "$pki/floe-node.crt" --tls-key "$pki/floe-node.key" --tls-ca "$pki/ca.crt"
     wait_for floe-csi-node 30 test -S "$plugin/csi.sock"
-    start csi-node-driver-registrar "$registrar_bin/csi-node-driver-registrar" \
+    start floe-registrar "$registrar_bin/floe-registrar" \
         --csi-address "$plugin/csi.sock" --kubelet-registration-path "$plugin/csi.sock" \
         --plugin-registration-path "$dir/kubelet/root/plugins_registry" --timeout 30s
     start floe-csi-controller "$floe_bin/floe-csi" --mode=controller \
@@ -116,7 +117,7 @@ driver: floe.csi.dev
 deletionPolicy: Delete
 EOF
     # Registered when kubelet's CSINode lists the driver.
-    wait_for csi-node-driver-registrar 60 csinode_has_floe
+    wait_for floe-registrar 60 csinode_has_floe
     echo "floe up on $name: StorageClass floe, driver floe.csi.dev on node $node" >&2
 }
 

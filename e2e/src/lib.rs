@@ -4,7 +4,7 @@
 //! kube-apiserver, kube-controller-manager, kube-scheduler, containerd and a
 //! kubelet in a network namespace of their own and waits until the Node is
 //! Ready; [`Cluster::install_floe`] adds floe's node plugin, controller,
-//! csi-node-driver-registrar, csi-provisioner, the CSIDriver and the
+//! floe-registrar (kubelet plugin registration), csi-provisioner, the CSIDriver and the
 //! StorageClass `floe`. Dropping a [`Cluster`] tears it all down
 //! (`e2e/cluster.sh down`), also when a test panics; an interrupted test run
 //! is cleaned up by `e2e/run-tests.sh`, which `make e2e` calls. Set
