@@ -4,12 +4,15 @@
 #   make deps        install what a fresh Debian 12 machine lacks (idempotent)
 #   make build       build every crate and target
 #   make lint        rustfmt check, clippy -D warnings
-#   make test        deps, lint, workspace tests, model, test-bugs, csi-sanity (all, split), check-leftovers
+#   make test        deps, lint, workspace tests, model, test-bugs, csi-sanity (all, split), e2e, check-leftovers
 #   make test-full   the same with every model matrix in full (100,000 schedules
 #                    per mode from today's seed base and a second derived one)
 #   make test-bugs   the model tests must catch each injected engine bug
 #   make bench       write docs/benchmarks.md
 #   make demo        (arrives with the replication issue)
+#   make e2e         real Kubernetes clusters with floe (root), the e2e stage of make test alone: e2e/run-tests.sh
+#   make e2e-build   build the e2e components into /var/cache/floe-e2e (once per version)
+#   make cluster     one cluster with floe, for a person to explore; make cluster-down removes it
 #   make clean       cargo clean
 
 SHELL := /bin/bash
@@ -31,7 +34,7 @@ endif
 # and CI's sample explore different schedules on the same day.
 FLOE_MODEL_SEED_BASE_2 := $(shell echo $$(( ($(FLOE_MODEL_SEED_BASE) * 2654435761) % 4294967291 )))
 
-.PHONY: deps build lint test test-full test-bugs check-leftovers bench demo clean
+.PHONY: deps build lint test test-full test-bugs check-leftovers bench demo clean e2e e2e-build cluster cluster-down
 
 deps:
 	@$(STAGE) deps scripts/deps.sh
@@ -54,6 +57,7 @@ define run-tests
 	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(STAGE) test-bugs scripts/test-bugs.sh
 	@$(STAGE) csi-sanity scripts/csi-sanity.sh
 	@$(STAGE) csi-sanity-split scripts/csi-sanity-split.sh
+	@$(STAGE) e2e e2e/run-tests.sh
 	@$(STAGE) check-leftovers scripts/check-leftovers.sh
 endef
 
@@ -72,6 +76,25 @@ check-leftovers:
 
 bench: deps
 	@$(STAGE) bench scripts/bench.sh
+
+# E2E_TEST=NAME runs the e2e tests whose name contains NAME.
+e2e: deps
+	@$(STAGE) e2e e2e/run-tests.sh $(E2E_TEST)
+
+e2e-build:
+	@$(STAGE) e2e-build e2e/build.sh all
+
+CLUSTER ?= dev
+
+cluster: deps
+	@$(STAGE) e2e-build e2e/build.sh all >/dev/null
+	@$(STAGE) floe-build $(CARGO) build --locked -p floe-driver --bins
+	@$(STAGE) cluster-up e2e/cluster.sh up $(CLUSTER) 7
+	@$(STAGE) cluster-floe e2e/cluster.sh floe $(CLUSTER)
+	@echo "kubectl: /var/lib/floe-e2e/$(CLUSTER)/kubectl get pods -A   (make cluster-down removes it)"
+
+cluster-down:
+	@$(STAGE) cluster-down e2e/cluster.sh down $(CLUSTER)
 
 demo:
 	@echo "make demo arrives with the replication issue (two sites, a freeze, a failover)."
