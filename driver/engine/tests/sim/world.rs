@@ -883,6 +883,10 @@ impl World {
     fn deliver_to_primary(&mut self, m: usize, f: ToPrimary) -> Outcome {
         self.note(format!("  -> p{m} {:?}", f.reply).chars().take(160).collect());
         let is_welcome = matches!(f.reply, Reply::Welcome { .. });
+        let welcome_committed = match f.reply {
+            Reply::Welcome { committed_group, .. } => committed_group,
+            _ => 0,
+        };
         let is_hashes = matches!(f.reply, Reply::ResyncHashes { .. });
 
         let Some(p) = self.primary(m) else {
@@ -896,7 +900,10 @@ impl World {
         if is_welcome && !was_connected && now_connected {
             self.reset_coalescing(m);
             if let Some(fb) = &mut self.failback {
-                fb.n_at_welcome[m] = fb.n_written[m].clone();
+                // Writes of an epoch the replica records as committed are in
+                // its image, or (a fold it refused) among its own candidates.
+                let after = |b: &&u64| self.reference.write_group[m][**b as usize] > welcome_committed;
+                fb.n_at_welcome[m] = fb.n_written[m].iter().filter(after).copied().collect();
             }
         }
         if is_hashes {
