@@ -9,4 +9,5 @@ pub mod cli;
 pub mod csi;
 pub mod dataplane;
 pub mod model;
+pub mod replication;
 pub mod store;

@@ -7,7 +7,8 @@
 //!   field for field; `tests/csi_descriptor.rs` holds it to the upstream
 //!   descriptor.
 //! - [`replication`]: the site-to-site stream (`floe.replication.v1`), one
-//!   bidirectional `Replicate` rpc carrying [`replication::Frame`]s.
+//!   bidirectional `Replicate` rpc per paired volume carrying
+//!   [`replication::Frame`]s.
 //! - [`node`]: the controller-to-node API (`floe.node.v1`): `NodeAdmin`
 //!   (quiesce, freeze, thaw, abort, status, commit, promote, demote, verify)
 //!   and `NodeVolumes` (the volume, snapshot and group snapshot lifecycle of
@@ -90,15 +91,12 @@ mod tests {
         };
         let frame = Frame {
             kind: Some(frame::Kind::BlockBatch(BlockBatch {
-                group: "g".into(),
-                volume: "v".into(),
                 generation: Some(RoleGeneration { counter: 3, site_id: 2 }),
                 local_epoch: 42,
                 session: 5,
                 blocks: vec![Block {
                     index: 9,
                     seq: Some(seq),
-                    payload: vec![0xAB; 48],
                     zero: false,
                 }],
                 zero_ranges: vec![ZeroRange {
@@ -106,6 +104,7 @@ mod tests {
                     count: 16,
                     seq: Some(seq),
                 }],
+                data: vec![0xAB; 48],
             })),
         };
         round_trip(&frame);
