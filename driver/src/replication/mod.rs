@@ -15,4 +15,20 @@
 //! stream (transport, sealing layer, reconnects) sits above them.
 
 pub mod codec;
+pub mod endpoint;
 pub mod handshake;
+pub mod link;
+pub mod receiver;
+pub mod sender;
+
+/// An error and its causes on one line, for logs and refusals.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,214 @@
+//! The DR's end: the `Replication` service of a node's replication listener.
+//!
+//! Each stream starts with the primary's `Open`. The service finds the
+//! paired volume it names, compares the pairing field by field, and answers
+//! `Accept` or a `Refusal`. A newer stream for a volume ends the older one
+//! (the engine's sessions tell their frames apart). Then frames go to the
+//! replica as they arrive, its replies back on the stream, its reports to
+//! the group coordinator; replies a coordinator decision made later are
+//! sent when the replica pokes. A malformed frame or an engine refusal ends
+//! the stream with a `Refusal` saying why.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use floe_proto::replication::{self as pb, frame::Kind, replication_server::Replication};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{encode_to_primary, ReplicaInbox, MAX_FRAME_BYTES};
+use super::endpoint::{CoordinatorPort, ReplicaEnd};
+use super::handshake::{accept, check_open, Mismatch, Pairing};
+use super::link::{blocking, LinkError, LinkStats};
+
+/// Wire frames queued toward the primary.
+const REPLY_QUEUE: usize = 64;
+
+/// A volume the DR receives, with where its replica reports go.
+pub struct Paired {
+    /// The pairing, as this site records it.
+    pub pairing: Pairing,
+    /// The replica.
+    pub end: Arc<dyn ReplicaEnd>,
+    /// Its group's coordinator.
+    pub coordinator: Arc<dyn CoordinatorPort>,
+    /// The replica's incarnation, sent in `Accept`.
+    pub incarnation: u64,
+}
+
+struct Entry {
+    paired: Arc<Paired>,
+    current: Option<CancellationToken>,
+}
+
+/// The replication service of one node: the volumes it receives.
+#[derive(Clone, Default)]
+pub struct Receivers {
+    volumes: Arc<Mutex<HashMap<String, Entry>>>,
+    /// Counters over every stream of the node.
+    pub stats: Arc<LinkStats>,
+}
+
+impl Receivers {
+    /// Receives `paired.pairing.volume` from now on (replacing an older entry).
+    pub fn add(&self, paired: Paired) {
+        let volume = paired.pairing.volume.clone();
+        let mut map = self.lock();
+        if let Some(old) = map.remove(&volume).and_then(|e| e.current) {
+            old.cancel();
+        }
+        map.insert(
+            volume,
+            Entry {
+                paired: Arc::new(paired),
+                current: None,
+            },
+        );
+    }
+
+    /// Stops receiving `volume`, ending its stream.
+    pub fn remove(&self, volume: &str) {
+        if let Some(token) = self.lock().remove(volume).and_then(|e| e.current) {
+            token.cancel();
+        }
+    }
+
+    /// The tonic service, with the message limit of the codec.
+    pub fn service(self) -> pb::replication_server::ReplicationServer<Self> {
+        pb::replication_server::ReplicationServer::new(self)
+            .max_decoding_message_size(MAX_FRAME_BYTES)
+            .max_encoding_message_size(MAX_FRAME_BYTES)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.volumes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entry `open` names, made the volume's current stream.
+    fn claim(&self, open: &pb::Open) -> Result<(Arc<Paired>, CancellationToken), Mismatch> {
+        let mut map = self.lock();
+        let Some(entry) = map.get_mut(&open.volume) else {
+            return Err(Mismatch {
+                field: "volume",
+                ours: "no paired volume of that id".into(),
+                theirs: format!("{:?}", open.volume.chars().take(160).collect::<String>()),
+            });
+        };
+        check_open(&entry.paired.pairing, open)?;
+        let token = CancellationToken::new();
+        if let Some(old) = entry.current.replace(token.clone()) {
+            old.cancel();
+        }
+        Ok((Arc::clone(&entry.paired), token))
+    }
+}
+
+type FrameStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Frame, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for Receivers {
+    type ReplicateStream = FrameStream;
+
+    async fn replicate(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::Frame>>,
+    ) -> Result<tonic::Response<Self::ReplicateStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        let first = inbound.message().await?;
+        let open = match first.and_then(|f| f.kind) {
+            Some(Kind::Open(open)) => open,
+            _ => {
+                return Err(tonic::Status::invalid_argument(
+                    "the first frame of a stream must be Open",
+                ))
+            }
+        };
+        match self.claim(&open) {
+            Err(mismatch) => {
+                LinkStats::add(&self.stats.refused, 1);
+                tracing::warn!(volume = %mismatch.theirs, error = %mismatch, "replication stream refused");
+                let _ = tx.send(Ok(mismatch.refusal())).await;
+            }
+            Ok((paired, token)) => {
+                let _ = tx.send(Ok(accept(paired.incarnation))).await;
+                let stats = Arc::clone(&self.stats);
+                tokio::spawn(async move {
+                    let volume = paired.pairing.volume.clone();
+                    let ended = tokio::select! {
+                        r = pump(Arc::clone(&paired), inbound, tx.clone(), Arc::clone(&stats)) => r,
+                        r = forward_replies(Arc::clone(&paired), tx.clone(), Arc::clone(&stats)) => r,
+                        () = token.cancelled() => Ok(()),
+                    };
+                    if let Err(e) = ended {
+                        if matches!(e, LinkError::Malformed(_) | LinkError::Engine(_)) {
+                            LinkStats::add(&stats.refused, 1);
+                        }
+                        tracing::warn!(volume = %volume, error = %super::chain(&e), "replication stream ended");
+                        let _ = tx.send(Ok(e.refusal())).await;
+                    }
+                });
+            }
+        }
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type Replies = mpsc::Sender<Result<pb::Frame, tonic::Status>>;
+
+async fn send_all(tx: &Replies, frames: Vec<pb::Frame>, stats: &LinkStats) -> Result<(), LinkError> {
+    for f in frames {
+        LinkStats::add(&stats.frames_sent, 1);
+        LinkStats::add(&stats.bytes_sent, prost::Message::encoded_len(&f) as u64);
+        tx.send(Ok(f)).await.map_err(|_| LinkError::Closed)?;
+    }
+    Ok(())
+}
+
+/// Feeds the replica the primary's frames and sends back what it says.
+async fn pump(
+    paired: Arc<Paired>,
+    mut inbound: tonic::Streaming<pb::Frame>,
+    tx: Replies,
+    stats: Arc<LinkStats>,
+) -> Result<(), LinkError> {
+    let mut inbox = ReplicaInbox::new(paired.pairing.geometry);
+    loop {
+        let Some(frame) = inbound.message().await.map_err(LinkError::from)? else {
+            return Ok(());
+        };
+        LinkStats::add(&stats.frames_received, 1);
+        let Some(msg) = inbox.push(frame).map_err(LinkError::Malformed)? else {
+            continue;
+        };
+        let p = Arc::clone(&paired);
+        let effects = blocking(move || {
+            let effects = p.end.on_frame(msg).map_err(LinkError::Engine)?;
+            for report in &effects.to_coordinator {
+                p.coordinator.report(report.clone()).map_err(LinkError::Coordinator)?;
+            }
+            Ok::<_, LinkError>(effects)
+        })
+        .await??;
+        for reply in effects.to_primary {
+            send_all(&tx, encode_to_primary(reply), &stats).await?;
+        }
+        if effects.reset {
+            // The replica closed the session: the primary opens a new stream.
+            return Err(LinkError::Closed);
+        }
+    }
+}
+
+/// Sends the replies coordinator decisions made, when the replica pokes.
+async fn forward_replies(paired: Arc<Paired>, tx: Replies, stats: Arc<LinkStats>) -> Result<(), LinkError> {
+    loop {
+        paired.end.replies().notified().await;
+        let p = Arc::clone(&paired);
+        for reply in blocking(move || p.end.take_to_primary()).await? {
+            send_all(&tx, encode_to_primary(reply), &stats).await?;
+        }
+    }
+}

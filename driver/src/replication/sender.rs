@@ -1,0 +1,244 @@
+//! The primary's end of a volume's stream: dial, open, pump, and dial again.
+//!
+//! One task per paired volume. A session is one gRPC stream: `Open` and the
+//! DR's `Accept`, then the engine's `Hello`, then two halves that never wait
+//! for each other — a reader that hands the DR's replies to the engine, and
+//! a writer that asks the engine for the next frame only when the stream's
+//! queue has room. So a slow or absent link never blocks a host write: the
+//! engine keeps coalescing dirty blocks until the link takes them. When a
+//! session ends, the engine is told (`disconnect`) and the task dials again
+//! after an exponential, jittered delay, reset once a session is accepted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use floe_engine::{Geometry, RoleGeneration, ToReplica};
+use floe_proto::replication::{self as pb, frame::Kind, replication_client::ReplicationClient};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{encode_to_replica, PrimaryInbox, MAX_FRAME_BYTES};
+use super::endpoint::PrimaryEnd;
+use super::handshake::{Opening, Pairing, SALT_BYTES};
+use super::link::{blocking, LinkError, LinkHandle, LinkState, LinkStats};
+
+/// How a sender reaches its DR and paces its stream.
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    /// The DR node's replication listener, TLS configured by the caller.
+    pub endpoint: tonic::transport::Endpoint,
+    /// The pairing, as this site records it.
+    pub pairing: Pairing,
+    /// This primary's role generation.
+    pub generation: RoleGeneration,
+    /// This primary's incarnation.
+    pub incarnation: u64,
+    /// Most block versions the engine puts in one frame.
+    pub max_blocks: usize,
+    /// Wire frames queued for the stream before the engine is asked for more.
+    pub queue_frames: usize,
+    /// Shortest and longest delay before dialling again.
+    pub retry: (Duration, Duration),
+}
+
+impl SenderConfig {
+    /// Defaults for `endpoint` and `pairing`: frames of 256 blocks (1 MiB
+    /// at 4 KiB), 16 frames queued, retries from 50 ms to 5 s.
+    pub fn new(
+        endpoint: tonic::transport::Endpoint,
+        pairing: Pairing,
+        generation: RoleGeneration,
+        incarnation: u64,
+    ) -> Self {
+        SenderConfig {
+            endpoint,
+            pairing,
+            generation,
+            incarnation,
+            max_blocks: 256,
+            queue_frames: 16,
+            retry: (Duration::from_millis(50), Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Starts the sender of `end` under `cfg`; it runs until `cancel` fires.
+pub fn spawn<P: PrimaryEnd>(end: Arc<P>, cfg: SenderConfig, cancel: CancellationToken) -> LinkHandle {
+    let (state, state_rx) = watch::channel(LinkState::Connecting);
+    let stats = Arc::new(LinkStats::default());
+    let sender = Sender {
+        end,
+        cfg,
+        state,
+        stats: Arc::clone(&stats),
+    };
+    tokio::spawn(sender.run(cancel));
+    LinkHandle { state: state_rx, stats }
+}
+
+struct Sender<P> {
+    end: Arc<P>,
+    cfg: SenderConfig,
+    state: watch::Sender<LinkState>,
+    stats: Arc<LinkStats>,
+}
+
+impl<P: PrimaryEnd> Sender<P> {
+    async fn run(self, cancel: CancellationToken) {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.cfg.retry.0)
+            .with_max_delay(self.cfg.retry.1)
+            .with_jitter()
+            .without_max_times();
+        let mut delays = backoff.build();
+        loop {
+            self.state.send_replace(LinkState::Connecting);
+            let mut accepted = false;
+            let ended = tokio::select! {
+                r = self.session(&mut accepted) => r,
+                () = cancel.cancelled() => Ok(()),
+            };
+            let end = Arc::clone(&self.end);
+            // The engine forgets the session whatever ended it.
+            let _ = blocking(move || end.disconnect()).await;
+            if cancel.is_cancelled() {
+                return;
+            }
+            let error = match ended {
+                Ok(()) => LinkError::Closed,
+                Err(e) => e,
+            };
+            if matches!(error, LinkError::Refused { .. } | LinkError::Malformed(_)) {
+                LinkStats::add(&self.stats.refused, 1);
+            }
+            let text = super::chain(&error);
+            tracing::warn!(volume = %self.cfg.pairing.volume, error = %text, "replication stream ended");
+            self.state.send_replace(LinkState::Down { error: text });
+            LinkStats::add(&self.stats.reconnects, 1);
+            if accepted {
+                delays = backoff.build();
+            }
+            let delay = delays.next().unwrap_or(self.cfg.retry.1);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// One stream, from dialling to its end.
+    async fn session(&self, accepted: &mut bool) -> Result<(), LinkError> {
+        let channel = self.cfg.endpoint.connect().await.map_err(LinkError::Connect)?;
+        let mut client = ReplicationClient::new(channel)
+            .max_decoding_message_size(MAX_FRAME_BYTES)
+            .max_encoding_message_size(MAX_FRAME_BYTES);
+        let (tx, rx) = mpsc::channel::<pb::Frame>(self.cfg.queue_frames.max(1));
+        let mut salt = [0u8; SALT_BYTES];
+        rustix::rand::getrandom(&mut salt, rustix::rand::GetRandomFlags::empty())
+            .map_err(|e| LinkError::Salt(e.into()))?;
+        let opening = Opening {
+            pairing: self.cfg.pairing.clone(),
+            generation: self.cfg.generation,
+            incarnation: self.cfg.incarnation,
+            salt,
+        };
+        tx.send(opening.frame()).await.map_err(|_| LinkError::Closed)?;
+        let mut inbound = client
+            .replicate(ReceiverStream::new(rx))
+            .await
+            .map_err(LinkError::from)?
+            .into_inner();
+        match inbound.message().await.map_err(LinkError::from)? {
+            Some(pb::Frame {
+                kind: Some(Kind::Accept(_)),
+            }) => {}
+            Some(pb::Frame {
+                kind: Some(Kind::Refusal(r)),
+            }) => {
+                return Err(LinkError::Refused {
+                    code: r.code,
+                    message: r.message,
+                })
+            }
+            Some(_) => return Err(LinkError::Unexpected("a frame other than accept")),
+            None => return Err(LinkError::Closed),
+        }
+        *accepted = true;
+        self.state.send_replace(LinkState::Up);
+        tracing::info!(volume = %self.cfg.pairing.volume, "replication stream up");
+
+        let end = Arc::clone(&self.end);
+        let hello = blocking(move || end.connect()).await?;
+        self.send(&tx, hello).await?;
+        let reader = read_replies(
+            Arc::clone(&self.end),
+            inbound,
+            self.cfg.pairing.geometry,
+            Arc::clone(&self.stats),
+        );
+        tokio::select! {
+            r = reader => r,
+            r = self.write(&tx) => r,
+        }
+    }
+
+    /// Sends what the engine has whenever the queue has room.
+    async fn write(&self, tx: &mpsc::Sender<pb::Frame>) -> Result<(), LinkError> {
+        loop {
+            // Registered before asking, so a poke during the call is kept.
+            let changed = self.end.changed().notified();
+            let permit = tx.reserve().await.map_err(|_| LinkError::Closed)?;
+            drop(permit);
+            let end = Arc::clone(&self.end);
+            let max = self.cfg.max_blocks;
+            match blocking(move || end.poll_send(max)).await?.map_err(LinkError::Engine)? {
+                Some(frame) => self.send(tx, frame).await?,
+                None => changed.await,
+            }
+        }
+    }
+
+    async fn send(&self, tx: &mpsc::Sender<pb::Frame>, frame: ToReplica) -> Result<(), LinkError> {
+        if let ToReplica::Blocks { blocks, .. } = &frame {
+            LinkStats::add(&self.stats.blocks_sent, blocks.len() as u64);
+        }
+        for f in encode_to_replica(frame, self.cfg.pairing.geometry.block_size()) {
+            LinkStats::add(&self.stats.bytes_sent, prost::Message::encoded_len(&f) as u64);
+            LinkStats::add(&self.stats.frames_sent, 1);
+            tx.send(f).await.map_err(|_| LinkError::Closed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands the DR's replies to the engine until the stream ends.
+async fn read_replies<P: PrimaryEnd>(
+    end: Arc<P>,
+    mut inbound: tonic::Streaming<pb::Frame>,
+    geometry: Geometry,
+    stats: Arc<LinkStats>,
+) -> Result<(), LinkError> {
+    let mut inbox = PrimaryInbox::new(geometry);
+    loop {
+        let frame = inbound
+            .message()
+            .await
+            .map_err(LinkError::from)?
+            .ok_or(LinkError::Closed)?;
+        LinkStats::add(&stats.frames_received, 1);
+        if let Some(Kind::Refusal(r)) = frame.kind {
+            return Err(LinkError::Refused {
+                code: r.code,
+                message: r.message,
+            });
+        }
+        if let Some(reply) = inbox.push(frame).map_err(LinkError::Malformed)? {
+            let e = Arc::clone(&end);
+            blocking(move || e.on_frame(reply)).await?.map_err(LinkError::Engine)?;
+            // A reply may let the engine send more (an ack frees a seal).
+            end.changed().notify_one();
+        }
+    }
+}

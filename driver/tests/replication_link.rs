@@ -1,0 +1,393 @@
+//! The replication link between two sites over loopback TCP with mutual
+//! TLS: a group of two volumes, real engines on real `FileStore`s, the DR's
+//! group coordinator on a `FileDecisionLog`, the stream through a TCP proxy
+//! the test can cut. Writes go on while each epoch replicates; at every
+//! commit, with decisions held, each DR image must equal its primary's image
+//! at that freeze, byte for byte, and both members must stand at one cut.
+//!
+//! The writes come from a seeded generator; the seed is printed and
+//! `FLOE_LINK_SEED` replays it.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
+use floe_driver::replication::handshake::Pairing;
+use floe_driver::replication::link::{LinkHandle, LinkStats};
+use floe_driver::replication::receiver::{Paired, Receivers};
+use floe_driver::replication::sender::{self, SenderConfig};
+use floe_driver::store::{FileDecisionLog, FileStore};
+use floe_engine::{Geometry, Mode, Primary, Replica, RoleGeneration, VolumeStore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+
+const BS: usize = 4096;
+const BLOCKS: u64 = 256;
+const MEMBERS: usize = 2;
+const EPOCHS: u64 = 20;
+const GENERATION: RoleGeneration = RoleGeneration { counter: 1, site: 1 };
+const GROUP: &str = "orders";
+
+fn geometry() -> Geometry {
+    Geometry::new(BS, BLOCKS, 16).expect("a valid geometry")
+}
+
+/// xorshift64*: the test's only randomness, replayable from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("FLOE_LINK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        })
+}
+
+/// A TCP proxy whose connections the test can cut (a partition in the
+/// middle of whatever the stream was doing).
+struct Proxy {
+    addr: std::net::SocketAddr,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let list = Arc::clone(&conns);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                list.lock().expect("proxy list").push(conn.abort_handle());
+            }
+        });
+        Ok(Proxy { addr, conns, task })
+    }
+
+    /// Drops every connection open now.
+    fn cut(&self) -> usize {
+        let conns = std::mem::take(&mut *self.conns.lock().expect("proxy list"));
+        let n = conns.iter().filter(|c| !c.is_finished()).count();
+        for c in conns {
+            c.abort();
+        }
+        n
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+struct Sites {
+    primaries: Vec<Arc<HostedPrimary<FileStore>>>,
+    replicas: Vec<Arc<HostedReplica<FileStore>>>,
+    coordinator: Arc<LocalCoordinator<FileDecisionLog>>,
+    links: Vec<LinkHandle>,
+    receivers: Receivers,
+    proxy: Proxy,
+    cancel: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.server.abort();
+    }
+}
+
+fn pairing(m: usize, mode: Mode) -> Pairing {
+    Pairing {
+        group: GROUP.into(),
+        volume: format!("pvc-{m}"),
+        geometry: geometry(),
+        mode,
+    }
+}
+
+async fn start(dir: &Path, mode: Mode) -> Result<Sites> {
+    let pki = common::tls::pki(&dir.join("tls"))?;
+    let (primary_dir, dr_dir) = (dir.join("primary"), dir.join("dr"));
+    std::fs::create_dir_all(&primary_dir)?;
+    std::fs::create_dir_all(&dr_dir)?;
+    let mut primaries = Vec::new();
+    let mut replicas = Vec::new();
+    for m in 0..MEMBERS {
+        let p = pairing(m, mode);
+        let store = FileStore::create(&primary_dir, &p.volume, geometry())?;
+        primaries.push(Arc::new(HostedPrimary::new(Primary::create(
+            store,
+            geometry(),
+            mode,
+            GENERATION,
+        )?)));
+        let store = FileStore::create(&dr_dir, &p.volume, geometry())?;
+        replicas.push(Arc::new(HostedReplica::new(Replica::create(
+            store,
+            geometry(),
+            m as u32,
+            GENERATION,
+        )?)));
+    }
+    let members: Vec<Arc<dyn ReplicaEnd>> = replicas.iter().map(|r| Arc::clone(r) as Arc<dyn ReplicaEnd>).collect();
+    let coordinator = Arc::new(LocalCoordinator::open(FileDecisionLog::open(&dr_dir, GROUP)?, members)?);
+    let receivers = Receivers::default();
+    for (m, r) in replicas.iter().enumerate() {
+        receivers.add(Paired {
+            pairing: pairing(m, mode),
+            end: Arc::clone(r) as Arc<dyn ReplicaEnd>,
+            coordinator: Arc::clone(&coordinator) as _,
+            incarnation: 1,
+        });
+    }
+
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let server_tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&pki.node.cert)?, read(&pki.node.key)?))
+        .client_ca_root(Certificate::from_pem(read(&pki.node.ca)?));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = Server::builder()
+        .tls_config(server_tls)?
+        .add_service(receivers.clone().service());
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            eprintln!("replication listener ended: {e}");
+        }
+    });
+
+    let proxy = Proxy::start(addr).await?;
+    let client_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&pki.controller.ca)?))
+        .identity(Identity::from_pem(
+            read(&pki.controller.cert)?,
+            read(&pki.controller.key)?,
+        ))
+        .domain_name(common::tls::NODE_DNS);
+    let endpoint = Endpoint::from_shared(format!("https://{}", proxy.addr))?
+        .tls_config(client_tls)?
+        .connect_timeout(Duration::from_secs(5));
+    let cancel = CancellationToken::new();
+    let links = primaries
+        .iter()
+        .enumerate()
+        .map(|(m, p)| {
+            let mut cfg = SenderConfig::new(endpoint.clone(), pairing(m, mode), GENERATION, 1);
+            // Small frames, so a cut often falls in the middle of an epoch.
+            cfg.max_blocks = 8;
+            cfg.retry = (Duration::from_millis(5), Duration::from_millis(100));
+            sender::spawn(Arc::clone(p), cfg, cancel.clone())
+        })
+        .collect();
+    Ok(Sites {
+        primaries,
+        replicas,
+        coordinator,
+        links,
+        receivers,
+        proxy,
+        cancel,
+        server,
+    })
+}
+
+fn pattern(rng: &mut Rng) -> Vec<u8> {
+    let tag = rng.next();
+    (0..BS).map(|i| (tag >> (i % 8 * 8)) as u8 ^ (i / 8) as u8).collect()
+}
+
+/// The primary's whole image, read through the engine.
+fn primary_image(p: &mut Primary<FileStore>) -> Result<Vec<u8>> {
+    let mut image = vec![0u8; BS * BLOCKS as usize];
+    p.read(0, &mut image)?;
+    Ok(image)
+}
+
+fn replica_image(r: &Replica<FileStore>) -> Result<Vec<u8>> {
+    let mut image = vec![0u8; BS * BLOCKS as usize];
+    for (b, chunk) in image.chunks_mut(BS).enumerate() {
+        r.store().read_image(b as u64, chunk)?;
+    }
+    Ok(image)
+}
+
+/// What a run wrote, for the coalescing check.
+#[derive(Default)]
+struct Written {
+    /// Block writes (zeroes included).
+    versions: u64,
+    /// Distinct blocks written in each epoch, summed.
+    distinct_per_epoch: u64,
+}
+
+/// Writes `n` blocks on random members (one in eight a zero range).
+fn write_some(
+    sites: &Sites,
+    rng: &mut Rng,
+    n: usize,
+    epoch_blocks: &mut [std::collections::BTreeSet<u64>],
+) -> Result<u64> {
+    for _ in 0..n {
+        let m = rng.below(MEMBERS as u64) as usize;
+        let b = rng.below(BLOCKS);
+        let data = pattern(rng);
+        let zero = rng.below(8) == 0;
+        sites.primaries[m].with(|p| {
+            if zero {
+                p.zero(b * BS as u64, BS as u64)
+            } else {
+                p.write(b * BS as u64, &data)
+            }
+        })?;
+        epoch_blocks[m].insert(b);
+    }
+    Ok(n as u64)
+}
+
+async fn run(mode: Mode, cut: bool) -> Result<()> {
+    let seed = seed();
+    println!(
+        "mode {} cut {cut}: seed {seed} (FLOE_LINK_SEED={seed} replays it)",
+        mode.name()
+    );
+    let mut rng = Rng(seed);
+    let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
+    let sites = start(dir.path(), mode).await?;
+    let mut written = Written::default();
+    let mut epoch_blocks = vec![std::collections::BTreeSet::new(); MEMBERS];
+    let mut cuts = 0;
+    for epoch in 1..=EPOCHS {
+        written.versions += write_some(&sites, &mut rng, 40, &mut epoch_blocks)?;
+        if cut && rng.below(2) == 0 {
+            cuts += sites.proxy.cut();
+        }
+        // A member whose last epoch is still closing would refuse the
+        // freeze (the group freeze checks this before any FIFREEZE).
+        for p in &sites.primaries {
+            let mut closing = p.watch_closing();
+            let resolved = tokio::time::timeout(Duration::from_secs(60), closing.wait_for(Option::is_none)).await;
+            if resolved.is_err() {
+                bail!("epoch {} still closing after 60 s", epoch - 1);
+            }
+        }
+        // The group freeze: every member flips at the same group epoch; the
+        // image each holds at that instant is what the DR must show.
+        let mut frozen = Vec::new();
+        for p in &sites.primaries {
+            frozen.push(p.with(|p| -> Result<Vec<u8>> {
+                p.freeze(epoch)?;
+                primary_image(p)
+            })?);
+        }
+        written.distinct_per_epoch += epoch_blocks.iter().map(|s| s.len() as u64).sum::<u64>();
+        epoch_blocks.iter_mut().for_each(|s| s.clear());
+        // Writes of the next epoch go on while this one replicates.
+        written.versions += write_some(&sites, &mut rng, 20, &mut epoch_blocks)?;
+        if cut && rng.below(2) == 0 {
+            cuts += sites.proxy.cut();
+        }
+        let mut record = sites.coordinator.watch();
+        let waited = tokio::time::timeout(Duration::from_secs(60), record.wait_for(|r| r.committed >= epoch)).await;
+        if waited.is_err() {
+            let states: Vec<_> = sites.links.iter().map(|l| l.state.borrow().clone()).collect();
+            bail!("epoch {epoch} not committed within 60 s; links {states:?}");
+        }
+        sites.coordinator.with_decisions_held(|record| -> Result<()> {
+            assert_eq!(record.committed, epoch, "no later epoch was frozen");
+            for (m, r) in sites.replicas.iter().enumerate() {
+                r.with(|r| -> Result<()> {
+                    assert_eq!(r.committed_group(), epoch, "member {m} stands at the group's cut");
+                    let image = replica_image(r)?;
+                    if image != frozen[m] {
+                        let first = image.chunks(BS).zip(frozen[m].chunks(BS)).position(|(a, b)| a != b);
+                        bail!("member {m} at epoch {epoch}: DR image differs from the frozen primary from block {first:?}");
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })?;
+    }
+    let sent: u64 = sites.links.iter().map(|l| LinkStats::get(&l.stats.blocks_sent)).sum();
+    let reconnects: u64 = sites.links.iter().map(|l| LinkStats::get(&l.stats.reconnects)).sum();
+    println!(
+        "mode {}: {EPOCHS} epochs committed, {} block writes, {} distinct per epoch, {sent} block versions sent, {cuts} connections cut, {reconnects} reconnects",
+        mode.name(),
+        written.versions,
+        written.distinct_per_epoch
+    );
+    assert_eq!(
+        LinkStats::get(&sites.receivers.stats.refused),
+        0,
+        "no stream was refused"
+    );
+    if !cut {
+        assert_eq!(reconnects, 0, "an uncut link never reconnects");
+        // Coalescing: never more versions than writes; interval mode ships
+        // each block at most once per epoch.
+        assert!(
+            sent <= written.versions,
+            "{sent} versions sent for {} writes",
+            written.versions
+        );
+        if mode == Mode::Interval {
+            assert!(
+                sent <= written.distinct_per_epoch,
+                "{sent} sent > {} distinct",
+                written.distinct_per_epoch
+            );
+        }
+    } else {
+        assert!(cuts > 0, "the run cut the link at least once");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_replicates_over_mutual_tls_to_one_cut_in_every_mode() -> Result<()> {
+    for mode in Mode::ALL {
+        run(mode, false).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutting_the_link_mid_epoch_loses_nothing_and_the_stream_resumes() -> Result<()> {
+    for mode in Mode::ALL {
+        run(mode, true).await?;
+    }
+    Ok(())
+}
