@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
+use floe_driver::replication::freeze::{group_freeze, FreezeMember, LocalMember};
 use floe_driver::replication::handshake::Pairing;
 use floe_driver::replication::link::{LinkHandle, LinkStats};
 use floe_driver::replication::receiver::{Paired, Receivers};
@@ -286,6 +287,12 @@ async fn run(mode: Mode, cut: bool) -> Result<()> {
     let mut rng = Rng(seed);
     let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
     let sites = start(dir.path(), mode).await?;
+    let members: Vec<Arc<dyn FreezeMember>> = sites
+        .primaries
+        .iter()
+        .enumerate()
+        .map(|(m, p)| Arc::new(LocalMember::new(format!("pvc-{m}"), Arc::clone(p), None)) as Arc<dyn FreezeMember>)
+        .collect();
     let mut written = Written::default();
     let mut epoch_blocks = vec![std::collections::BTreeSet::new(); MEMBERS];
     let mut cuts = 0;
@@ -304,14 +311,15 @@ async fn run(mode: Mode, cut: bool) -> Result<()> {
             }
         }
         // The group freeze: every member flips at the same group epoch; the
-        // image each holds at that instant is what the DR must show.
-        let mut frozen = Vec::new();
-        for p in &sites.primaries {
-            frozen.push(p.with(|p| -> Result<Vec<u8>> {
-                p.freeze(epoch)?;
-                primary_image(p)
-            })?);
-        }
+        // image each holds then (nothing writes during the freeze) is what
+        // the DR must show.
+        let report = group_freeze(&members, epoch, Duration::from_secs(30)).await;
+        assert!(report.committed_to_flip, "epoch {epoch}: {report:?}");
+        let frozen = sites
+            .primaries
+            .iter()
+            .map(|p| p.with(primary_image))
+            .collect::<Result<Vec<_>>>()?;
         written.distinct_per_epoch += epoch_blocks.iter().map(|s| s.len() as u64).sum::<u64>();
         epoch_blocks.iter_mut().for_each(|s| s.clear());
         // Writes of the next epoch go on while this one replicates.

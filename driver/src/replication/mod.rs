@@ -9,13 +9,26 @@
 //! - [`handshake`]: the stream's first exchange (`Open` → `Accept` or
 //!   `Refusal`): wire version, features, pairing, geometry and mode checked
 //!   field by field, a mismatch named with both values.
+//! - [`endpoint`]: what a stream needs from the volume at each end
+//!   ([`endpoint::PrimaryEnd`], [`endpoint::ReplicaEnd`]) and from the
+//!   group coordinator ([`endpoint::CoordinatorPort`]), with engines hosted
+//!   behind their locks and a coordinator whose members share its process.
+//! - [`link`]: a stream's state, counters and errors.
+//! - [`sender`]: the primary's end, one task per volume: dial, open, pump
+//!   with backpressure into the engine, reconnect with backoff.
+//! - [`receiver`]: the DR's end, the `Replication` service of a node.
+//! - [`freeze`]: the group freeze (ready, quiesce, flip, thaw, abort on any
+//!   failure) over [`freeze::FreezeMember`]s.
 //!
-//! Dependencies point one way: `handshake` and `codec` use `floe-engine`'s
-//! types and `floe-proto`'s messages, and nothing else of this crate; the
-//! stream (transport, sealing layer, reconnects) sits above them.
+//! Dependencies point one way: `codec` and `handshake` use only
+//! `floe-engine`'s types and `floe-proto`'s messages; `sender` and
+//! `receiver` use them through `endpoint` and `link`; nothing here imports
+//! the CSI services or the data-plane daemon (they will host it). The
+//! sealing layer (I6) will sit between `codec` and the stream.
 
 pub mod codec;
 pub mod endpoint;
+pub mod freeze;
 pub mod handshake;
 pub mod link;
 pub mod receiver;
