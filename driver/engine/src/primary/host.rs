@@ -5,6 +5,8 @@
 //! Nothing here allocates per block: partial blocks go through the scratch
 //! block `aux`, old versions through `buf`.
 
+use std::collections::BTreeMap;
+
 use crate::bitmap::Bitmap;
 use crate::error::{EngineError, StoreError};
 use crate::store::VolumeStore;
@@ -19,15 +21,17 @@ use super::{Primary, SnapshotMark};
 pub(super) struct Intent {
     /// The bits, as this primary believes they are stored.
     pub(super) regions: Bitmap,
-    /// The open epoch of each region's last write (memory only).
-    pub(super) region_epoch: Vec<LocalEpoch>,
+    /// The open epoch of each region's last write (memory only), kept for
+    /// the regions whose bit is set: an entry goes when its bit is cleared,
+    /// and is written again before the bit is next set.
+    pub(super) region_epoch: BTreeMap<u64, LocalEpoch>,
 }
 
 impl Intent {
     pub(super) fn new(regions: u64) -> Self {
         Intent {
             regions: Bitmap::new(regions),
-            region_epoch: vec![0; regions as usize],
+            region_epoch: BTreeMap::new(),
         }
     }
 }
@@ -154,7 +158,7 @@ impl<S: VolumeStore> Primary<S> {
         if let Some(c) = self
             .closing
             .as_mut()
-            .filter(|c| keep_old && c.window_open() && c.members.get(b))
+            .filter(|c| keep_old && c.window_open() && c.is_member(b))
         {
             let group = c.group;
             let kept = if self.mode == Mode::Log {
@@ -197,7 +201,7 @@ impl<S: VolumeStore> Primary<S> {
     /// Write-intent: durable before the first write into a clean region.
     fn note_intent(&mut self, b: BlockIndex) -> Result<(), StoreError> {
         let r = self.geo.region_of(b);
-        self.intent.region_epoch[r as usize] = self.open.local;
+        self.intent.region_epoch.insert(r, self.open.local);
         if !self.intent.regions.get(r) {
             self.store.intent_set(r, true)?;
             self.store.sync()?;
@@ -212,7 +216,7 @@ impl<S: VolumeStore> Primary<S> {
         for r in self.store.intent_regions()? {
             if r < self.geo.regions() {
                 self.intent.regions.set(r, true);
-                self.intent.region_epoch[r as usize] = self.open.local;
+                self.intent.region_epoch.insert(r, self.open.local);
                 self.open.dirty.set_range(self.geo.region_range(r), true);
             }
         }
@@ -226,8 +230,10 @@ impl<S: VolumeStore> Primary<S> {
         while let Some(r) = self.intent.regions.next_one(from) {
             from = r + 1;
             // A failed clear leaves the bit set, which is always safe.
-            if self.intent.region_epoch[r as usize] <= local && self.store.intent_set(r, false).is_ok() {
+            let epoch = self.intent.region_epoch.get(&r).copied().unwrap_or(0);
+            if epoch <= local && self.store.intent_set(r, false).is_ok() {
                 self.intent.regions.set(r, false);
+                self.intent.region_epoch.remove(&r);
             }
         }
     }

@@ -49,6 +49,7 @@ impl<S: VolumeStore> Primary<S> {
             let Some(b) = c.pending.next_one(from) else { break };
             from = b + 1;
             c.pending.set(b, false);
+            c.sent.set(b, true);
             // The closing epoch's version: preserved aside (copy-on-write
             // modes) or still in the image (log mode redirects new writes).
             let mut data = std::mem::take(&mut self.buf);
@@ -117,6 +118,7 @@ impl<S: VolumeStore> Primary<S> {
             self.buf = data;
             if let Some((sb, entry)) = shipped {
                 self.open.shipped.insert(b, entry);
+                self.open.shipped_blocks.set(b, true);
                 blocks.push(sb);
             }
         }
