@@ -45,9 +45,9 @@ use crate::bitmap::Bitmap;
 use crate::error::{EngineError, StoreError};
 use crate::mem;
 use crate::store::{Role, VolumeMeta, VolumeStore};
-use crate::types::{BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration};
+use crate::types::{BlockIndex, Geometry, GroupEpoch, LocalEpoch, Mode, RoleGeneration};
 
-use epoch::{Closing, OpenEpoch, Progress};
+use epoch::{Closing, OpenEpoch, Progress, Shipped};
 use host::Intent;
 use resync::Failback;
 use session::Session;
@@ -298,15 +298,14 @@ impl<S: VolumeStore> Primary<S> {
     pub fn footprint(&self) -> u64 {
         let open = self.open.dirty.heap_bytes()
             + self.open.shipped_blocks.heap_bytes()
-            + mem::map_bytes::<BlockIndex, ManifestEntry>(self.open.shipped.len());
+            + mem::map_bytes::<BlockIndex, Shipped>(self.open.shipped.len());
         let closing = self.closing.as_ref().map_or(0, |c| {
             c.pending.heap_bytes()
                 + c.sent.heap_bytes()
                 + c.preserved.heap_bytes()
-                + mem::map_bytes::<BlockIndex, ManifestEntry>(c.shipped.len())
+                + mem::map_bytes::<BlockIndex, Shipped>(c.shipped.len())
         });
-        let intent =
-            self.intent.regions.heap_bytes() + mem::map_bytes::<u64, LocalEpoch>(self.intent.region_epoch.len());
+        let intent = self.intent.heap_bytes();
         let failback = self.failback.heap_bytes();
         let queues = self.session.heap_bytes()
             + mem::vec_bytes::<PrimaryEvent>(self.events.capacity())
