@@ -364,7 +364,7 @@ impl Chunk {
                 v.extend(bits.iter_ones().map(to_offset));
                 *self = Chunk::List(v);
             }
-            Chunk::List(v) if v.capacity() > 8 && v.len() <= v.capacity() / 4 => v.shrink_to(v.capacity() / 2),
+            Chunk::List(v) if v.capacity() > 8 && v.len() <= v.capacity() / 4 => v.shrink_to(v.len() * 2),
             _ => {}
         }
     }
@@ -546,9 +546,27 @@ mod tests {
                 prop_assert_eq!(bm.get(probe), dense.get(probe as usize).is_some_and(|b| *b));
                 prop_assert_eq!(bm.next_one(probe), ones.iter().copied().find(|&i| i >= probe));
             }
-            // No chunk outlives its last bit.
-            prop_assert!(bm.chunks.values().all(|c| c.count() > 0));
+            // No chunk outlives its last bit, and each keeps the form and the
+            // room its count calls for: the memory bound rests on that.
             prop_assert_eq!(bm.chunks.values().map(Chunk::count).sum::<u64>(), bm.count());
+            for c in bm.chunks.values() {
+                prop_assert!(c.count() > 0);
+                match c {
+                    Chunk::List(v) => {
+                        prop_assert!(v.len() <= SparseBitmap::<SHIFT>::LIST_MAX);
+                        prop_assert!(
+                            v.capacity() <= (4 * v.len()).max(8),
+                            "{} slots for {}",
+                            v.capacity(),
+                            v.len()
+                        );
+                    }
+                    Chunk::Bits { bits, ones } => {
+                        prop_assert!(*ones as usize >= SparseBitmap::<SHIFT>::LIST_MIN);
+                        prop_assert_eq!(bits.count_ones(), *ones as usize);
+                    }
+                }
+            }
         }
         Ok(())
     }
