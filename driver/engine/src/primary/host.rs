@@ -3,7 +3,8 @@
 //! into the freeze log), local snapshots, and the write-intent record.
 //!
 //! Nothing here allocates per block: partial blocks go through the scratch
-//! block `aux`, old versions through `buf`.
+//! block `aux`, old versions through `buf`; the sparse bitmaps allocate only
+//! when a chunk appears, grows its list or changes form.
 
 use std::collections::BTreeMap;
 
