@@ -20,8 +20,8 @@ mod null_store;
 
 use std::time::{Duration, Instant};
 
-use floe_engine::{Geometry, Mode, Primary, RoleGeneration};
-use null_store::{connect, ship, NullStore};
+use floe_engine::{Geometry, Mode, Primary, Replica, RoleGeneration};
+use null_store::{connect, pair, ship, NullStore};
 
 const BLOCK: usize = 4096;
 const BLOCKS: u64 = 1 << 28;
@@ -224,6 +224,21 @@ fn memory(spread: Spread, dirty: u64) -> MemRow {
     }
 }
 
+/// Footprints of a fresh replica and of one holding an epoch of `dirty`
+/// blocks (uniform) staged, awaiting the group's decision.
+fn replica_memory(dirty: u64) -> (u64, u64) {
+    let geo = Geometry::new(BLOCK, BLOCKS, REGION_BLOCKS).expect("a valid geometry");
+    let mut r =
+        Replica::create(NullStore::default(), geo, 0, RoleGeneration::default()).expect("the null store cannot fail");
+    let fixed = r.footprint();
+    let mut p = primary(Mode::Interval);
+    write(&mut p, &Spread::Uniform.blocks(dirty, 13));
+    p.freeze(1).expect("no epoch is closing");
+    assert_eq!(pair(&mut p, &mut r), dirty, "the epoch crosses whole");
+    assert_eq!(r.staged_group(), Some(1), "the epoch is staged");
+    (fixed, r.footprint())
+}
+
 fn main() {
     let freezes: usize = std::env::var("FLOE_BENCH_FREEZES")
         .ok()
@@ -256,6 +271,15 @@ fn main() {
             mem_rows.push(memory(spread, dirty));
         }
     }
+
+    eprintln!("freeze bench: the replica");
+    let replica_rows: Vec<(u64, u64, u64)> = [1 << 10, 1 << 14, GIB_DIRTY]
+        .into_iter()
+        .map(|n| {
+            let (fixed, staged) = replica_memory(n);
+            (n, fixed, staged)
+        })
+        .collect();
 
     eprintln!("freeze bench: {freezes} flips per row");
     let flips = [
@@ -320,6 +344,22 @@ fn main() {
             r.frozen as f64 / MIB,
             r.sealed as f64 / MIB,
             (r.sealed - r.fixed) as f64 / r.dirty as f64
+        );
+    }
+    println!();
+    println!(
+        "The replica of the same volume (`Replica::footprint`), the epoch (uniform) staged and awaiting the \
+         group's decision:"
+    );
+    println!();
+    println!("| staged blocks | fixed (KiB) | staged (MiB) | c (bytes per staged block) |");
+    println!("|--:|--:|--:|--:|");
+    for &(n, fixed, staged) in &replica_rows {
+        println!(
+            "| {n} | {:.1} | {:.2} | {:.1} |",
+            fixed as f64 / 1024.0,
+            staged as f64 / MIB,
+            (staged - fixed) as f64 / n as f64
         );
     }
     let c_max = mem_rows

@@ -9,7 +9,8 @@
 //!   bits set, not the volume; made, moved and swapped in O(1), so a freeze
 //!   flips in O(1).
 //! - `mem`: upper bounds on the heap bytes of the engine's structures, for
-//!   [`Primary::footprint`] (`docs/engine-memory.md` states the bound).
+//!   [`Primary::footprint`] and [`Replica::footprint`]
+//!   (`docs/engine-memory.md` states the bound).
 //! - [`store`]: the one narrow trait to storage and the durable metadata record.
 //! - [`frame`]: messages between primary, replica and coordinator.
 //! - [`primary`]: a volume in the primary role (three modes), one concern per

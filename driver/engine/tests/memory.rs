@@ -6,8 +6,8 @@
 
 mod null_store;
 
-use floe_engine::{Geometry, Mode, Primary, RoleGeneration};
-use null_store::{connect, ship, NullStore};
+use floe_engine::{Geometry, Mode, Primary, Replica, RoleGeneration};
+use null_store::{connect, pair, ship, NullStore};
 
 const BLOCK: usize = 4096;
 const TIB_BLOCKS: u64 = 1 << 28;
@@ -111,4 +111,23 @@ fn memory_does_not_grow_with_the_volume() {
         p.footprint()
     };
     assert_eq!(footprint(TIB_BLOCKS), footprint(TIB_BLOCKS << 10));
+}
+
+#[test]
+fn a_replica_holds_a_fixed_part_plus_c_per_staged_block() {
+    for n in [1, 1_024, 16_384] {
+        let geo = Geometry::new(BLOCK, TIB_BLOCKS, REGION_BLOCKS).expect("a valid geometry");
+        let mut p = primary(TIB_BLOCKS, Mode::Interval);
+        let mut r = Replica::create(NullStore::default(), geo, 0, RoleGeneration::default())
+            .expect("the null store cannot fail");
+        write(&mut p, spread(n));
+        p.freeze(1).expect("no epoch is closing");
+        assert_eq!(pair(&mut p, &mut r), n);
+        assert_eq!(r.staged_group(), Some(1), "the epoch is staged, awaiting the group");
+        let bytes = r.footprint();
+        assert!(
+            bytes <= FIXED_BYTES + C_BYTES_PER_DIRTY_BLOCK * n,
+            "{n} staged blocks: {bytes} bytes > {FIXED_BYTES} + {C_BYTES_PER_DIRTY_BLOCK} × {n}"
+        );
+    }
 }

@@ -1,8 +1,11 @@
-//! A `VolumeStore` that keeps nothing but the metadata record: the image
-//! reads as zeroes, and writes to it, the side area, the staging and the
-//! write-intent record vanish. For measuring the engine's own time and memory
-//! on volumes far larger than the machine's RAM, with no store structure
-//! growing beside it; a volume on it cannot be reopened.
+//! A `VolumeStore` that keeps no block data: the image reads as zeroes,
+//! writes to it, the side area and the write-intent record vanish, and the
+//! staging remembers only which blocks are staged, reading them back as
+//! zeroes (what a primary on this store ships). The metadata record is kept.
+//! For measuring the engine's own time and memory on volumes far larger than
+//! the machine's RAM; a volume on it cannot be reopened.
+
+use std::collections::BTreeSet;
 
 use floe_engine::{BlockIndex, LocalEpoch, StoreError, VolumeMeta, VolumeStore};
 
@@ -10,6 +13,7 @@ use floe_engine::{BlockIndex, LocalEpoch, StoreError, VolumeMeta, VolumeStore};
 #[derive(Clone, Debug, Default)]
 pub struct NullStore {
     meta: Option<VolumeMeta>,
+    staged: BTreeSet<(LocalEpoch, BlockIndex)>,
 }
 
 impl VolumeStore for NullStore {
@@ -32,17 +36,22 @@ impl VolumeStore for NullStore {
     fn side_clear(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
-    fn stage_put(&mut self, _epoch: LocalEpoch, _b: BlockIndex, _data: &[u8]) -> Result<(), StoreError> {
+    fn stage_put(&mut self, epoch: LocalEpoch, b: BlockIndex, _data: &[u8]) -> Result<(), StoreError> {
+        self.staged.insert((epoch, b));
         Ok(())
     }
-    fn stage_get(&self, _epoch: LocalEpoch, _b: BlockIndex, _buf: &mut [u8]) -> Result<bool, StoreError> {
-        Ok(false)
+    fn stage_get(&self, epoch: LocalEpoch, b: BlockIndex, buf: &mut [u8]) -> Result<bool, StoreError> {
+        buf.fill(0);
+        Ok(self.staged.contains(&(epoch, b)))
     }
-    fn stage_drop(&mut self, _epoch: LocalEpoch) -> Result<(), StoreError> {
+    fn stage_drop(&mut self, epoch: LocalEpoch) -> Result<(), StoreError> {
+        self.staged.retain(|&(e, _)| e != epoch);
         Ok(())
     }
     fn stage_epochs(&self) -> Result<Vec<LocalEpoch>, StoreError> {
-        Ok(Vec::new())
+        let mut epochs: Vec<LocalEpoch> = self.staged.iter().map(|&(e, _)| e).collect();
+        epochs.dedup();
+        Ok(epochs)
     }
     fn intent_set(&mut self, _region: u64, _on: bool) -> Result<(), StoreError> {
         Ok(())
@@ -65,7 +74,7 @@ impl VolumeStore for NullStore {
     }
 }
 
-use floe_engine::{Primary, Reply, ToPrimary, ToReplica};
+use floe_engine::{Primary, Replica, Reply, ToPrimary, ToReplica};
 
 /// Open a session and answer it as a replica that holds nothing yet.
 #[allow(dead_code)] // not every user connects
@@ -109,4 +118,27 @@ pub fn ship(p: &mut Primary<NullStore>, limit: u64) -> (u64, bool) {
         }
     }
     (sent, sealed)
+}
+
+/// Pair `p` with replica `r` and carry every frame across, both ways, until
+/// neither has anything more to say; the blocks carried.
+#[allow(dead_code)] // not every user pairs
+pub fn pair(p: &mut Primary<NullStore>, r: &mut Replica<NullStore>) -> u64 {
+    let mut blocks = 0;
+    let mut next = Some(p.connect());
+    loop {
+        if let Some(frame) = next.take() {
+            if let ToReplica::Blocks { blocks: b, .. } = &frame {
+                blocks += b.len() as u64;
+            }
+            r.on_frame(frame).expect("the null store cannot fail");
+        }
+        for reply in r.take_to_primary() {
+            p.on_frame(reply).expect("the null store cannot fail");
+        }
+        next = p.poll_send(256).expect("the null store cannot fail");
+        if next.is_none() {
+            return blocks;
+        }
+    }
 }
