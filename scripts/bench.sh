@@ -50,6 +50,22 @@ else
     echo "bench: no $wire_ratio yet, skipped"
 fi
 
+# Engine: the freeze flip and the engine's memory on a 1 TiB volume with
+# 1 GiB dirty (issue #13). The bench prints the markdown section (progress on
+# stderr); it needs no privileges and runs for about 3 minutes.
+freeze=driver/engine/benches/freeze.rs
+if [[ -f $freeze ]]; then
+    echo "bench: running $freeze (about 3 minutes)"
+    cmd="cargo bench -p floe-engine --locked --bench freeze"
+    if ! section=$(FLOE_BENCH_COMMAND="$cmd" $cmd); then
+        echo "bench: $freeze failed (see above)" >&2
+        exit 1
+    fi
+    echo "$section" >>"$out"
+else
+    echo "bench: no $freeze yet, skipped"
+fi
+
 # Data path: fio on floe's block device against a plain loop device and a
 # pass-through FUSE device, the engine lock, copy-on-write in a freeze window.
 # The bench prints the markdown section (progress on stderr).

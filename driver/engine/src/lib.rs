@@ -5,7 +5,12 @@
 //!
 //! # Layout
 //! - [`types`]: epochs, send sequences, role generations, geometry, hashes.
-//! - [`bitmap`]: the block bitmaps, O(1) per host write, no allocation.
+//! - [`bitmap`]: the block bitmaps, sparse and two-level: memory follows the
+//!   bits set, not the volume; made, moved and swapped in O(1), so a freeze
+//!   flips in O(1).
+//! - `mem`: upper bounds on the heap bytes of the engine's structures, for
+//!   [`Primary::footprint`] and [`Replica::footprint`]
+//!   (`docs/engine-memory.md` states the bound).
 //! - [`store`]: the one narrow trait to storage and the durable metadata record.
 //! - [`frame`]: messages between primary, replica and coordinator.
 //! - [`primary`]: a volume in the primary role (three modes), one concern per
@@ -38,6 +43,7 @@ pub mod bitmap;
 pub mod coordinator;
 pub mod error;
 pub mod frame;
+mod mem;
 pub mod primary;
 pub mod replica;
 pub mod store;

@@ -9,9 +9,22 @@ use crate::bitmap::Bitmap;
 use crate::error::EngineError;
 use crate::frame::ToReplica;
 use crate::store::VolumeStore;
-use crate::types::{BlockIndex, GroupEpoch, LocalEpoch, ManifestEntry, Mode};
+use crate::types::{BlockHash, BlockIndex, GroupEpoch, LocalEpoch, Mode};
 
 use super::{AbortOutcome, ClosingState, Primary, PrimaryEvent};
+
+/// A version of a block shipped in an epoch, as the manifest will list it.
+/// The block is the key of the map holding it, and the generation and
+/// incarnation of its send sequence are the primary's own, fixed for its
+/// lifetime: only the counter and the hash are kept (48 bytes an entry with
+/// the key, instead of 72).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Shipped {
+    /// Counter of the version's send sequence.
+    pub(super) counter: u64,
+    /// Hash of the version's content.
+    pub(super) hash: BlockHash,
+}
 
 /// The epoch receiving host writes.
 #[derive(Clone, Debug)]
@@ -21,7 +34,10 @@ pub(super) struct OpenEpoch {
     /// Blocks written in it and not shipped since.
     pub(super) dirty: Bitmap,
     /// Versions of it already shipped, with their manifest entries.
-    pub(super) shipped: BTreeMap<BlockIndex, ManifestEntry>,
+    pub(super) shipped: BTreeMap<BlockIndex, Shipped>,
+    /// The keys of `shipped` as bits, kept beside it so that the flip can
+    /// move them into the closing epoch instead of copying them.
+    pub(super) shipped_blocks: Bitmap,
     /// Where the streaming sweep goes on.
     pub(super) cursor: BlockIndex,
 }
@@ -32,6 +48,7 @@ impl OpenEpoch {
             local,
             dirty: Bitmap::new(blocks),
             shipped: BTreeMap::new(),
+            shipped_blocks: Bitmap::new(blocks),
             cursor: 0,
         }
     }
@@ -45,13 +62,15 @@ pub(super) struct Closing {
     pub(super) state: ClosingState,
     /// Blocks still to ship (taken from `dirty` at the flip).
     pub(super) pending: Bitmap,
-    /// Every block of the epoch: `pending` and the open epoch's shipped ones.
-    pub(super) members: Bitmap,
+    /// Blocks of the epoch no longer pending: shipped before the flip (taken
+    /// from `open.shipped_blocks`) or since. The epoch's members are
+    /// `pending ∪ sent`, a set that never changes while the epoch lives.
+    pub(super) sent: Bitmap,
     /// Copy-on-write modes: the old version was copied aside; log mode: new
     /// writes of the block go to the freeze log.
     pub(super) preserved: Bitmap,
     /// The manifest being built: last version shipped per member.
-    pub(super) shipped: BTreeMap<BlockIndex, ManifestEntry>,
+    pub(super) shipped: BTreeMap<BlockIndex, Shipped>,
     /// Frozen after the failback comparison began: carries the candidates.
     pub(super) covers_resync: bool,
 }
@@ -59,6 +78,17 @@ pub(super) struct Closing {
 impl Closing {
     pub(super) fn window_open(&self) -> bool {
         self.state != ClosingState::Staged
+    }
+
+    /// Whether block `b` belongs to the epoch.
+    pub(super) fn is_member(&self, b: BlockIndex) -> bool {
+        self.pending.get(b) || self.sent.get(b)
+    }
+
+    /// Every block of the epoch, ascending within `pending` then within
+    /// `sent` (a block may come twice).
+    pub(super) fn members(&self) -> impl Iterator<Item = BlockIndex> + '_ {
+        self.pending.iter_ones().chain(self.sent.iter_ones())
     }
 }
 
@@ -88,7 +118,10 @@ impl Progress {
 
 impl<S: VolumeStore> Primary<S> {
     /// Close the open epoch as group epoch `group` (the filesystem is frozen by
-    /// the caller). An in-memory flip: no I/O.
+    /// the caller). An in-memory flip, O(1) whatever the volume or the epoch
+    /// holds: the open epoch's bitmaps and manifest move into the closing
+    /// epoch and empty ones take their place; nothing is copied, nothing is
+    /// allocated, no I/O.
     pub fn freeze(&mut self, group: GroupEpoch) -> Result<LocalEpoch, EngineError> {
         if let Some(g) = self.session.fenced_by {
             return Err(EngineError::Fenced {
@@ -108,17 +141,15 @@ impl<S: VolumeStore> Primary<S> {
         let n = self.geo.blocks();
         let mut pending = Bitmap::new(n);
         self.open.dirty.take_into(&mut pending);
-        let mut members = pending.clone();
-        for &b in self.open.shipped.keys() {
-            members.set(b, true);
-        }
+        let mut sent = Bitmap::new(n);
+        self.open.shipped_blocks.take_into(&mut sent);
         let local = self.open.local;
         self.closing = Some(Closing {
             local,
             group,
             state: ClosingState::Shipping,
             pending,
-            members,
+            sent,
             preserved: Bitmap::new(n),
             shipped: std::mem::take(&mut self.open.shipped),
             covers_resync: self.failback.comparing(),
@@ -163,9 +194,9 @@ impl<S: VolumeStore> Primary<S> {
         if c.window_open() {
             self.close_window(&c)?;
         }
-        for b in c.members.iter_ones() {
+        for b in c.members() {
             self.open.dirty.set(b, true);
-            self.intent.region_epoch[self.geo.region_of(b) as usize] = self.open.local;
+            self.intent.note_epoch(self.geo.region_of(b), self.open.local);
         }
         self.events.push(PrimaryEvent::Aborted(c.group));
         Ok(())

@@ -3,7 +3,10 @@
 //! into the freeze log), local snapshots, and the write-intent record.
 //!
 //! Nothing here allocates per block: partial blocks go through the scratch
-//! block `aux`, old versions through `buf`.
+//! block `aux`, old versions through `buf`; the sparse bitmaps allocate only
+//! when a chunk appears, grows its list or changes form.
+
+use std::collections::BTreeMap;
 
 use crate::bitmap::Bitmap;
 use crate::error::{EngineError, StoreError};
@@ -19,16 +22,56 @@ use super::{Primary, SnapshotMark};
 pub(super) struct Intent {
     /// The bits, as this primary believes they are stored.
     pub(super) regions: Bitmap,
-    /// The open epoch of each region's last write (memory only).
-    pub(super) region_epoch: Vec<LocalEpoch>,
+    /// The open epoch of each region's last write (memory only), as one
+    /// region bitmap per epoch: a region is in at most one. Only a few epochs
+    /// are ever present (those not yet committed), so this costs about two
+    /// bytes per region written instead of a word per region of the volume.
+    /// A region leaves when its bit is cleared and is noted again before
+    /// its bit is next set.
+    by_epoch: BTreeMap<LocalEpoch, Bitmap>,
 }
 
 impl Intent {
     pub(super) fn new(regions: u64) -> Self {
         Intent {
             regions: Bitmap::new(regions),
-            region_epoch: vec![0; regions as usize],
+            by_epoch: BTreeMap::new(),
         }
+    }
+
+    /// Region `r` was last written in open epoch `epoch`.
+    pub(super) fn note_epoch(&mut self, r: u64, epoch: LocalEpoch) {
+        if self.by_epoch.get(&epoch).is_some_and(|m| m.get(r)) {
+            return;
+        }
+        self.forget(r);
+        let n = self.regions.len();
+        self.by_epoch
+            .entry(epoch)
+            .or_insert_with(|| Bitmap::new(n))
+            .set(r, true);
+    }
+
+    /// The open epoch of region `r`'s last write, if noted.
+    pub(super) fn epoch_of(&self, r: u64) -> Option<LocalEpoch> {
+        self.by_epoch.iter().find(|(_, m)| m.get(r)).map(|(&e, _)| e)
+    }
+
+    /// Drop region `r`'s epoch (its bit was cleared).
+    pub(super) fn forget(&mut self, r: u64) {
+        let Some((&e, m)) = self.by_epoch.iter_mut().find(|(_, m)| m.get(r)) else {
+            return;
+        };
+        m.set(r, false);
+        if !m.any() {
+            self.by_epoch.remove(&e);
+        }
+    }
+
+    /// Heap bytes held: the bits and the epochs' region bitmaps.
+    pub(super) fn heap_bytes(&self) -> u64 {
+        let epochs = self.by_epoch.values().map(Bitmap::heap_bytes).sum::<u64>();
+        self.regions.heap_bytes() + crate::mem::map_bytes::<LocalEpoch, Bitmap>(self.by_epoch.len()) + epochs
     }
 }
 
@@ -154,7 +197,7 @@ impl<S: VolumeStore> Primary<S> {
         if let Some(c) = self
             .closing
             .as_mut()
-            .filter(|c| keep_old && c.window_open() && c.members.get(b))
+            .filter(|c| keep_old && c.window_open() && c.is_member(b))
         {
             let group = c.group;
             let kept = if self.mode == Mode::Log {
@@ -197,7 +240,7 @@ impl<S: VolumeStore> Primary<S> {
     /// Write-intent: durable before the first write into a clean region.
     fn note_intent(&mut self, b: BlockIndex) -> Result<(), StoreError> {
         let r = self.geo.region_of(b);
-        self.intent.region_epoch[r as usize] = self.open.local;
+        self.intent.note_epoch(r, self.open.local);
         if !self.intent.regions.get(r) {
             self.store.intent_set(r, true)?;
             self.store.sync()?;
@@ -212,7 +255,7 @@ impl<S: VolumeStore> Primary<S> {
         for r in self.store.intent_regions()? {
             if r < self.geo.regions() {
                 self.intent.regions.set(r, true);
-                self.intent.region_epoch[r as usize] = self.open.local;
+                self.intent.note_epoch(r, self.open.local);
                 self.open.dirty.set_range(self.geo.region_range(r), true);
             }
         }
@@ -226,8 +269,10 @@ impl<S: VolumeStore> Primary<S> {
         while let Some(r) = self.intent.regions.next_one(from) {
             from = r + 1;
             // A failed clear leaves the bit set, which is always safe.
-            if self.intent.region_epoch[r as usize] <= local && self.store.intent_set(r, false).is_ok() {
+            let epoch = self.intent.epoch_of(r).unwrap_or(0);
+            if epoch <= local && self.store.intent_set(r, false).is_ok() {
                 self.intent.regions.set(r, false);
+                self.intent.forget(r);
             }
         }
     }

@@ -1,9 +1,13 @@
 //! The primary side of one volume: host I/O, epochs, shipping, resume.
 //!
-//! Bitmaps (see `docs/protocol.md` for the diagrams):
+//! Bitmaps (see `docs/protocol.md` for the diagrams), all sparse
+//! ([`crate::bitmap`]): their memory follows the blocks set, not the volume:
 //! - `open.dirty`: blocks written in the open epoch and not shipped since;
+//! - `open.shipped_blocks`: the blocks of `open.shipped`, the open epoch's
+//!   versions already shipped;
 //! - `Closing::pending`: blocks of the closing epoch still to ship;
-//! - `Closing::members`: every block of the closing epoch (shipped or not);
+//! - `Closing::sent`: blocks of the closing epoch no longer pending; the
+//!   epoch's members, fixed from the flip on, are `pending ∪ sent`;
 //! - `Closing::preserved`: continuous/interval — blocks whose closing-epoch
 //!   version was copied aside before an overwrite (copy-on-write); log — blocks
 //!   whose new writes are redirected into the freeze log (redirect-on-write);
@@ -11,6 +15,10 @@
 //!
 //! The closing epoch's window stays open until the replica acknowledges it
 //! durably staged: until then a lost shipment can always be re-read.
+//!
+//! The freeze flip moves `dirty`, `shipped_blocks` and `shipped` into the
+//! closing epoch and leaves empty ones behind: O(1), no allocation.
+//! [`Primary::footprint`] bounds the memory the volume's state takes.
 //!
 //! One concern per file, each adding methods to [`Primary`]:
 //! - this file: the state, the public types, construction, introspection;
@@ -31,12 +39,15 @@ mod resync;
 mod session;
 mod ship;
 
+use std::mem::size_of;
+
 use crate::bitmap::Bitmap;
 use crate::error::{EngineError, StoreError};
+use crate::mem;
 use crate::store::{Role, VolumeMeta, VolumeStore};
 use crate::types::{BlockIndex, Geometry, GroupEpoch, LocalEpoch, Mode, RoleGeneration};
 
-use epoch::{Closing, OpenEpoch, Progress};
+use epoch::{Closing, OpenEpoch, Progress, Shipped};
 use host::Intent;
 use resync::Failback;
 use session::Session;
@@ -277,6 +288,34 @@ impl<S: VolumeStore> Primary<S> {
 
     pub(crate) fn into_parts(self) -> (S, VolumeMeta, Mode, Geometry) {
         (self.store, self.meta, self.mode, self.geo)
+    }
+
+    /// An upper bound on the bytes this volume's state takes in memory, the
+    /// store aside: bitmaps, manifests being built, the write-intent record,
+    /// failback state, queued frames and events, scratch blocks. O(chunks +
+    /// entries), not for a hot path. `docs/engine-memory.md` gives the bound
+    /// per dirty block and checks it against resident memory.
+    pub fn footprint(&self) -> u64 {
+        let open = self.open.dirty.heap_bytes()
+            + self.open.shipped_blocks.heap_bytes()
+            + mem::map_bytes::<BlockIndex, Shipped>(self.open.shipped.len());
+        let closing = self.closing.as_ref().map_or(0, |c| {
+            c.pending.heap_bytes()
+                + c.sent.heap_bytes()
+                + c.preserved.heap_bytes()
+                + mem::map_bytes::<BlockIndex, Shipped>(c.shipped.len())
+        });
+        let intent = self.intent.heap_bytes();
+        let failback = self.failback.heap_bytes();
+        let queues = self.session.heap_bytes()
+            + mem::vec_bytes::<PrimaryEvent>(self.events.capacity())
+            + mem::map_bytes::<GroupEpoch, ()>(self.progress.abort_requests.len())
+            + self
+                .last_preserve_error
+                .as_ref()
+                .map_or(0, |e| mem::alloc_bytes(e.capacity()));
+        let scratch = mem::vec_bytes::<u8>(self.buf.capacity()) + mem::vec_bytes::<u8>(self.aux.capacity());
+        size_of::<Self>() as u64 + open + closing + intent + failback + queues + scratch
     }
 
     pub(crate) fn closing_window_open(&self) -> bool {

@@ -40,6 +40,16 @@ impl Failback {
         }
     }
 
+    /// Heap bytes held: the blocks written since promotion, the hashes.
+    pub(super) fn heap_bytes(&self) -> u64 {
+        let since = self.since_promote.as_ref().map_or(0, Bitmap::heap_bytes);
+        let hashes = match &self.resync {
+            Resync::Comparing(theirs) => crate::mem::map_bytes::<BlockIndex, BlockHash>(theirs.len()),
+            _ => 0,
+        };
+        since + hashes
+    }
+
     /// A host write of block `b`.
     pub(super) fn note_write(&mut self, b: BlockIndex) {
         if let Some(sp) = &mut self.since_promote {

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use crate::bitmap::Bitmap;
 use crate::error::EngineError;
 use crate::frame::{Reply, ToPrimary, ToReplica};
 use crate::store::VolumeStore;
@@ -38,6 +39,15 @@ impl Session {
             fenced_by: None,
             outbox: VecDeque::new(),
         }
+    }
+
+    /// Heap bytes held by the queued control frames.
+    pub(super) fn heap_bytes(&self) -> u64 {
+        let frames = self.outbox.iter().map(|f| match f {
+            ToReplica::ResyncHashRequest { blocks, .. } => crate::mem::vec_bytes::<BlockIndex>(blocks.capacity()),
+            _ => 0,
+        });
+        crate::mem::vec_bytes::<ToReplica>(self.outbox.capacity()) + frames.sum::<u64>()
     }
 
     pub(super) fn is_up(&self) -> bool {
@@ -120,9 +130,8 @@ impl<S: VolumeStore> Primary<S> {
         self.session.link = Link::Up;
         // Resume from what the replica holds durably: the open epoch's
         // shipments were not, so they go again.
-        for &b in self.open.shipped.keys() {
-            self.open.dirty.set(b, true);
-        }
+        self.open.dirty.union_with(&self.open.shipped_blocks);
+        self.open.shipped_blocks.clear();
         self.open.shipped.clear();
         if committed > self.progress.committed {
             self.on_consistent(committed, committed_group)?;
@@ -135,7 +144,10 @@ impl<S: VolumeStore> Primary<S> {
                     // Staged once, neither staged nor committed now: the group dropped it.
                     self.abort_closing()?;
                 } else {
-                    c.pending.union_with(&c.members);
+                    // Every member ships again: `sent` joins `pending`.
+                    let mut sent = Bitmap::new(c.sent.len());
+                    c.sent.take_into(&mut sent);
+                    c.pending.union_with(&sent);
                     c.shipped.clear();
                     c.state = ClosingState::Shipping;
                 }

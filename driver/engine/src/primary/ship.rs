@@ -8,7 +8,7 @@ use crate::frame::{Payload, ShippedBlock, ToReplica};
 use crate::store::VolumeStore;
 use crate::types::{hash_block, BlockIndex, ManifestEntry, Mode, SendSeq};
 
-use super::epoch::Closing;
+use super::epoch::{Closing, Shipped};
 use super::{ClosingState, Primary};
 
 impl<S: VolumeStore> Primary<S> {
@@ -49,6 +49,7 @@ impl<S: VolumeStore> Primary<S> {
             let Some(b) = c.pending.next_one(from) else { break };
             from = b + 1;
             c.pending.set(b, false);
+            c.sent.set(b, true);
             // The closing epoch's version: preserved aside (copy-on-write
             // modes) or still in the image (log mode redirects new writes).
             let mut data = std::mem::take(&mut self.buf);
@@ -86,7 +87,7 @@ impl<S: VolumeStore> Primary<S> {
             session: self.session.number,
             local: c.local,
             group: c.group,
-            manifest: c.shipped.values().copied().collect(),
+            manifest: c.shipped.iter().map(|(&b, s)| self.manifest_entry(b, s)).collect(),
             covers_resync: c.covers_resync,
         }))
     }
@@ -117,6 +118,7 @@ impl<S: VolumeStore> Primary<S> {
             self.buf = data;
             if let Some((sb, entry)) = shipped {
                 self.open.shipped.insert(b, entry);
+                self.open.shipped_blocks.set(b, true);
                 blocks.push(sb);
             }
         }
@@ -142,7 +144,7 @@ impl<S: VolumeStore> Primary<S> {
         compare: bool,
         out: &mut Vec<u8>,
         max: usize,
-    ) -> Option<(ShippedBlock, ManifestEntry)> {
+    ) -> Option<(ShippedBlock, Shipped)> {
         let hash = hash_block(data);
         if compare && self.replica_holds(b, &hash) {
             return None;
@@ -167,7 +169,25 @@ impl<S: VolumeStore> Primary<S> {
         self.stats.blocks_shipped += 1;
         Some((
             ShippedBlock { index: b, seq, payload },
-            ManifestEntry { index: b, seq, hash },
+            Shipped {
+                counter: self.counter,
+                hash,
+            },
         ))
+    }
+
+    /// The manifest entry of a version this primary shipped: the generation
+    /// and incarnation of its sequence are this primary's own.
+    fn manifest_entry(&self, index: BlockIndex, s: &Shipped) -> ManifestEntry {
+        let seq = SendSeq {
+            generation: self.meta.generation.counter,
+            incarnation: self.meta.incarnation,
+            counter: s.counter,
+        };
+        ManifestEntry {
+            index,
+            seq,
+            hash: s.hash,
+        }
     }
 }

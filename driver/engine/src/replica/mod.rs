@@ -17,14 +17,16 @@ mod fold;
 mod stream;
 
 use std::collections::BTreeMap;
+use std::mem::size_of;
 
 use crate::coordinator::DecisionRecord;
 use crate::error::{EngineError, StoreError};
 use crate::frame::{FromCoordinator, MemberIndex, Payload, Reply, ToCoordinator, ToPrimary, ToReplica};
+use crate::mem;
 use crate::primary::Primary;
 use crate::store::{Role, StagedRecord, VolumeMeta, VolumeStore};
 use crate::types::{
-    hash_block, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq,
+    hash_block, BlockHash, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq,
 };
 
 /// Counters a replica keeps.
@@ -301,5 +303,49 @@ impl<S: VolumeStore> Replica<S> {
     /// Give up the volume (crash or shutdown), keeping its store.
     pub fn into_store(self) -> S {
         self.store
+    }
+
+    /// An upper bound on the bytes this volume's state takes in memory, the
+    /// store aside: the unsealed stream's index, the held and the staged
+    /// manifests, failback candidates and hash requests, queued replies,
+    /// the scratch block. O(epochs + frames), not for a hot path.
+    pub fn footprint(&self) -> u64 {
+        let stream = mem::map_bytes::<LocalEpoch, BTreeMap<BlockIndex, SendSeq>>(self.stream.len())
+            + self
+                .stream
+                .values()
+                .map(|m| mem::map_bytes::<BlockIndex, SendSeq>(m.len()))
+                .sum::<u64>();
+        let manifests = self
+            .pending_seal
+            .as_ref()
+            .map_or(0, |s| mem::vec_bytes::<ManifestEntry>(s.manifest.capacity()))
+            + self
+                .meta
+                .staged
+                .as_ref()
+                .map_or(0, |s| mem::vec_bytes::<ManifestEntry>(s.manifest.capacity()));
+        let failback = self
+            .meta
+            .resync_candidates
+            .as_ref()
+            .map_or(0, |c| mem::vec_bytes::<BlockIndex>(c.capacity()))
+            + self
+                .hash_request
+                .as_ref()
+                .map_or(0, |c| mem::vec_bytes::<BlockIndex>(c.capacity()));
+        let replies = self.to_primary.iter().map(|f| match &f.reply {
+            Reply::Welcome {
+                resync_candidates: Some(c),
+                ..
+            } => mem::vec_bytes::<BlockIndex>(c.capacity()),
+            Reply::ResyncHashes { entries } => mem::vec_bytes::<(BlockIndex, BlockHash)>(entries.capacity()),
+            _ => 0,
+        });
+        let queues = mem::vec_bytes::<ToPrimary>(self.to_primary.capacity())
+            + replies.sum::<u64>()
+            + mem::vec_bytes::<ToCoordinator>(self.to_coordinator.capacity());
+        let scratch = mem::vec_bytes::<u8>(self.buf.capacity());
+        size_of::<Self>() as u64 + stream + manifests + failback + queues + scratch
     }
 }
