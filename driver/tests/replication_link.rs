@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
 use floe_driver::replication::freeze::{group_freeze, FreezeMember, LocalMember};
 use floe_driver::replication::handshake::Pairing;
-use floe_driver::replication::link::{LinkHandle, LinkStats};
+use floe_driver::replication::link::{LinkHandle, LinkMetrics};
 use floe_driver::replication::receiver::{Paired, Receivers};
 use floe_driver::replication::sender::{self, SenderConfig};
 use floe_driver::store::{FileDecisionLog, FileStore};
@@ -117,6 +117,7 @@ struct Sites {
     coordinator: Arc<LocalCoordinator<FileDecisionLog>>,
     links: Vec<LinkHandle>,
     receivers: Receivers,
+    registry: prometheus::Registry,
     proxy: Proxy,
     cancel: CancellationToken,
     server: tokio::task::JoinHandle<()>,
@@ -164,7 +165,9 @@ async fn start(dir: &Path, mode: Mode) -> Result<Sites> {
     }
     let members: Vec<Arc<dyn ReplicaEnd>> = replicas.iter().map(|r| Arc::clone(r) as Arc<dyn ReplicaEnd>).collect();
     let coordinator = Arc::new(LocalCoordinator::open(FileDecisionLog::open(&dr_dir, GROUP)?, members)?);
-    let receivers = Receivers::default();
+    let registry = prometheus::Registry::new();
+    let receivers = Receivers::new(LinkMetrics::register(&registry, "receiver")?);
+    let sender_metrics = LinkMetrics::register(&registry, "sender")?;
     for (m, r) in replicas.iter().enumerate() {
         receivers.add(Paired {
             pairing: pairing(m, mode),
@@ -210,7 +213,8 @@ async fn start(dir: &Path, mode: Mode) -> Result<Sites> {
             // Small frames, so a cut often falls in the middle of an epoch.
             cfg.max_blocks = 8;
             cfg.retry = (Duration::from_millis(5), Duration::from_millis(100));
-            sender::spawn(Arc::clone(p), cfg, cancel.clone())
+            let stats = sender_metrics.for_volume(&format!("pvc-{m}"));
+            sender::spawn(Arc::clone(p), cfg, stats, cancel.clone())
         })
         .collect();
     Ok(Sites {
@@ -219,6 +223,7 @@ async fn start(dir: &Path, mode: Mode) -> Result<Sites> {
         coordinator,
         links,
         receivers,
+        registry,
         proxy,
         cancel,
         server,
@@ -349,19 +354,27 @@ async fn run(mode: Mode, cut: bool) -> Result<()> {
             Ok(())
         })?;
     }
-    let sent: u64 = sites.links.iter().map(|l| LinkStats::get(&l.stats.blocks_sent)).sum();
-    let reconnects: u64 = sites.links.iter().map(|l| LinkStats::get(&l.stats.reconnects)).sum();
+    let sent: u64 = sites.links.iter().map(|l| l.stats.blocks_sent.get()).sum();
+    let reconnects: u64 = sites.links.iter().map(|l| l.stats.reconnects.get()).sum();
     println!(
         "mode {}: {EPOCHS} epochs committed, {} block writes, {} distinct per epoch, {sent} block versions sent, {cuts} connections cut, {reconnects} reconnects",
         mode.name(),
         written.versions,
         written.distinct_per_epoch
     );
-    assert_eq!(
-        LinkStats::get(&sites.receivers.stats.refused),
-        0,
-        "no stream was refused"
-    );
+    for m in 0..MEMBERS {
+        let stats = sites.receivers.stats(&format!("pvc-{m}")).context("a paired volume")?;
+        assert_eq!(stats.rejected(), 0, "no stream of pvc-{m} was refused");
+        assert!(stats.frames_received.get() > 0);
+    }
+    // The same figures as Prometheus exposes them.
+    let text = prometheus::TextEncoder::new().encode_to_string(&sites.registry.gather())?;
+    let exposed: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("floe_sender_sent_blocks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(exposed, sent, "{text}");
     if !cut {
         assert_eq!(reconnects, 0, "an uncut link never reconnects");
         // Coalescing: never more versions than writes; interval mode ships

@@ -1,11 +1,9 @@
-//! What both ends of a stream share: its state, its counters, its errors,
+//! What both ends of a stream share: its state, its metrics, its errors,
 //! and the rule for running engine calls off the async threads.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use floe_engine::EngineError;
 use floe_proto::replication as pb;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::codec::Malformed;
 use super::endpoint::CoordinatorError;
@@ -24,31 +22,150 @@ pub enum LinkState {
     },
 }
 
-/// Counters of one volume's stream, across reconnects.
-#[derive(Debug, Default)]
+/// Counters of one volume's stream at one end, across reconnects: the
+/// children of [`LinkMetrics`] for that volume, or free-standing ones.
+#[derive(Clone)]
 pub struct LinkStats {
     /// Streams that ended and were (or will be) dialled again.
-    pub reconnects: AtomicU64,
+    pub reconnects: IntCounter,
     /// Wire frames sent.
-    pub frames_sent: AtomicU64,
+    pub frames_sent: IntCounter,
     /// Encoded bytes sent.
-    pub bytes_sent: AtomicU64,
+    pub bytes_sent: IntCounter,
     /// Block versions sent (zero ranges counted block by block).
-    pub blocks_sent: AtomicU64,
+    pub blocks_sent: IntCounter,
     /// Wire frames received.
-    pub frames_received: AtomicU64,
-    /// Streams refused (by either side), malformed frames included.
-    pub refused: AtomicU64,
+    pub frames_received: IntCounter,
+    /// 1 while the peer has accepted the stream.
+    pub up: IntGauge,
+    rejected: IntCounterVec,
+    volume: String,
 }
 
 impl LinkStats {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    /// Counters registered nowhere (a link whose metrics nobody scrapes).
+    pub fn detached() -> Self {
+        LinkMetrics::new("detached")
+            .expect("metric names made from a fixed word are valid")
+            .for_volume("-")
     }
 
-    /// A counter's value now.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// Counts a stream or frame refused, by `reason`.
+    pub fn reject(&self, reason: Reason) {
+        self.rejected.with_label_values(&[&self.volume, reason.label()]).inc();
+    }
+
+    /// Refusals so far, every reason.
+    pub fn rejected(&self) -> u64 {
+        Reason::ALL
+            .iter()
+            .map(|r| self.rejected.with_label_values(&[&self.volume, r.label()]).get())
+            .sum()
+    }
+}
+
+/// Why a stream or a frame was refused (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The handshake named a field that differs.
+    Mismatch,
+    /// A frame broke the codec's rules.
+    Malformed,
+    /// The engine refused a frame.
+    Engine,
+    /// The group coordinator could not take a report.
+    Coordinator,
+    /// The peer refused (counted at the end that was refused).
+    Peer,
+}
+
+impl Reason {
+    const ALL: [Reason; 5] = [
+        Reason::Mismatch,
+        Reason::Malformed,
+        Reason::Engine,
+        Reason::Coordinator,
+        Reason::Peer,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Reason::Mismatch => "mismatch",
+            Reason::Malformed => "malformed",
+            Reason::Engine => "engine",
+            Reason::Coordinator => "coordinator",
+            Reason::Peer => "peer",
+        }
+    }
+}
+
+/// The replication metrics of one end (`sender` or `receiver`) of a node,
+/// labelled by volume: `floe_<end>_<what>_<unit>`.
+#[derive(Clone)]
+pub struct LinkMetrics {
+    reconnects: IntCounterVec,
+    frames_sent: IntCounterVec,
+    bytes_sent: IntCounterVec,
+    blocks_sent: IntCounterVec,
+    frames_received: IntCounterVec,
+    up: IntGaugeVec,
+    rejected: IntCounterVec,
+}
+
+impl LinkMetrics {
+    fn new(end: &str) -> prometheus::Result<Self> {
+        let counter =
+            |what: &str, help: &str| IntCounterVec::new(Opts::new(format!("floe_{end}_{what}"), help), &["volume"]);
+        Ok(LinkMetrics {
+            reconnects: counter("reconnects_total", "Streams that ended and were dialled again.")?,
+            frames_sent: counter("sent_frames_total", "Wire frames sent.")?,
+            bytes_sent: counter("sent_bytes_total", "Encoded bytes sent.")?,
+            blocks_sent: counter("sent_blocks_total", "Block versions sent.")?,
+            frames_received: counter("received_frames_total", "Wire frames received.")?,
+            up: IntGaugeVec::new(
+                Opts::new(
+                    format!("floe_{end}_link_up"),
+                    "1 while the peer has accepted the stream.",
+                ),
+                &["volume"],
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    format!("floe_{end}_rejected_total"),
+                    "Streams or frames refused, by reason.",
+                ),
+                &["volume", "reason"],
+            )?,
+        })
+    }
+
+    /// The metrics of `end` (`sender` or `receiver`), registered in `registry`.
+    pub fn register(registry: &Registry, end: &str) -> prometheus::Result<Self> {
+        let m = LinkMetrics::new(end)?;
+        registry.register(Box::new(m.reconnects.clone()))?;
+        registry.register(Box::new(m.frames_sent.clone()))?;
+        registry.register(Box::new(m.bytes_sent.clone()))?;
+        registry.register(Box::new(m.blocks_sent.clone()))?;
+        registry.register(Box::new(m.frames_received.clone()))?;
+        registry.register(Box::new(m.up.clone()))?;
+        registry.register(Box::new(m.rejected.clone()))?;
+        Ok(m)
+    }
+
+    /// The counters of `volume` (a paired volume's id: labels never come
+    /// from a peer's unchecked input).
+    pub fn for_volume(&self, volume: &str) -> LinkStats {
+        let v = [volume];
+        LinkStats {
+            reconnects: self.reconnects.with_label_values(&v),
+            frames_sent: self.frames_sent.with_label_values(&v),
+            bytes_sent: self.bytes_sent.with_label_values(&v),
+            blocks_sent: self.blocks_sent.with_label_values(&v),
+            frames_received: self.frames_received.with_label_values(&v),
+            up: self.up.with_label_values(&v),
+            rejected: self.rejected.clone(),
+            volume: volume.to_owned(),
+        }
     }
 }
 
@@ -128,5 +245,5 @@ pub struct LinkHandle {
     /// The stream's state.
     pub state: tokio::sync::watch::Receiver<LinkState>,
     /// Its counters.
-    pub stats: Arc<LinkStats>,
+    pub stats: LinkStats,
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{encode_to_primary, ReplicaInbox, MAX_FRAME_BYTES};
 use super::endpoint::{CoordinatorPort, ReplicaEnd};
 use super::handshake::{accept, check_open, Mismatch, Pairing};
-use super::link::{blocking, LinkError, LinkStats};
+use super::link::{blocking, LinkError, LinkMetrics, LinkStats, Reason};
 
 /// Wire frames queued toward the primary.
 const REPLY_QUEUE: usize = 64;
@@ -40,18 +40,35 @@ pub struct Paired {
 
 struct Entry {
     paired: Arc<Paired>,
+    stats: LinkStats,
     current: Option<CancellationToken>,
 }
 
 /// The replication service of one node: the volumes it receives.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Receivers {
     volumes: Arc<Mutex<HashMap<String, Entry>>>,
-    /// Counters over every stream of the node.
-    pub stats: Arc<LinkStats>,
+    metrics: LinkMetrics,
+    /// Streams refused before they named a paired volume.
+    pub unknown: LinkStats,
 }
 
 impl Receivers {
+    /// A service counting in `metrics` (the `receiver` end's).
+    pub fn new(metrics: LinkMetrics) -> Self {
+        let unknown = metrics.for_volume("-");
+        Receivers {
+            volumes: Arc::default(),
+            metrics,
+            unknown,
+        }
+    }
+
+    /// The counters of `volume`, if it is received here.
+    pub fn stats(&self, volume: &str) -> Option<LinkStats> {
+        self.lock().get(volume).map(|e| e.stats.clone())
+    }
+
     /// Receives `paired.pairing.volume` from now on (replacing an older entry).
     pub fn add(&self, paired: Paired) {
         let volume = paired.pairing.volume.clone();
@@ -59,10 +76,12 @@ impl Receivers {
         if let Some(old) = map.remove(&volume).and_then(|e| e.current) {
             old.cancel();
         }
+        let stats = self.metrics.for_volume(&volume);
         map.insert(
             volume,
             Entry {
                 paired: Arc::new(paired),
+                stats,
                 current: None,
             },
         );
@@ -87,23 +106,27 @@ impl Receivers {
     }
 
     /// The entry `open` names, made the volume's current stream.
-    fn claim(&self, open: &pb::Open) -> Result<(Arc<Paired>, CancellationToken), Mismatch> {
+    fn claim(&self, open: &pb::Open) -> Result<Claimed, Box<(Mismatch, LinkStats)>> {
         let mut map = self.lock();
         let Some(entry) = map.get_mut(&open.volume) else {
-            return Err(Mismatch {
+            let mismatch = Mismatch {
                 field: "volume",
                 ours: "no paired volume of that id".into(),
                 theirs: format!("{:?}", open.volume.chars().take(160).collect::<String>()),
-            });
+            };
+            return Err(Box::new((mismatch, self.unknown.clone())));
         };
-        check_open(&entry.paired.pairing, open)?;
+        check_open(&entry.paired.pairing, open).map_err(|m| Box::new((m, entry.stats.clone())))?;
         let token = CancellationToken::new();
         if let Some(old) = entry.current.replace(token.clone()) {
             old.cancel();
         }
-        Ok((Arc::clone(&entry.paired), token))
+        Ok((Arc::clone(&entry.paired), entry.stats.clone(), token))
     }
 }
+
+/// A stream's volume, its counters, and the token that ends the stream.
+type Claimed = (Arc<Paired>, LinkStats, CancellationToken);
 
 type FrameStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Frame, tonic::Status>> + Send>>;
 
@@ -127,24 +150,27 @@ impl Replication for Receivers {
             }
         };
         match self.claim(&open) {
-            Err(mismatch) => {
-                LinkStats::add(&self.stats.refused, 1);
+            Err(refused) => {
+                let (mismatch, stats) = *refused;
+                stats.reject(Reason::Mismatch);
                 tracing::warn!(volume = %mismatch.theirs, error = %mismatch, "replication stream refused");
                 let _ = tx.send(Ok(mismatch.refusal())).await;
             }
-            Ok((paired, token)) => {
+            Ok((paired, stats, token)) => {
                 let _ = tx.send(Ok(accept(paired.incarnation))).await;
-                let stats = Arc::clone(&self.stats);
                 tokio::spawn(async move {
                     let volume = paired.pairing.volume.clone();
                     let ended = tokio::select! {
-                        r = pump(Arc::clone(&paired), inbound, tx.clone(), Arc::clone(&stats)) => r,
-                        r = forward_replies(Arc::clone(&paired), tx.clone(), Arc::clone(&stats)) => r,
+                        r = pump(Arc::clone(&paired), inbound, tx.clone(), stats.clone()) => r,
+                        r = forward_replies(Arc::clone(&paired), tx.clone(), stats.clone()) => r,
                         () = token.cancelled() => Ok(()),
                     };
                     if let Err(e) = ended {
-                        if matches!(e, LinkError::Malformed(_) | LinkError::Engine(_)) {
-                            LinkStats::add(&stats.refused, 1);
+                        match e {
+                            LinkError::Malformed(_) => stats.reject(Reason::Malformed),
+                            LinkError::Engine(_) => stats.reject(Reason::Engine),
+                            LinkError::Coordinator(_) => stats.reject(Reason::Coordinator),
+                            _ => {}
                         }
                         tracing::warn!(volume = %volume, error = %super::chain(&e), "replication stream ended");
                         let _ = tx.send(Ok(e.refusal())).await;
@@ -160,8 +186,8 @@ type Replies = mpsc::Sender<Result<pb::Frame, tonic::Status>>;
 
 async fn send_all(tx: &Replies, frames: Vec<pb::Frame>, stats: &LinkStats) -> Result<(), LinkError> {
     for f in frames {
-        LinkStats::add(&stats.frames_sent, 1);
-        LinkStats::add(&stats.bytes_sent, prost::Message::encoded_len(&f) as u64);
+        stats.frames_sent.inc();
+        stats.bytes_sent.inc_by(prost::Message::encoded_len(&f) as u64);
         tx.send(Ok(f)).await.map_err(|_| LinkError::Closed)?;
     }
     Ok(())
@@ -172,14 +198,14 @@ async fn pump(
     paired: Arc<Paired>,
     mut inbound: tonic::Streaming<pb::Frame>,
     tx: Replies,
-    stats: Arc<LinkStats>,
+    stats: LinkStats,
 ) -> Result<(), LinkError> {
     let mut inbox = ReplicaInbox::new(paired.pairing.geometry);
     loop {
         let Some(frame) = inbound.message().await.map_err(LinkError::from)? else {
             return Ok(());
         };
-        LinkStats::add(&stats.frames_received, 1);
+        stats.frames_received.inc();
         let Some(msg) = inbox.push(frame).map_err(LinkError::Malformed)? else {
             continue;
         };
@@ -203,7 +229,7 @@ async fn pump(
 }
 
 /// Sends the replies coordinator decisions made, when the replica pokes.
-async fn forward_replies(paired: Arc<Paired>, tx: Replies, stats: Arc<LinkStats>) -> Result<(), LinkError> {
+async fn forward_replies(paired: Arc<Paired>, tx: Replies, stats: LinkStats) -> Result<(), LinkError> {
     loop {
         paired.end.replies().notified().await;
         let p = Arc::clone(&paired);

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{encode_to_replica, PrimaryInbox, MAX_FRAME_BYTES};
 use super::endpoint::PrimaryEnd;
 use super::handshake::{Opening, Pairing, SALT_BYTES};
-use super::link::{blocking, LinkError, LinkHandle, LinkState, LinkStats};
+use super::link::{blocking, LinkError, LinkHandle, LinkState, LinkStats, Reason};
 
 /// How a sender reaches its DR and paces its stream.
 #[derive(Clone, Debug)]
@@ -64,15 +64,15 @@ impl SenderConfig {
     }
 }
 
-/// Starts the sender of `end` under `cfg`; it runs until `cancel` fires.
-pub fn spawn<P: PrimaryEnd>(end: Arc<P>, cfg: SenderConfig, cancel: CancellationToken) -> LinkHandle {
+/// Starts the sender of `end` under `cfg`, counting in `stats`; it runs
+/// until `cancel` fires.
+pub fn spawn<P: PrimaryEnd>(end: Arc<P>, cfg: SenderConfig, stats: LinkStats, cancel: CancellationToken) -> LinkHandle {
     let (state, state_rx) = watch::channel(LinkState::Connecting);
-    let stats = Arc::new(LinkStats::default());
     let sender = Sender {
         end,
         cfg,
         state,
-        stats: Arc::clone(&stats),
+        stats: stats.clone(),
     };
     tokio::spawn(sender.run(cancel));
     LinkHandle { state: state_rx, stats }
@@ -82,7 +82,7 @@ struct Sender<P> {
     end: Arc<P>,
     cfg: SenderConfig,
     state: watch::Sender<LinkState>,
-    stats: Arc<LinkStats>,
+    stats: LinkStats,
 }
 
 impl<P: PrimaryEnd> Sender<P> {
@@ -110,13 +110,17 @@ impl<P: PrimaryEnd> Sender<P> {
                 Ok(()) => LinkError::Closed,
                 Err(e) => e,
             };
-            if matches!(error, LinkError::Refused { .. } | LinkError::Malformed(_)) {
-                LinkStats::add(&self.stats.refused, 1);
+            self.stats.up.set(0);
+            match error {
+                LinkError::Refused { .. } => self.stats.reject(Reason::Peer),
+                LinkError::Malformed(_) | LinkError::Unexpected(_) => self.stats.reject(Reason::Malformed),
+                LinkError::Engine(_) => self.stats.reject(Reason::Engine),
+                _ => {}
             }
             let text = super::chain(&error);
             tracing::warn!(volume = %self.cfg.pairing.volume, error = %text, "replication stream ended");
             self.state.send_replace(LinkState::Down { error: text });
-            LinkStats::add(&self.stats.reconnects, 1);
+            self.stats.reconnects.inc();
             if accepted {
                 delays = backoff.build();
             }
@@ -167,6 +171,7 @@ impl<P: PrimaryEnd> Sender<P> {
         }
         *accepted = true;
         self.state.send_replace(LinkState::Up);
+        self.stats.up.set(1);
         tracing::info!(volume = %self.cfg.pairing.volume, "replication stream up");
 
         let end = Arc::clone(&self.end);
@@ -176,7 +181,7 @@ impl<P: PrimaryEnd> Sender<P> {
             Arc::clone(&self.end),
             inbound,
             self.cfg.pairing.geometry,
-            Arc::clone(&self.stats),
+            self.stats.clone(),
         );
         tokio::select! {
             r = reader => r,
@@ -202,11 +207,11 @@ impl<P: PrimaryEnd> Sender<P> {
 
     async fn send(&self, tx: &mpsc::Sender<pb::Frame>, frame: ToReplica) -> Result<(), LinkError> {
         if let ToReplica::Blocks { blocks, .. } = &frame {
-            LinkStats::add(&self.stats.blocks_sent, blocks.len() as u64);
+            self.stats.blocks_sent.inc_by(blocks.len() as u64);
         }
         for f in encode_to_replica(frame, self.cfg.pairing.geometry.block_size()) {
-            LinkStats::add(&self.stats.bytes_sent, prost::Message::encoded_len(&f) as u64);
-            LinkStats::add(&self.stats.frames_sent, 1);
+            self.stats.bytes_sent.inc_by(prost::Message::encoded_len(&f) as u64);
+            self.stats.frames_sent.inc();
             tx.send(f).await.map_err(|_| LinkError::Closed)?;
         }
         Ok(())
@@ -218,7 +223,7 @@ async fn read_replies<P: PrimaryEnd>(
     end: Arc<P>,
     mut inbound: tonic::Streaming<pb::Frame>,
     geometry: Geometry,
-    stats: Arc<LinkStats>,
+    stats: LinkStats,
 ) -> Result<(), LinkError> {
     let mut inbox = PrimaryInbox::new(geometry);
     loop {
@@ -227,7 +232,7 @@ async fn read_replies<P: PrimaryEnd>(
             .await
             .map_err(LinkError::from)?
             .ok_or(LinkError::Closed)?;
-        LinkStats::add(&stats.frames_received, 1);
+        stats.frames_received.inc();
         if let Some(Kind::Refusal(r)) = frame.kind {
             return Err(LinkError::Refused {
                 code: r.code,
