@@ -17,12 +17,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
 use floe_driver::replication::freeze::{group_freeze, FreezeMember, LocalMember};
-use floe_driver::replication::handshake::Pairing;
+use floe_driver::replication::handshake::{Opening, Pairing};
 use floe_driver::replication::link::{LinkHandle, LinkMetrics};
 use floe_driver::replication::receiver::{Paired, Receivers};
 use floe_driver::replication::sender::{self, SenderConfig};
 use floe_driver::store::{FileDecisionLog, FileStore};
 use floe_engine::{Geometry, Mode, Primary, Replica, RoleGeneration, VolumeStore};
+use floe_proto::replication::{self as pb, frame::Kind, replication_client::ReplicationClient};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
@@ -118,6 +119,7 @@ struct Sites {
     links: Vec<LinkHandle>,
     receivers: Receivers,
     registry: prometheus::Registry,
+    endpoint: Endpoint,
     proxy: Proxy,
     cancel: CancellationToken,
     server: tokio::task::JoinHandle<()>,
@@ -224,6 +226,7 @@ async fn start(dir: &Path, mode: Mode) -> Result<Sites> {
         links,
         receivers,
         registry,
+        endpoint,
         proxy,
         cancel,
         server,
@@ -409,6 +412,107 @@ async fn a_group_replicates_over_mutual_tls_to_one_cut_in_every_mode() -> Result
 async fn cutting_the_link_mid_epoch_loses_nothing_and_the_stream_resumes() -> Result<()> {
     for mode in Mode::ALL {
         run(mode, true).await?;
+    }
+    Ok(())
+}
+
+async fn hostile_stream(sites: &Sites, frames: Vec<pb::Frame>) -> Result<Vec<pb::Frame>, tonic::Status> {
+    let channel = sites
+        .endpoint
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = ReplicationClient::new(channel);
+    let mut inbound = client.replicate(tokio_stream::iter(frames)).await?.into_inner();
+    let mut got = Vec::new();
+    while let Some(f) = inbound.message().await? {
+        got.push(f);
+    }
+    Ok(got)
+}
+
+fn refusal(frames: &[pb::Frame]) -> Option<&pb::Refusal> {
+    frames.iter().find_map(|f| match &f.kind {
+        Some(Kind::Refusal(r)) => Some(r),
+        _ => None,
+    })
+}
+
+/// A peer with a certificate of the right CA that sends what it likes: each
+/// bad stream is refused with the reason named, counted, and the replicas
+/// keep their images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_peer_is_refused_with_a_reason_and_changes_nothing() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
+    let sites = start(dir.path(), Mode::Continuous).await?;
+    // The real senders stop, so only the hostile peer talks.
+    sites.cancel.cancel();
+    let open = |edit: &dyn Fn(&mut pb::Open)| {
+        let mut frame = Opening {
+            pairing: pairing(0, Mode::Continuous),
+            generation: GENERATION,
+            incarnation: 1,
+            salt: [9; 32],
+        }
+        .frame();
+        if let Some(Kind::Open(o)) = &mut frame.kind {
+            edit(o);
+        }
+        frame
+    };
+
+    // Not an Open first.
+    let hello = pb::Frame {
+        kind: Some(Kind::Hello(pb::Hello::default())),
+    };
+    let status = hostile_stream(&sites, vec![hello]).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    // A volume that is not paired here (a path, even).
+    let got = hostile_stream(&sites, vec![open(&|o| o.volume = "../../etc/passwd".into())]).await?;
+    let r = refusal(&got).context("a refusal")?;
+    assert_eq!(
+        (r.field.as_str(), r.theirs.as_str()),
+        ("volume", "\"../../etc/passwd\"")
+    );
+    assert_eq!(sites.receivers.unknown.rejected(), 1);
+
+    // Another geometry: named with both values.
+    let got = hostile_stream(&sites, vec![open(&|o| o.block_count = 1 << 40)]).await?;
+    let r = refusal(&got).context("a refusal")?;
+    assert_eq!(
+        (r.field.as_str(), r.ours.as_str(), r.theirs.as_str()),
+        ("block_count", "256", "1099511627776")
+    );
+
+    // Accepted, then a batch outside the volume: refused as malformed.
+    let batch = pb::Frame {
+        kind: Some(Kind::BlockBatch(pb::BlockBatch {
+            generation: Some(pb::RoleGeneration { counter: 1, site_id: 1 }),
+            blocks: vec![pb::Block {
+                index: BLOCKS,
+                seq: Some(pb::SendSeq::default()),
+                zero: false,
+            }],
+            data: vec![0xEE; BS],
+            ..Default::default()
+        })),
+    };
+    let got = hostile_stream(&sites, vec![open(&|_| {}), batch]).await?;
+    assert!(
+        matches!(got.first().and_then(|f| f.kind.as_ref()), Some(Kind::Accept(_))),
+        "{got:?}"
+    );
+    let r = refusal(&got).context("a refusal")?;
+    assert_eq!(r.code, i32::from(pb::refusal::Code::Malformed));
+    assert!(r.message.contains("outside the volume"), "{}", r.message);
+    let stats = sites.receivers.stats("pvc-0").context("paired")?;
+    assert_eq!(stats.rejected(), 2, "the geometry mismatch and the malformed batch");
+
+    // Nothing reached the replicas.
+    for r in &sites.replicas {
+        let image = r.with(|r| replica_image(r))?;
+        assert!(image.iter().all(|&b| b == 0), "a replica changed");
     }
     Ok(())
 }
