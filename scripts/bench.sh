@@ -50,35 +50,36 @@ else
     echo "bench: no $wire_ratio yet, skipped"
 fi
 
-# Engine: the freeze flip and the engine's memory on a 1 TiB volume with
-# 1 GiB dirty (issue #13). The bench prints the markdown section (progress on
-# stderr); it needs no privileges and runs for about 3 minutes.
-freeze=driver/engine/benches/freeze.rs
-if [[ -f $freeze ]]; then
-    echo "bench: running $freeze (about 3 minutes)"
-    cmd="cargo bench -p floe-engine --locked --bench freeze"
-    if ! section=$(FLOE_BENCH_COMMAND="$cmd" $cmd); then
-        echo "bench: $freeze failed (see above)" >&2
+# A bench target that prints its markdown section on stdout (progress on
+# stderr): $1 its file, $2 how long it runs, $3 what it needs, $4... the command.
+section() {
+    local file=$1 takes=$2 needs=$3
+    shift 3
+    if [[ ! -f $file ]]; then
+        echo "bench: no $file yet, skipped"
+        return
+    fi
+    echo "bench: running $file ($takes)"
+    local cmd="$*" result
+    if ! result=$(FLOE_BENCH_COMMAND="$cmd" "$@"); then
+        echo "bench: $file failed (see above; it needs $needs)" >&2
         exit 1
     fi
-    echo "$section" >>"$out"
-else
-    echo "bench: no $freeze yet, skipped"
-fi
+    echo "$result" >>"$out"
+}
+
+# Engine: the freeze flip and the engine's memory on a 1 TiB volume with
+# 1 GiB dirty (issue #13).
+section driver/engine/benches/freeze.rs "about 3 minutes" "nothing special" \
+    cargo bench -p floe-engine --locked --bench freeze
+
+# Replication link: bytes on the wire per byte written on a zipf workload,
+# per mode, two sites in one process over mutual TLS (issue #10).
+section driver/benches/replication.rs "about 5 minutes" "nothing special" \
+    cargo bench -p floe-driver --locked --bench replication
 
 # Data path: fio on floe's block device against a plain loop device and a
 # pass-through FUSE device, the engine lock, copy-on-write in a freeze window.
-# The bench prints the markdown section (progress on stderr).
-datapath=driver/benches/datapath.rs
-if [[ -f $datapath ]]; then
-    echo "bench: running $datapath (about 12 minutes)"
-    cmd="cargo bench -p floe-driver --locked --bench datapath"
-    if ! section=$(FLOE_BENCH_COMMAND="$cmd" $cmd); then
-        echo "bench: $datapath failed (see above; it needs root, /dev/fuse, loop devices and fio)" >&2
-        exit 1
-    fi
-    echo "$section" >>"$out"
-else
-    echo "bench: no $datapath yet, skipped"
-fi
+section driver/benches/datapath.rs "about 12 minutes" "root, /dev/fuse, loop devices and fio" \
+    cargo bench -p floe-driver --locked --bench datapath
 echo "bench: wrote $out"

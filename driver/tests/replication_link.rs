@@ -10,248 +10,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
+use common::link::{pairing, pattern, primary_image, replica_image, start, Rng, Sites, BS, GENERATION, MEMBERS};
 use floe_driver::replication::freeze::{group_freeze, FreezeMember, LocalMember};
-use floe_driver::replication::handshake::{Opening, Pairing};
-use floe_driver::replication::link::{LinkHandle, LinkMetrics};
-use floe_driver::replication::receiver::{Paired, Receivers};
-use floe_driver::replication::sender::{self, SenderConfig};
-use floe_driver::store::{FileDecisionLog, FileStore};
-use floe_engine::{Geometry, Mode, Primary, Replica, RoleGeneration, VolumeStore};
+use floe_driver::replication::handshake::Opening;
+use floe_engine::Mode;
 use floe_proto::replication::{self as pb, frame::Kind, replication_client::ReplicationClient};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
-const BS: usize = 4096;
 const BLOCKS: u64 = 256;
-const MEMBERS: usize = 2;
 const EPOCHS: u64 = 20;
-const GENERATION: RoleGeneration = RoleGeneration { counter: 1, site: 1 };
-const GROUP: &str = "orders";
-
-fn geometry() -> Geometry {
-    Geometry::new(BS, BLOCKS, 16).expect("a valid geometry")
-}
-
-/// xorshift64*: the test's only randomness, replayable from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("FLOE_LINK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                | 1
-        })
-}
-
-/// A TCP proxy whose connections the test can cut (a partition in the
-/// middle of whatever the stream was doing).
-struct Proxy {
-    addr: std::net::SocketAddr,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: std::net::SocketAddr) -> Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let list = Arc::clone(&conns);
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                list.lock().expect("proxy list").push(conn.abort_handle());
-            }
-        });
-        Ok(Proxy { addr, conns, task })
-    }
-
-    /// Drops every connection open now.
-    fn cut(&self) -> usize {
-        let conns = std::mem::take(&mut *self.conns.lock().expect("proxy list"));
-        let n = conns.iter().filter(|c| !c.is_finished()).count();
-        for c in conns {
-            c.abort();
-        }
-        n
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.task.abort();
-    }
-}
-
-struct Sites {
-    primaries: Vec<Arc<HostedPrimary<FileStore>>>,
-    replicas: Vec<Arc<HostedReplica<FileStore>>>,
-    coordinator: Arc<LocalCoordinator<FileDecisionLog>>,
-    links: Vec<LinkHandle>,
-    receivers: Receivers,
-    registry: prometheus::Registry,
-    endpoint: Endpoint,
-    proxy: Proxy,
-    cancel: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Sites {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        self.server.abort();
-    }
-}
-
-fn pairing(m: usize, mode: Mode) -> Pairing {
-    Pairing {
-        group: GROUP.into(),
-        volume: format!("pvc-{m}"),
-        geometry: geometry(),
-        mode,
-    }
-}
-
-async fn start(dir: &Path, mode: Mode) -> Result<Sites> {
-    let pki = common::tls::pki(&dir.join("tls"))?;
-    let (primary_dir, dr_dir) = (dir.join("primary"), dir.join("dr"));
-    std::fs::create_dir_all(&primary_dir)?;
-    std::fs::create_dir_all(&dr_dir)?;
-    let mut primaries = Vec::new();
-    let mut replicas = Vec::new();
-    for m in 0..MEMBERS {
-        let p = pairing(m, mode);
-        let store = FileStore::create(&primary_dir, &p.volume, geometry())?;
-        primaries.push(Arc::new(HostedPrimary::new(Primary::create(
-            store,
-            geometry(),
-            mode,
-            GENERATION,
-        )?)));
-        let store = FileStore::create(&dr_dir, &p.volume, geometry())?;
-        replicas.push(Arc::new(HostedReplica::new(Replica::create(
-            store,
-            geometry(),
-            m as u32,
-            GENERATION,
-        )?)));
-    }
-    let members: Vec<Arc<dyn ReplicaEnd>> = replicas.iter().map(|r| Arc::clone(r) as Arc<dyn ReplicaEnd>).collect();
-    let coordinator = Arc::new(LocalCoordinator::open(FileDecisionLog::open(&dr_dir, GROUP)?, members)?);
-    let registry = prometheus::Registry::new();
-    let receivers = Receivers::new(LinkMetrics::register(&registry, "receiver")?);
-    let sender_metrics = LinkMetrics::register(&registry, "sender")?;
-    for (m, r) in replicas.iter().enumerate() {
-        receivers.add(Paired {
-            pairing: pairing(m, mode),
-            end: Arc::clone(r) as Arc<dyn ReplicaEnd>,
-            coordinator: Arc::clone(&coordinator) as _,
-            incarnation: 1,
-        });
-    }
-
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let server_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&pki.node.cert)?, read(&pki.node.key)?))
-        .client_ca_root(Certificate::from_pem(read(&pki.node.ca)?));
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let router = Server::builder()
-        .tls_config(server_tls)?
-        .add_service(receivers.clone().service());
-    let server = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = router.serve_with_incoming(incoming).await {
-            eprintln!("replication listener ended: {e}");
-        }
-    });
-
-    let proxy = Proxy::start(addr).await?;
-    let client_tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&pki.controller.ca)?))
-        .identity(Identity::from_pem(
-            read(&pki.controller.cert)?,
-            read(&pki.controller.key)?,
-        ))
-        .domain_name(common::tls::NODE_DNS);
-    let endpoint = Endpoint::from_shared(format!("https://{}", proxy.addr))?
-        .tls_config(client_tls)?
-        .connect_timeout(Duration::from_secs(5));
-    let cancel = CancellationToken::new();
-    let links = primaries
-        .iter()
-        .enumerate()
-        .map(|(m, p)| {
-            let mut cfg = SenderConfig::new(endpoint.clone(), pairing(m, mode), GENERATION, 1);
-            // Small frames, so a cut often falls in the middle of an epoch.
-            cfg.max_blocks = 8;
-            cfg.retry = (Duration::from_millis(5), Duration::from_millis(100));
-            let stats = sender_metrics.for_volume(&format!("pvc-{m}"));
-            sender::spawn(Arc::clone(p), cfg, stats, cancel.clone())
-        })
-        .collect();
-    Ok(Sites {
-        primaries,
-        replicas,
-        coordinator,
-        links,
-        receivers,
-        registry,
-        endpoint,
-        proxy,
-        cancel,
-        server,
-    })
-}
-
-fn pattern(rng: &mut Rng) -> Vec<u8> {
-    let tag = rng.next();
-    (0..BS).map(|i| (tag >> (i % 8 * 8)) as u8 ^ (i / 8) as u8).collect()
-}
-
-/// The primary's whole image, read through the engine.
-fn primary_image(p: &mut Primary<FileStore>) -> Result<Vec<u8>> {
-    let mut image = vec![0u8; BS * BLOCKS as usize];
-    p.read(0, &mut image)?;
-    Ok(image)
-}
-
-fn replica_image(r: &Replica<FileStore>) -> Result<Vec<u8>> {
-    let mut image = vec![0u8; BS * BLOCKS as usize];
-    for (b, chunk) in image.chunks_mut(BS).enumerate() {
-        r.store().read_image(b as u64, chunk)?;
-    }
-    Ok(image)
-}
 
 /// What a run wrote, for the coalescing check.
 #[derive(Default)]
@@ -287,14 +57,14 @@ fn write_some(
 }
 
 async fn run(mode: Mode, cut: bool) -> Result<()> {
-    let seed = seed();
+    let seed = common::link::seed("FLOE_LINK_SEED");
     println!(
         "mode {} cut {cut}: seed {seed} (FLOE_LINK_SEED={seed} replays it)",
         mode.name()
     );
     let mut rng = Rng(seed);
     let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
-    let sites = start(dir.path(), mode).await?;
+    let sites = start(dir.path(), mode, BLOCKS).await?;
     let members: Vec<Arc<dyn FreezeMember>> = sites
         .primaries
         .iter()
@@ -346,7 +116,7 @@ async fn run(mode: Mode, cut: bool) -> Result<()> {
             for (m, r) in sites.replicas.iter().enumerate() {
                 r.with(|r| -> Result<()> {
                     assert_eq!(r.committed_group(), epoch, "member {m} stands at the group's cut");
-                    let image = replica_image(r)?;
+                    let image = replica_image(r, sites.geometry)?;
                     if image != frozen[m] {
                         let first = image.chunks(BS).zip(frozen[m].chunks(BS)).position(|(a, b)| a != b);
                         bail!("member {m} at epoch {epoch}: DR image differs from the frozen primary from block {first:?}");
@@ -444,12 +214,12 @@ fn refusal(frames: &[pb::Frame]) -> Option<&pb::Refusal> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_peer_is_refused_with_a_reason_and_changes_nothing() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
-    let sites = start(dir.path(), Mode::Continuous).await?;
+    let sites = start(dir.path(), Mode::Continuous, BLOCKS).await?;
     // The real senders stop, so only the hostile peer talks.
     sites.cancel.cancel();
     let open = |edit: &dyn Fn(&mut pb::Open)| {
         let mut frame = Opening {
-            pairing: pairing(0, Mode::Continuous),
+            pairing: pairing(0, Mode::Continuous, sites.geometry),
             generation: GENERATION,
             incarnation: 1,
             salt: [9; 32],
@@ -511,7 +281,7 @@ async fn a_hostile_peer_is_refused_with_a_reason_and_changes_nothing() -> Result
 
     // Nothing reached the replicas.
     for r in &sites.replicas {
-        let image = r.with(|r| replica_image(r))?;
+        let image = r.with(|r| replica_image(r, sites.geometry))?;
         assert!(image.iter().all(|&b| b == 0), "a replica changed");
     }
     Ok(())

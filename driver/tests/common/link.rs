@@ -1,0 +1,245 @@
+//! Two sites in one process for the replication-link tests and benchmark:
+//! a group of volumes, real engines on real `FileStore`s, the DR's group
+//! coordinator on a `FileDecisionLog`, a sender per primary volume and the
+//! DR's `Replication` service over mutual TLS on loopback, through a TCP
+//! proxy the caller can cut.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
+use floe_driver::replication::handshake::Pairing;
+use floe_driver::replication::link::{LinkHandle, LinkMetrics};
+use floe_driver::replication::receiver::{Paired, Receivers};
+use floe_driver::replication::sender::{self, SenderConfig};
+use floe_driver::store::{FileDecisionLog, FileStore};
+use floe_engine::{Geometry, Mode, Primary, Replica, RoleGeneration, VolumeStore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+
+use super::tls;
+
+/// Tracking block size of the volumes.
+pub const BS: usize = 4096;
+/// Volumes in the group.
+pub const MEMBERS: usize = 2;
+/// The primary site's role generation.
+pub const GENERATION: RoleGeneration = RoleGeneration { counter: 1, site: 1 };
+/// The group's name.
+pub const GROUP: &str = "orders";
+
+/// Volumes of `blocks` blocks.
+pub fn geometry(blocks: u64) -> Geometry {
+    Geometry::new(BS, blocks, 16).expect("a valid geometry")
+}
+
+/// xorshift64*: the test's only randomness, replayable from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+pub fn seed(var: &str) -> u64 {
+    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1
+    })
+}
+
+/// A TCP proxy whose connections the test can cut (a partition in the
+/// middle of whatever the stream was doing).
+pub struct Proxy {
+    addr: std::net::SocketAddr,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let list = Arc::clone(&conns);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                list.lock().expect("proxy list").push(conn.abort_handle());
+            }
+        });
+        Ok(Proxy { addr, conns, task })
+    }
+
+    /// Drops every connection open now.
+    pub fn cut(&self) -> usize {
+        let conns = std::mem::take(&mut *self.conns.lock().expect("proxy list"));
+        let n = conns.iter().filter(|c| !c.is_finished()).count();
+        for c in conns {
+            c.abort();
+        }
+        n
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+pub struct Sites {
+    pub geometry: Geometry,
+    pub primaries: Vec<Arc<HostedPrimary<FileStore>>>,
+    pub replicas: Vec<Arc<HostedReplica<FileStore>>>,
+    pub coordinator: Arc<LocalCoordinator<FileDecisionLog>>,
+    pub links: Vec<LinkHandle>,
+    pub receivers: Receivers,
+    pub registry: prometheus::Registry,
+    pub endpoint: Endpoint,
+    pub proxy: Proxy,
+    pub cancel: CancellationToken,
+    pub server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.server.abort();
+    }
+}
+
+pub fn pairing(m: usize, mode: Mode, geometry: Geometry) -> Pairing {
+    Pairing {
+        group: GROUP.into(),
+        volume: format!("pvc-{m}"),
+        geometry,
+        mode,
+    }
+}
+
+pub async fn start(dir: &Path, mode: Mode, blocks: u64) -> Result<Sites> {
+    let geo = geometry(blocks);
+    let pki = tls::pki(&dir.join("tls"))?;
+    let (primary_dir, dr_dir) = (dir.join("primary"), dir.join("dr"));
+    std::fs::create_dir_all(&primary_dir)?;
+    std::fs::create_dir_all(&dr_dir)?;
+    let mut primaries = Vec::new();
+    let mut replicas = Vec::new();
+    for m in 0..MEMBERS {
+        let p = pairing(m, mode, geo);
+        let store = FileStore::create(&primary_dir, &p.volume, geo)?;
+        primaries.push(Arc::new(HostedPrimary::new(Primary::create(
+            store, geo, mode, GENERATION,
+        )?)));
+        let store = FileStore::create(&dr_dir, &p.volume, geo)?;
+        replicas.push(Arc::new(HostedReplica::new(Replica::create(
+            store, geo, m as u32, GENERATION,
+        )?)));
+    }
+    let members: Vec<Arc<dyn ReplicaEnd>> = replicas.iter().map(|r| Arc::clone(r) as Arc<dyn ReplicaEnd>).collect();
+    let coordinator = Arc::new(LocalCoordinator::open(FileDecisionLog::open(&dr_dir, GROUP)?, members)?);
+    let registry = prometheus::Registry::new();
+    let receivers = Receivers::new(LinkMetrics::register(&registry, "receiver")?);
+    let sender_metrics = LinkMetrics::register(&registry, "sender")?;
+    for (m, r) in replicas.iter().enumerate() {
+        receivers.add(Paired {
+            pairing: pairing(m, mode, geo),
+            end: Arc::clone(r) as Arc<dyn ReplicaEnd>,
+            coordinator: Arc::clone(&coordinator) as _,
+            incarnation: 1,
+        });
+    }
+
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let server_tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&pki.node.cert)?, read(&pki.node.key)?))
+        .client_ca_root(Certificate::from_pem(read(&pki.node.ca)?));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = Server::builder()
+        .tls_config(server_tls)?
+        .add_service(receivers.clone().service());
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            eprintln!("replication listener ended: {e}");
+        }
+    });
+
+    let proxy = Proxy::start(addr).await?;
+    let client_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&pki.controller.ca)?))
+        .identity(Identity::from_pem(
+            read(&pki.controller.cert)?,
+            read(&pki.controller.key)?,
+        ))
+        .domain_name(tls::NODE_DNS);
+    let endpoint = Endpoint::from_shared(format!("https://{}", proxy.addr))?
+        .tls_config(client_tls)?
+        .connect_timeout(Duration::from_secs(5));
+    let cancel = CancellationToken::new();
+    let links = primaries
+        .iter()
+        .enumerate()
+        .map(|(m, p)| {
+            let mut cfg = SenderConfig::new(endpoint.clone(), pairing(m, mode, geo), GENERATION, 1);
+            // Small frames, so a cut often falls in the middle of an epoch.
+            cfg.max_blocks = 8;
+            cfg.retry = (Duration::from_millis(5), Duration::from_millis(100));
+            let stats = sender_metrics.for_volume(&format!("pvc-{m}"));
+            sender::spawn(Arc::clone(p), cfg, stats, cancel.clone())
+        })
+        .collect();
+    Ok(Sites {
+        geometry: geo,
+        primaries,
+        replicas,
+        coordinator,
+        links,
+        receivers,
+        registry,
+        endpoint,
+        proxy,
+        cancel,
+        server,
+    })
+}
+
+pub fn pattern(rng: &mut Rng) -> Vec<u8> {
+    let tag = rng.next();
+    (0..BS).map(|i| (tag >> (i % 8 * 8)) as u8 ^ (i / 8) as u8).collect()
+}
+
+/// The primary's whole image, read through the engine.
+pub fn primary_image(p: &mut Primary<FileStore>) -> Result<Vec<u8>> {
+    let mut image = vec![0u8; p.geometry().bytes() as usize];
+    p.read(0, &mut image)?;
+    Ok(image)
+}
+
+pub fn replica_image(r: &Replica<FileStore>, geometry: Geometry) -> Result<Vec<u8>> {
+    let mut image = vec![0u8; geometry.bytes() as usize];
+    for (b, chunk) in image.chunks_mut(BS).enumerate() {
+        r.store().read_image(b as u64, chunk)?;
+    }
+    Ok(image)
+}
