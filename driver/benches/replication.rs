@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use common::link::{pattern, start, Rng, BS, MEMBERS};
-use floe_driver::replication::freeze::{group_freeze, FreezeMember, LocalMember};
+use floe_driver::dataplane::freeze_member::LocalMember;
+use floe_driver::replication::freeze::{group_freeze, FreezeMember};
 use floe_engine::Mode;
 
 fn knob(name: &str, default: u64) -> u64 {

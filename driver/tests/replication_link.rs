@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use common::link::{pairing, pattern, primary_image, replica_image, start, Rng, Sites, BS, GENERATION, MEMBERS};
-use floe_driver::replication::freeze::{group_freeze, FreezeMember, LocalMember};
+use floe_driver::dataplane::freeze_member::LocalMember;
+use floe_driver::replication::freeze::{group_freeze, FreezeMember};
 use floe_driver::replication::handshake::Opening;
 use floe_engine::Mode;
 use floe_proto::replication::{self as pb, frame::Kind, replication_client::ReplicationClient};

@@ -9,17 +9,18 @@
 //! (the old version is read and kept before the new one lands).
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use floe_engine::{EngineError, Primary};
 
 use super::backend::{BackendError, BlockBackend};
+use crate::replication::endpoint::HostedPrimary;
 use crate::store::FileStore;
 
 /// A volume whose I/O passes through `floe_engine::Primary`.
 pub struct EngineBackend {
     size: u64,
-    primary: Mutex<Primary<FileStore>>,
+    primary: Arc<HostedPrimary<FileStore>>,
 }
 
 impl EngineBackend {
@@ -27,22 +28,24 @@ impl EngineBackend {
     pub fn new(primary: Primary<FileStore>) -> Self {
         EngineBackend {
             size: primary.geometry().bytes(),
-            primary: Mutex::new(primary),
+            primary: Arc::new(HostedPrimary::new(primary)),
         }
     }
 
     /// Run `f` on the primary under the volume's lock (freeze, snapshot,
-    /// replication frames).
+    /// replication frames); its sender, if any, looks for work after.
     pub fn with_primary<R>(&self, f: impl FnOnce(&mut Primary<FileStore>) -> R) -> R {
-        let mut guard = self.primary.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut guard)
+        self.primary.with(f)
     }
 
-    /// Give the primary back (detach).
-    pub fn into_primary(self) -> Primary<FileStore> {
-        self.primary
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The hosted engine, shared with the volume's replication sender.
+    pub fn hosted(&self) -> &Arc<HostedPrimary<FileStore>> {
+        &self.primary
+    }
+
+    /// Give the primary back (detach); `None` while a sender still holds it.
+    pub fn into_primary(self) -> Option<Primary<FileStore>> {
+        Arc::into_inner(self.primary).map(HostedPrimary::into_engine)
     }
 }
 
@@ -77,7 +80,8 @@ impl BlockBackend for EngineBackend {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        self.with_primary(|p| p.read(offset, buf))
+        self.primary
+            .peek(|p| p.read(offset, buf))
             .map_err(engine_error("read volume through the engine"))
     }
 
@@ -92,7 +96,8 @@ impl BlockBackend for EngineBackend {
     }
 
     fn flush(&self) -> Result<(), BackendError> {
-        self.with_primary(|p| p.flush())
+        self.primary
+            .peek(|p| p.flush())
             .map_err(engine_error("flush volume through the engine"))
     }
 }

@@ -15,6 +15,7 @@
 //! - [`loopdev`]: loop devices with verified direct I/O;
 //! - [`mount`]: probe, mkfs, mount, grow, check, trim;
 //! - [`fsfreeze`]: `syncfs`, `FIFREEZE`, `FITHAW`;
+//! - [`freeze_member`]: a hosted volume as a member of a group freeze;
 //! - [`volume`]: [`AttachedVolume`], tying FUSE and loop together;
 //! - [`localsock`]: sockets 0600 and directories 0700 whatever the umask, peer credentials;
 //! - [`handover`]: passing a live connection's fds to a successor process;
@@ -27,6 +28,7 @@ pub mod backend;
 pub(crate) mod cmd;
 pub mod daemon;
 pub mod engine_backend;
+pub mod freeze_member;
 pub mod fsfreeze;
 pub mod fuse;
 pub mod handover;

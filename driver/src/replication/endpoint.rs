@@ -87,6 +87,17 @@ impl<S: VolumeStore + Send + 'static> HostedPrimary<S> {
         r
     }
 
+    /// Runs `f` on the engine without waking the sender (reads, flushes:
+    /// nothing new to send).
+    pub fn peek<R>(&self, f: impl FnOnce(&mut Primary<S>) -> R) -> R {
+        f(&mut lock(&self.engine))
+    }
+
+    /// The engine, given back (detach).
+    pub fn into_engine(self) -> Primary<S> {
+        self.engine.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The group epoch still closing (frozen, not yet resolved), updated
     /// after every call: a freeze waits for `None`, or the engine refuses it.
     pub fn watch_closing(&self) -> watch::Receiver<Option<GroupEpoch>> {

@@ -136,20 +136,40 @@ pub fn pairing(m: usize, mode: Mode, geometry: Geometry) -> Pairing {
     }
 }
 
+/// Two sites under `dir` whose primaries are new engines on `FileStore`s.
 pub async fn start(dir: &Path, mode: Mode, blocks: u64) -> Result<Sites> {
     let geo = geometry(blocks);
-    let pki = tls::pki(&dir.join("tls"))?;
-    let (primary_dir, dr_dir) = (dir.join("primary"), dir.join("dr"));
+    let primary_dir = dir.join("primary");
     std::fs::create_dir_all(&primary_dir)?;
-    std::fs::create_dir_all(&dr_dir)?;
     let mut primaries = Vec::new();
-    let mut replicas = Vec::new();
     for m in 0..MEMBERS {
-        let p = pairing(m, mode, geo);
-        let store = FileStore::create(&primary_dir, &p.volume, geo)?;
+        let store = FileStore::create(&primary_dir, &pairing(m, mode, geo).volume, geo)?;
         primaries.push(Arc::new(HostedPrimary::new(Primary::create(
             store, geo, mode, GENERATION,
         )?)));
+    }
+    start_with(dir, mode, geo, primaries).await
+}
+
+/// Where the DR keeps member `m`'s image under the `dir` given to `start`.
+pub fn dr_image(dir: &Path, m: usize) -> std::path::PathBuf {
+    dir.join("dr").join("volumes").join(format!("pvc-{m}")).join("image")
+}
+
+/// Two sites under `dir` around `primaries` (hosted by the caller, e.g.
+/// behind a mounted data path), of generation [`GENERATION`].
+pub async fn start_with(
+    dir: &Path,
+    mode: Mode,
+    geo: Geometry,
+    primaries: Vec<Arc<HostedPrimary<FileStore>>>,
+) -> Result<Sites> {
+    let pki = tls::pki(&dir.join("tls"))?;
+    let dr_dir = dir.join("dr");
+    std::fs::create_dir_all(&dr_dir)?;
+    let mut replicas = Vec::new();
+    for m in 0..MEMBERS {
+        let p = pairing(m, mode, geo);
         let store = FileStore::create(&dr_dir, &p.volume, geo)?;
         replicas.push(Arc::new(HostedReplica::new(Replica::create(
             store, geo, m as u32, GENERATION,
