@@ -117,7 +117,7 @@ async fn replicate_under_ext4(dir: &Path, mode: Mode) -> Result<()> {
         });
     }
     let hosted = members.iter().map(|m| Arc::clone(m.backend.hosted())).collect();
-    let sites = start_with(dir, mode, geo, hosted).await?;
+    let sites = start_with(dir, mode, geo, hosted, None).await?;
     let freeze_members: Vec<Arc<dyn FreezeMember>> = members
         .iter()
         .enumerate()
@@ -141,7 +141,10 @@ async fn replicate_under_ext4(dir: &Path, mode: Mode) -> Result<()> {
     for epoch in 1..=EPOCHS {
         // Let the writer get ahead of the last freeze before the next one.
         let floor = *acked.borrow() + 50;
-        let ahead = tokio::time::timeout(Duration::from_secs(60), acked.wait_for(|n| *n >= floor)).await;
+        // The guard `wait_for` returns would block the writer: dropped here.
+        let ahead = tokio::time::timeout(Duration::from_secs(60), acked.wait_for(|n| *n >= floor))
+            .await
+            .map(|r| r.map(|_| ()));
         ensure!(
             matches!(ahead, Ok(Ok(_))),
             "{}: the writer stalled before epoch {epoch}",

@@ -16,9 +16,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use common::link::{pairing, pattern, primary_image, replica_image, start, Rng, Sites, BS, GENERATION, MEMBERS};
 use floe_driver::dataplane::freeze_member::LocalMember;
+use floe_driver::replication::endpoint::HostedPrimary;
 use floe_driver::replication::freeze::{group_freeze, FreezeMember};
 use floe_driver::replication::handshake::Opening;
-use floe_engine::Mode;
+use floe_driver::replication::link::{LinkState, LinkStats};
+use floe_driver::replication::sender::{self, SenderConfig};
+use floe_driver::store::FileStore;
+use floe_engine::{Mode, Primary};
 use floe_proto::replication::{self as pb, frame::Kind, replication_client::ReplicationClient};
 
 const BLOCKS: u64 = 256;
@@ -84,7 +88,9 @@ async fn run(mode: Mode, cut: bool) -> Result<()> {
         // freeze (the group freeze checks this before any FIFREEZE).
         for p in &sites.primaries {
             let mut closing = p.watch_closing();
-            let resolved = tokio::time::timeout(Duration::from_secs(60), closing.wait_for(Option::is_none)).await;
+            let resolved = tokio::time::timeout(Duration::from_secs(60), closing.wait_for(Option::is_none))
+                .await
+                .map(|r| r.map(|_| ()));
             if resolved.is_err() {
                 bail!("epoch {} still closing after 60 s", epoch - 1);
             }
@@ -107,7 +113,9 @@ async fn run(mode: Mode, cut: bool) -> Result<()> {
             cuts += sites.proxy.cut();
         }
         let mut record = sites.coordinator.watch();
-        let waited = tokio::time::timeout(Duration::from_secs(60), record.wait_for(|r| r.committed >= epoch)).await;
+        let waited = tokio::time::timeout(Duration::from_secs(60), record.wait_for(|r| r.committed >= epoch))
+            .await
+            .map(|r| r.map(|_| ()));
         if waited.is_err() {
             let states: Vec<_> = sites.links.iter().map(|l| l.state.borrow().clone()).collect();
             bail!("epoch {epoch} not committed within 60 s; links {states:?}");
@@ -284,6 +292,95 @@ async fn a_hostile_peer_is_refused_with_a_reason_and_changes_nothing() -> Result
     for r in &sites.replicas {
         let image = r.with(|r| replica_image(r, sites.geometry))?;
         assert!(image.iter().all(|&b| b == 0), "a replica changed");
+    }
+    Ok(())
+}
+
+/// A sender whose record of the pairing differs is refused with the field
+/// named, keeps dialling (with backoff) and moves no data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_with_another_geometry_is_refused_and_keeps_retrying() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
+    let sites = start(dir.path(), Mode::Log, BLOCKS).await?;
+    let mut wrong = pairing(1, Mode::Log, sites.geometry);
+    wrong.geometry = floe_engine::Geometry::new(BS, BLOCKS * 2, 16)?;
+    let mut cfg = SenderConfig::new(sites.endpoint.clone(), wrong, GENERATION, 1);
+    cfg.retry = (Duration::from_millis(5), Duration::from_millis(50));
+    let cancel = sites.cancel.child_token();
+    let link = sender::spawn(Arc::clone(&sites.primaries[1]), cfg, LinkStats::detached(), cancel);
+    let mut state = link.state.clone();
+    let down = tokio::time::timeout(
+        Duration::from_secs(30),
+        // The guard `wait_for` returns would hold the state's lock: dropped here.
+        async {
+            state
+                .wait_for(|s| matches!(s, LinkState::Down { error } if error.contains("block_count")))
+                .await
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(matches!(down, Ok(Ok(_))), "state {:?}", *link.state.borrow());
+    let error = match &*link.state.borrow() {
+        LinkState::Down { error } => error.clone(),
+        other => bail!("not down: {other:?}"),
+    };
+    assert!(error.contains("256") && error.contains("512"), "{error}");
+    // It dials again: wait for a second refusal.
+    let mut state = link.state.clone();
+    let again = tokio::time::timeout(Duration::from_secs(30), async {
+        while link.stats.reconnects.get() < 2 {
+            if state.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "reconnects {}", link.stats.reconnects.get());
+    assert!(link.stats.rejected() >= 2);
+    assert_eq!(link.stats.blocks_sent.get(), 0, "nothing was sent on a refused stream");
+    Ok(())
+}
+
+/// Senders sharing a bandwidth limit still bring every epoch to the DR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bandwidth_limited_link_still_commits_every_epoch() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
+    let geo = common::link::geometry(BLOCKS);
+    std::fs::create_dir_all(dir.path().join("primary"))?;
+    let mut primaries = Vec::new();
+    for m in 0..MEMBERS {
+        let store = FileStore::create(&dir.path().join("primary"), &format!("pvc-{m}"), geo)?;
+        primaries.push(Arc::new(HostedPrimary::new(Primary::create(
+            store,
+            geo,
+            Mode::Continuous,
+            GENERATION,
+        )?)));
+    }
+    let sites = common::link::start_with(dir.path(), Mode::Continuous, geo, primaries, Some(4 << 20)).await?;
+    let members: Vec<Arc<dyn FreezeMember>> = sites
+        .primaries
+        .iter()
+        .enumerate()
+        .map(|(m, p)| Arc::new(LocalMember::new(format!("pvc-{m}"), Arc::clone(p), None)) as Arc<dyn FreezeMember>)
+        .collect();
+    let mut rng = Rng(7);
+    for epoch in 1..=3 {
+        for _ in 0..200 {
+            let m = rng.below(MEMBERS as u64) as usize;
+            let b = rng.below(BLOCKS);
+            let data = pattern(&mut rng);
+            sites.primaries[m].with(|p| p.write(b * BS as u64, &data))?;
+        }
+        for p in &sites.primaries {
+            let mut closing = p.watch_closing();
+            tokio::time::timeout(Duration::from_secs(60), closing.wait_for(Option::is_none)).await??;
+        }
+        let report = group_freeze(&members, epoch, Duration::from_secs(30)).await;
+        assert!(report.committed_to_flip, "{report:?}");
+        let mut record = sites.coordinator.watch();
+        tokio::time::timeout(Duration::from_secs(60), record.wait_for(|r| r.committed >= epoch)).await??;
     }
     Ok(())
 }

@@ -8,6 +8,8 @@
 //! engine keeps coalescing dirty blocks until the link takes them. When a
 //! session ends, the engine is told (`disconnect`) and the task dials again
 //! after an exponential, jittered delay, reset once a session is accepted.
+//! An optional token bucket shared by a node's senders caps their bandwidth;
+//! HTTP/2 windows adapt to the bandwidth-delay product.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use floe_engine::{Geometry, RoleGeneration, ToReplica};
 use floe_proto::replication::{self as pb, frame::Kind, replication_client::ReplicationClient};
+use leaky_bucket::RateLimiter;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +44,25 @@ pub struct SenderConfig {
     pub queue_frames: usize,
     /// Shortest and longest delay before dialling again.
     pub retry: (Duration, Duration),
+    /// The node's bandwidth limit, shared by its senders (bytes; `None`:
+    /// as fast as the link goes). See [`bandwidth_limit`].
+    pub limit: Option<Arc<RateLimiter>>,
+}
+
+/// A token bucket of `bytes_per_second`, refilled every 10 ms, with room for
+/// a burst of 100 ms or one largest frame, whichever is more; share it
+/// between the senders of a node to cap what they send together.
+pub fn bandwidth_limit(bytes_per_second: u64) -> Arc<RateLimiter> {
+    let per_tick = (bytes_per_second / 100).max(1) as usize;
+    let burst = ((bytes_per_second / 10) as usize).max(MAX_FRAME_BYTES);
+    Arc::new(
+        RateLimiter::builder()
+            .max(burst)
+            .initial(burst)
+            .refill(per_tick)
+            .interval(Duration::from_millis(10))
+            .build(),
+    )
 }
 
 impl SenderConfig {
@@ -60,6 +82,7 @@ impl SenderConfig {
             max_blocks: 256,
             queue_frames: 16,
             retry: (Duration::from_millis(50), Duration::from_secs(5)),
+            limit: None,
         }
     }
 }
@@ -134,7 +157,9 @@ impl<P: PrimaryEnd> Sender<P> {
 
     /// One stream, from dialling to its end.
     async fn session(&self, accepted: &mut bool) -> Result<(), LinkError> {
-        let channel = self.cfg.endpoint.connect().await.map_err(LinkError::Connect)?;
+        // HTTP/2 windows follow the measured bandwidth-delay product.
+        let endpoint = self.cfg.endpoint.clone().http2_adaptive_window(true);
+        let channel = endpoint.connect().await.map_err(LinkError::Connect)?;
         let mut client = ReplicationClient::new(channel)
             .max_decoding_message_size(MAX_FRAME_BYTES)
             .max_encoding_message_size(MAX_FRAME_BYTES);
@@ -210,7 +235,11 @@ impl<P: PrimaryEnd> Sender<P> {
             self.stats.blocks_sent.inc_by(blocks.len() as u64);
         }
         for f in encode_to_replica(frame, self.cfg.pairing.geometry.block_size()) {
-            self.stats.bytes_sent.inc_by(prost::Message::encoded_len(&f) as u64);
+            let len = prost::Message::encoded_len(&f);
+            if let Some(limit) = &self.cfg.limit {
+                limit.acquire(len.min(limit.max())).await;
+            }
+            self.stats.bytes_sent.inc_by(len as u64);
             self.stats.frames_sent.inc();
             tx.send(f).await.map_err(|_| LinkError::Closed)?;
         }

@@ -148,7 +148,7 @@ pub async fn start(dir: &Path, mode: Mode, blocks: u64) -> Result<Sites> {
             store, geo, mode, GENERATION,
         )?)));
     }
-    start_with(dir, mode, geo, primaries).await
+    start_with(dir, mode, geo, primaries, None).await
 }
 
 /// Where the DR keeps member `m`'s image under the `dir` given to `start`.
@@ -157,13 +157,16 @@ pub fn dr_image(dir: &Path, m: usize) -> std::path::PathBuf {
 }
 
 /// Two sites under `dir` around `primaries` (hosted by the caller, e.g.
-/// behind a mounted data path), of generation [`GENERATION`].
+/// behind a mounted data path), of generation [`GENERATION`], the senders
+/// sharing a bandwidth limit of `limit` bytes a second if given.
 pub async fn start_with(
     dir: &Path,
     mode: Mode,
     geo: Geometry,
     primaries: Vec<Arc<HostedPrimary<FileStore>>>,
+    limit: Option<u64>,
 ) -> Result<Sites> {
+    let limit = limit.map(sender::bandwidth_limit);
     let pki = tls::pki(&dir.join("tls"))?;
     let dr_dir = dir.join("dr");
     std::fs::create_dir_all(&dr_dir)?;
@@ -225,6 +228,7 @@ pub async fn start_with(
             // Small frames, so a cut often falls in the middle of an epoch.
             cfg.max_blocks = 8;
             cfg.retry = (Duration::from_millis(5), Duration::from_millis(100));
+            cfg.limit = limit.clone();
             let stats = sender_metrics.for_volume(&format!("pvc-{m}"));
             sender::spawn(Arc::clone(p), cfg, stats, cancel.clone())
         })
