@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod csi;
+pub mod daemon;
 pub mod dataplane;
 pub mod model;
+pub mod node;
 pub mod store;

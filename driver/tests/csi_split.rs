@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use floe_driver::csi::volumes::NodeVolumes;
+use floe_driver::node::volumes::NodeVolumes;
 use floe_proto::csi;
 use floe_proto::csi::controller_server::Controller;
 use floe_proto::csi::group_controller_server::GroupController;
@@ -207,7 +207,7 @@ async fn volumes_go_to_the_node_the_topology_names_and_restores_to_the_node_of_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_of_a_node_reaches_the_controller_with_the_nodes_code_and_message() -> Result<()> {
-    use floe_driver::csi::volumes::{GroupSpec, SnapshotSpec, VolumeSpec};
+    use floe_driver::node::volumes::{GroupSpec, SnapshotSpec, VolumeSpec};
     let dir = common::scratch("split-pki")?;
     let pki = tls::pki(dir.path())?;
     let b = Node::start("node-b", &pki.node).await?;
@@ -230,7 +230,7 @@ async fn a_refusal_of_a_node_reaches_the_controller_with_the_nodes_code_and_mess
         name: "s".into(),
         volume: volume.into(),
     };
-    let cases: Vec<(Code, Result<(), floe_driver::csi::error::Error>, Result<(), _>)> = vec![
+    let cases: Vec<(Code, Result<(), floe_driver::node::error::Error>, Result<(), _>)> = vec![
         (
             Code::AlreadyExists,
             remote.create(spec(8 << 20)).await.map(drop),

@@ -27,21 +27,14 @@
 //! `--mode=controller` serves Identity, Controller and GroupController over
 //! the volumes of the node plugins it reaches that way ([`remote`]).
 
-pub mod catalog;
 pub mod controller;
-pub mod cut;
 pub mod daemon_volumes;
-pub mod error;
 pub mod group;
 pub mod identity;
-pub mod local;
 pub mod locks;
-pub mod mounts;
 pub mod node;
 pub mod params;
 pub mod remote;
-pub mod volumes;
-pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,9 +43,9 @@ use floe_proto::csi;
 
 use crate::cli::PluginMode;
 use crate::dataplane::localsock;
-use error::{Error, Result};
+use crate::node::error::{self, Error, Result};
+use crate::node::volumes::{self, NodeVolumes, Snapshot};
 use locks::Locks;
-use volumes::{NodeVolumes, Snapshot};
 
 /// The driver's name, as the CSIDriver object and StorageClasses say it.
 pub const DRIVER_NAME: &str = "floe.csi.dev";

@@ -1,4 +1,4 @@
-//! The domain types of [`crate::csi::volumes`] to and from their
+//! The domain types of [`crate::node::volumes`] to and from their
 //! `floe.node.v1` messages.
 //!
 //! Outgoing is total (`From`); incoming is checked once, here (`TryFrom`):
@@ -10,13 +10,13 @@
 use floe_engine::Mode;
 use floe_proto::node as wire;
 
-use crate::csi::error::{Error, Result};
 use crate::csi::params::{VolumeParams, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
-use crate::csi::volumes::{
-    Attachment, Capacity, GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Source, Time, Volume, VolumeSpec,
-};
 use crate::dataplane::mount::FsType;
 use crate::model::ObjectId;
+use crate::node::error::{Error, Result};
+use crate::node::volumes::{
+    Attachment, Capacity, GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Source, Time, Volume, VolumeSpec,
+};
 
 /// A required string: present and not empty (names, device paths).
 fn nonempty(field: &'static str, value: String) -> Result<String> {

@@ -4,7 +4,7 @@
 //! Every handler reads the same way: convert the request
 //! ([`super::convert`]), call the node, convert the answer; a refusal
 //! becomes a `Status` through the one `From<Error>` of
-//! [`crate::csi::error`], so the controller sees the code and message the
+//! [`crate::node::error`], so the controller sees the code and message the
 //! CSI services would have given.
 
 use std::net::SocketAddr;
@@ -18,8 +18,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::id;
 use super::TlsFiles;
-use crate::csi::error::{chain, Error, Result};
-use crate::csi::volumes::NodeVolumes;
+use crate::node::error::{chain, Error, Result};
+use crate::node::volumes::NodeVolumes;
 
 /// `NodeVolumes` over gRPC, in front of a node's volumes.
 #[derive(Clone)]

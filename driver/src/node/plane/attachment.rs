@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use floe_engine::{Mode, Primary, VolumeStore};
 use serde::{Deserialize, Serialize};
 
-use super::api::{AttachState, AttachmentInfo};
 use super::error::{chain, DaemonError};
 use super::files::RunPaths;
+use super::types::{AttachState, AttachmentInfo};
 use crate::dataplane::cmd;
 use crate::dataplane::fuse::{abort_connection, FuseConfig, FuseServer};
 use crate::dataplane::handover::{self, HandoverError, HolderLink};
@@ -51,7 +51,7 @@ enum Kind {
 }
 
 /// An attached volume.
-pub(super) struct Attachment {
+pub(crate) struct Attachment {
     volume: String,
     backend: Option<Arc<SizedBackend>>,
     device: PathBuf,
@@ -61,7 +61,7 @@ pub(super) struct Attachment {
 }
 
 /// Opens a volume's store and reopens its engine (bumping the incarnation).
-pub(super) fn open_engine(data_dir: &Path, volume: &str, mode: Mode) -> Result<Primary<FileStore>, DaemonError> {
+pub(crate) fn open_engine(data_dir: &Path, volume: &str, mode: Mode) -> Result<Primary<FileStore>, DaemonError> {
     let store = FileStore::open(data_dir, volume).map_err(|source| DaemonError::Store {
         op: "open the store",
         volume: volume.to_owned(),
@@ -79,7 +79,7 @@ impl Attachment {
     /// Attaches `volume`, shown as `size` bytes: its engine, a FUSE file
     /// whose every fd the holder gets before its first read, and a
     /// direct-I/O loop device on it.
-    pub(super) fn attach(
+    pub(crate) fn attach(
         volume: &str,
         mode: Mode,
         size: u64,
@@ -128,7 +128,7 @@ impl Attachment {
     /// nothing left after a reboot: what remains is torn down). A volume
     /// that cannot be served comes back [`AttachState::Broken`], with the
     /// reason.
-    pub(super) fn take_over(
+    pub(crate) fn take_over(
         volume: &str,
         mode: Mode,
         size: u64,
@@ -215,17 +215,17 @@ impl Attachment {
     }
 
     /// The volume id.
-    pub(super) fn volume(&self) -> &str {
+    pub(crate) fn volume(&self) -> &str {
         &self.volume
     }
 
     /// The loop device.
-    pub(super) fn device(&self) -> &Path {
+    pub(crate) fn device(&self) -> &Path {
         &self.device
     }
 
     /// What `attached.json` says about it.
-    pub(super) fn record(&self) -> AttachedRecord {
+    pub(crate) fn record(&self) -> AttachedRecord {
         AttachedRecord {
             fuse_dir: self.fuse_dir.clone(),
             device: Some(self.device.clone()),
@@ -233,18 +233,18 @@ impl Attachment {
     }
 
     /// The engine, when served.
-    pub(super) fn backend(&self) -> Option<&EngineBackend> {
+    pub(crate) fn backend(&self) -> Option<&EngineBackend> {
         self.backend.as_deref().map(SizedBackend::engine)
     }
 
     /// The sized engine, when served (kept alive past the attachment).
-    pub(super) fn sized(&self) -> Option<&Arc<SizedBackend>> {
+    pub(crate) fn sized(&self) -> Option<&Arc<SizedBackend>> {
         self.backend.as_ref()
     }
 
     /// Grows the device to `size` bytes (at most the store's geometry): the
     /// FUSE file first, then the loop device.
-    pub(super) fn grow(&self, size: u64) -> Result<(), DaemonError> {
+    pub(crate) fn grow(&self, size: u64) -> Result<(), DaemonError> {
         let volume = self.volume.clone();
         match &self.kind {
             Kind::Serving(av) => av.grow(size).map_err(|source| DaemonError::Attach { volume, source }),
@@ -266,7 +266,7 @@ impl Attachment {
     }
 
     /// As the API shows it.
-    pub(super) fn info(&self) -> AttachmentInfo {
+    pub(crate) fn info(&self) -> AttachmentInfo {
         let (state, detail) = match &self.kind {
             Kind::Serving(_) => (AttachState::Serving, None),
             Kind::Resumed(_) => (AttachState::Resumed, None),
@@ -292,7 +292,7 @@ impl Attachment {
     /// let go, and flushes the engine. The caller checked that nothing is
     /// mounted on the device. On error the attachment stays as it is, and a
     /// retry resumes where this stopped.
-    pub(super) fn detach(&mut self) -> Result<(), DaemonError> {
+    pub(crate) fn detach(&mut self) -> Result<(), DaemonError> {
         let volume = self.volume.clone();
         match &mut self.kind {
             Kind::Serving(av) => av.detach().map_err(|source| DaemonError::Attach { volume, source })?,
@@ -339,7 +339,7 @@ impl Attachment {
 
     /// Leaves the FUSE mount, the loop device and the holder's copies as
     /// they are, for a successor: the process is about to exit.
-    pub(super) fn abandon(self) {
+    pub(crate) fn abandon(self) {
         match self.kind {
             // `AttachedVolume` has no abandon of its own: not running its
             // destructor leaves the loop device and the mount in place.

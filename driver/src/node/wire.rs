@@ -3,7 +3,7 @@
 //!
 //! `floe-csi` holds no volume: every [`NodeVolumes`](super::volumes::NodeVolumes) call it makes becomes
 //! one [`NodeCall`] on the daemon's local API (`{"op":"csi","call":…}`,
-//! see [`super::daemon_volumes`]), which the daemon carries out on its
+//! see `csi::daemon_volumes`), which the daemon carries out on its
 //! [`LocalVolumes`] ([`LocalVolumes::call`]) and answers with one
 //! [`NodeReply`]. Errors travel as the API's errors: their kind is the
 //! gRPC code the CSI services return, their message the whole chain.

@@ -10,7 +10,7 @@
 //! ```
 //! Killing or restarting `floe-csi` touches no I/O and no bookkeeping: it
 //! only calls the local API, whose `csi` op carries the CSI layer's calls to
-//! [`crate::csi::local::LocalVolumes`], which this process runs over its own
+//! [`crate::node::local::LocalVolumes`], which this process runs over its own
 //! `Volumes` (a CSI volume is one of them, owned by `csi`).
 //! `serve` hands every `/dev/fuse` fd to the holder before the fd's
 //! first read ([`crate::dataplane::handover`]), so when `serve` dies, by
@@ -91,13 +91,8 @@
 //! re-staged.
 
 pub mod api;
-mod attachment;
 pub mod client;
-mod error;
-pub mod files;
-mod freeze;
 mod server;
-mod volumes;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -109,19 +104,21 @@ use rustix::fs::FlockOperation;
 
 pub(crate) use api::Status;
 pub use api::{Command, Reply, Request, Response};
-pub use attachment::{AttachedFile, AttachedRecord};
-pub use error::{chain, DaemonError};
-use files::RunPaths;
-use freeze::Freezer;
-pub use freeze::FrozenRecord;
 pub use server::ApiLimits;
-pub use volumes::VolumeRecord;
-pub(crate) use volumes::Volumes;
 
-use crate::csi::local::LocalVolumes;
 use crate::dataplane::fuse::FuseConfig;
 use crate::dataplane::handover::HolderLink;
 use crate::dataplane::{localsock, mounttable};
+use crate::node::error::Error as NodeError;
+use crate::node::local::LocalVolumes;
+pub use crate::node::plane::attachment::{AttachedFile, AttachedRecord};
+pub use crate::node::plane::error::{chain, DaemonError};
+pub use crate::node::plane::files;
+use crate::node::plane::files::RunPaths;
+pub use crate::node::plane::freeze::FrozenRecord;
+use crate::node::plane::freeze::{self, Freezer};
+pub use crate::node::plane::volumes::VolumeRecord;
+use crate::node::plane::volumes::Volumes;
 
 /// How `serve` is set up.
 #[derive(Debug, Clone)]
@@ -192,7 +189,7 @@ impl Daemon {
     /// Starts serving: waits for a predecessor to exit, takes its volumes
     /// over, thaws leftovers, starts the watchdog. The API starts with
     /// [`Daemon::serve_api`].
-    pub fn start(cfg: &ServeConfig) -> Result<Arc<Self>, DaemonError> {
+    pub fn start(cfg: &ServeConfig) -> Result<Arc<Self>, NodeError> {
         let run = RunPaths::new(&cfg.run_dir);
         for dir in [
             run.dir.clone(),
@@ -208,10 +205,7 @@ impl Daemon {
         if !took_over.is_empty() {
             tracing::info!(volumes = ?took_over, "took over from the previous data plane");
         }
-        let csi = LocalVolumes::open(&cfg.data_dir, Arc::clone(&volumes)).map_err(|e| DaemonError::Csi {
-            kind: api::ErrorKind::Internal,
-            message: format!("open the CSI catalog: {}", crate::csi::error::chain(&e)),
-        })?;
+        let csi = LocalVolumes::open(&cfg.data_dir, Arc::clone(&volumes))?;
         let thawed = freeze::thaw_leftovers(&run.frozen());
         if !thawed.is_empty() {
             tracing::warn!(paths = ?thawed, "thawed file systems left frozen");
@@ -241,12 +235,12 @@ impl Daemon {
     }
 
     /// Binds `<run-dir>/dataplane.sock` and answers requests from a thread.
-    pub fn serve_api(self: &Arc<Self>) -> Result<(), DaemonError> {
-        server::listen(Arc::clone(self), &self.run.api_socket(), self.api)
+    pub fn serve_api(self: &Arc<Self>) -> Result<(), NodeError> {
+        Ok(server::listen(Arc::clone(self), &self.run.api_socket(), self.api)?)
     }
 
     /// Carries out one request.
-    pub fn handle(&self, cmd: Command) -> Result<Reply, DaemonError> {
+    pub fn handle(&self, cmd: Command) -> Result<Reply, NodeError> {
         Ok(match cmd {
             Command::Create { volume, shape } => Reply::Volume(self.volumes.create(&volume, shape)?),
             Command::Delete(volume) => {
@@ -282,10 +276,7 @@ impl Daemon {
                 self.volumes
                     .restore(&volume, &from_volume, &snapshot, size_bytes, mode)?,
             ),
-            Command::Csi(call) => Reply::Csi(self.csi.call(call).map_err(|e| DaemonError::Csi {
-                kind: api::ErrorKind::of_code(e.code()),
-                message: crate::csi::error::chain(&e),
-            })?),
+            Command::Csi(call) => Reply::Csi(self.csi.call(call)?),
         })
     }
 
@@ -306,12 +297,12 @@ impl Daemon {
     /// Parses and carries out one request line; logs failures.
     pub fn handle_line(&self, line: &str) -> Response {
         let result = Command::parse_line(line)
-            .map_err(DaemonError::from)
+            .map_err(|e| NodeError::from(DaemonError::from(e)))
             .and_then(|cmd| self.handle(cmd));
         match result {
             Ok(reply) => Response::Ok(reply),
             Err(e) => {
-                let wire = e.to_wire();
+                let wire = api::WireError::from(&e);
                 tracing::warn!(kind = ?wire.kind, error = %wire.message, "request failed");
                 Response::Error(wire)
             }

@@ -8,13 +8,13 @@ use std::time::Duration;
 use floe_engine::{Mode, Primary};
 
 use super::{lock, Slot, Spec, Volumes};
-use crate::dataplane::daemon::api::{self, Name, Shape, SnapshotInfo, VolumeInfo};
-use crate::dataplane::daemon::attachment::{open_engine, Attachment};
-use crate::dataplane::daemon::error::DaemonError;
 use crate::dataplane::fsfreeze::FrozenFs;
 use crate::dataplane::mounttable;
 use crate::dataplane::sized::copy_into;
 use crate::dataplane::{EngineBackend, SizedBackend};
+use crate::node::plane::attachment::{open_engine, Attachment};
+use crate::node::plane::error::DaemonError;
+use crate::node::plane::types::{self, Name, Shape, SnapshotInfo, VolumeInfo};
 use crate::store::FileStore;
 
 impl Volumes {
@@ -22,7 +22,7 @@ impl Volumes {
     /// volume's live engine, or of one opened for the purpose). The caller
     /// quiesced the file system. An existing snapshot of that name is
     /// returned as it is.
-    pub(in crate::dataplane::daemon) fn snapshot(&self, id: &Name, name: &Name) -> Result<SnapshotInfo, DaemonError> {
+    pub(crate) fn snapshot(&self, id: &Name, name: &Name) -> Result<SnapshotInfo, DaemonError> {
         let arc = self.slot(id.as_str());
         let slot = lock(&arc);
         let spec = self.spec(id, &slot)?;
@@ -62,7 +62,7 @@ impl Volumes {
     /// the source's mode unless another is asked, at least the snapshot's
     /// size. The data goes through the engine, so the new volume's blocks
     /// are all dirty (to be shipped) like any written block.
-    pub(in crate::dataplane::daemon) fn restore(
+    pub(crate) fn restore(
         &self,
         id: &Name,
         from: &Name,
@@ -201,7 +201,9 @@ impl Volumes {
         order.sort_by(|a, b| members[*a].0.as_str().cmp(members[*b].0.as_str()));
         order.dedup_by(|a, b| members[*a].0 == members[*b].0);
         if order.len() != members.len() {
-            return Err(DaemonError::Request(api::RequestError::Duplicate("volume in one cut")));
+            return Err(DaemonError::Request(types::RequestError::Duplicate(
+                "volume in one cut",
+            )));
         }
         let arcs: Vec<Arc<Mutex<Slot>>> = order.iter().map(|i| self.slot(members[*i].0.as_str())).collect();
         let guards: Vec<MutexGuard<'_, Slot>> = arcs.iter().map(|a| lock(a)).collect();

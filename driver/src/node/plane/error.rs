@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use floe_engine::EngineError;
 
-use super::api::{ErrorKind, RequestError, WireError};
+use super::types::{ErrorKind, RequestError};
 use crate::dataplane::fsfreeze::FreezeError;
 use crate::dataplane::fuse::FuseError;
 use crate::dataplane::handover::HandoverError;
@@ -244,15 +244,6 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    /// The CSI catalog refused or failed a call (its message names the
-    /// object and what to do).
-    #[error("{message}")]
-    Csi {
-        /// The kind of the CSI error's gRPC code.
-        kind: ErrorKind,
-        /// The CSI error and its causes.
-        message: String,
-    },
 }
 
 impl DaemonError {
@@ -277,7 +268,6 @@ impl DaemonError {
             E::CannotGrow { .. } => ErrorKind::Unimplemented,
             E::HolderUnavailable { .. } => ErrorKind::Unavailable,
             E::Expired { .. } | E::FreezeTooSlow { .. } => ErrorKind::DeadlineExceeded,
-            E::Csi { kind, .. } => *kind,
             E::Store { .. }
             | E::Engine { .. }
             | E::Attach { .. }
@@ -289,15 +279,7 @@ impl DaemonError {
         }
     }
 
-    /// The error as it travels: its kind and the whole chain of causes.
-    pub fn to_wire(&self) -> WireError {
-        WireError {
-            kind: self.kind(),
-            message: chain(self),
-        }
-    }
-
-    pub(super) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| DaemonError::Io { op, path, source }
     }
@@ -316,24 +298,4 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wire_errors_carry_the_chain_and_the_kind() {
-        let e = DaemonError::Io {
-            op: "read",
-            path: "/x".into(),
-            source: std::io::Error::from_raw_os_error(2),
-        };
-        let w = e.to_wire();
-        assert_eq!(w.kind, ErrorKind::Internal);
-        assert!(w.message.starts_with("read /x: No such file"), "{}", w.message);
-        let e = DaemonError::from(RequestError::BlockSize(3000));
-        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-        assert!(e.to_wire().message.contains("3000"));
-    }
 }

@@ -19,10 +19,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::api::{RequestError, Response, MAX_REQUEST_BYTES};
-use super::error::DaemonError;
+use super::api::{RequestError, Response, WireError, MAX_REQUEST_BYTES};
 use super::Daemon;
 use crate::dataplane::localsock;
+use crate::node::error::Error as NodeError;
+use crate::node::plane::error::DaemonError;
 
 /// How many API connections the daemon serves at once, and how long one
 /// may sit idle.
@@ -190,7 +191,9 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream, conns: &Table, id: u64)
         }
         let too_long = n > MAX_REQUEST_BYTES && !line.ends_with('\n');
         let response = if too_long {
-            Response::Error(DaemonError::from(RequestError::TooLong).to_wire())
+            Response::Error(WireError::from(&NodeError::from(DaemonError::from(
+                RequestError::TooLong,
+            ))))
         } else if line.trim().is_empty() {
             mark(conns, id, false);
             continue;

@@ -26,10 +26,10 @@ use std::time::SystemTime;
 use floe_engine::{Mode, Primary, RoleGeneration};
 use serde::{Deserialize, Serialize};
 
-use super::api::{self, Name, Shape, VolumeInfo};
 use super::attachment::{AttachedFile, AttachedRecord, Attachment};
 use super::error::{chain, DaemonError};
 use super::files::{self, RunPaths};
+use super::types::{self, Name, Shape, VolumeInfo};
 use crate::dataplane::fuse::FuseConfig;
 use crate::dataplane::mounttable;
 use crate::store::FileStore;
@@ -55,7 +55,7 @@ pub struct VolumeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve_bytes: Option<u64>,
     /// Who manages the volume: `csi` for volumes of the CSI catalog
-    /// (`crate::csi::local`), absent for volumes made through this API.
+    /// (`crate::node::local`), absent for volumes made through this API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
 }
@@ -107,7 +107,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Volumes {
     /// Loads every volume record under `data_dir`.
-    pub(super) fn load(data_dir: &Path, run: &RunPaths, fuse: FuseConfig) -> Result<Self, DaemonError> {
+    pub(crate) fn load(data_dir: &Path, run: &RunPaths, fuse: FuseConfig) -> Result<Self, DaemonError> {
         let root = data_dir.join("volumes");
         std::fs::create_dir_all(&root).map_err(DaemonError::io("create the volumes directory", &root))?;
         let mut slots = BTreeMap::new();
@@ -117,7 +117,7 @@ impl Volumes {
             let file = entry.path().join("volume.json");
             let mut slot = Slot::default();
             match files::read_json::<VolumeRecord>(&file) {
-                Ok(Some(record)) => match api::parse_mode(&record.mode) {
+                Ok(Some(record)) => match types::parse_mode(&record.mode) {
                     Ok(mode) if record.volume == id => slot.spec = Some(Spec { record, mode }),
                     Ok(_) => {
                         tracing::error!(file = %file.display(), "volume record names another volume");
@@ -218,7 +218,7 @@ impl Volumes {
     // ----- operations ------------------------------------------------------
 
     /// Creates an empty volume; the same request again returns it.
-    pub(super) fn create(&self, id: &Name, shape: Shape) -> Result<VolumeInfo, DaemonError> {
+    pub(crate) fn create(&self, id: &Name, shape: Shape) -> Result<VolumeInfo, DaemonError> {
         let slot = self.slot(id.as_str());
         let mut slot = lock(&slot);
         if let Some(spec) = &slot.spec {
@@ -422,7 +422,7 @@ impl Volumes {
     }
 
     /// Every volume.
-    pub(super) fn list(&self) -> Vec<VolumeInfo> {
+    pub(crate) fn list(&self) -> Vec<VolumeInfo> {
         let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
         slots
             .iter()

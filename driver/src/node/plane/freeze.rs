@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::api::{FrozenInfo, Quiesced};
 use super::error::DaemonError;
 use super::files;
+use super::types::{FrozenInfo, Quiesced};
 use crate::dataplane::fsfreeze::{self, FrozenFs};
 use crate::dataplane::mounttable;
 
@@ -69,14 +69,14 @@ struct Table {
 }
 
 /// Every frozen file system of this process.
-pub(super) struct Freezer {
+pub(crate) struct Freezer {
     dir: PathBuf,
     table: Mutex<Table>,
     wake: Condvar,
 }
 
 impl Freezer {
-    pub(super) fn new(frozen_dir: &Path) -> Result<Arc<Self>, DaemonError> {
+    pub(crate) fn new(frozen_dir: &Path) -> Result<Arc<Self>, DaemonError> {
         std::fs::create_dir_all(frozen_dir)
             .map_err(DaemonError::io("create the frozen-records directory", frozen_dir))?;
         Ok(Arc::new(Freezer {
@@ -92,7 +92,7 @@ impl Freezer {
 
     /// `syncfs` then `FIFREEZE` on the file system mounted at `path`, thawed
     /// by [`Freezer::thaw`] or by the watchdog after `timeout`.
-    pub(super) fn quiesce(&self, path: &Path, timeout: Duration) -> Result<Quiesced, DaemonError> {
+    pub(crate) fn quiesce(&self, path: &Path, timeout: Duration) -> Result<Quiesced, DaemonError> {
         match mounttable::is_mount_point(path) {
             Ok(true) => {}
             Ok(false) => return Err(DaemonError::NotMounted(path.to_owned())),
@@ -175,7 +175,7 @@ impl Freezer {
 
 impl Freezer {
     /// Thaws the file system frozen under `token`.
-    pub(super) fn thaw(&self, token: &str) -> Result<PathBuf, DaemonError> {
+    pub(crate) fn thaw(&self, token: &str) -> Result<PathBuf, DaemonError> {
         let entry = {
             let mut t = self.table();
             match t.entries.get(token).map(|e| matches!(e.state, State::Freezing)) {
@@ -208,7 +208,7 @@ impl Freezer {
     }
 
     /// The file systems frozen now.
-    pub(super) fn list(&self) -> Vec<FrozenInfo> {
+    pub(crate) fn list(&self) -> Vec<FrozenInfo> {
         let mut v: Vec<FrozenInfo> = self
             .table()
             .entries
@@ -225,7 +225,7 @@ impl Freezer {
 
     /// Thaws everything frozen (a process about to exit) and stops the
     /// watchdog. Entries still freezing are left to their quiesce.
-    pub(super) fn thaw_all(&self) {
+    pub(crate) fn thaw_all(&self) {
         let taken: Vec<(String, Entry)> = {
             let mut t = self.table();
             t.stop = true;
@@ -254,7 +254,7 @@ impl Freezer {
 
     /// The watchdog: thaws every file system whose deadline passed. Runs
     /// until [`Freezer::thaw_all`].
-    pub(super) fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         loop {
             let (due, wait) = {
                 let mut t = self.table();
@@ -308,7 +308,7 @@ impl Freezer {
 /// Thaws every file system named by a record in `frozen_dir` (left by a
 /// process that died with it frozen) and removes the records. Returns the
 /// mount points thawed.
-pub(super) fn thaw_leftovers(frozen_dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn thaw_leftovers(frozen_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(frozen_dir) else {
         return Vec::new();
     };

@@ -244,7 +244,7 @@ pub fn spawn_status_watch(socket: PathBuf, interval: Duration) -> std::io::Resul
                 }
                 Err(e) => {
                     if was_up != Some(false) {
-                        tracing::warn!(socket = %socket.display(), error = %super::error::chain(&e), "data plane not reachable");
+                        tracing::warn!(socket = %socket.display(), error = %crate::node::plane::error::chain(&e), "data plane not reachable");
                     }
                     was_up = Some(false);
                 }
