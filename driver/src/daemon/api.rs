@@ -255,7 +255,7 @@ pub enum Command {
         /// Mode asked for.
         mode: Option<Mode>,
     },
-    /// A CSI call (checked by the CSI layer itself).
+    /// A CSI call, its ids checked.
     Csi(crate::node::wire::NodeCall),
 }
 
@@ -341,7 +341,10 @@ impl Command {
                     mode: mode.as_deref().map(parse_mode).transpose()?,
                 }
             }
-            Request::Csi { call } => Command::Csi(call),
+            Request::Csi { call } => {
+                call.check_ids()?;
+                Command::Csi(call)
+            }
         })
     }
 }

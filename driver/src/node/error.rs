@@ -123,6 +123,10 @@ pub enum Error {
     /// The plane refused or failed (its message is the error's own).
     #[error(transparent)]
     DataPlane(#[from] crate::node::plane::error::DaemonError),
+    /// A mutual-TLS peer whose certificate the CA signed, but for another
+    /// name than the one this side serves or trusts.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A blocking task died.
     #[error("{0}")]
     Internal(String),
@@ -161,14 +165,13 @@ impl Error {
             | Error::NotAtPath { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Busy(_) | Error::BadToken(_) => Code::Aborted,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Io { source, .. } if is_no_space(source) => Code::ResourceExhausted,
             Error::DataPlane(e) => e.kind().code(),
-            Error::Io { .. }
-            | Error::Mount { .. }
-            | Error::Internal(_) => Code::Internal,
+            Error::Io { .. } | Error::Mount { .. } | Error::Internal(_) => Code::Internal,
             Error::Remote { code, .. } => *code,
         }
     }

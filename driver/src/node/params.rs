@@ -8,6 +8,7 @@ use floe_engine::Mode;
 
 use super::error::{Error, Result};
 use crate::dataplane::mount::FsType;
+use crate::model::BlockSize;
 
 /// StorageClass parameter: file system of a mount volume (ext4 or xfs).
 pub const PARAM_FS_TYPE: &str = "fsType";
@@ -18,9 +19,9 @@ pub const PARAM_REPLICATION_MODE: &str = "replicationMode";
 const ACCEPTED: &str = "floe.csi.dev takes fsType (ext4|xfs), blockSize (a power of two from 4096 to 1048576) and replicationMode (continuous|log|interval)";
 
 /// Smallest tracking block.
-pub const MIN_BLOCK_SIZE: u64 = 4096;
+pub const MIN_BLOCK_SIZE: u64 = BlockSize::MIN;
 /// Largest tracking block.
-pub const MAX_BLOCK_SIZE: u64 = floe_engine::types::MAX_BLOCK_SIZE as u64;
+pub const MAX_BLOCK_SIZE: u64 = BlockSize::MAX;
 
 /// What a volume is created with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -109,8 +110,5 @@ fn parse_block_size(value: &str) -> Result<u64> {
         expected: format!("a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE} bytes, e.g. 4096"),
     };
     let n: u64 = value.trim().parse().map_err(|_| bad())?;
-    if !n.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&n) {
-        return Err(bad());
-    }
-    Ok(n)
+    Ok(BlockSize::new(n).ok_or_else(bad)?.get())
 }

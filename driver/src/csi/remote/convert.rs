@@ -10,10 +10,10 @@
 use floe_engine::Mode;
 use floe_proto::node as wire;
 
-use crate::csi::params::{VolumeParams, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use crate::dataplane::mount::FsType;
-use crate::model::ObjectId;
+use crate::model::{BlockSize, ObjectId};
 use crate::node::error::{Error, Result};
+use crate::node::params::{VolumeParams, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 use crate::node::volumes::{
     Attachment, Capacity, GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Source, Time, Volume, VolumeSpec,
 };
@@ -113,7 +113,7 @@ impl TryFrom<wire::VolumeParams> for VolumeParams {
                 })
             }
         };
-        if !p.block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&p.block_size) {
+        if BlockSize::new(p.block_size).is_none() {
             return Err(Error::Invalid {
                 field: "params.block_size",
                 value: p.block_size.to_string(),

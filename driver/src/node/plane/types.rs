@@ -10,9 +10,9 @@ use floe_engine::{ConfigError, Geometry, Mode};
 use serde::{Deserialize, Serialize};
 
 /// Smallest tracking block size the data plane accepts.
-pub const MIN_BLOCK_SIZE: u64 = 4096;
+pub const MIN_BLOCK_SIZE: u64 = crate::model::BlockSize::MIN;
 /// Largest tracking block size (the engine's limit).
-pub const MAX_BLOCK_SIZE: u64 = floe_engine::types::MAX_BLOCK_SIZE as u64;
+pub const MAX_BLOCK_SIZE: u64 = crate::model::BlockSize::MAX;
 /// Block size of a volume created without one.
 pub const DEFAULT_BLOCK_SIZE: u64 = 4096;
 /// Bytes covered by one write-intent region (DRBD's activity-log extent).
@@ -240,6 +240,9 @@ pub enum RequestError {
     /// Restoring a snapshot into the volume it was taken of.
     #[error("restore into {0:?}, the snapshot's own volume: choose a new volume id")]
     RestoreOntoSource(String),
+    /// An id that cannot be one (a CSI call's ids, checked on receipt).
+    #[error(transparent)]
+    Id(#[from] crate::model::Invalid),
     /// The same object twice where each must be distinct.
     #[error("the same {0} given twice: name each once")]
     Duplicate(&'static str),
@@ -302,7 +305,7 @@ impl Shape {
     /// Checks a requested shape.
     pub fn parse(size_bytes: u64, block_size: Option<u64>, mode: Option<&str>) -> Result<Self, RequestError> {
         let block_size = block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
-        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        if crate::model::BlockSize::new(block_size).is_none() {
             return Err(RequestError::BlockSize(block_size));
         }
         if size_bytes == 0 {
