@@ -960,7 +960,7 @@ fn bad_requests_get_errors_that_name_what_to_fix() -> Result<()> {
     }
     c.delete("pvc-x")?;
     rig.volumes.clear();
-    let listed = c.call(&Request::List)?;
+    let listed = c.call(&Request::List {})?;
     ensure!(
         matches!(&listed, floe_driver::daemon::Reply::Volumes(v) if v.is_empty()),
         "{listed:?}"

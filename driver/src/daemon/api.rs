@@ -66,10 +66,12 @@ pub enum Request {
         /// New size in bytes.
         size_bytes: u64,
     },
-    /// Every volume.
-    List,
+    /// Every volume. (An empty struct, not a unit variant: serde ignores
+    /// extra fields after the tag of a unit variant, and this API refuses
+    /// unknown fields.)
+    List {},
     /// The data plane itself: pid, holder, volumes, frozen file systems.
-    Status,
+    Status {},
     /// `syncfs` then `FIFREEZE` a mounted file system until `thaw` or the
     /// deadline.
     Quiesce {
@@ -290,8 +292,8 @@ impl Command {
                     size_bytes,
                 }
             }
-            Request::List => Command::List,
-            Request::Status => Command::Status,
+            Request::List {} => Command::List,
+            Request::Status {} => Command::Status,
             Request::Quiesce { path, timeout_ms } => {
                 if !path.is_absolute() {
                     return Err(RequestError::RelativePath(path));
@@ -385,6 +387,10 @@ mod tests {
         let e = parse(r#"{"op":"create","volume":"x","size_bytes":4096,"block_sise":4096}"#).expect_err("typo");
         assert!(e.to_string().contains("block_sise"), "{e}");
         assert!(parse("not json").is_err());
+        for line in [r#"{"op":"list","volume":"x"}"#, r#"{"op":"status","verbose":true}"#] {
+            let e = parse(line).expect_err("an unknown field on a request without fields");
+            assert!(e.to_string().contains("unknown field"), "{line}: {e}");
+        }
         assert!(parse(r#"{"op":"attach"}"#).is_err(), "missing volume");
     }
 
@@ -445,7 +451,7 @@ mod tests {
                 block_size: Some(8192),
                 mode: None,
             },
-            Request::List,
+            Request::List {},
             Request::Quiesce {
                 path: "/m".into(),
                 timeout_ms: Some(5),
@@ -456,7 +462,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<Request>(&line).expect("decode"), r);
         }
         assert_eq!(
-            serde_json::to_string(&Request::List).expect("encode"),
+            serde_json::to_string(&Request::List {}).expect("encode"),
             r#"{"op":"list"}"#
         );
         let resp = Response::Error(WireError {
@@ -471,8 +477,8 @@ mod tests {
     #[test]
     fn wire_errors_carry_the_chain_and_the_kind() {
         use crate::node::error::Error as NodeError;
-        use crate::node::plane::error::DaemonError;
-        let e = NodeError::from(DaemonError::Io {
+        use crate::node::plane::error::PlaneError;
+        let e = NodeError::from(PlaneError::Io {
             op: "read",
             path: "/x".into(),
             source: std::io::Error::from_raw_os_error(2),
@@ -480,7 +486,7 @@ mod tests {
         let w = WireError::from(&e);
         assert_eq!(w.kind, ErrorKind::Internal);
         assert!(w.message.contains("read /x: No such file"), "{}", w.message);
-        let e = DaemonError::from(RequestError::BlockSize(3000));
+        let e = PlaneError::from(RequestError::BlockSize(3000));
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         assert!(WireError::from(&NodeError::from(e)).message.contains("3000"));
     }

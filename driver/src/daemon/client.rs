@@ -165,7 +165,7 @@ impl Client {
 
     /// Every volume.
     pub fn list(&mut self) -> Result<Vec<VolumeInfo>, ClientError> {
-        match self.call(&Request::List)? {
+        match self.call(&Request::List {})? {
             Reply::Volumes(v) => Ok(v),
             _ => Err(ClientError::Unexpected("another reply than volumes")),
         }
@@ -173,7 +173,7 @@ impl Client {
 
     /// The data plane's state.
     pub fn status(&mut self) -> Result<Status, ClientError> {
-        match self.call(&Request::Status)? {
+        match self.call(&Request::Status {})? {
             Reply::Status(s) => Ok(s),
             _ => Err(ClientError::Unexpected("another reply than status")),
         }

@@ -112,7 +112,7 @@ use crate::dataplane::{localsock, mounttable};
 use crate::node::error::Error as NodeError;
 use crate::node::local::LocalVolumes;
 pub use crate::node::plane::attachment::{AttachedFile, AttachedRecord};
-pub use crate::node::plane::error::{chain, DaemonError};
+pub use crate::node::plane::error::{chain, PlaneError};
 pub use crate::node::plane::files;
 use crate::node::plane::files::RunPaths;
 pub use crate::node::plane::freeze::FrozenRecord;
@@ -197,7 +197,7 @@ impl Daemon {
             run.frozen(),
             cfg.data_dir.clone(),
         ] {
-            localsock::private_dir(&dir).map_err(DaemonError::io("create (mode 0700)", &dir))?;
+            localsock::private_dir(&dir).map_err(PlaneError::io("create (mode 0700)", &dir))?;
         }
         let lock = take_lock(&run)?;
         let volumes = Arc::new(Volumes::load(&cfg.data_dir, &run, cfg.fuse.clone())?);
@@ -225,12 +225,12 @@ impl Daemon {
         std::thread::Builder::new()
             .name("floe-watchdog".into())
             .spawn(move || d.freezer.watchdog())
-            .map_err(DaemonError::io("start the freeze watchdog", "thread"))?;
+            .map_err(PlaneError::io("start the freeze watchdog", "thread"))?;
         let d = Arc::clone(&daemon);
         std::thread::Builder::new()
             .name("floe-holder-watch".into())
             .spawn(move || d.watch_holder())
-            .map_err(DaemonError::io("start the holder watch", "thread"))?;
+            .map_err(PlaneError::io("start the holder watch", "thread"))?;
         Ok(daemon)
     }
 
@@ -282,8 +282,8 @@ impl Daemon {
 
     /// Refuses a quiesce of anything but the file system of a volume this
     /// data plane has attached (a foreign mount, `/`).
-    fn check_floe_mount(&self, path: &std::path::Path) -> Result<(), DaemonError> {
-        let table = mounttable::table().map_err(DaemonError::io("read the mount table", "/proc/self/mountinfo"))?;
+    fn check_floe_mount(&self, path: &std::path::Path) -> Result<(), PlaneError> {
+        let table = mounttable::table().map_err(PlaneError::io("read the mount table", "/proc/self/mountinfo"))?;
         let devices: Vec<(u32, u32)> = self
             .volumes
             .list()
@@ -297,7 +297,7 @@ impl Daemon {
     /// Parses and carries out one request line; logs failures.
     pub fn handle_line(&self, line: &str) -> Response {
         let result = Command::parse_line(line)
-            .map_err(|e| NodeError::from(DaemonError::from(e)))
+            .map_err(|e| NodeError::from(PlaneError::from(e)))
             .and_then(|cmd| self.handle(cmd));
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -355,10 +355,10 @@ fn floe_mount(
     table: &[mounttable::MountEntry],
     path: &std::path::Path,
     devices: &[(u32, u32)],
-) -> Result<(), DaemonError> {
-    let m = mounttable::mount_at(table, path).ok_or_else(|| DaemonError::NotMounted(path.to_owned()))?;
+) -> Result<(), PlaneError> {
+    let m = mounttable::mount_at(table, path).ok_or_else(|| PlaneError::NotMounted(path.to_owned()))?;
     if m.mount_point != path || !devices.contains(&(m.major, m.minor)) {
-        return Err(DaemonError::NotAFloeVolume {
+        return Err(PlaneError::NotAFloeVolume {
             path: path.to_owned(),
             what: format!("{} from {} at {}", m.fs_type, m.source, m.mount_point.display()),
         });
@@ -371,14 +371,14 @@ fn holder_reachable(run: &RunPaths) -> bool {
 }
 
 /// `flock` on `serve.lock`, waiting for a predecessor still exiting.
-fn take_lock(run: &RunPaths) -> Result<File, DaemonError> {
+fn take_lock(run: &RunPaths) -> Result<File, PlaneError> {
     let path = run.lock();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(DaemonError::io("open the serve lock", &path))?;
+        .map_err(PlaneError::io("open the serve lock", &path))?;
     match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
@@ -388,15 +388,15 @@ fn take_lock(run: &RunPaths) -> Result<File, DaemonError> {
                 match rustix::fs::flock(&file, FlockOperation::LockExclusive) {
                     Ok(()) => break,
                     Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(DaemonError::io("lock", &path)(e.into())),
+                    Err(e) => return Err(PlaneError::io("lock", &path)(e.into())),
                 }
             }
         }
-        Err(e) => return Err(DaemonError::io("lock", &path)(e.into())),
+        Err(e) => return Err(PlaneError::io("lock", &path)(e.into())),
     }
-    file.set_len(0).map_err(DaemonError::io("truncate", &path))?;
+    file.set_len(0).map_err(PlaneError::io("truncate", &path))?;
     std::io::Write::write_all(&mut &file, format!("{}\n", std::process::id()).as_bytes())
-        .map_err(DaemonError::io("write", &path))?;
+        .map_err(PlaneError::io("write", &path))?;
     Ok(file)
 }
 
@@ -417,11 +417,11 @@ mod tests {
         assert!(floe_mount(&table, Path::new("/mnt/vol"), &floe).is_ok());
         for refused in ["/", "/mnt/foreign"] {
             let e = floe_mount(&table, Path::new(refused), &floe).expect_err(refused);
-            assert!(matches!(e, DaemonError::NotAFloeVolume { .. }), "{refused}: {e}");
+            assert!(matches!(e, PlaneError::NotAFloeVolume { .. }), "{refused}: {e}");
         }
         assert!(matches!(
             floe_mount(&table, Path::new("/nowhere"), &floe),
-            Err(DaemonError::NotMounted(_))
+            Err(PlaneError::NotMounted(_))
         ));
     }
 }

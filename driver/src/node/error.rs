@@ -1,7 +1,7 @@
 //! The node's error — what the catalog, the CSI services and the remote
 //! client return — and the one place it becomes a `tonic::Status`.
 //!
-//! The plane's own error ([`super::plane::error::DaemonError`]) is wrapped
+//! The plane's own error ([`super::plane::error::PlaneError`]) is wrapped
 //! one way only ([`Error::DataPlane`]), keeping its message and its code.
 //!
 //! Every variant names what went wrong in words a cluster operator can act
@@ -122,7 +122,7 @@ pub enum Error {
     },
     /// The plane refused or failed (its message is the error's own).
     #[error(transparent)]
-    DataPlane(#[from] crate::node::plane::error::DaemonError),
+    DataPlane(#[from] crate::node::plane::error::PlaneError),
     /// A mutual-TLS peer whose certificate the CA signed, but for another
     /// name than the one this side serves or trusts.
     #[error("{0}")]

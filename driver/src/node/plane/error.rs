@@ -1,4 +1,4 @@
-//! Why a daemon operation failed, and how that travels.
+//! Why an operation of the plane failed.
 
 use std::path::PathBuf;
 
@@ -12,11 +12,11 @@ use crate::dataplane::loopdev::LoopError;
 use crate::dataplane::AttachError;
 use crate::store;
 
-/// Why a daemon operation failed. Messages say what to do when the caller
+/// Why an operation on the node's volumes failed. Messages say what to do when the caller
 /// can do something.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum DaemonError {
+pub enum PlaneError {
     /// The request itself is wrong.
     #[error(transparent)]
     Request(#[from] RequestError),
@@ -246,10 +246,10 @@ pub enum DaemonError {
     },
 }
 
-impl DaemonError {
+impl PlaneError {
     /// The kind a caller branches on.
     pub fn kind(&self) -> ErrorKind {
-        use DaemonError as E;
+        use PlaneError as E;
         match self {
             E::Request(_) | E::TooSmall { .. } | E::NotWholeBlocks { .. } | E::NotMounted(_) => {
                 ErrorKind::InvalidArgument
@@ -281,7 +281,7 @@ impl DaemonError {
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| DaemonError::Io { op, path, source }
+        move |source| PlaneError::Io { op, path, source }
     }
 }
 

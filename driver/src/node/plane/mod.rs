@@ -22,4 +22,4 @@ pub mod freeze;
 pub mod types;
 pub mod volumes;
 
-pub use error::{chain, DaemonError};
+pub use error::{chain, PlaneError};

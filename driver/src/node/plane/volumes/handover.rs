@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::{lock, Slot, Volumes};
 use crate::dataplane::SizedBackend;
 use crate::node::plane::attachment::{AttachedFile, Attachment};
-use crate::node::plane::error::{chain, DaemonError};
+use crate::node::plane::error::{chain, PlaneError};
 use crate::node::plane::files;
 
 impl Volumes {
     /// Takes over every volume `attached.json` names (see
     /// [`Attachment::take_over`]) and rewrites it with what is attached now.
     /// Returns the volumes now served.
-    pub(crate) fn take_over(&self) -> Result<Vec<String>, DaemonError> {
+    pub(crate) fn take_over(&self) -> Result<Vec<String>, PlaneError> {
         let path = self.run.attached();
         let file = match files::read_json::<AttachedFile>(&path) {
             Ok(f) => f.unwrap_or_default(),
@@ -40,7 +40,7 @@ impl Volumes {
                 slot.attached = Some(a);
             }
         }
-        files::write_json(&path, &now).map_err(DaemonError::io("write the attached-volumes record", &path))?;
+        files::write_json(&path, &now).map_err(PlaneError::io("write the attached-volumes record", &path))?;
         *lock(&self.index) = now;
         Ok(served)
     }
