@@ -10,8 +10,9 @@
 //! - [`csi`]: the CSI services of `floe-csi` (Identity, Controller,
 //!   GroupController, Node), their request parsing, and split mode's
 //!   mutual-TLS client and server of `node.proto` (`csi::remote`).
-//!   Imports `node`, `daemon` (its client only), `dataplane` (mount
-//!   helpers), `model`, `cli`.
+//!   Imports `node`, `daemon` (the client of its local API and that API's
+//!   messages, for the node plugin's `csi::daemon_volumes`), `dataplane`
+//!   (mount helpers), `model`, `cli`.
 //! - [`daemon`]: `floe-dataplane serve`, the long-lived process that owns
 //!   the node's volumes at run time: its local API on a unix socket, the
 //!   freeze watchdog, restarts through the fd holder. Imports `node`,

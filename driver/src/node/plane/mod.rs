@@ -5,10 +5,9 @@
 //!
 //! - [`types`]: the plane's validated values (volume ids and snapshot
 //!   names, shapes, tokens) and what it reports;
-//! - [`volumes`]: [`volumes::Volumes`], every volume of the node, one slot
-//!   lock each;
+//! - `volumes`: `Volumes`, every volume of the node, one slot lock each;
 //! - [`attachment`]: one attached volume and the record of attachments;
-//! - [`freeze`]: quiesce and thaw with a watchdog;
+//! - `freeze`: quiesce and thaw with a watchdog;
 //! - [`files`]: the run directory's paths and durable JSON records;
 //! - [`error`]: the plane's error.
 //!
@@ -18,8 +17,8 @@
 pub mod attachment;
 pub mod error;
 pub mod files;
-pub mod freeze;
+pub(crate) mod freeze;
 pub mod types;
-pub mod volumes;
+pub(crate) mod volumes;
 
 pub use error::{chain, PlaneError};
