@@ -248,7 +248,7 @@ impl Inner {
     /// the first `len` bytes of the image `from`.
     fn new_store(&self, name: &str, v: &Volume, reserve: u64, from: Option<(&Path, u64)>) -> Result<()> {
         let name = Name::volume(name.to_owned()).map_err(|e| Error::Internal(format!("store name: {e}")))?;
-        let shape = Shape::parse(v.size_bytes, Some(v.params.block_size), Some(v.params.mode.name()))
+        let shape = Shape::new(v.size_bytes, v.params.block_size, v.params.mode)
             .map_err(|e| Error::Internal(format!("volume shape: {e}")))?;
         self.plane
             .create_filled(&name, shape, reserve, OWNER, |primary| match from {

@@ -302,9 +302,17 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Checks a requested shape.
+    /// Checks a requested shape (the API's form: defaults and a mode name).
     pub fn parse(size_bytes: u64, block_size: Option<u64>, mode: Option<&str>) -> Result<Self, RequestError> {
-        let block_size = block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+        let shape = Self::new(size_bytes, block_size.unwrap_or(DEFAULT_BLOCK_SIZE), Mode::Continuous)?;
+        Ok(Shape {
+            mode: parse_mode(mode.unwrap_or("continuous"))?,
+            ..shape
+        })
+    }
+
+    /// Checks a shape whose mode is already parsed.
+    pub fn new(size_bytes: u64, block_size: u64, mode: Mode) -> Result<Self, RequestError> {
         if crate::model::BlockSize::new(block_size).is_none() {
             return Err(RequestError::BlockSize(block_size));
         }
@@ -318,7 +326,6 @@ impl Shape {
                 rounded: size_bytes.div_ceil(block_size).saturating_mul(block_size),
             });
         }
-        let mode = parse_mode(mode.unwrap_or("continuous"))?;
         Ok(Shape {
             size_bytes,
             block_size,
