@@ -167,7 +167,9 @@ extendedKeyUsage=serverAuth"
     # floe's controller ↔ node mutual TLS (split mode, node.proto).
     cert floe-node "/CN=floe node $node" "subjectAltName=IP:$node_ip
 extendedKeyUsage=serverAuth"
-    cert floe-controller "/CN=floe controller" "extendedKeyUsage=clientAuth"
+    # The node serves only the name its --peer-name gives (default controller).
+    cert floe-controller "/CN=floe controller" "subjectAltName=DNS:controller
+extendedKeyUsage=clientAuth"
 }
 
 # $1 identity (pki stem) → $dir/$1.kubeconfig

@@ -94,7 +94,8 @@ make_certs() {
         if [[ $side == node ]]; then
             ext="subjectAltName=IP:127.0.0.1"$'\n'"extendedKeyUsage=serverAuth"
         else
-            ext="extendedKeyUsage=clientAuth"
+            # The node serves only the name --peer-name gives (default controller).
+            ext="subjectAltName=DNS:controller"$'\n'"extendedKeyUsage=clientAuth"
         fi
         openssl req "${ec[@]}" -keyout "$d/$side.key" -out "$d/$side.csr" -subj "/CN=floe sanity $side" 2>/dev/null
         openssl x509 -req -in "$d/$side.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \

@@ -48,6 +48,11 @@ pub struct CsiArgs {
         value_delimiter = ','
     )]
     pub node_endpoints: Vec<NodeEndpoint>,
+    /// Node mode: the DNS name (a subject alternative name) the controller's
+    /// client certificate must carry for --node-admin-listen to serve it;
+    /// another certificate of the same CA is refused.
+    #[arg(long, env = "FLOE_PEER_NAME", default_value = "controller")]
+    pub peer_name: crate::model::PeerName,
     /// PEM certificate this process shows: a node's server certificate, or
     /// the controller's client certificate.
     #[arg(long, env = "FLOE_TLS_CERT")]

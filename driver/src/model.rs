@@ -6,6 +6,11 @@
 //!   floe hands out are made by `csi::params::id_for_name` (the name itself
 //!   when it is a safe file name, else `~` and a hash), so every id it ever
 //!   made parses, and nothing that parses can name another directory.
+//! - [`BlockSize`]: a tracking block size, the one definition of its range
+//!   (the StorageClass parameter, `node.proto` and the daemon's API all
+//!   check through it).
+//! - [`PeerName`]: the DNS name a mutual-TLS peer's certificate must carry
+//!   for the other side to serve it or trust it.
 //! - [`HostPath`]: a path kubelet gives (staging and target paths): absolute
 //!   and already in canonical form (no `.`, `..` or empty component); the
 //!   node service also refuses one that passes through a symlink
@@ -137,6 +142,70 @@ impl std::ops::Deref for HostPath {
     type Target = Path;
     fn deref(&self) -> &Path {
         &self.0
+    }
+}
+
+/// A tracking block size: a power of two from [`BlockSize::MIN`] (4 KiB)
+/// to [`BlockSize::MAX`] (the engine's limit, 1 MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlockSize(u64);
+
+impl BlockSize {
+    /// Smallest tracking block.
+    pub const MIN: u64 = 4096;
+    /// Largest tracking block.
+    pub const MAX: u64 = floe_engine::types::MAX_BLOCK_SIZE as u64;
+
+    /// `bytes` when it is a block size, else `None`.
+    pub fn new(bytes: u64) -> Option<Self> {
+        (bytes.is_power_of_two() && (Self::MIN..=Self::MAX).contains(&bytes)).then_some(BlockSize(bytes))
+    }
+
+    /// The size in bytes.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// The name a mutual-TLS peer must show: a DNS name (one or more labels of
+/// `a-z 0-9 -`), matched against the DNS subject alternative names of the
+/// peer's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerName(rustls_pki_types::DnsName<'static>);
+
+impl PeerName {
+    /// Parses `value`, given in `field`.
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, Invalid> {
+        rustls_pki_types::DnsName::try_from(value)
+            .map(|n| PeerName(n.to_owned()))
+            .map_err(|_| invalid(field, value, "a DNS name, e.g. controller or floe-controller.example"))
+    }
+
+    /// The name as a subject name to verify a certificate against.
+    pub fn subject(&self) -> rustls_pki_types::ServerName<'static> {
+        rustls_pki_types::ServerName::DnsName(self.0.clone())
+    }
+
+    /// Whether `cert` (DER) carries this name among its DNS subject
+    /// alternative names. Its signature is not checked here: the TLS
+    /// handshake did that.
+    pub fn is_in(&self, cert: &rustls_pki_types::CertificateDer<'_>) -> bool {
+        webpki::EndEntityCert::try_from(cert)
+            .and_then(|c| c.verify_is_valid_for_subject_name(&self.subject()))
+            .is_ok()
+    }
+}
+
+impl std::str::FromStr for PeerName {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        PeerName::parse("--peer-name", s)
+    }
+}
+
+impl fmt::Display for PeerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_ref())
     }
 }
 

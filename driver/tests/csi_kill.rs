@@ -221,9 +221,9 @@ fn mounts() -> Result<Vec<MountEntry>> {
 
 /// The loop device of a volume from the data plane's own answer.
 fn device_of(node: &Node, id: &str) -> Result<Option<PathBuf>> {
-    use floe_driver::csi::wire::{NodeCall, NodeReply};
-    use floe_driver::dataplane::daemon::api::{Reply, Request};
-    let mut c = floe_driver::dataplane::daemon::client::Client::connect(&node.path("run/dataplane.sock"))?;
+    use floe_driver::daemon::api::{Reply, Request};
+    use floe_driver::node::wire::{NodeCall, NodeReply};
+    let mut c = floe_driver::daemon::client::Client::connect(&node.path("run/dataplane.sock"))?;
     match c.call(&Request::Csi {
         call: NodeCall::Volume { id: id.into() },
     })? {
@@ -491,7 +491,7 @@ async fn a_data_plane_restart_under_csi_volumes_keeps_their_io_and_growth() -> R
     let log = writer(v.targets[0].join("log"), Arc::clone(&stop));
 
     node.restart_serve()?;
-    let status = floe_driver::dataplane::daemon::client::Client::connect(&node.path("run/dataplane.sock"))?.status()?;
+    let status = floe_driver::daemon::client::Client::connect(&node.path("run/dataplane.sock"))?.status()?;
     ensure!(
         status.took_over.len() == 1,
         "the successor took the volume over: {:?}",

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use floe_driver::csi::volumes::NodeVolumes;
+use floe_driver::node::volumes::NodeVolumes;
 use floe_proto::csi;
 use floe_proto::csi::controller_server::Controller;
 use floe_proto::csi::group_controller_server::GroupController;
@@ -93,6 +93,54 @@ async fn the_controller_trusts_only_nodes_whose_certificate_its_ca_signed_for_th
         .capacity()
         .await
         .expect_err("wrong name");
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_only_the_controllers_name_among_the_certificates_its_ca_signed() -> Result<()> {
+    let dir = common::scratch("split-tls")?;
+    let pki = tls::pki(dir.path())?;
+    let node = Node::start("node-a", &pki.node).await?;
+    let trust = || -> Result<ClientTlsConfig> { Ok(ClientTlsConfig::new().ca_certificate(pki.node.ca_certificate()?)) };
+
+    let intruder = trust()?.identity(pki.intruder.identity()?);
+    let e = raw_capacity(&node.url, intruder)
+        .await
+        .expect_err("another name was served");
+    assert!(e.contains("PermissionDenied") || e.contains("permission"), "{e}");
+    let e = node.remote(&pki.intruder, None)?.capacity().await.expect_err("refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("controller"), "{e}");
+    // A node's own certificate, of the same CA, drives no other node.
+    let as_node = trust()?.identity(pki.node.identity()?);
+    assert!(
+        raw_capacity(&node.url, as_node).await.is_err(),
+        "a node's certificate was served"
+    );
+
+    let cap = node.remote(&pki.controller, None)?.capacity().await?;
+    assert!(cap.max_volume_bytes > 0, "{cap:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_refuses_a_node_certificate_its_ca_signed_for_another_name() -> Result<()> {
+    let dir = common::scratch("split-tls")?;
+    let pki = tls::pki(dir.path())?;
+    let other = Node::start("node-o", &pki.other_node).await?;
+    let e = other
+        .remote(&pki.controller, None)?
+        .capacity()
+        .await
+        .expect_err("a certificate for another name was trusted");
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    let e = other
+        .remote(&pki.controller, Some(NODE_DNS))?
+        .capacity()
+        .await
+        .expect_err("not the node's name");
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     Ok(())
 }
@@ -207,7 +255,7 @@ async fn volumes_go_to_the_node_the_topology_names_and_restores_to_the_node_of_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_of_a_node_reaches_the_controller_with_the_nodes_code_and_message() -> Result<()> {
-    use floe_driver::csi::volumes::{GroupSpec, SnapshotSpec, VolumeSpec};
+    use floe_driver::node::volumes::{GroupSpec, SnapshotSpec, VolumeSpec};
     let dir = common::scratch("split-pki")?;
     let pki = tls::pki(dir.path())?;
     let b = Node::start("node-b", &pki.node).await?;
@@ -230,7 +278,7 @@ async fn a_refusal_of_a_node_reaches_the_controller_with_the_nodes_code_and_mess
         name: "s".into(),
         volume: volume.into(),
     };
-    let cases: Vec<(Code, Result<(), floe_driver::csi::error::Error>, Result<(), _>)> = vec![
+    let cases: Vec<(Code, Result<(), floe_driver::node::error::Error>, Result<(), _>)> = vec![
         (
             Code::AlreadyExists,
             remote.create(spec(8 << 20)).await.map(drop),

@@ -19,10 +19,10 @@ use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use floe_driver::dataplane::daemon::api::{AttachState, ErrorKind, Request, Response};
-use floe_driver::dataplane::daemon::client::{Client, ClientError};
-use floe_driver::dataplane::daemon::files::RunPaths;
-use floe_driver::dataplane::daemon::{AttachedFile, FrozenRecord};
+use floe_driver::daemon::api::{AttachState, ErrorKind, Request, Response};
+use floe_driver::daemon::client::{Client, ClientError};
+use floe_driver::daemon::files::RunPaths;
+use floe_driver::daemon::{AttachedFile, FrozenRecord};
 use floe_driver::dataplane::fsfreeze;
 use floe_driver::dataplane::fuse::abort_connection;
 use floe_driver::dataplane::loopdev;
@@ -346,7 +346,7 @@ fn api_error<T: std::fmt::Debug>(res: Result<T, ClientError>, what: &str) -> Res
     }
 }
 
-fn device_of(info: &floe_driver::dataplane::daemon::api::VolumeInfo) -> Result<PathBuf> {
+fn device_of(info: &floe_driver::daemon::api::VolumeInfo) -> Result<PathBuf> {
     Ok(info.attachment.as_ref().context("not attached")?.device.clone())
 }
 
@@ -960,9 +960,9 @@ fn bad_requests_get_errors_that_name_what_to_fix() -> Result<()> {
     }
     c.delete("pvc-x")?;
     rig.volumes.clear();
-    let listed = c.call(&Request::List)?;
+    let listed = c.call(&Request::List {})?;
     ensure!(
-        matches!(&listed, floe_driver::dataplane::daemon::Reply::Volumes(v) if v.is_empty()),
+        matches!(&listed, floe_driver::daemon::Reply::Volumes(v) if v.is_empty()),
         "{listed:?}"
     );
     Ok(())

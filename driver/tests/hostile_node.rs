@@ -27,9 +27,9 @@ use floe_driver::cli::PluginMode;
 use floe_driver::csi::controller::ControllerService;
 use floe_driver::csi::daemon_volumes::DaemonVolumes;
 use floe_driver::csi::node::NodeService;
-use floe_driver::csi::volumes::{GroupSpec, NodeVolumes, SnapshotSpec, Source, VolumeSpec};
 use floe_driver::csi::Plugin;
-use floe_driver::dataplane::daemon::client::Client;
+use floe_driver::daemon::client::Client;
+use floe_driver::node::volumes::{GroupSpec, NodeVolumes, SnapshotSpec, Source, VolumeSpec};
 use floe_proto::csi;
 use floe_proto::csi::controller_server::Controller;
 use floe_proto::csi::node_server::Node;
@@ -1268,7 +1268,7 @@ async fn every_id_field_of_every_csi_rpc_refuses_a_path() -> Result<()> {
 /// the longest is closed to make room for a caller.
 #[test]
 fn defect5_idle_connections_time_out_and_the_longest_idle_makes_room() -> Result<()> {
-    use floe_driver::dataplane::daemon::{ApiLimits, Daemon, ServeConfig};
+    use floe_driver::daemon::{ApiLimits, Daemon, ServeConfig};
     if !ready("defect5_idle_connections_time_out_and_the_longest_idle_makes_room") {
         return Ok(());
     }

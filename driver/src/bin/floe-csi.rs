@@ -15,8 +15,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use floe_driver::cli::{CsiArgs, PluginMode};
 use floe_driver::csi::daemon_volumes::DaemonVolumes;
-use floe_driver::csi::volumes::NodeVolumes;
 use floe_driver::csi::{self, remote, Plugin};
+use floe_driver::node::volumes::NodeVolumes;
 
 fn main() -> ExitCode {
     let args = CsiArgs::parse();
@@ -43,7 +43,7 @@ fn run(args: CsiArgs) -> Result<()> {
     let serves_node = matches!(args.mode, PluginMode::Node | PluginMode::All);
     if serves_node {
         // Not in the I/O path: logs what the data plane says, every 10 s.
-        floe_driver::dataplane::daemon::client::spawn_status_watch(
+        floe_driver::daemon::client::spawn_status_watch(
             args.dataplane_socket.clone(),
             std::time::Duration::from_secs(10),
         )

@@ -1,13 +1,13 @@
 //! `floe-dataplane`: the node's data-plane process (`serve`) and its fd
-//! holder (`holder`). See `floe_driver::dataplane::daemon`.
+//! holder (`holder`). See `floe_driver::daemon`.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use floe_driver::cli::{DataplaneArgs, DataplaneCommand, HolderArgs, ServeArgs};
-use floe_driver::dataplane::daemon::files::RunPaths;
-use floe_driver::dataplane::daemon::{chain, ApiLimits, Daemon, ServeConfig};
+use floe_driver::daemon::files::RunPaths;
+use floe_driver::daemon::{chain, ApiLimits, Daemon, ServeConfig};
 use floe_driver::dataplane::fuse::FuseConfig;
 use floe_driver::dataplane::handover::{Holder, HolderLink};
 use floe_driver::dataplane::process::{self, ProcessError};

@@ -4,7 +4,7 @@
 //! node, and a topology requirement that excludes it is refused
 //! (`RESOURCE_EXHAUSTED`, as the spec says for an unsatisfiable topology).
 //! In split mode the volumes' implementation names the nodes it reaches
-//! ([`NodeVolumes::nodes`](super::volumes::NodeVolumes::nodes)): the
+//! ([`NodeVolumes::nodes`](crate::node::volumes::NodeVolumes::nodes)): the
 //! controller picks one from the request's topology (preferred first, then
 //! requisite; a restore or clone goes where its source is), reports each
 //! volume's own node as its topology, and answers GetCapacity per node.
@@ -16,12 +16,12 @@ use floe_proto::csi;
 use floe_proto::csi::controller_server::Controller;
 use tonic::{Request, Response, Status};
 
-use super::error::{Error, Result};
 use super::identity::controller_capabilities;
 use super::params::{self, Access, Capability, VolumeParams, XFS_MIN_BYTES};
-use super::volumes::{Snapshot, SnapshotSpec, Source, Volume, VolumeSpec};
 use super::{csi_snapshot, Plugin, TOPOLOGY_KEY};
 use crate::dataplane::mount::FsType;
+use crate::node::error::{Error, Result};
+use crate::node::volumes::{Snapshot, SnapshotSpec, Source, Volume, VolumeSpec};
 
 /// The Controller service.
 #[derive(Clone)]

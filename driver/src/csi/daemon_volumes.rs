@@ -15,14 +15,14 @@ use std::sync::Arc;
 
 use tonic::Code;
 
-use super::error::{Error, Result};
-use super::local::LocalVolumes;
-use super::volumes::{
+use crate::daemon::api::{Reply, Request};
+use crate::daemon::client::{Client, ClientError};
+use crate::node::error::{Error, Result};
+use crate::node::local::LocalVolumes;
+use crate::node::volumes::{
     Attachment, Capacity, GroupSnapshot, GroupSpec, NodeVolumes, Snapshot, SnapshotSpec, Volume, VolumeSpec,
 };
-use super::wire::{NodeCall, NodeReply};
-use crate::dataplane::daemon::api::{Reply, Request};
-use crate::dataplane::daemon::client::{Client, ClientError};
+use crate::node::wire::{NodeCall, NodeReply};
 
 /// Something that carries out [`NodeCall`]s: every such thing is a
 /// [`NodeVolumes`].
@@ -52,7 +52,7 @@ impl DaemonVolumes {
             message: format!(
                 "the data plane at {} cannot be reached ({}): is floe-dataplane serve running on this node?",
                 socket.display(),
-                crate::dataplane::daemon::chain(&e)
+                crate::daemon::chain(&e)
             ),
         };
         let mut client = Client::connect(socket).map_err(unreachable)?;

@@ -1,5 +1,5 @@
 //! The GroupController service: group snapshots, one cut across volumes
-//! taken under freeze (see [`super::cut`]).
+//! taken under freeze (see [`crate::node::cut`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,11 +9,11 @@ use floe_proto::csi::group_controller_server::GroupController;
 use tonic::{Request, Response, Status};
 
 use super::controller::{snapshot_key, volume_key};
-use super::error::{Error, Result};
 use super::identity::group_capabilities;
 use super::params;
-use super::volumes::{GroupSnapshot, GroupSpec, SnapshotSpec};
 use super::{csi_snapshot, timestamp, Plugin};
+use crate::node::error::{Error, Result};
+use crate::node::volumes::{GroupSnapshot, GroupSpec, SnapshotSpec};
 
 /// The GroupController service.
 #[derive(Clone)]

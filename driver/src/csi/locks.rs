@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::error::{Error, Result};
+use crate::node::error::{Error, Result};
 
 type Map = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
 

@@ -6,18 +6,13 @@
 //! - [`identity`], [`controller`], [`group`], [`node`]: one file per service;
 //!   every handler reads the same way — convert the request ([`params`]),
 //!   take the per-object guards ([`locks`]), call the node
-//!   ([`volumes::NodeVolumes`]), map the error ([`error`], the one place a
-//!   `tonic::Status` is made);
-//! - [`volumes`]: the trait the services need from the node holding the
-//!   volumes, and its domain types;
-//! - [`daemon_volumes`], [`wire`]: the node plugin's implementation, which
-//!   calls the data-plane daemon (`floe-dataplane serve`) over its local
-//!   API, so `floe-csi` holds no volume and can be killed at any time;
-//! - [`local`], [`cut`], [`catalog`]: what the daemon runs for those calls —
-//!   the node's CSI catalog (names, parameters, snapshots, group snapshots)
-//!   over the daemon's volumes (store + engine + FUSE + loop, attached
-//!   through the fd holder);
-//! - [`mounts`]: the mount table, mounts, bind mounts, statvfs.
+//!   ([`crate::node::volumes::NodeVolumes`]), map the error
+//!   ([`crate::node::error`], the one place a `tonic::Status` is made);
+//! - [`daemon_volumes`]: the node plugin's `NodeVolumes`, which calls the
+//!   data-plane daemon (`floe-dataplane serve`) over its local API, so
+//!   `floe-csi` holds no volume and can be killed at any time; the daemon
+//!   runs the node's catalog ([`crate::node::local`]) for those calls;
+//! - [`remote`]: split mode, `node.proto` over mutual TLS.
 //!
 //! # Modes
 //!
@@ -27,21 +22,14 @@
 //! `--mode=controller` serves Identity, Controller and GroupController over
 //! the volumes of the node plugins it reaches that way ([`remote`]).
 
-pub mod catalog;
 pub mod controller;
-pub mod cut;
 pub mod daemon_volumes;
-pub mod error;
 pub mod group;
 pub mod identity;
-pub mod local;
 pub mod locks;
-pub mod mounts;
 pub mod node;
 pub mod params;
 pub mod remote;
-pub mod volumes;
-pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,9 +38,9 @@ use floe_proto::csi;
 
 use crate::cli::PluginMode;
 use crate::dataplane::localsock;
-use error::{Error, Result};
+use crate::node::error::{self, Error, Result};
+use crate::node::volumes::{self, NodeVolumes, Snapshot};
 use locks::Locks;
-use volumes::{NodeVolumes, Snapshot};
 
 /// The driver's name, as the CSIDriver object and StorageClasses say it.
 pub const DRIVER_NAME: &str = "floe.csi.dev";

@@ -14,14 +14,14 @@ use rustix::mount::MountFlags;
 use tonic::{Request, Response, Status};
 
 use super::controller::volume_key;
-use super::error::{Error, Result};
 use super::identity::node_capabilities;
-use super::mounts::{self, MountEntry};
 use super::params::{self, Access, Capability};
-use super::volumes::Volume;
 use super::Plugin;
 use crate::dataplane::mount::{format_once, unmount_path, MountError};
 use crate::model::HostPath;
+use crate::node::error::{Error, Result};
+use crate::node::mounts::{self, MountEntry};
+use crate::node::volumes::Volume;
 
 /// Left in the (not yet mounted) staging directory while `mkfs` runs
 /// ([`format_once`]): a stage retried after the plugin died in the middle
@@ -430,7 +430,7 @@ impl NodeService {
                     usage: vec![],
                     volume_condition: condition(
                         true,
-                        format!("the file system does not answer: {}", super::error::chain(&e)),
+                        format!("the file system does not answer: {}", crate::node::error::chain(&e)),
                     ),
                 },
             },

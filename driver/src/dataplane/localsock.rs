@@ -41,18 +41,29 @@ pub fn dir_if_missing(dir: &Path) -> io::Result<()> {
 }
 
 /// A listening unix socket of `kind` at `path`, mode 0600 before it
-/// listens. A stale socket file at `path` is removed first (the caller
-/// knows no other process serves it). Close-on-exec.
+/// listens. It is bound under a temporary name beside `path` (`.NAME~`),
+/// made 0600, set listening, and only then renamed to `path`, replacing a
+/// stale socket file there (the caller knows no other process serves it):
+/// whoever finds `path` can connect at once, and never with a wider mode.
+/// Close-on-exec.
 pub fn listen_private(path: &Path, kind: SocketType, backlog: i32) -> io::Result<OwnedFd> {
-    match std::fs::remove_file(path) {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a socket path needs a file name"))?;
+    let mut temp = std::ffi::OsString::from(".");
+    temp.push(name);
+    temp.push("~");
+    let temp = path.with_file_name(temp);
+    match std::fs::remove_file(&temp) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let sock = rustix::net::socket_with(AddressFamily::UNIX, kind, SocketFlags::CLOEXEC, None)?;
-    rustix::net::bind(&sock, &SocketAddrUnix::new(path)?)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    rustix::net::bind(&sock, &SocketAddrUnix::new(&temp)?)?;
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(SOCKET_MODE))?;
     rustix::net::listen(&sock, backlog)?;
+    std::fs::rename(&temp, path)?;
     Ok(sock)
 }
 

@@ -19,14 +19,11 @@
 //! - [`volume`]: [`AttachedVolume`], tying FUSE and loop together;
 //! - [`localsock`]: sockets 0600 and directories 0700 whatever the umask, peer credentials;
 //! - [`handover`]: passing a live connection's fds to a successor process;
-//! - [`daemon`]: `floe-dataplane serve`: the local API, the freeze
-//!   watchdog, attach bookkeeping and restarts through the holder;
 //! - [`process`]: `PR_SET_IO_FLUSHER` and `mlockall` for a data-plane `main`;
 //! - `sys`: the only `unsafe` code (ioctls), each block justified.
 
 pub mod backend;
 pub(crate) mod cmd;
-pub mod daemon;
 pub mod engine_backend;
 pub mod freeze_member;
 pub mod fsfreeze;

@@ -6,7 +6,7 @@
 //! capacity; growing the volume online moves that size up to the reserve
 //! (the FUSE file, then the loop device, then the file system follow).
 //! Growing past the reserve copies the volume into a larger store, which
-//! needs it detached (`csi::local`).
+//! needs it detached (`node::local`).
 
 use std::fs::File;
 use std::io;

@@ -15,11 +15,11 @@ use floe_driver::csi::controller::ControllerService;
 use floe_driver::csi::daemon_volumes::DaemonVolumes;
 use floe_driver::csi::group::GroupService;
 use floe_driver::csi::identity::IdentityService;
-use floe_driver::csi::local::Failpoints;
 use floe_driver::csi::node::NodeService;
 use floe_driver::csi::Plugin;
-use floe_driver::dataplane::daemon::{ApiLimits, Daemon, ServeConfig};
+use floe_driver::daemon::{ApiLimits, Daemon, ServeConfig};
 use floe_driver::dataplane::fuse::FuseConfig;
+use floe_driver::node::local::Failpoints;
 use floe_proto::csi;
 
 /// The node id the harness plugin reports.

@@ -1,7 +1,8 @@
 //! Certificates for the mutual-TLS tests, made fresh with `rcgen`: a CA, a
 //! node's server certificate (for 127.0.0.1 and [`NODE_DNS`]) and a
-//! controller's client certificate signed by it, and the same two signed
-//! by an unrelated CA. Written as PEM files, as `--tls-*` take them.
+//! controller's client certificate (for [`CONTROLLER_DNS`]) signed by it,
+//! the same two signed by an unrelated CA, and two of the CA for other
+//! names. Written as PEM files, as `--tls-*` take them.
 
 use std::path::Path;
 
@@ -12,6 +13,9 @@ use rcgen::{
 
 /// The DNS name in the node certificates besides 127.0.0.1.
 pub const NODE_DNS: &str = "node.floe.test";
+/// The DNS name of the controller's client certificate (`--peer-name`'s
+/// default).
+pub const CONTROLLER_DNS: &str = "controller";
 
 /// The TLS files of each side.
 pub struct Pki {
@@ -23,6 +27,12 @@ pub struct Pki {
     pub rogue_node: TlsFiles,
     /// A controller whose certificate the other CA signed (it trusts the CA).
     pub rogue_controller: TlsFiles,
+    /// A client certificate of the CA, for another name than the
+    /// controller's.
+    pub intruder: TlsFiles,
+    /// A server certificate of the CA for another name only (not
+    /// 127.0.0.1, not [`NODE_DNS`]).
+    pub other_node: TlsFiles,
 }
 
 struct Ca {
@@ -78,8 +88,25 @@ pub fn pki(dir: &Path) -> anyhow::Result<Pki> {
     let node_sans = ["127.0.0.1", NODE_DNS];
     Ok(Pki {
         node: write(dir, "node", ca.leaf("node", &node_sans, server.clone())?, &ca)?,
-        controller: write(dir, "controller", ca.leaf("controller", &[], client.clone())?, &ca)?,
-        rogue_node: write(dir, "rogue-node", other.leaf("node", &node_sans, server)?, &ca)?,
-        rogue_controller: write(dir, "rogue-controller", other.leaf("controller", &[], client)?, &ca)?,
+        controller: write(
+            dir,
+            "controller",
+            ca.leaf("controller", &[CONTROLLER_DNS], client.clone())?,
+            &ca,
+        )?,
+        rogue_node: write(dir, "rogue-node", other.leaf("node", &node_sans, server.clone())?, &ca)?,
+        rogue_controller: write(
+            dir,
+            "rogue-controller",
+            other.leaf("controller", &[CONTROLLER_DNS], client.clone())?,
+            &ca,
+        )?,
+        intruder: write(
+            dir,
+            "intruder",
+            ca.leaf("intruder", &["intruder.floe.test"], client)?,
+            &ca,
+        )?,
+        other_node: write(dir, "other-node", ca.leaf("other", &["other.floe.test"], server)?, &ca)?,
     })
 }

@@ -16,8 +16,8 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::TlsFiles;
-use crate::csi::error::{chain, Error, Result};
-use crate::csi::volumes::{
+use crate::node::error::{chain, Error, Result};
+use crate::node::volumes::{
     Attachment, Capacity, GroupSnapshot, GroupSpec, NodeVolumes, Snapshot, SnapshotSpec, Volume, VolumeSpec,
 };
 

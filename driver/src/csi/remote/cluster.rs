@@ -24,8 +24,8 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use super::RemoteVolumes;
-use crate::csi::error::{Error, Result};
-use crate::csi::volumes::{
+use crate::node::error::{Error, Result};
+use crate::node::volumes::{
     Attachment, Capacity, GroupSnapshot, GroupSpec, NodeVolumes, Snapshot, SnapshotSpec, Source, Volume, VolumeSpec,
 };
 

@@ -1,4 +1,4 @@
-//! The domain types of [`crate::csi::volumes`] to and from their
+//! The domain types of [`crate::node::volumes`] to and from their
 //! `floe.node.v1` messages.
 //!
 //! Outgoing is total (`From`); incoming is checked once, here (`TryFrom`):
@@ -10,13 +10,13 @@
 use floe_engine::Mode;
 use floe_proto::node as wire;
 
-use crate::csi::error::{Error, Result};
-use crate::csi::params::{VolumeParams, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
-use crate::csi::volumes::{
+use crate::dataplane::mount::FsType;
+use crate::model::{BlockSize, ObjectId};
+use crate::node::error::{Error, Result};
+use crate::node::params::{VolumeParams, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use crate::node::volumes::{
     Attachment, Capacity, GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Source, Time, Volume, VolumeSpec,
 };
-use crate::dataplane::mount::FsType;
-use crate::model::ObjectId;
 
 /// A required string: present and not empty (names, device paths).
 fn nonempty(field: &'static str, value: String) -> Result<String> {
@@ -113,7 +113,7 @@ impl TryFrom<wire::VolumeParams> for VolumeParams {
                 })
             }
         };
-        if !p.block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&p.block_size) {
+        if BlockSize::new(p.block_size).is_none() {
             return Err(Error::Invalid {
                 field: "params.block_size",
                 value: p.block_size.to_string(),

@@ -18,8 +18,12 @@
 //! One CA signs every node's server certificate and the controller's client
 //! certificate; both sides are given the same three flags (`--tls-cert`,
 //! `--tls-key`, `--tls-ca`). A node refuses a client without a certificate
-//! of that CA at the handshake, and the controller refuses a node whose
-//! certificate that CA did not sign for the host it dialled.
+//! of that CA at the handshake, and every call of a client whose
+//! certificate does not carry the controller's name (`--peer-name`, a DNS
+//! subject alternative name; default `controller`) with `PERMISSION_DENIED`:
+//! the CA signs the nodes' certificates too, and a node must not drive
+//! another node's volumes. The controller refuses a node whose certificate
+//! that CA did not sign for the host it dialled.
 
 pub mod client;
 pub mod cluster;
@@ -117,7 +121,7 @@ pub async fn serve_node_admin(args: &CsiArgs, volumes: Arc<dyn NodeVolumes>) -> 
         return Ok(None);
     };
     let tls = TlsFiles::from_args(args, "--node-admin-listen")?;
-    let router = server::tls_router(&tls, volumes)?;
+    let router = server::tls_router(&tls, &args.peer_name, volumes)?;
     let listener = server::bind(addr).await?;
     let addr = listener
         .local_addr()

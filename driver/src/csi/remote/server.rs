@@ -4,7 +4,7 @@
 //! Every handler reads the same way: convert the request
 //! ([`super::convert`]), call the node, convert the answer; a refusal
 //! becomes a `Status` through the one `From<Error>` of
-//! [`crate::csi::error`], so the controller sees the code and message the
+//! [`crate::node::error`], so the controller sees the code and message the
 //! CSI services would have given.
 
 use std::net::SocketAddr;
@@ -18,8 +18,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert::id;
 use super::TlsFiles;
-use crate::csi::error::{chain, Error, Result};
-use crate::csi::volumes::NodeVolumes;
+use crate::model::PeerName;
+use crate::node::error::{chain, Error, Result};
+use crate::node::volumes::NodeVolumes;
 
 /// `NodeVolumes` over gRPC, in front of a node's volumes.
 #[derive(Clone)]
@@ -151,16 +152,18 @@ impl NodeVolumesRpc for NodeVolumesService {
 }
 
 /// Serves `volumes` on `addr` with mutual TLS until `shutdown` resolves:
-/// the server shows `tls.cert`, and a client must show a certificate that
-/// `tls.ca` signed or its handshake is refused.
+/// the server shows `tls.cert`, a client must show a certificate that
+/// `tls.ca` signed or its handshake is refused, and one without `peer`
+/// among its names is refused every call.
 pub async fn serve_tls(
     addr: SocketAddr,
     tls: &TlsFiles,
+    peer: &PeerName,
     volumes: Arc<dyn NodeVolumes>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let listener = bind(addr).await?;
-    serve_tls_on(listener, tls, volumes, shutdown).await
+    serve_tls_on(listener, tls, peer, volumes, shutdown).await
 }
 
 /// Binds the TCP listener [`serve_tls_on`] takes.
@@ -174,13 +177,14 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 pub async fn serve_tls_on(
     listener: tokio::net::TcpListener,
     tls: &TlsFiles,
+    peer: &PeerName,
     volumes: Arc<dyn NodeVolumes>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("address of the NodeVolumes listener: {e}")))?;
-    let router = tls_router(tls, volumes)?;
+    let router = tls_router(tls, peer, volumes)?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!(%addr, "serving NodeVolumes over mutual TLS");
     router
@@ -189,9 +193,33 @@ pub async fn serve_tls_on(
         .map_err(|e| Error::Internal(format!("serve NodeVolumes on {addr}: {}", chain(&e))))
 }
 
+/// Lets a call through only when the client's certificate (already
+/// verified against the CA by the handshake) carries `peer` among its DNS
+/// names: the CA signs nodes' certificates too, and a node must not drive
+/// another node's volumes.
+// tonic's interceptor signature fixes the error type to `Status`.
+#[allow(clippy::result_large_err)]
+fn authorise(peer: PeerName) -> impl FnMut(Request<()>) -> std::result::Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        let shown = req.peer_certs();
+        match shown.as_deref().and_then(|certs| certs.first()) {
+            Some(leaf) if peer.is_in(leaf) => Ok(req),
+            Some(_) => {
+                tracing::warn!(peer = %peer, "NodeVolumes: refused a client certificate of another name");
+                Err(Error::PermissionDenied(format!(
+                    "this node serves NodeVolumes only to a client certificate for {peer:?} (--peer-name)"
+                ))
+                .into())
+            }
+            None => Err(Error::PermissionDenied("NodeVolumes needs a client certificate".into()).into()),
+        }
+    }
+}
+
 /// The NodeVolumes service behind mutual TLS, ready to serve: the files
-/// are read and parsed here.
-pub fn tls_router(tls: &TlsFiles, volumes: Arc<dyn NodeVolumes>) -> Result<Router> {
+/// are read and parsed here; only a client certificate for `peer` is
+/// served.
+pub fn tls_router(tls: &TlsFiles, peer: &PeerName, volumes: Arc<dyn NodeVolumes>) -> Result<Router> {
     let config = ServerTlsConfig::new()
         .identity(tls.identity()?)
         .client_ca_root(tls.ca_certificate()?);
@@ -206,5 +234,8 @@ pub fn tls_router(tls: &TlsFiles, volumes: Arc<dyn NodeVolumes>) -> Result<Route
                 chain(&e)
             ))
         })?
-        .add_service(NodeVolumesServer::new(NodeVolumesService::new(volumes))))
+        .add_service(NodeVolumesServer::with_interceptor(
+            NodeVolumesService::new(volumes),
+            authorise(peer.clone()),
+        )))
 }

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::api::{FrozenInfo, Quiesced};
-use super::error::DaemonError;
+use super::error::PlaneError;
 use super::files;
+use super::types::{FrozenInfo, Quiesced};
 use crate::dataplane::fsfreeze::{self, FrozenFs};
 use crate::dataplane::mounttable;
 
@@ -69,16 +69,16 @@ struct Table {
 }
 
 /// Every frozen file system of this process.
-pub(super) struct Freezer {
+pub(crate) struct Freezer {
     dir: PathBuf,
     table: Mutex<Table>,
     wake: Condvar,
 }
 
 impl Freezer {
-    pub(super) fn new(frozen_dir: &Path) -> Result<Arc<Self>, DaemonError> {
+    pub(crate) fn new(frozen_dir: &Path) -> Result<Arc<Self>, PlaneError> {
         std::fs::create_dir_all(frozen_dir)
-            .map_err(DaemonError::io("create the frozen-records directory", frozen_dir))?;
+            .map_err(PlaneError::io("create the frozen-records directory", frozen_dir))?;
         Ok(Arc::new(Freezer {
             dir: frozen_dir.to_owned(),
             table: Mutex::default(),
@@ -92,20 +92,20 @@ impl Freezer {
 
     /// `syncfs` then `FIFREEZE` on the file system mounted at `path`, thawed
     /// by [`Freezer::thaw`] or by the watchdog after `timeout`.
-    pub(super) fn quiesce(&self, path: &Path, timeout: Duration) -> Result<Quiesced, DaemonError> {
+    pub(crate) fn quiesce(&self, path: &Path, timeout: Duration) -> Result<Quiesced, PlaneError> {
         match mounttable::is_mount_point(path) {
             Ok(true) => {}
-            Ok(false) => return Err(DaemonError::NotMounted(path.to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DaemonError::NotMounted(path.to_owned())),
-            Err(e) => return Err(DaemonError::io("look up the mount point", path)(e)),
+            Ok(false) => return Err(PlaneError::NotMounted(path.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PlaneError::NotMounted(path.to_owned())),
+            Err(e) => return Err(PlaneError::io("look up the mount point", path)(e)),
         }
-        let token = files::new_token().map_err(DaemonError::io("make a token from", "/dev/urandom"))?;
+        let token = files::new_token().map_err(PlaneError::io("make a token from", "/dev/urandom"))?;
         let deadline = Instant::now() + timeout;
         let deadline_unix_ms = files::unix_ms(SystemTime::now() + timeout);
         {
             let mut t = self.table();
             if let Some((token, _)) = t.entries.iter().find(|(_, e)| e.path == path) {
-                return Err(DaemonError::AlreadyFrozen {
+                return Err(PlaneError::AlreadyFrozen {
                     path: path.to_owned(),
                     token: token.clone(),
                 });
@@ -120,7 +120,7 @@ impl Freezer {
                 },
             );
         }
-        let forget = |e: DaemonError| {
+        let forget = |e: PlaneError| {
             self.table().entries.remove(&token);
             e
         };
@@ -132,7 +132,7 @@ impl Freezer {
         };
         let record_path = FrozenRecord::path_in(&self.dir, &token);
         files::write_json(&record_path, &record)
-            .map_err(DaemonError::io("record the freeze in", &record_path))
+            .map_err(PlaneError::io("record the freeze in", &record_path))
             .map_err(forget)?;
         let fs = match FrozenFs::freeze(path) {
             Ok(fs) => fs,
@@ -158,7 +158,7 @@ impl Freezer {
         if let Some(mut fs) = late {
             fs.thaw()?;
             let _ = files::remove_durably(&record_path);
-            return Err(DaemonError::FreezeTooSlow {
+            return Err(PlaneError::FreezeTooSlow {
                 path: path.to_owned(),
                 timeout_ms: millis(timeout),
             });
@@ -175,19 +175,19 @@ impl Freezer {
 
 impl Freezer {
     /// Thaws the file system frozen under `token`.
-    pub(super) fn thaw(&self, token: &str) -> Result<PathBuf, DaemonError> {
+    pub(crate) fn thaw(&self, token: &str) -> Result<PathBuf, PlaneError> {
         let entry = {
             let mut t = self.table();
             match t.entries.get(token).map(|e| matches!(e.state, State::Freezing)) {
-                Some(true) => return Err(DaemonError::StillFreezing(token.to_owned())),
+                Some(true) => return Err(PlaneError::StillFreezing(token.to_owned())),
                 Some(false) => t.entries.remove(token).expect("just looked up"),
                 None => {
                     return Err(match t.expired.iter().find(|(t, _)| t == token) {
-                        Some((_, path)) => DaemonError::Expired {
+                        Some((_, path)) => PlaneError::Expired {
                             token: token.to_owned(),
                             path: path.clone(),
                         },
-                        None => DaemonError::UnknownToken(token.to_owned()),
+                        None => PlaneError::UnknownToken(token.to_owned()),
                     })
                 }
             }
@@ -199,16 +199,16 @@ impl Freezer {
     }
 
     /// Thaws an entry taken out of the table and removes its record.
-    fn finish(&self, token: &str, entry: Entry) -> Result<(), DaemonError> {
+    fn finish(&self, token: &str, entry: Entry) -> Result<(), PlaneError> {
         if let State::Frozen(mut fs) = entry.state {
             fs.thaw()?;
         }
         let record = FrozenRecord::path_in(&self.dir, token);
-        files::remove_durably(&record).map_err(DaemonError::io("remove the freeze record", &record))
+        files::remove_durably(&record).map_err(PlaneError::io("remove the freeze record", &record))
     }
 
     /// The file systems frozen now.
-    pub(super) fn list(&self) -> Vec<FrozenInfo> {
+    pub(crate) fn list(&self) -> Vec<FrozenInfo> {
         let mut v: Vec<FrozenInfo> = self
             .table()
             .entries
@@ -225,7 +225,7 @@ impl Freezer {
 
     /// Thaws everything frozen (a process about to exit) and stops the
     /// watchdog. Entries still freezing are left to their quiesce.
-    pub(super) fn thaw_all(&self) {
+    pub(crate) fn thaw_all(&self) {
         let taken: Vec<(String, Entry)> = {
             let mut t = self.table();
             t.stop = true;
@@ -254,7 +254,7 @@ impl Freezer {
 
     /// The watchdog: thaws every file system whose deadline passed. Runs
     /// until [`Freezer::thaw_all`].
-    pub(super) fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         loop {
             let (due, wait) = {
                 let mut t = self.table();
@@ -308,7 +308,7 @@ impl Freezer {
 /// Thaws every file system named by a record in `frozen_dir` (left by a
 /// process that died with it frozen) and removes the records. Returns the
 /// mount points thawed.
-pub(super) fn thaw_leftovers(frozen_dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn thaw_leftovers(frozen_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(frozen_dir) else {
         return Vec::new();
     };
@@ -403,9 +403,9 @@ mod tests {
             .tempdir()
             .expect("tempdir");
         let f = Freezer::new(&dir.path().join("frozen")).expect("freezer");
-        assert!(matches!(f.thaw("00"), Err(DaemonError::UnknownToken(_))));
+        assert!(matches!(f.thaw("00"), Err(PlaneError::UnknownToken(_))));
         let e = f.quiesce(dir.path(), Duration::from_secs(1)).expect_err("not a mount");
-        assert!(matches!(e, DaemonError::NotMounted(_)), "{e}");
+        assert!(matches!(e, PlaneError::NotMounted(_)), "{e}");
         assert!(f.list().is_empty());
     }
 }

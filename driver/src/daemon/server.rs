@@ -19,10 +19,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::api::{RequestError, Response, MAX_REQUEST_BYTES};
-use super::error::DaemonError;
+use super::api::{RequestError, Response, WireError, MAX_REQUEST_BYTES};
 use super::Daemon;
 use crate::dataplane::localsock;
+use crate::node::error::Error as NodeError;
+use crate::node::plane::error::PlaneError;
 
 /// How many API connections the daemon serves at once, and how long one
 /// may sit idle.
@@ -67,9 +68,9 @@ fn table(t: &Table) -> std::sync::MutexGuard<'_, Conns> {
 
 /// Binds `path` (replacing a stale socket: the serve lock says no other
 /// process serves) and answers from a thread.
-pub(super) fn listen(daemon: Arc<Daemon>, path: &Path, limits: ApiLimits) -> Result<(), DaemonError> {
+pub(super) fn listen(daemon: Arc<Daemon>, path: &Path, limits: ApiLimits) -> Result<(), PlaneError> {
     let listener = localsock::listen_private(path, rustix::net::SocketType::STREAM, 128)
-        .map_err(DaemonError::io("listen (mode 0600) on the API socket", path))?;
+        .map_err(PlaneError::io("listen (mode 0600) on the API socket", path))?;
     let listener = UnixListener::from(listener);
     tracing::info!(socket = %path.display(), max_connections = limits.max_connections, idle_timeout = ?limits.idle_timeout, "API listening");
     let conns: Table = Arc::default();
@@ -83,7 +84,7 @@ pub(super) fn listen(daemon: Arc<Daemon>, path: &Path, limits: ApiLimits) -> Res
                 }
             }
         })
-        .map_err(DaemonError::io("start the API thread", path))?;
+        .map_err(PlaneError::io("start the API thread", path))?;
     Ok(())
 }
 
@@ -190,7 +191,9 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream, conns: &Table, id: u64)
         }
         let too_long = n > MAX_REQUEST_BYTES && !line.ends_with('\n');
         let response = if too_long {
-            Response::Error(DaemonError::from(RequestError::TooLong).to_wire())
+            Response::Error(WireError::from(&NodeError::from(PlaneError::from(
+                RequestError::TooLong,
+            ))))
         } else if line.trim().is_empty() {
             mark(conns, id, false);
             continue;

@@ -1,10 +1,10 @@
-//! Why a daemon operation failed, and how that travels.
+//! Why an operation of the plane failed.
 
 use std::path::PathBuf;
 
 use floe_engine::EngineError;
 
-use super::api::{ErrorKind, RequestError, WireError};
+use super::types::{ErrorKind, RequestError};
 use crate::dataplane::fsfreeze::FreezeError;
 use crate::dataplane::fuse::FuseError;
 use crate::dataplane::handover::HandoverError;
@@ -12,11 +12,11 @@ use crate::dataplane::loopdev::LoopError;
 use crate::dataplane::AttachError;
 use crate::store;
 
-/// Why a daemon operation failed. Messages say what to do when the caller
+/// Why an operation on the node's volumes failed. Messages say what to do when the caller
 /// can do something.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum DaemonError {
+pub enum PlaneError {
     /// The request itself is wrong.
     #[error(transparent)]
     Request(#[from] RequestError),
@@ -244,21 +244,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    /// The CSI catalog refused or failed a call (its message names the
-    /// object and what to do).
-    #[error("{message}")]
-    Csi {
-        /// The kind of the CSI error's gRPC code.
-        kind: ErrorKind,
-        /// The CSI error and its causes.
-        message: String,
-    },
 }
 
-impl DaemonError {
+impl PlaneError {
     /// The kind a caller branches on.
     pub fn kind(&self) -> ErrorKind {
-        use DaemonError as E;
+        use PlaneError as E;
         match self {
             E::Request(_) | E::TooSmall { .. } | E::NotWholeBlocks { .. } | E::NotMounted(_) => {
                 ErrorKind::InvalidArgument
@@ -277,7 +268,6 @@ impl DaemonError {
             E::CannotGrow { .. } => ErrorKind::Unimplemented,
             E::HolderUnavailable { .. } => ErrorKind::Unavailable,
             E::Expired { .. } | E::FreezeTooSlow { .. } => ErrorKind::DeadlineExceeded,
-            E::Csi { kind, .. } => *kind,
             E::Store { .. }
             | E::Engine { .. }
             | E::Attach { .. }
@@ -289,17 +279,9 @@ impl DaemonError {
         }
     }
 
-    /// The error as it travels: its kind and the whole chain of causes.
-    pub fn to_wire(&self) -> WireError {
-        WireError {
-            kind: self.kind(),
-            message: chain(self),
-        }
-    }
-
-    pub(super) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| DaemonError::Io { op, path, source }
+        move |source| PlaneError::Io { op, path, source }
     }
 }
 
@@ -316,24 +298,4 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wire_errors_carry_the_chain_and_the_kind() {
-        let e = DaemonError::Io {
-            op: "read",
-            path: "/x".into(),
-            source: std::io::Error::from_raw_os_error(2),
-        };
-        let w = e.to_wire();
-        assert_eq!(w.kind, ErrorKind::Internal);
-        assert!(w.message.starts_with("read /x: No such file"), "{}", w.message);
-        let e = DaemonError::from(RequestError::BlockSize(3000));
-        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-        assert!(e.to_wire().message.contains("3000"));
-    }
 }

@@ -1,7 +1,7 @@
 //! Snapshots and group snapshots of [`super::local::LocalVolumes`]: the cut.
 //!
 //! A cut across volumes (one volume is a group of one) is the data plane's
-//! (`dataplane::daemon::Volumes::cut`): every file system mounted
+//! (`plane::volumes::Volumes::cut`): every file system mounted
 //! from a member's device is flushed and frozen, each member's engine is
 //! cut while the ones before it stay held, then all is released and
 //! thawed. This module names the cuts, moves each image out of its store

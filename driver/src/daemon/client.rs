@@ -165,7 +165,7 @@ impl Client {
 
     /// Every volume.
     pub fn list(&mut self) -> Result<Vec<VolumeInfo>, ClientError> {
-        match self.call(&Request::List)? {
+        match self.call(&Request::List {})? {
             Reply::Volumes(v) => Ok(v),
             _ => Err(ClientError::Unexpected("another reply than volumes")),
         }
@@ -173,7 +173,7 @@ impl Client {
 
     /// The data plane's state.
     pub fn status(&mut self) -> Result<Status, ClientError> {
-        match self.call(&Request::Status)? {
+        match self.call(&Request::Status {})? {
             Reply::Status(s) => Ok(s),
             _ => Err(ClientError::Unexpected("another reply than status")),
         }
@@ -244,7 +244,7 @@ pub fn spawn_status_watch(socket: PathBuf, interval: Duration) -> std::io::Resul
                 }
                 Err(e) => {
                     if was_up != Some(false) {
-                        tracing::warn!(socket = %socket.display(), error = %super::error::chain(&e), "data plane not reachable");
+                        tracing::warn!(socket = %socket.display(), error = %crate::node::plane::error::chain(&e), "data plane not reachable");
                     }
                     was_up = Some(false);
                 }

@@ -1,5 +1,8 @@
-//! The one error type of the CSI services, and the one place it becomes a
-//! `tonic::Status`.
+//! The node's error — what the catalog, the CSI services and the remote
+//! client return — and the one place it becomes a `tonic::Status`.
+//!
+//! The plane's own error ([`super::plane::error::PlaneError`]) is wrapped
+//! one way only ([`Error::DataPlane`]), keeping its message and its code.
 //!
 //! Every variant names what went wrong in words a cluster operator can act
 //! on; the gRPC code is the one the CSI spec gives for that situation.
@@ -10,11 +13,9 @@ use std::path::PathBuf;
 
 use tonic::Code;
 
-use crate::dataplane::fsfreeze::FreezeError;
 use crate::dataplane::mount::MountError;
-use crate::dataplane::AttachError;
 
-/// Why a CSI call failed.
+/// Why a node or CSI call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -110,35 +111,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The on-disk store failed.
-    #[error("{op}")]
-    Store {
-        /// What was being done.
-        op: &'static str,
-        /// The failure.
-        #[source]
-        source: crate::store::Error,
-    },
-    /// The engine refused or failed.
-    #[error("{op}")]
-    Engine {
-        /// What was being done.
-        op: &'static str,
-        /// The failure.
-        #[source]
-        source: floe_engine::EngineError,
-    },
-    /// The block device could not be attached, grown or detached.
-    #[error("{op} volume {volume:?}")]
-    Attach {
-        /// What was being done.
-        op: &'static str,
-        /// The volume.
-        volume: String,
-        /// The failure.
-        #[source]
-        source: AttachError,
-    },
     /// A file system operation failed.
     #[error("{op}")]
     Mount {
@@ -148,12 +120,13 @@ pub enum Error {
         #[source]
         source: MountError,
     },
-    /// Freezing or thawing failed.
-    #[error("quiesce the file systems")]
-    Freeze(#[source] FreezeError),
-    /// The data plane refused or failed.
-    #[error("the data plane")]
-    DataPlane(#[from] crate::dataplane::daemon::DaemonError),
+    /// The plane refused or failed (its message is the error's own).
+    #[error(transparent)]
+    DataPlane(#[from] crate::node::plane::error::PlaneError),
+    /// A mutual-TLS peer whose certificate the CA signed, but for another
+    /// name than the one this side serves or trusts.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A blocking task died.
     #[error("{0}")]
     Internal(String),
@@ -192,18 +165,13 @@ impl Error {
             | Error::NotAtPath { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Busy(_) | Error::BadToken(_) => Code::Aborted,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Io { source, .. } if is_no_space(source) => Code::ResourceExhausted,
             Error::DataPlane(e) => e.kind().code(),
-            Error::Io { .. }
-            | Error::Store { .. }
-            | Error::Engine { .. }
-            | Error::Attach { .. }
-            | Error::Mount { .. }
-            | Error::Freeze(_)
-            | Error::Internal(_) => Code::Internal,
+            Error::Io { .. } | Error::Mount { .. } | Error::Internal(_) => Code::Internal,
             Error::Remote { code, .. } => *code,
         }
     }

@@ -143,7 +143,7 @@ mod tests {
     fn tokens_are_fresh_hex() {
         let a = new_token().expect("token");
         let b = new_token().expect("token");
-        assert!(super::super::api::is_token(&a));
+        assert!(super::super::types::is_token(&a));
         assert_ne!(a, b);
     }
 }

@@ -26,10 +26,10 @@ use std::time::SystemTime;
 use floe_engine::{Mode, Primary, RoleGeneration};
 use serde::{Deserialize, Serialize};
 
-use super::api::{self, Name, Shape, VolumeInfo};
 use super::attachment::{AttachedFile, AttachedRecord, Attachment};
-use super::error::{chain, DaemonError};
+use super::error::{chain, PlaneError};
 use super::files::{self, RunPaths};
+use super::types::{self, Name, Shape, VolumeInfo};
 use crate::dataplane::fuse::FuseConfig;
 use crate::dataplane::mounttable;
 use crate::store::FileStore;
@@ -55,7 +55,7 @@ pub struct VolumeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve_bytes: Option<u64>,
     /// Who manages the volume: `csi` for volumes of the CSI catalog
-    /// (`crate::csi::local`), absent for volumes made through this API.
+    /// (`crate::node::local`), absent for volumes made through this API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
 }
@@ -107,17 +107,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Volumes {
     /// Loads every volume record under `data_dir`.
-    pub(super) fn load(data_dir: &Path, run: &RunPaths, fuse: FuseConfig) -> Result<Self, DaemonError> {
+    pub(crate) fn load(data_dir: &Path, run: &RunPaths, fuse: FuseConfig) -> Result<Self, PlaneError> {
         let root = data_dir.join("volumes");
-        std::fs::create_dir_all(&root).map_err(DaemonError::io("create the volumes directory", &root))?;
+        std::fs::create_dir_all(&root).map_err(PlaneError::io("create the volumes directory", &root))?;
         let mut slots = BTreeMap::new();
-        for entry in std::fs::read_dir(&root).map_err(DaemonError::io("list the volumes directory", &root))? {
-            let entry = entry.map_err(DaemonError::io("list the volumes directory", &root))?;
+        for entry in std::fs::read_dir(&root).map_err(PlaneError::io("list the volumes directory", &root))? {
+            let entry = entry.map_err(PlaneError::io("list the volumes directory", &root))?;
             let id = entry.file_name().to_string_lossy().into_owned();
             let file = entry.path().join("volume.json");
             let mut slot = Slot::default();
             match files::read_json::<VolumeRecord>(&file) {
-                Ok(Some(record)) => match api::parse_mode(&record.mode) {
+                Ok(Some(record)) => match types::parse_mode(&record.mode) {
                     Ok(mode) if record.volume == id => slot.spec = Some(Spec { record, mode }),
                     Ok(_) => {
                         tracing::error!(file = %file.display(), "volume record names another volume");
@@ -166,11 +166,11 @@ impl Volumes {
         self.volume_dir(id).join("snapshots").join(format!("{name}.img"))
     }
 
-    fn spec<'a>(&self, id: &Name, slot: &'a Slot) -> Result<&'a Spec, DaemonError> {
+    fn spec<'a>(&self, id: &Name, slot: &'a Slot) -> Result<&'a Spec, PlaneError> {
         if slot.unreadable {
-            return Err(DaemonError::Unreadable(self.volume_dir(id.as_str())));
+            return Err(PlaneError::Unreadable(self.volume_dir(id.as_str())));
         }
-        slot.spec.as_ref().ok_or_else(|| DaemonError::NotFound(id.to_string()))
+        slot.spec.as_ref().ok_or_else(|| PlaneError::NotFound(id.to_string()))
     }
 
     fn snapshots_of(&self, id: &str) -> Vec<String> {
@@ -202,7 +202,7 @@ impl Volumes {
     }
 
     /// Rewrites `attached.json` with `volume` set to `rec` (or removed).
-    fn record_attached(&self, volume: &str, rec: Option<AttachedRecord>) -> Result<(), DaemonError> {
+    fn record_attached(&self, volume: &str, rec: Option<AttachedRecord>) -> Result<(), PlaneError> {
         let mut index = lock(&self.index);
         let mut next = index.clone();
         match rec {
@@ -210,7 +210,7 @@ impl Volumes {
             None => next.volumes.remove(volume),
         };
         let path = self.run.attached();
-        files::write_json(&path, &next).map_err(DaemonError::io("write the attached-volumes record", &path))?;
+        files::write_json(&path, &next).map_err(PlaneError::io("write the attached-volumes record", &path))?;
         *index = next;
         Ok(())
     }
@@ -218,7 +218,7 @@ impl Volumes {
     // ----- operations ------------------------------------------------------
 
     /// Creates an empty volume; the same request again returns it.
-    pub(super) fn create(&self, id: &Name, shape: Shape) -> Result<VolumeInfo, DaemonError> {
+    pub(crate) fn create(&self, id: &Name, shape: Shape) -> Result<VolumeInfo, PlaneError> {
         let slot = self.slot(id.as_str());
         let mut slot = lock(&slot);
         if let Some(spec) = &slot.spec {
@@ -226,13 +226,13 @@ impl Volumes {
             if r.size_bytes == shape.size_bytes && r.block_size == shape.block_size && spec.mode == shape.mode {
                 return Ok(self.info(spec, &slot));
             }
-            return Err(DaemonError::AlreadyExists {
+            return Err(PlaneError::AlreadyExists {
                 volume: id.to_string(),
                 existing: spec.shape_words(),
             });
         }
         if slot.unreadable {
-            return Err(DaemonError::Unreadable(self.volume_dir(id.as_str())));
+            return Err(PlaneError::Unreadable(self.volume_dir(id.as_str())));
         }
         let primary = self.new_store(id, shape, shape.size_bytes)?;
         drop(primary);
@@ -245,23 +245,23 @@ impl Volumes {
 
     /// A fresh store and engine for `id`, clearing a creation that did not
     /// finish.
-    fn new_store(&self, id: &Name, shape: Shape, reserve: u64) -> Result<Primary<FileStore>, DaemonError> {
+    fn new_store(&self, id: &Name, shape: Shape, reserve: u64) -> Result<Primary<FileStore>, PlaneError> {
         let dir = self.volume_dir(id.as_str());
         if dir.exists() {
             tracing::warn!(dir = %dir.display(), "clearing a creation that did not finish");
-            std::fs::remove_dir_all(&dir).map_err(DaemonError::io("clear an unfinished volume directory", &dir))?;
+            std::fs::remove_dir_all(&dir).map_err(PlaneError::io("clear an unfinished volume directory", &dir))?;
         }
         let geo = Shape {
             size_bytes: reserve.max(shape.size_bytes),
             ..shape
         }
         .geometry();
-        let store = FileStore::create(&self.data_dir, id.as_str(), geo).map_err(|source| DaemonError::Store {
+        let store = FileStore::create(&self.data_dir, id.as_str(), geo).map_err(|source| PlaneError::Store {
             op: "create the store",
             volume: id.to_string(),
             source,
         })?;
-        Primary::create(store, geo, shape.mode, RoleGeneration::default()).map_err(|source| DaemonError::Engine {
+        Primary::create(store, geo, shape.mode, RoleGeneration::default()).map_err(|source| PlaneError::Engine {
             op: "initialise the engine",
             volume: id.to_string(),
             source,
@@ -275,7 +275,7 @@ impl Volumes {
         shape: Shape,
         restored_from: Option<String>,
         sized: Option<(u64, &str)>,
-    ) -> Result<Spec, DaemonError> {
+    ) -> Result<Spec, PlaneError> {
         let record = VolumeRecord {
             volume: id.to_string(),
             size_bytes: shape.size_bytes,
@@ -287,7 +287,7 @@ impl Volumes {
             owner: sized.map(|(_, o)| o.to_owned()),
         };
         let file = self.volume_dir(id.as_str()).join("volume.json");
-        files::write_json(&file, &record).map_err(DaemonError::io("write the volume record", &file))?;
+        files::write_json(&file, &record).map_err(PlaneError::io("write the volume record", &file))?;
         Ok(Spec {
             record,
             mode: shape.mode,
@@ -295,21 +295,20 @@ impl Volumes {
     }
 
     /// Deletes a detached volume with its snapshots.
-    pub(crate) fn delete(&self, id: &Name) -> Result<(), DaemonError> {
+    pub(crate) fn delete(&self, id: &Name) -> Result<(), PlaneError> {
         let arc = self.slot(id.as_str());
         let mut slot = lock(&arc);
         self.spec(id, &slot)?;
         if let Some(a) = &slot.attached {
-            return Err(DaemonError::Attached {
+            return Err(PlaneError::Attached {
                 volume: id.to_string(),
                 device: a.device().to_owned(),
             });
         }
         let dir = self.volume_dir(id.as_str());
-        files::remove_durably(&dir.join("volume.json"))
-            .map_err(DaemonError::io("remove the volume record in", &dir))?;
+        files::remove_durably(&dir.join("volume.json")).map_err(PlaneError::io("remove the volume record in", &dir))?;
         slot.spec = None;
-        std::fs::remove_dir_all(&dir).map_err(DaemonError::io("remove the volume directory", &dir))?;
+        std::fs::remove_dir_all(&dir).map_err(PlaneError::io("remove the volume directory", &dir))?;
         // The empty slot stays: an operation waiting on it (a create of the
         // same id) must find it, not an orphan taken out of the map.
         tracing::info!(volume = %id, "volume deleted");
@@ -318,7 +317,7 @@ impl Volumes {
 
     /// Attaches a volume: engine, FUSE file, loop device; recorded in
     /// `attached.json` before the answer.
-    pub(crate) fn attach(&self, id: &Name) -> Result<VolumeInfo, DaemonError> {
+    pub(crate) fn attach(&self, id: &Name) -> Result<VolumeInfo, PlaneError> {
         let arc = self.slot(id.as_str());
         let mut slot = lock(&arc);
         let (mode, size) = {
@@ -326,7 +325,7 @@ impl Volumes {
             (spec.mode, spec.record.size_bytes)
         };
         if let Some(a) = &slot.attached {
-            return Err(DaemonError::AlreadyAttached {
+            return Err(PlaneError::AlreadyAttached {
                 volume: id.to_string(),
                 device: a.device().to_owned(),
             });
@@ -361,7 +360,7 @@ impl Volumes {
 
     /// Detaches a volume whose device is not mounted; detaching a detached
     /// volume is not an error.
-    pub(crate) fn detach(&self, id: &Name) -> Result<bool, DaemonError> {
+    pub(crate) fn detach(&self, id: &Name) -> Result<bool, PlaneError> {
         let arc = self.slot(id.as_str());
         let mut slot = lock(&arc);
         self.spec(id, &slot)?;
@@ -369,9 +368,9 @@ impl Volumes {
             return Ok(false);
         };
         let targets =
-            mounttable::mount_points_of(a.device()).map_err(DaemonError::io("find the mounts of", a.device()))?;
+            mounttable::mount_points_of(a.device()).map_err(PlaneError::io("find the mounts of", a.device()))?;
         if !targets.is_empty() {
-            return Err(DaemonError::Mounted {
+            return Err(PlaneError::Mounted {
                 volume: id.to_string(),
                 device: a.device().to_owned(),
                 targets,
@@ -387,7 +386,7 @@ impl Volumes {
     /// first, so a crash never shows it smaller than a file system on it
     /// may already be, then the attached device. A size it already has is
     /// fine; past the reserve it needs a copy into a larger store.
-    pub(crate) fn expand(&self, id: &Name, size_bytes: u64) -> Result<VolumeInfo, DaemonError> {
+    pub(crate) fn expand(&self, id: &Name, size_bytes: u64) -> Result<VolumeInfo, PlaneError> {
         let arc = self.slot(id.as_str());
         let mut slot = lock(&arc);
         let spec = self.spec(id, &slot)?;
@@ -395,7 +394,7 @@ impl Volumes {
             return Ok(self.info(spec, &slot));
         }
         if size_bytes > spec.reserve() {
-            return Err(DaemonError::CannotGrow {
+            return Err(PlaneError::CannotGrow {
                 volume: id.to_string(),
                 size: spec.reserve(),
                 requested: size_bytes,
@@ -403,7 +402,7 @@ impl Volumes {
         }
         let block_size = spec.record.block_size;
         if !size_bytes.is_multiple_of(block_size) {
-            return Err(DaemonError::NotWholeBlocks {
+            return Err(PlaneError::NotWholeBlocks {
                 requested: size_bytes,
                 block_size,
             });
@@ -411,7 +410,7 @@ impl Volumes {
         let mut next = spec.clone();
         next.record.size_bytes = size_bytes;
         let file = self.volume_dir(id.as_str()).join("volume.json");
-        files::write_json(&file, &next.record).map_err(DaemonError::io("write the volume record", &file))?;
+        files::write_json(&file, &next.record).map_err(PlaneError::io("write the volume record", &file))?;
         slot.spec = Some(next);
         if let Some(a) = &slot.attached {
             a.grow(size_bytes)?;
@@ -422,7 +421,7 @@ impl Volumes {
     }
 
     /// Every volume.
-    pub(super) fn list(&self) -> Vec<VolumeInfo> {
+    pub(crate) fn list(&self) -> Vec<VolumeInfo> {
         let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
         slots
             .iter()
@@ -434,7 +433,7 @@ impl Volumes {
     }
 
     /// One volume.
-    pub(crate) fn info_of(&self, id: &Name) -> Result<VolumeInfo, DaemonError> {
+    pub(crate) fn info_of(&self, id: &Name) -> Result<VolumeInfo, PlaneError> {
         let arc = self.slot(id.as_str());
         let slot = lock(&arc);
         let spec = self.spec(id, &slot)?;

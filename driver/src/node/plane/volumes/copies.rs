@@ -8,13 +8,13 @@ use std::time::Duration;
 use floe_engine::{Mode, Primary};
 
 use super::{lock, Slot, Spec, Volumes};
-use crate::dataplane::daemon::api::{self, Name, Shape, SnapshotInfo, VolumeInfo};
-use crate::dataplane::daemon::attachment::{open_engine, Attachment};
-use crate::dataplane::daemon::error::DaemonError;
 use crate::dataplane::fsfreeze::FrozenFs;
 use crate::dataplane::mounttable;
 use crate::dataplane::sized::copy_into;
 use crate::dataplane::{EngineBackend, SizedBackend};
+use crate::node::plane::attachment::{open_engine, Attachment};
+use crate::node::plane::error::PlaneError;
+use crate::node::plane::types::{self, Name, Shape, SnapshotInfo, VolumeInfo};
 use crate::store::FileStore;
 
 impl Volumes {
@@ -22,7 +22,7 @@ impl Volumes {
     /// volume's live engine, or of one opened for the purpose). The caller
     /// quiesced the file system. An existing snapshot of that name is
     /// returned as it is.
-    pub(in crate::dataplane::daemon) fn snapshot(&self, id: &Name, name: &Name) -> Result<SnapshotInfo, DaemonError> {
+    pub(crate) fn snapshot(&self, id: &Name, name: &Name) -> Result<SnapshotInfo, PlaneError> {
         let arc = self.slot(id.as_str());
         let slot = lock(&arc);
         let spec = self.spec(id, &slot)?;
@@ -39,14 +39,14 @@ impl Volumes {
         if path.exists() {
             return Ok(info);
         }
-        let engine_err = |source| DaemonError::Engine {
+        let engine_err = |source| PlaneError::Engine {
             op: "take a snapshot",
             volume: id.to_string(),
             source,
         };
         let mark = match slot.attached.as_ref().and_then(Attachment::backend) {
             Some(b) => b.with_primary(|p| p.snapshot(name.as_str())).map_err(engine_err)?,
-            None if slot.attached.is_some() => return Err(DaemonError::NotServed(id.to_string())),
+            None if slot.attached.is_some() => return Err(PlaneError::NotServed(id.to_string())),
             None => open_engine(&self.data_dir, id.as_str(), spec.mode)?
                 .snapshot(name.as_str())
                 .map_err(engine_err)?,
@@ -62,14 +62,14 @@ impl Volumes {
     /// the source's mode unless another is asked, at least the snapshot's
     /// size. The data goes through the engine, so the new volume's blocks
     /// are all dirty (to be shipped) like any written block.
-    pub(in crate::dataplane::daemon) fn restore(
+    pub(crate) fn restore(
         &self,
         id: &Name,
         from: &Name,
         snapshot: &Name,
         size_bytes: Option<u64>,
         mode: Option<Mode>,
-    ) -> Result<VolumeInfo, DaemonError> {
+    ) -> Result<VolumeInfo, PlaneError> {
         let source = {
             let arc = self.slot(from.as_str());
             let slot = lock(&arc);
@@ -79,25 +79,25 @@ impl Volumes {
         let snap_len = match std::fs::metadata(&file) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DaemonError::SnapshotNotFound {
+                return Err(PlaneError::SnapshotNotFound {
                     volume: from.to_string(),
                     name: snapshot.to_string(),
                     path: file,
                 })
             }
-            Err(e) => return Err(DaemonError::io("look at the snapshot", &file)(e)),
+            Err(e) => return Err(PlaneError::io("look at the snapshot", &file)(e)),
         };
         let bs = source.record.block_size;
         let size = size_bytes.unwrap_or(snap_len);
         if size < snap_len {
-            return Err(DaemonError::TooSmall {
+            return Err(PlaneError::TooSmall {
                 snapshot: snapshot.to_string(),
                 size: snap_len,
                 requested: size,
             });
         }
         if !size.is_multiple_of(bs) {
-            return Err(DaemonError::NotWholeBlocks {
+            return Err(PlaneError::NotWholeBlocks {
                 requested: size,
                 block_size: bs,
             });
@@ -107,7 +107,7 @@ impl Volumes {
         let arc = self.slot(id.as_str());
         let mut slot = lock(&arc);
         if slot.spec.is_some() || slot.unreadable {
-            return Err(DaemonError::AlreadyExists {
+            return Err(PlaneError::AlreadyExists {
                 volume: id.to_string(),
                 existing: slot
                     .spec
@@ -117,7 +117,7 @@ impl Volumes {
         }
         let mut primary = self.new_store(id, shape, shape.size_bytes)?;
         let copied = copy_into(&file, snap_len, &mut primary)
-            .map_err(DaemonError::io("copy into the new volume the snapshot", &file))?;
+            .map_err(PlaneError::io("copy into the new volume the snapshot", &file))?;
         drop(primary);
         let spec = self.commit_record(id, shape, Some(format!("{from}/{snapshot}")), None)?;
         tracing::info!(volume = %id, from = %from, snapshot = %snapshot, bytes = copied, "volume restored from a snapshot");
@@ -130,7 +130,7 @@ impl Volumes {
     /// its size, so it grows online up to that), filled by `fill` through
     /// its engine before the record makes it exist. An id that exists is
     /// refused: the owner keeps its own catalog of what it made.
-    pub(crate) fn create_filled<E: From<DaemonError>>(
+    pub(crate) fn create_filled<E: From<PlaneError>>(
         &self,
         id: &Name,
         shape: Shape,
@@ -141,20 +141,20 @@ impl Volumes {
         let arc = self.slot(id.as_str());
         let mut slot = lock(&arc);
         if let Some(spec) = &slot.spec {
-            return Err(DaemonError::AlreadyExists {
+            return Err(PlaneError::AlreadyExists {
                 volume: id.to_string(),
                 existing: spec.shape_words(),
             }
             .into());
         }
         if slot.unreadable {
-            return Err(DaemonError::Unreadable(self.volume_dir(id.as_str())).into());
+            return Err(PlaneError::Unreadable(self.volume_dir(id.as_str())).into());
         }
         let reserve = reserve.max(shape.size_bytes).div_ceil(shape.block_size) * shape.block_size;
         let mut primary = self.new_store(id, shape, reserve)?;
         let filled = fill(&mut primary).and_then(|()| {
             primary.flush().map_err(|source| {
-                DaemonError::Engine {
+                PlaneError::Engine {
                     op: "flush the new volume",
                     volume: id.to_string(),
                     source,
@@ -196,12 +196,12 @@ impl Volumes {
         &self,
         members: &[(Name, Name)],
         delay: Option<(usize, Duration)>,
-    ) -> Result<Vec<PathBuf>, DaemonError> {
+    ) -> Result<Vec<PathBuf>, PlaneError> {
         let mut order: Vec<usize> = (0..members.len()).collect();
         order.sort_by(|a, b| members[*a].0.as_str().cmp(members[*b].0.as_str()));
         order.dedup_by(|a, b| members[*a].0 == members[*b].0);
         if order.len() != members.len() {
-            return Err(DaemonError::Request(api::RequestError::Duplicate("volume in one cut")));
+            return Err(PlaneError::Request(types::RequestError::Duplicate("volume in one cut")));
         }
         let arcs: Vec<Arc<Mutex<Slot>>> = order.iter().map(|i| self.slot(members[*i].0.as_str())).collect();
         let guards: Vec<MutexGuard<'_, Slot>> = arcs.iter().map(|a| lock(a)).collect();
@@ -217,10 +217,10 @@ impl Volumes {
             match &slot.attached {
                 Some(a) => {
                     let Some(b) = a.sized() else {
-                        return Err(DaemonError::NotServed(id.to_string()));
+                        return Err(PlaneError::NotServed(id.to_string()));
                     };
                     let targets = mounttable::mount_points_of(a.device())
-                        .map_err(DaemonError::io("find the mounts of", a.device()))?;
+                        .map_err(PlaneError::io("find the mounts of", a.device()))?;
                     // One freeze per device: it holds the whole superblock.
                     to_freeze.extend(targets.into_iter().take(1));
                     engines.push(CutEngine::Served(Arc::clone(b)));
@@ -234,7 +234,7 @@ impl Volumes {
         }
         let mut frozen = Vec::with_capacity(to_freeze.len());
         for path in &to_freeze {
-            frozen.push(FrozenFs::freeze(path).map_err(DaemonError::Freeze)?);
+            frozen.push(FrozenFs::freeze(path).map_err(PlaneError::Freeze)?);
         }
         let names: Vec<&Name> = members.iter().map(|(_, n)| n).collect();
         let cut = hold_and_cut(&engines, &names, 0, delay);
@@ -242,7 +242,7 @@ impl Volumes {
         for mut f in frozen {
             if let Err(e) = f.thaw() {
                 tracing::error!(path = %f.path().display(), error = %e, "thaw after the cut");
-                thawed = Err(DaemonError::Freeze(e));
+                thawed = Err(PlaneError::Freeze(e));
             }
         }
         drop(engines);
@@ -279,7 +279,7 @@ fn hold_and_cut(
     names: &[&Name],
     i: usize,
     delay: Option<(usize, Duration)>,
-) -> Result<(), DaemonError> {
+) -> Result<(), PlaneError> {
     let Some(engine) = engines.get(i) else {
         return Ok(());
     };
@@ -288,7 +288,7 @@ fn hold_and_cut(
             tracing::warn!(member = i, delay = ?d, "failpoint: delaying the cut");
             std::thread::sleep(d);
         }
-        p.snapshot(names[i].as_str()).map_err(|source| DaemonError::Engine {
+        p.snapshot(names[i].as_str()).map_err(|source| PlaneError::Engine {
             op: "cut the volume",
             volume: names[i].to_string(),
             source,

@@ -1,11 +1,11 @@
 //! What the CSI services need from the node that holds the volumes.
 //!
 //! [`NodeVolumes`] is the seam between the gRPC services and the data plane.
-//! A node plugin implements it with [`super::daemon_volumes::DaemonVolumes`],
+//! A node plugin implements it with `csi::daemon_volumes::DaemonVolumes`,
 //! which calls the data-plane daemon, where [`super::local::LocalVolumes`]
 //! keeps the node's CSI objects next to the volumes' I/O; a controller in
 //! split mode reaches a node's implementation through `node.proto`
-//! ([`super::remote`]).
+//! (`csi::remote`).
 //!
 //! # Shape
 //!
@@ -29,7 +29,7 @@
 //!   implementation costs one round trip per RPC.
 //! - **Placement is the implementation's.** An in-process implementation
 //!   holds the volumes of this plugin's node; a controller in split mode
-//!   holds those of several nodes ([`super::remote::Cluster`]) and says
+//!   holds those of several nodes (`csi::remote::Cluster`) and says
 //!   which through [`NodeVolumes::nodes`], [`NodeVolumes::volume_node`],
 //!   [`NodeVolumes::snapshot_node`] and [`NodeVolumes::capacity_of`], whose
 //!   defaults describe the one-node case.

@@ -140,7 +140,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::csi::volumes::Source;
+    use crate::node::volumes::Source;
 
     fn volume(id: &str) -> Volume {
         Volume {

@@ -4,16 +4,16 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{lock, Slot, Volumes};
-use crate::dataplane::daemon::attachment::{AttachedFile, Attachment};
-use crate::dataplane::daemon::error::{chain, DaemonError};
-use crate::dataplane::daemon::files;
 use crate::dataplane::SizedBackend;
+use crate::node::plane::attachment::{AttachedFile, Attachment};
+use crate::node::plane::error::{chain, PlaneError};
+use crate::node::plane::files;
 
 impl Volumes {
     /// Takes over every volume `attached.json` names (see
     /// [`Attachment::take_over`]) and rewrites it with what is attached now.
     /// Returns the volumes now served.
-    pub(in crate::dataplane::daemon) fn take_over(&self) -> Result<Vec<String>, DaemonError> {
+    pub(crate) fn take_over(&self) -> Result<Vec<String>, PlaneError> {
         let path = self.run.attached();
         let file = match files::read_json::<AttachedFile>(&path) {
             Ok(f) => f.unwrap_or_default(),
@@ -40,7 +40,7 @@ impl Volumes {
                 slot.attached = Some(a);
             }
         }
-        files::write_json(&path, &now).map_err(DaemonError::io("write the attached-volumes record", &path))?;
+        files::write_json(&path, &now).map_err(PlaneError::io("write the attached-volumes record", &path))?;
         *lock(&self.index) = now;
         Ok(served)
     }
@@ -49,7 +49,7 @@ impl Volumes {
     /// operation under way (and lets no other start), flushes every engine
     /// and holds its lock (so the process stops at a request boundary),
     /// leaves mounts, loop devices and the holder's fds in place, and exits.
-    pub(in crate::dataplane::daemon) fn hand_over(&self) -> ! {
+    pub(crate) fn hand_over(&self) -> ! {
         let slots: Vec<Arc<Mutex<Slot>>> = lock(&self.slots).values().cloned().collect();
         let mut guards: Vec<MutexGuard<'_, Slot>> = slots.iter().map(|s| lock(s)).collect();
         let attachments: Vec<Attachment> = guards.iter_mut().filter_map(|g| g.attached.take()).collect();

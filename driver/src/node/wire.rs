@@ -3,7 +3,7 @@
 //!
 //! `floe-csi` holds no volume: every [`NodeVolumes`](super::volumes::NodeVolumes) call it makes becomes
 //! one [`NodeCall`] on the daemon's local API (`{"op":"csi","call":…}`,
-//! see [`super::daemon_volumes`]), which the daemon carries out on its
+//! see `csi::daemon_volumes`), which the daemon carries out on its
 //! [`LocalVolumes`] ([`LocalVolumes::call`]) and answers with one
 //! [`NodeReply`]. Errors travel as the API's errors: their kind is the
 //! gRPC code the CSI services return, their message the whole chain.
@@ -16,7 +16,7 @@ use super::local::LocalVolumes;
 use super::volumes::{
     Attachment, Capacity, GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Source, Volume, VolumeSpec,
 };
-use crate::model::ObjectId;
+use crate::model::{Invalid, ObjectId};
 
 /// One [`NodeVolumes`](super::volumes::NodeVolumes) call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,9 +116,9 @@ pub enum NodeReply {
 impl NodeCall {
     /// Checks every id the call carries ([`ObjectId`]): the daemon is the
     /// node's one entry for these calls, local or from a remote controller.
-    pub fn check_ids(&self) -> Result<()> {
+    pub fn check_ids(&self) -> std::result::Result<(), Invalid> {
         let id = |field, v: &str| ObjectId::parse(field, v).map(drop);
-        let snapshot = |s: &SnapshotSpec| -> Result<()> {
+        let snapshot = |s: &SnapshotSpec| -> std::result::Result<(), Invalid> {
             id("snapshot.id", &s.id)?;
             id("snapshot.volume", &s.volume)?;
             Ok(())
@@ -237,7 +237,7 @@ mod tests {
                 },
             },
         ] {
-            let e = call.check_ids().expect_err("a path is no id");
+            let e = crate::node::error::Error::from(call.check_ids().expect_err("a path is no id"));
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{call:?}");
         }
         assert!(NodeCall::Attach { id: "pvc-1".into() }.check_ids().is_ok());

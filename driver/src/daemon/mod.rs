@@ -10,7 +10,7 @@
 //! ```
 //! Killing or restarting `floe-csi` touches no I/O and no bookkeeping: it
 //! only calls the local API, whose `csi` op carries the CSI layer's calls to
-//! [`crate::csi::local::LocalVolumes`], which this process runs over its own
+//! [`crate::node::local::LocalVolumes`], which this process runs over its own
 //! `Volumes` (a CSI volume is one of them, owned by `csi`).
 //! `serve` hands every `/dev/fuse` fd to the holder before the fd's
 //! first read ([`crate::dataplane::handover`]), so when `serve` dies, by
@@ -91,13 +91,8 @@
 //! re-staged.
 
 pub mod api;
-mod attachment;
 pub mod client;
-mod error;
-pub mod files;
-mod freeze;
 mod server;
-mod volumes;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -109,19 +104,21 @@ use rustix::fs::FlockOperation;
 
 pub(crate) use api::Status;
 pub use api::{Command, Reply, Request, Response};
-pub use attachment::{AttachedFile, AttachedRecord};
-pub use error::{chain, DaemonError};
-use files::RunPaths;
-use freeze::Freezer;
-pub use freeze::FrozenRecord;
 pub use server::ApiLimits;
-pub use volumes::VolumeRecord;
-pub(crate) use volumes::Volumes;
 
-use crate::csi::local::LocalVolumes;
 use crate::dataplane::fuse::FuseConfig;
 use crate::dataplane::handover::HolderLink;
 use crate::dataplane::{localsock, mounttable};
+use crate::node::error::Error as NodeError;
+use crate::node::local::LocalVolumes;
+pub use crate::node::plane::attachment::{AttachedFile, AttachedRecord};
+pub use crate::node::plane::error::{chain, PlaneError};
+pub use crate::node::plane::files;
+use crate::node::plane::files::RunPaths;
+pub use crate::node::plane::freeze::FrozenRecord;
+use crate::node::plane::freeze::{self, Freezer};
+pub use crate::node::plane::volumes::VolumeRecord;
+use crate::node::plane::volumes::Volumes;
 
 /// How `serve` is set up.
 #[derive(Debug, Clone)]
@@ -192,7 +189,7 @@ impl Daemon {
     /// Starts serving: waits for a predecessor to exit, takes its volumes
     /// over, thaws leftovers, starts the watchdog. The API starts with
     /// [`Daemon::serve_api`].
-    pub fn start(cfg: &ServeConfig) -> Result<Arc<Self>, DaemonError> {
+    pub fn start(cfg: &ServeConfig) -> Result<Arc<Self>, NodeError> {
         let run = RunPaths::new(&cfg.run_dir);
         for dir in [
             run.dir.clone(),
@@ -200,7 +197,7 @@ impl Daemon {
             run.frozen(),
             cfg.data_dir.clone(),
         ] {
-            localsock::private_dir(&dir).map_err(DaemonError::io("create (mode 0700)", &dir))?;
+            localsock::private_dir(&dir).map_err(PlaneError::io("create (mode 0700)", &dir))?;
         }
         let lock = take_lock(&run)?;
         let volumes = Arc::new(Volumes::load(&cfg.data_dir, &run, cfg.fuse.clone())?);
@@ -208,10 +205,7 @@ impl Daemon {
         if !took_over.is_empty() {
             tracing::info!(volumes = ?took_over, "took over from the previous data plane");
         }
-        let csi = LocalVolumes::open(&cfg.data_dir, Arc::clone(&volumes)).map_err(|e| DaemonError::Csi {
-            kind: api::ErrorKind::Internal,
-            message: format!("open the CSI catalog: {}", crate::csi::error::chain(&e)),
-        })?;
+        let csi = LocalVolumes::open(&cfg.data_dir, Arc::clone(&volumes))?;
         let thawed = freeze::thaw_leftovers(&run.frozen());
         if !thawed.is_empty() {
             tracing::warn!(paths = ?thawed, "thawed file systems left frozen");
@@ -231,22 +225,22 @@ impl Daemon {
         std::thread::Builder::new()
             .name("floe-watchdog".into())
             .spawn(move || d.freezer.watchdog())
-            .map_err(DaemonError::io("start the freeze watchdog", "thread"))?;
+            .map_err(PlaneError::io("start the freeze watchdog", "thread"))?;
         let d = Arc::clone(&daemon);
         std::thread::Builder::new()
             .name("floe-holder-watch".into())
             .spawn(move || d.watch_holder())
-            .map_err(DaemonError::io("start the holder watch", "thread"))?;
+            .map_err(PlaneError::io("start the holder watch", "thread"))?;
         Ok(daemon)
     }
 
     /// Binds `<run-dir>/dataplane.sock` and answers requests from a thread.
-    pub fn serve_api(self: &Arc<Self>) -> Result<(), DaemonError> {
-        server::listen(Arc::clone(self), &self.run.api_socket(), self.api)
+    pub fn serve_api(self: &Arc<Self>) -> Result<(), NodeError> {
+        Ok(server::listen(Arc::clone(self), &self.run.api_socket(), self.api)?)
     }
 
     /// Carries out one request.
-    pub fn handle(&self, cmd: Command) -> Result<Reply, DaemonError> {
+    pub fn handle(&self, cmd: Command) -> Result<Reply, NodeError> {
         Ok(match cmd {
             Command::Create { volume, shape } => Reply::Volume(self.volumes.create(&volume, shape)?),
             Command::Delete(volume) => {
@@ -282,17 +276,14 @@ impl Daemon {
                 self.volumes
                     .restore(&volume, &from_volume, &snapshot, size_bytes, mode)?,
             ),
-            Command::Csi(call) => Reply::Csi(self.csi.call(call).map_err(|e| DaemonError::Csi {
-                kind: api::ErrorKind::of_code(e.code()),
-                message: crate::csi::error::chain(&e),
-            })?),
+            Command::Csi(call) => Reply::Csi(self.csi.call(call)?),
         })
     }
 
     /// Refuses a quiesce of anything but the file system of a volume this
     /// data plane has attached (a foreign mount, `/`).
-    fn check_floe_mount(&self, path: &std::path::Path) -> Result<(), DaemonError> {
-        let table = mounttable::table().map_err(DaemonError::io("read the mount table", "/proc/self/mountinfo"))?;
+    fn check_floe_mount(&self, path: &std::path::Path) -> Result<(), PlaneError> {
+        let table = mounttable::table().map_err(PlaneError::io("read the mount table", "/proc/self/mountinfo"))?;
         let devices: Vec<(u32, u32)> = self
             .volumes
             .list()
@@ -306,12 +297,12 @@ impl Daemon {
     /// Parses and carries out one request line; logs failures.
     pub fn handle_line(&self, line: &str) -> Response {
         let result = Command::parse_line(line)
-            .map_err(DaemonError::from)
+            .map_err(|e| NodeError::from(PlaneError::from(e)))
             .and_then(|cmd| self.handle(cmd));
         match result {
             Ok(reply) => Response::Ok(reply),
             Err(e) => {
-                let wire = e.to_wire();
+                let wire = api::WireError::from(&e);
                 tracing::warn!(kind = ?wire.kind, error = %wire.message, "request failed");
                 Response::Error(wire)
             }
@@ -364,10 +355,10 @@ fn floe_mount(
     table: &[mounttable::MountEntry],
     path: &std::path::Path,
     devices: &[(u32, u32)],
-) -> Result<(), DaemonError> {
-    let m = mounttable::mount_at(table, path).ok_or_else(|| DaemonError::NotMounted(path.to_owned()))?;
+) -> Result<(), PlaneError> {
+    let m = mounttable::mount_at(table, path).ok_or_else(|| PlaneError::NotMounted(path.to_owned()))?;
     if m.mount_point != path || !devices.contains(&(m.major, m.minor)) {
-        return Err(DaemonError::NotAFloeVolume {
+        return Err(PlaneError::NotAFloeVolume {
             path: path.to_owned(),
             what: format!("{} from {} at {}", m.fs_type, m.source, m.mount_point.display()),
         });
@@ -380,14 +371,14 @@ fn holder_reachable(run: &RunPaths) -> bool {
 }
 
 /// `flock` on `serve.lock`, waiting for a predecessor still exiting.
-fn take_lock(run: &RunPaths) -> Result<File, DaemonError> {
+fn take_lock(run: &RunPaths) -> Result<File, PlaneError> {
     let path = run.lock();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(DaemonError::io("open the serve lock", &path))?;
+        .map_err(PlaneError::io("open the serve lock", &path))?;
     match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
@@ -397,15 +388,15 @@ fn take_lock(run: &RunPaths) -> Result<File, DaemonError> {
                 match rustix::fs::flock(&file, FlockOperation::LockExclusive) {
                     Ok(()) => break,
                     Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(DaemonError::io("lock", &path)(e.into())),
+                    Err(e) => return Err(PlaneError::io("lock", &path)(e.into())),
                 }
             }
         }
-        Err(e) => return Err(DaemonError::io("lock", &path)(e.into())),
+        Err(e) => return Err(PlaneError::io("lock", &path)(e.into())),
     }
-    file.set_len(0).map_err(DaemonError::io("truncate", &path))?;
+    file.set_len(0).map_err(PlaneError::io("truncate", &path))?;
     std::io::Write::write_all(&mut &file, format!("{}\n", std::process::id()).as_bytes())
-        .map_err(DaemonError::io("write", &path))?;
+        .map_err(PlaneError::io("write", &path))?;
     Ok(file)
 }
 
@@ -426,11 +417,11 @@ mod tests {
         assert!(floe_mount(&table, Path::new("/mnt/vol"), &floe).is_ok());
         for refused in ["/", "/mnt/foreign"] {
             let e = floe_mount(&table, Path::new(refused), &floe).expect_err(refused);
-            assert!(matches!(e, DaemonError::NotAFloeVolume { .. }), "{refused}: {e}");
+            assert!(matches!(e, PlaneError::NotAFloeVolume { .. }), "{refused}: {e}");
         }
         assert!(matches!(
             floe_mount(&table, Path::new("/nowhere"), &floe),
-            Err(DaemonError::NotMounted(_))
+            Err(PlaneError::NotMounted(_))
         ));
     }
 }

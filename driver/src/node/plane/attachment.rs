@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use floe_engine::{Mode, Primary, VolumeStore};
 use serde::{Deserialize, Serialize};
 
-use super::api::{AttachState, AttachmentInfo};
-use super::error::{chain, DaemonError};
+use super::error::{chain, PlaneError};
 use super::files::RunPaths;
+use super::types::{AttachState, AttachmentInfo};
 use crate::dataplane::cmd;
 use crate::dataplane::fuse::{abort_connection, FuseConfig, FuseServer};
 use crate::dataplane::handover::{self, HandoverError, HolderLink};
@@ -51,7 +51,7 @@ enum Kind {
 }
 
 /// An attached volume.
-pub(super) struct Attachment {
+pub(crate) struct Attachment {
     volume: String,
     backend: Option<Arc<SizedBackend>>,
     device: PathBuf,
@@ -61,14 +61,14 @@ pub(super) struct Attachment {
 }
 
 /// Opens a volume's store and reopens its engine (bumping the incarnation).
-pub(super) fn open_engine(data_dir: &Path, volume: &str, mode: Mode) -> Result<Primary<FileStore>, DaemonError> {
-    let store = FileStore::open(data_dir, volume).map_err(|source| DaemonError::Store {
+pub(crate) fn open_engine(data_dir: &Path, volume: &str, mode: Mode) -> Result<Primary<FileStore>, PlaneError> {
+    let store = FileStore::open(data_dir, volume).map_err(|source| PlaneError::Store {
         op: "open the store",
         volume: volume.to_owned(),
         source,
     })?;
     let geo = store.geometry();
-    Primary::open(store, geo, mode).map_err(|source| DaemonError::Engine {
+    Primary::open(store, geo, mode).map_err(|source| PlaneError::Engine {
         op: "reopen the engine",
         volume: volume.to_owned(),
         source,
@@ -79,16 +79,16 @@ impl Attachment {
     /// Attaches `volume`, shown as `size` bytes: its engine, a FUSE file
     /// whose every fd the holder gets before its first read, and a
     /// direct-I/O loop device on it.
-    pub(super) fn attach(
+    pub(crate) fn attach(
         volume: &str,
         mode: Mode,
         size: u64,
         data_dir: &Path,
         run: &RunPaths,
         config: &FuseConfig,
-    ) -> Result<Self, DaemonError> {
+    ) -> Result<Self, PlaneError> {
         let holder = run.holder_socket();
-        let link = HolderLink::connect(&holder, volume).map_err(|source| DaemonError::HolderUnavailable {
+        let link = HolderLink::connect(&holder, volume).map_err(|source| PlaneError::HolderUnavailable {
             path: holder.clone(),
             run_dir: run.dir.display().to_string(),
             source,
@@ -105,7 +105,7 @@ impl Attachment {
                 if let Err(e) = link.release() {
                     tracing::warn!(volume, error = %chain(&e), "release the holder's fds after a failed attach");
                 }
-                return Err(DaemonError::Attach {
+                return Err(PlaneError::Attach {
                     volume: volume.to_owned(),
                     source,
                 });
@@ -128,7 +128,7 @@ impl Attachment {
     /// nothing left after a reboot: what remains is torn down). A volume
     /// that cannot be served comes back [`AttachState::Broken`], with the
     /// reason.
-    pub(super) fn take_over(
+    pub(crate) fn take_over(
         volume: &str,
         mode: Mode,
         size: u64,
@@ -215,17 +215,17 @@ impl Attachment {
     }
 
     /// The volume id.
-    pub(super) fn volume(&self) -> &str {
+    pub(crate) fn volume(&self) -> &str {
         &self.volume
     }
 
     /// The loop device.
-    pub(super) fn device(&self) -> &Path {
+    pub(crate) fn device(&self) -> &Path {
         &self.device
     }
 
     /// What `attached.json` says about it.
-    pub(super) fn record(&self) -> AttachedRecord {
+    pub(crate) fn record(&self) -> AttachedRecord {
         AttachedRecord {
             fuse_dir: self.fuse_dir.clone(),
             device: Some(self.device.clone()),
@@ -233,40 +233,40 @@ impl Attachment {
     }
 
     /// The engine, when served.
-    pub(super) fn backend(&self) -> Option<&EngineBackend> {
+    pub(crate) fn backend(&self) -> Option<&EngineBackend> {
         self.backend.as_deref().map(SizedBackend::engine)
     }
 
     /// The sized engine, when served (kept alive past the attachment).
-    pub(super) fn sized(&self) -> Option<&Arc<SizedBackend>> {
+    pub(crate) fn sized(&self) -> Option<&Arc<SizedBackend>> {
         self.backend.as_ref()
     }
 
     /// Grows the device to `size` bytes (at most the store's geometry): the
     /// FUSE file first, then the loop device.
-    pub(super) fn grow(&self, size: u64) -> Result<(), DaemonError> {
+    pub(crate) fn grow(&self, size: u64) -> Result<(), PlaneError> {
         let volume = self.volume.clone();
         match &self.kind {
-            Kind::Serving(av) => av.grow(size).map_err(|source| DaemonError::Attach { volume, source }),
+            Kind::Serving(av) => av.grow(size).map_err(|source| PlaneError::Attach { volume, source }),
             Kind::Resumed(_) => {
                 let file = self.fuse_dir.join(crate::dataplane::fuse::ops::FILE_NAME);
                 std::fs::OpenOptions::new()
                     .write(true)
                     .open(&file)
                     .and_then(|f| f.set_len(size))
-                    .map_err(DaemonError::io("grow the FUSE file", &file))?;
-                loopdev::set_capacity_of(&self.device).map_err(|source| DaemonError::Loop {
+                    .map_err(PlaneError::io("grow the FUSE file", &file))?;
+                loopdev::set_capacity_of(&self.device).map_err(|source| PlaneError::Loop {
                     op: "grow the loop device",
                     volume,
                     source,
                 })
             }
-            Kind::Broken(_) => Err(DaemonError::NotServed(volume)),
+            Kind::Broken(_) => Err(PlaneError::NotServed(volume)),
         }
     }
 
     /// As the API shows it.
-    pub(super) fn info(&self) -> AttachmentInfo {
+    pub(crate) fn info(&self) -> AttachmentInfo {
         let (state, detail) = match &self.kind {
             Kind::Serving(_) => (AttachState::Serving, None),
             Kind::Resumed(_) => (AttachState::Resumed, None),
@@ -292,17 +292,17 @@ impl Attachment {
     /// let go, and flushes the engine. The caller checked that nothing is
     /// mounted on the device. On error the attachment stays as it is, and a
     /// retry resumes where this stopped.
-    pub(super) fn detach(&mut self) -> Result<(), DaemonError> {
+    pub(crate) fn detach(&mut self) -> Result<(), PlaneError> {
         let volume = self.volume.clone();
         match &mut self.kind {
-            Kind::Serving(av) => av.detach().map_err(|source| DaemonError::Attach { volume, source })?,
+            Kind::Serving(av) => av.detach().map_err(|source| PlaneError::Attach { volume, source })?,
             Kind::Resumed(fuse) => {
-                detach_loop(&self.device).map_err(|source| DaemonError::Loop {
+                detach_loop(&self.device).map_err(|source| PlaneError::Loop {
                     op: "detach the loop device",
                     volume: volume.clone(),
                     source,
                 })?;
-                fuse.unmount().map_err(|source| DaemonError::Fuse {
+                fuse.unmount().map_err(|source| PlaneError::Fuse {
                     op: "unmount the FUSE file",
                     volume,
                     source,
@@ -312,7 +312,7 @@ impl Attachment {
                 // Nobody serves the connection (or it is dead): end it so
                 // that nothing waits on it, then take everything down.
                 abort_connection(&self.fuse_dir);
-                detach_loop(&self.device).map_err(|source| DaemonError::Loop {
+                detach_loop(&self.device).map_err(|source| PlaneError::Loop {
                     op: "detach the loop device",
                     volume,
                     source,
@@ -339,7 +339,7 @@ impl Attachment {
 
     /// Leaves the FUSE mount, the loop device and the holder's copies as
     /// they are, for a successor: the process is about to exit.
-    pub(super) fn abandon(self) {
+    pub(crate) fn abandon(self) {
         match self.kind {
             // `AttachedVolume` has no abandon of its own: not running its
             // destructor leaves the loop device and the mount in place.
@@ -353,17 +353,17 @@ impl Attachment {
 /// Clears what an attach of `volume` that did not finish may have left: the
 /// holder's fds under its key, a loop device on its FUSE file, the FUSE
 /// mount. Refuses when a file system is mounted on such a loop device.
-fn clear_stale(volume: &str, fuse_dir: &Path, link: &HolderLink) -> Result<(), DaemonError> {
-    link.release().map_err(|source| DaemonError::Handover {
+fn clear_stale(volume: &str, fuse_dir: &Path, link: &HolderLink) -> Result<(), PlaneError> {
+    link.release().map_err(|source| PlaneError::Handover {
         op: "clear the holder's stale fds",
         volume: volume.to_owned(),
         source,
     })?;
     let file = fuse_dir.join(crate::dataplane::fuse::ops::FILE_NAME);
     for device in loopdev::devices_backed_by(&file) {
-        let targets = mounttable::mount_points_of(&device).map_err(DaemonError::io("find the mounts of", &device))?;
+        let targets = mounttable::mount_points_of(&device).map_err(PlaneError::io("find the mounts of", &device))?;
         if !targets.is_empty() {
-            return Err(DaemonError::StaleMounted {
+            return Err(PlaneError::StaleMounted {
                 volume: volume.to_owned(),
                 device,
                 targets,
@@ -371,7 +371,7 @@ fn clear_stale(volume: &str, fuse_dir: &Path, link: &HolderLink) -> Result<(), D
         }
         tracing::warn!(volume, device = %device.display(), "detaching a loop device left by an attach that did not finish");
         abort_connection(fuse_dir);
-        detach_loop(&device).map_err(|source| DaemonError::Loop {
+        detach_loop(&device).map_err(|source| PlaneError::Loop {
             op: "detach a stale loop device",
             volume: volume.to_owned(),
             source,

@@ -6,10 +6,10 @@
 //! <data_dir>/csi/snapshots/<id>.img   snapshot images, apart from their volume
 //! ```
 //!
-//! It runs inside `floe-dataplane serve` ([`crate::dataplane::daemon`]),
+//! It runs inside `floe-dataplane serve` ([`crate::daemon`]),
 //! next to the volumes it names, so that the processes kubelet talks to
 //! (`floe-csi`) can die at any time without touching a volume's I/O; they
-//! reach it through the daemon's local API ([`super::daemon_volumes`]).
+//! reach it through the daemon's local API (`csi::daemon_volumes`).
 //! The daemon's volumes (`Volumes`) do the physical work: stores,
 //! engines, attach and detach with the fd holder (so a restart of the
 //! daemon costs no I/O error either), growth within a store's reserve, and
@@ -35,10 +35,10 @@ use super::catalog::{Catalog, CatalogFile, State, VolumeRecord};
 use super::error::{Error, Result};
 use super::mounts;
 use super::volumes::{Attachment, Capacity, Source, Volume, VolumeSpec};
-use crate::dataplane::daemon::api::{AttachState, Name, Shape};
-use crate::dataplane::daemon::Volumes;
 use crate::dataplane::sized::{copy_into, reserve_for};
 use crate::model::ObjectId;
+use crate::node::plane::types::{AttachState, Name, Shape};
+use crate::node::plane::volumes::Volumes;
 
 /// Who the data plane's volumes of the CSI catalog belong to.
 pub const OWNER: &str = "csi";
@@ -213,7 +213,7 @@ impl Inner {
             }
             tracing::info!(store = %rec.volume, "remove a store no CSI volume owns");
             if let Err(e) = self.plane.delete(&name) {
-                tracing::warn!(store = %rec.volume, error = %crate::dataplane::daemon::chain(&e), "keep a store no CSI volume owns");
+                tracing::warn!(store = %rec.volume, error = %crate::node::plane::error::chain(&e), "keep a store no CSI volume owns");
             }
         }
         let snaps: HashSet<String> = self.read(|c| c.snapshots.keys().map(|id| format!("{id}.img")).collect());
@@ -248,7 +248,7 @@ impl Inner {
     /// the first `len` bytes of the image `from`.
     fn new_store(&self, name: &str, v: &Volume, reserve: u64, from: Option<(&Path, u64)>) -> Result<()> {
         let name = Name::volume(name.to_owned()).map_err(|e| Error::Internal(format!("store name: {e}")))?;
-        let shape = Shape::parse(v.size_bytes, Some(v.params.block_size), Some(v.params.mode.name()))
+        let shape = Shape::new(v.size_bytes, v.params.block_size, v.params.mode)
             .map_err(|e| Error::Internal(format!("volume shape: {e}")))?;
         self.plane
             .create_filled(&name, shape, reserve, OWNER, |primary| match from {
@@ -371,7 +371,7 @@ impl Inner {
         let name = store(&r)?;
         match self.plane.delete(&name) {
             Ok(()) => {}
-            Err(e) if e.kind() == crate::dataplane::daemon::api::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == crate::node::plane::types::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
         tracing::info!(volume = %id, "volume deleted");
@@ -462,7 +462,7 @@ impl Inner {
             filled?;
             self.write(|c| c.volumes.insert(id.to_owned(), next.clone()))?;
             if let Err(e) = self.plane.delete(&name) {
-                tracing::warn!(store = %name, error = %crate::dataplane::daemon::chain(&e), "remove the outgrown store (the next start retries)");
+                tracing::warn!(store = %name, error = %crate::node::plane::error::chain(&e), "remove the outgrown store (the next start retries)");
             }
             tracing::info!(volume = %id, size, store = %next.store, "volume grown by copying it into a larger store");
             return Ok(self.volume_of(&next));
