@@ -54,5 +54,5 @@ pub use error::{ConfigError, EngineError, StoreError};
 pub use frame::{FromCoordinator, MemberIndex, Payload, Reply, ShippedBlock, ToCoordinator, ToPrimary, ToReplica};
 pub use primary::{AbortOutcome, ClosingState, Primary, PrimaryEvent, PrimaryStats, SnapshotMark};
 pub use replica::{Replica, ReplicaStats};
-pub use store::{Role, StagedRecord, VolumeMeta, VolumeStore};
+pub use store::{HeldVersion, Role, StagedRecord, VolumeMeta, VolumeStore};
 pub use types::{BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq};
