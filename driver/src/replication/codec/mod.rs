@@ -11,7 +11,8 @@
 //! # Limits
 //!
 //! No wire frame grows with the volume. Lists that can (seal manifests,
-//! failback candidates, hash requests and replies) travel as parts of at
+//! failback candidates, the resume point's held versions, hash requests and
+//! replies) travel as parts of at
 //! most [`MAX_PART_BYTES`], every part but the last flagged `more`; a batch
 //! of blocks carries at most [`MAX_BATCH_DATA`] bytes of data (or one block,
 //! if blocks are larger) and [`MAX_BATCH_BLOCKS`] block versions, zero
