@@ -12,9 +12,8 @@
 //!
 //! No wire frame grows with the volume. Lists that can (seal manifests,
 //! failback candidates, the resume point's held versions, hash requests and
-//! replies) travel as parts of at
-//! most [`MAX_PART_BYTES`], every part but the last flagged `more`; a batch
-//! of blocks carries at most [`MAX_BATCH_DATA`] bytes of data (or one block,
+//! replies) travel as parts of at most [`MAX_PART_BYTES`], every part but
+//! the last flagged `more`; a batch of blocks carries at most [`MAX_BATCH_DATA`] bytes of data (or one block,
 //! if blocks are larger) and [`MAX_BATCH_BLOCKS`] block versions, zero
 //! ranges counted block by block. [`MAX_FRAME_BYTES`] bounds any encoded
 //! frame; the transport gives it to tonic as its message limit.
