@@ -875,12 +875,16 @@ impl World {
     /// epoch still open at the DR that the DR's store does not hold durably
     /// (by a completed sync) may go once more; the rest may not, beyond one
     /// batch. The DR's store decides, not the replica's claim.
-    fn on_reconnect_welcome(&mut self, m: usize, committed: u64, staged: Option<u64>) {
+    fn on_reconnect_welcome(&mut self, m: usize, committed: u64, staged: Option<u64>, named: &[(u64, u64, SendSeq)]) {
         let dr = self.dr();
         let store = match &self.sites[dr][m] {
             Vol::Replica(r) => Some(r.store()),
             _ => None,
         };
+        // Only the primary's closing and open epochs can ship again: at most
+        // the two newest it shipped in.
+        let top = self.sent[m].keys().map(|k| k.0).max().unwrap_or(0);
+        self.sent[m].retain(|k, _| k.0 + 1 >= top);
         let mut outstanding = BTreeMap::new();
         let mut missing = 0;
         for (&(e, b), sent) in &self.sent[m] {
@@ -888,9 +892,13 @@ impl World {
                 continue;
             }
             // What the replica can know it holds: synced since it last
-            // restarted (older syncs count only if its record names them,
-            // and then it does not matter whether this counts them).
-            let held = !sent.ambiguous() && store.is_some_and(|s| s.holds_synced_since_crash(e, b, &sent.bytes));
+            // restarted, or synced before and named by its record (which
+            // `check_resume_point` verified against the store).
+            let named = named.binary_search(&(e, b, sent.seq)).is_ok();
+            let held = !sent.ambiguous()
+                && store.is_some_and(|s| {
+                    s.holds_synced_since_crash(e, b, &sent.bytes) || named && s.holds_synced(e, b, &sent.bytes)
+                });
             if !held {
                 missing += 1;
                 self.allowed[m][b as usize] += 1;
@@ -1097,9 +1105,10 @@ impl World {
                 committed_group,
                 committed,
                 staged,
+                held,
                 ..
-            } => (*committed_group, (*committed, staged.map(|s| s.0))),
-            _ => (0, (0, None)),
+            } => (*committed_group, (*committed, staged.map(|s| s.0), held.clone())),
+            _ => (0, (0, None, Vec::new())),
         };
         let is_hashes = matches!(f.reply, Reply::ResyncHashes { .. });
 
@@ -1112,7 +1121,7 @@ impl World {
         }
         let now_connected = self.primary(m).is_some_and(|p| p.is_connected());
         if is_welcome && !was_connected && now_connected {
-            self.on_reconnect_welcome(m, resume_from.0, resume_from.1);
+            self.on_reconnect_welcome(m, resume_from.0, resume_from.1, &resume_from.2);
             if let Some(fb) = &mut self.failback {
                 // Writes of an epoch the replica records as committed are in
                 // its image, or (a fold it refused) among its own candidates.
