@@ -231,13 +231,13 @@ fn a_record_from_a_newer_format_is_refused() {
     let path = dir.path().join("volumes/v/meta");
     let mut bytes = std::fs::read(&path).expect("read");
     let len = u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes")) as usize;
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     let crc = crc32c::crc32c(&bytes[..32 + len]);
     bytes[32 + len..36 + len].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&path, bytes).expect("write");
     let s = FileStore::open(dir.path(), "v").expect("open");
     let e = s.get_meta().expect_err("unknown version");
-    assert!(chain(&e).contains("version 2"), "{}", chain(&e));
+    assert!(chain(&e).contains("version 3"), "{}", chain(&e));
 }
 
 #[test]

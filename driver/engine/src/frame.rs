@@ -3,6 +3,7 @@
 //! The driver maps these onto `replication.proto`; the model tests pass them
 //! through a simulated network that loses, duplicates and reorders them.
 
+use crate::store::HeldVersion;
 use crate::types::{BlockHash, BlockIndex, GroupEpoch, LocalEpoch, ManifestEntry, RoleGeneration, SendSeq};
 
 /// Position of a volume in its replication group (the group spec orders its members).
@@ -125,6 +126,11 @@ pub enum Reply {
         staged: Option<(LocalEpoch, GroupEpoch)>,
         /// Failback: the replica's own candidate blocks, until its first fold.
         resync_candidates: Option<Vec<BlockIndex>>,
+        /// The resume point: every block version of an unsealed epoch of
+        /// this primary incarnation that the replica holds durably staged,
+        /// with its exact send sequence, ascending. The primary re-sends
+        /// only the versions it shipped that are not listed.
+        held: Vec<HeldVersion>,
     },
     /// `local` is durably staged and verified against its manifest.
     StagedAck {

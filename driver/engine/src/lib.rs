@@ -28,8 +28,11 @@
 //! - **I2** a flushed write survives a crash of the primary;
 //! - **I3** steady state ships no more block versions than were written
 //!   (interval: at most one per block per epoch);
-//! - **I4** reconnects and restarts resume from what the DR holds durably;
-//!   a restarted primary re-sends only its write-intent regions;
+//! - **I4** reconnects and restarts resume from what the DR holds durably:
+//!   after a reconnect or a DR restart the primary re-sends at most the
+//!   block versions the DR's resume point does not name (the model allows
+//!   one batch more); a restarted primary re-sends only its write-intent
+//!   regions;
 //! - **I5** promote yields the newest group-committed image; failback ships
 //!   only candidate blocks whose hashes differ, as a staged epoch.
 //!
@@ -54,5 +57,5 @@ pub use error::{ConfigError, EngineError, StoreError};
 pub use frame::{FromCoordinator, MemberIndex, Payload, Reply, ShippedBlock, ToCoordinator, ToPrimary, ToReplica};
 pub use primary::{AbortOutcome, ClosingState, Primary, PrimaryEvent, PrimaryStats, SnapshotMark};
 pub use replica::{Replica, ReplicaStats};
-pub use store::{Role, StagedRecord, VolumeMeta, VolumeStore};
+pub use store::{HeldVersion, Role, StagedRecord, VolumeMeta, VolumeStore};
 pub use types::{BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq};

@@ -14,7 +14,7 @@
 //! durability rules of `docs/protocol.md` require it, and nowhere else.
 
 use crate::error::StoreError;
-use crate::types::{BlockIndex, GroupEpoch, LocalEpoch, ManifestEntry, RoleGeneration};
+use crate::types::{BlockIndex, GroupEpoch, LocalEpoch, ManifestEntry, RoleGeneration, SendSeq};
 
 /// Storage of one volume, whatever its role.
 pub trait VolumeStore {
@@ -112,7 +112,16 @@ pub struct VolumeMeta {
     /// Replica: blocks of a failback still to be compared (the old primary's
     /// write-intent blocks), until the first fold from the new primary.
     pub resync_candidates: Option<Vec<BlockIndex>>,
+    /// Replica: the resume point. Block versions of unsealed epochs of
+    /// `peer_incarnation` whose staged bytes were synced before this record
+    /// was written, as (local epoch, block, send sequence), ascending; at
+    /// most the two newest unsealed epochs.
+    pub resume: Vec<HeldVersion>,
 }
+
+/// A block version a replica holds durably staged: (local epoch, block,
+/// exact send sequence).
+pub type HeldVersion = (LocalEpoch, BlockIndex, SendSeq);
 
 impl VolumeMeta {
     /// Metadata of a freshly created volume.
@@ -128,6 +137,7 @@ impl VolumeMeta {
             staged: None,
             peer_incarnation: 0,
             resync_candidates: None,
+            resume: Vec::new(),
         }
     }
 }

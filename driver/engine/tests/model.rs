@@ -75,6 +75,10 @@ fn run_mode(mode: Mode) {
         n < 100 || (total.cuts_in_calls > 0 && total.ghosts_replayed > 0 && total.failback_coverage_checks > 0),
         "a fault class was never exercised: {total:?}"
     );
+    assert!(
+        n < 100 || (total.resume_held > 0 && total.resume_missing > 0),
+        "no reconnect found the DR holding part of what was sent and missing part: {total:?}"
+    );
 }
 
 /// Schedules that once failed, each replayed in every run under what it found.

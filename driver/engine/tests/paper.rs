@@ -464,3 +464,95 @@ fn a_late_seal_of_a_dropped_epoch_never_displaces_the_next_epochs_seal() {
     );
     assert_eq!((g.dr_block(0, 0), g.dr_block(1, 0)), (block(b'C'), block(b'Y')));
 }
+
+/// The block indexes of every `Blocks` frame in `frames`, in order.
+fn shipped_blocks(frames: &[ToReplica]) -> Vec<u64> {
+    frames
+        .iter()
+        .flat_map(|f| match f {
+            ToReplica::Blocks { blocks, .. } => blocks.iter().map(|sb| sb.index).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn i4_a_cut_mid_epoch_resends_only_what_the_dr_did_not_receive() {
+    let mut g = Group::new(1, Mode::Continuous);
+    for b in 0..8 {
+        g.p[0].write(b * BS as u64, &block(b'a' + b as u8)).expect("write");
+    }
+    g.freeze(1);
+    let mut frames = Vec::new();
+    while let Some(f) = g.p[0].poll_send(2).expect("send") {
+        frames.push(f);
+    }
+    // Blocks 0..4 arrive; the cut loses the rest and the seal.
+    for f in frames.drain(..2) {
+        g.deliver(0, f);
+    }
+    g.p[0].disconnect();
+    let hello = g.p[0].connect();
+    g.deliver(0, hello);
+    g.send_all(0);
+    assert_eq!(shipped_blocks(&g.wire[0]), vec![4, 5, 6, 7]);
+    g.sync(0);
+    assert_eq!(g.p[0].closing(), None, "the epoch committed");
+    for b in 0..8 {
+        assert_eq!(g.dr_block(0, b), block(b'a' + b as u8));
+    }
+}
+
+#[test]
+fn i4_a_dr_restart_keeps_what_a_checkpoint_made_durable() {
+    let mut g = Group::new(1, Mode::Continuous);
+    for b in 0..8 {
+        g.p[0].write(b * BS as u64, &block(b'a' + b as u8)).expect("write");
+    }
+    g.freeze(1);
+    let mut frames = Vec::new();
+    while let Some(f) = g.p[0].poll_send(2).expect("send") {
+        frames.push(f);
+    }
+    let mut frames = frames.into_iter();
+    for f in frames.by_ref().take(2) {
+        g.deliver(0, f);
+    }
+    g.r[0].checkpoint().expect("checkpoint");
+    // Blocks 4 and 5 arrive but are never synced: the power goes.
+    let unsynced = frames.next().expect("a third batch");
+    g.deliver(0, unsynced);
+    let store = g.r.remove(0).into_store().durable_copy();
+    g.r.insert(0, Replica::open(store, geo(), 0).expect("reopen"));
+    g.settle_dr();
+    g.p[0].disconnect();
+    let hello = g.p[0].connect();
+    g.deliver(0, hello);
+    g.send_all(0);
+    assert_eq!(shipped_blocks(&g.wire[0]), vec![4, 5, 6, 7]);
+    g.sync(0);
+    for b in 0..8 {
+        assert_eq!(g.dr_block(0, b), block(b'a' + b as u8));
+    }
+}
+
+#[test]
+fn i4_the_replica_checkpoints_on_its_own_every_64_mib() {
+    const MIB: usize = 1 << 20;
+    let geo = Geometry::new(MIB, 80, 8).expect("geometry");
+    let mut p = Primary::create(SimStore::new(MIB), geo, Mode::Continuous, GEN1).expect("primary");
+    let mut r = Replica::create(SimStore::new(MIB), geo, 0, GEN1).expect("replica");
+    r.on_frame(p.connect()).expect("hello");
+    for f in r.take_to_primary() {
+        p.on_frame(f).expect("welcome");
+    }
+    let after_hello = r.stats().checkpoints;
+    for b in 0..70u64 {
+        p.write(b * MIB as u64, &vec![1 + b as u8; MIB]).expect("write");
+        while let Some(f) = p.poll_send(1).expect("send") {
+            r.on_frame(f).expect("blocks");
+        }
+        let expected = after_hello + (b + 1) / 64;
+        assert_eq!(r.stats().checkpoints, expected, "after {} MiB", b + 1);
+    }
+}

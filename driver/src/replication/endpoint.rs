@@ -51,6 +51,9 @@ pub trait ReplicaEnd: Send + Sync + 'static {
     fn on_decision(&self, msg: FromCoordinator) -> Result<(), EngineError>;
     /// Poked (`notify_one`) when a decision made replies to send.
     fn replies(&self) -> &Notify;
+    /// Makes what the replica received durable as its resume point (the
+    /// receiver calls it every [`super::receiver::CHECKPOINT_EVERY`]).
+    fn checkpoint(&self) -> Result<(), EngineError>;
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,6 +173,9 @@ impl<S: VolumeStore + Send + 'static> ReplicaEnd for HostedReplica<S> {
     }
     fn replies(&self) -> &Notify {
         &self.replies
+    }
+    fn checkpoint(&self) -> Result<(), EngineError> {
+        lock(&self.engine).checkpoint()
     }
 }
 

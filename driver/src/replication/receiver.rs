@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use floe_proto::replication::{self as pb, frame::Kind, replication_server::Replication};
 use tokio::sync::mpsc;
@@ -25,6 +26,11 @@ use super::link::{blocking, LinkError, LinkMetrics, LinkStats, Reason};
 
 /// Wire frames queued toward the primary.
 const REPLY_QUEUE: usize = 64;
+
+/// How often a receiving replica makes its stream durable (besides every
+/// 64 MiB, which the engine counts): the bound on what a reconnect or a
+/// restart re-sends beyond one batch.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// A volume the DR receives, with where its replica reports go.
 pub struct Paired {
@@ -163,6 +169,7 @@ impl Replication for Receivers {
                     let ended = tokio::select! {
                         r = pump(Arc::clone(&paired), inbound, tx.clone(), stats.clone()) => r,
                         r = forward_replies(Arc::clone(&paired), tx.clone(), stats.clone()) => r,
+                        r = checkpoints(Arc::clone(&paired)) => r,
                         () = token.cancelled() => Ok(()),
                     };
                     if let Err(e) = ended {
@@ -225,6 +232,19 @@ async fn pump(
             // The replica closed the session: the primary opens a new stream.
             return Err(LinkError::Closed);
         }
+    }
+}
+
+/// Makes the replica's received stream durable every [`CHECKPOINT_EVERY`]
+/// while the stream lives (a checkpoint with nothing new costs nothing).
+async fn checkpoints(paired: Arc<Paired>) -> Result<(), LinkError> {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let p = Arc::clone(&paired);
+        blocking(move || p.end.checkpoint().map_err(LinkError::Engine)).await??;
     }
 }
 

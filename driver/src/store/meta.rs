@@ -1,4 +1,5 @@
-//! The codec of [`VolumeMeta`], format version 1.
+//! The codec of [`VolumeMeta`], format version 2 (version 1 had no resume
+//! point).
 //!
 //! ```text
 //! role u8 (0 primary, 1 replica) | generation.counter u64 | generation.site u64
@@ -7,6 +8,7 @@
 //!     entry: index u64 | seq.generation u64 | seq.incarnation u64 | seq.counter u64 | hash [u8; 32]
 //! peer_incarnation u64
 //! resync_candidates: tag u8 [n u64 | n × block u64]
+//! resume: n u64 | n × (local u64 | block u64 | seq.generation u64 | seq.incarnation u64 | seq.counter u64)
 //! ```
 //! All integers little endian; the record around it carries the version and
 //! the checksum ([`super::record`]).
@@ -16,15 +18,17 @@ use floe_engine::{ManifestEntry, Role, RoleGeneration, SendSeq, StagedRecord, Vo
 use super::codec::{DecodeError, Reader, Writer};
 
 /// Format version of the encoding below.
-pub(crate) const META_VERSION: u32 = 1;
+pub(crate) const META_VERSION: u32 = 2;
 
 const ENTRY_BYTES: usize = 8 + 3 * 8 + 32;
-const FIXED_BYTES: u64 = 128;
+const HELD_BYTES: usize = 5 * 8;
+const FIXED_BYTES: u64 = 136;
 
 /// The largest encoding of a record for a volume of `blocks` blocks: a
-/// manifest and a candidate list name each block at most once.
+/// manifest and a candidate list name each block at most once, the resume
+/// point each block at most once in each of two epochs.
 pub(crate) fn max_encoded_len(blocks: u64) -> u64 {
-    FIXED_BYTES + blocks.saturating_mul(ENTRY_BYTES as u64 + 8)
+    FIXED_BYTES + blocks.saturating_mul(ENTRY_BYTES as u64 + 8 + 2 * HELD_BYTES as u64)
 }
 
 pub(crate) fn encode(m: &VolumeMeta) -> Vec<u8> {
@@ -66,6 +70,14 @@ pub(crate) fn encode(m: &VolumeMeta) -> Vec<u8> {
                 w.u64(b);
             }
         }
+    }
+    w.count(m.resume.len());
+    for &(local, b, seq) in &m.resume {
+        w.u64(local)
+            .u64(b)
+            .u64(seq.generation)
+            .u64(seq.incarnation)
+            .u64(seq.counter);
     }
     w.finish()
 }
@@ -118,6 +130,19 @@ pub(crate) fn decode(payload: &[u8]) -> Result<VolumeMeta, DecodeError> {
     } else {
         None
     };
+    let n = r.count("resume point", HELD_BYTES)?;
+    let mut resume = Vec::with_capacity(n);
+    for _ in 0..n {
+        resume.push((
+            r.u64()?,
+            r.u64()?,
+            SendSeq {
+                generation: r.u64()?,
+                incarnation: r.u64()?,
+                counter: r.u64()?,
+            },
+        ));
+    }
     r.finish()?;
     Ok(VolumeMeta {
         role,
@@ -130,6 +155,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<VolumeMeta, DecodeError> {
         staged,
         peer_incarnation,
         resync_candidates,
+        resume,
     })
 }
 
@@ -163,6 +189,12 @@ mod tests {
                 .collect(),
         });
         m.resync_candidates = Some((0..blocks).map(|b| u64::MAX - b).collect());
+        let seq = SendSeq {
+            generation: u64::MAX,
+            incarnation: u64::MAX,
+            counter: u64::MAX,
+        };
+        m.resume = (0..2 * blocks).map(|i| (u64::MAX - i % 2, i / 2, seq)).collect();
         m
     }
 
@@ -209,8 +241,9 @@ mod tests {
             any::<[u64; 9]>(),
             staged,
             proptest::option::of(proptest::collection::vec(any::<u64>(), 0..8)),
+            proptest::collection::vec(any::<[u64; 5]>(), 0..8),
         )
-            .prop_map(|(primary, n, staged, resync_candidates)| VolumeMeta {
+            .prop_map(|(primary, n, staged, resync_candidates, resume)| VolumeMeta {
                 role: if primary { Role::Primary } else { Role::Replica },
                 generation: RoleGeneration {
                     counter: n[0],
@@ -224,6 +257,17 @@ mod tests {
                 staged,
                 peer_incarnation: n[7],
                 resync_candidates,
+                resume: resume
+                    .into_iter()
+                    .map(|v| {
+                        let seq = SendSeq {
+                            generation: v[2],
+                            incarnation: v[3],
+                            counter: v[4],
+                        };
+                        (v[0], v[1], seq)
+                    })
+                    .collect(),
             })
     }
 

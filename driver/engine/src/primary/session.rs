@@ -2,14 +2,14 @@
 //! (`on_frame`), fencing, and resume from what the replica holds durably when
 //! its `Welcome` arrives.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-use crate::bitmap::Bitmap;
 use crate::error::EngineError;
 use crate::frame::{Reply, ToPrimary, ToReplica};
-use crate::store::VolumeStore;
-use crate::types::{BlockIndex, GroupEpoch, LocalEpoch, RoleGeneration};
+use crate::store::{HeldVersion, VolumeStore};
+use crate::types::{BlockIndex, GroupEpoch, LocalEpoch, RoleGeneration, SendSeq};
 
+use super::epoch::Shipped;
 use super::{ClosingState, Primary, PrimaryEvent};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,10 +97,11 @@ impl<S: VolumeStore> Primary<S> {
                 committed_group,
                 staged,
                 resync_candidates,
+                held,
                 ..
             } => {
                 if for_incarnation == self.meta.incarnation && for_session == self.session.number {
-                    self.on_welcome((committed, committed_group), staged, resync_candidates)?
+                    self.on_welcome((committed, committed_group), staged, resync_candidates, &held)?
                 }
             }
             Reply::StagedAck { local } => self.on_staged(local)?,
@@ -123,16 +124,21 @@ impl<S: VolumeStore> Primary<S> {
         (committed, committed_group): (LocalEpoch, GroupEpoch),
         staged: Option<(LocalEpoch, GroupEpoch)>,
         candidates: Option<Vec<BlockIndex>>,
+        held: &[HeldVersion],
     ) -> Result<(), EngineError> {
         if self.session.link != Link::AwaitingWelcome {
             return Ok(());
         }
         self.session.link = Link::Up;
-        // Resume from what the replica holds durably: the open epoch's
-        // shipments were not, so they go again.
-        self.open.dirty.union_with(&self.open.shipped_blocks);
-        self.open.shipped_blocks.clear();
-        self.open.shipped.clear();
+        // Resume from what the replica holds durably: of the open epoch's
+        // shipments, those it does not hold at exactly their sequence go again.
+        let me = (self.meta.generation.counter, self.meta.incarnation);
+        let lost = not_held(me, self.open.local, &self.open.shipped, held);
+        for b in lost {
+            self.open.shipped.remove(&b);
+            self.open.shipped_blocks.set(b, false);
+            self.open.dirty.set(b, true);
+        }
         if committed > self.progress.committed {
             self.on_consistent(committed, committed_group)?;
         }
@@ -144,11 +150,19 @@ impl<S: VolumeStore> Primary<S> {
                     // Staged once, neither staged nor committed now: the group dropped it.
                     self.abort_closing()?;
                 } else {
-                    // Every member ships again: `sent` joins `pending`.
-                    let mut sent = Bitmap::new(c.sent.len());
-                    c.sent.take_into(&mut sent);
-                    c.pending.union_with(&sent);
-                    c.shipped.clear();
+                    // Every member sent whose version the replica does not
+                    // hold durably ships again, and the seal after it.
+                    let lost = not_held(me, c.local, &c.shipped, held);
+                    for &b in &lost {
+                        c.shipped.remove(&b);
+                    }
+                    // Members sent but not shipped (failback found them
+                    // equal) are compared again.
+                    let again: Vec<BlockIndex> = c.sent.iter_ones().filter(|b| !c.shipped.contains_key(b)).collect();
+                    for b in again {
+                        c.sent.set(b, false);
+                        c.pending.set(b, true);
+                    }
                     c.state = ClosingState::Shipping;
                 }
             }
@@ -170,4 +184,36 @@ impl<S: VolumeStore> Primary<S> {
         }
         Ok(())
     }
+}
+
+/// Blocks of `shipped` (versions of `local` this primary shipped) whose
+/// exact version `held` (the replica's resume point) does not name.
+fn not_held(
+    (generation, incarnation): (u64, u64),
+    local: LocalEpoch,
+    shipped: &BTreeMap<BlockIndex, Shipped>,
+    held: &[HeldVersion],
+) -> Vec<BlockIndex> {
+    let start = held.partition_point(|v| v.0 < local);
+    let end = held.partition_point(|v| v.0 <= local);
+    let mine = &held[start..end];
+    shipped
+        .iter()
+        .filter(|(&b, s)| {
+            let seq = SendSeq {
+                generation,
+                incarnation,
+                counter: s.counter,
+            };
+            let pos = mine.partition_point(|v| v.1 < b);
+            let hit = mine.get(pos).filter(|v| v.1 == b);
+            if cfg!(feature = "bug-resume-trusts-block") {
+                // Any version of the block counts, not the one shipped last.
+                hit.is_none()
+            } else {
+                hit != Some(&(local, b, seq))
+            }
+        })
+        .map(|(&b, _)| b)
+        .collect()
 }

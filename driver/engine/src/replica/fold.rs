@@ -64,6 +64,8 @@ impl<S: VolumeStore> Replica<S> {
         self.meta.committed_group = st.group;
         self.meta.staged = None;
         self.meta.resync_candidates = None;
+        // The sync above made the stream durable too: record it.
+        self.note_stream_synced();
         self.store.put_meta(&self.meta)?;
         self.store.sync()?;
         self.store.stage_drop(st.local)?;
@@ -98,6 +100,8 @@ impl<S: VolumeStore> Replica<S> {
         self.meta.committed = st.local;
         self.meta.committed_group = st.group;
         self.meta.staged = None;
+        self.store.sync()?;
+        self.note_stream_synced();
         self.store.put_meta(&self.meta)?;
         self.store.sync()?;
         self.store.stage_drop(st.local)?;
@@ -109,6 +113,8 @@ impl<S: VolumeStore> Replica<S> {
 
     pub(super) fn drop_staged(&mut self, st: &StagedRecord) -> Result<(), EngineError> {
         self.meta.staged = None;
+        self.store.sync()?;
+        self.note_stream_synced();
         self.store.put_meta(&self.meta)?;
         self.store.sync()?;
         self.store.stage_drop(st.local)?;

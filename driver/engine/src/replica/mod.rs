@@ -24,10 +24,14 @@ use crate::error::{EngineError, StoreError};
 use crate::frame::{FromCoordinator, MemberIndex, Payload, Reply, ToCoordinator, ToPrimary, ToReplica};
 use crate::mem;
 use crate::primary::Primary;
-use crate::store::{Role, StagedRecord, VolumeMeta, VolumeStore};
+use crate::store::{HeldVersion, Role, StagedRecord, VolumeMeta, VolumeStore};
 use crate::types::{
     hash_block, BlockHash, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq,
 };
+
+/// Payload bytes staged since the last checkpoint after which the replica
+/// makes its stream durable on its own (the shell's timer covers the rest).
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 /// Counters a replica keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,6 +51,8 @@ pub struct ReplicaStats {
     /// Decided epochs not folded because a staged block no longer matched
     /// its manifest entry (rot at rest after the staged-ack).
     pub folds_refused: u64,
+    /// Checkpoints that made the received stream durable.
+    pub checkpoints: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -68,6 +74,8 @@ pub struct Replica<S: VolumeStore> {
     pending_seal: Option<PendingSeal>,
     /// A failback hash request held back while an epoch is staged.
     hash_request: Option<Vec<BlockIndex>>,
+    /// Payload bytes staged since the stream was last made durable.
+    unsynced_bytes: u64,
     /// Frames for local epochs at or below this are dropped.
     floor: LocalEpoch,
     /// Current session of the primary (set by its Hello); frames of others are dropped.
@@ -99,9 +107,10 @@ impl<S: VolumeStore> Replica<S> {
         Ok(Self::assemble(store, geo, member, meta))
     }
 
-    /// Reopen after a restart or crash: unsealed staging is dropped (the
-    /// primary re-sends it), a staged epoch is re-reported to the coordinator,
-    /// which answers with the fold (redo) or the drop it decided.
+    /// Reopen after a restart or crash: the unsealed staging named by the
+    /// durable resume point is kept, the rest dropped (the primary re-sends
+    /// it); a staged epoch is re-reported to the coordinator, which answers
+    /// with the fold (redo) or the drop it decided.
     pub fn open(mut store: S, geo: Geometry, member: MemberIndex) -> Result<Self, EngineError> {
         let mut meta = store.get_meta()?.ok_or_else(|| StoreError {
             op: "load volume metadata",
@@ -117,12 +126,21 @@ impl<S: VolumeStore> Replica<S> {
         store.put_meta(&meta)?;
         store.sync()?;
         let keep = meta.staged.as_ref().map(|s| s.local);
-        for e in store.stage_epochs()? {
-            if Some(e) != keep {
+        let floor = meta.committed.max(keep.unwrap_or(0));
+        // An epoch dropped after the record was written (an abort) may be
+        // gone from staging: claim nothing of it.
+        let present = store.stage_epochs()?;
+        meta.resume
+            .retain(|v| v.0 > floor && v.1 < geo.blocks() && present.contains(&v.0));
+        for e in present {
+            if Some(e) != keep && !meta.resume.iter().any(|v| v.0 == e) {
                 store.stage_drop(e)?;
             }
         }
         let mut me = Self::assemble(store, geo, member, meta);
+        for &(e, b, seq) in &me.meta.resume {
+            me.stream.entry(e).or_default().insert(b, seq);
+        }
         if let Some(st) = &me.meta.staged {
             me.to_coordinator.push(ToCoordinator::Staged {
                 member,
@@ -138,6 +156,7 @@ impl<S: VolumeStore> Replica<S> {
             geo,
             member,
             floor: meta.committed,
+            unsynced_bytes: 0,
             session: 0,
             session_closed: false,
             link_reset: false,
@@ -187,6 +206,7 @@ impl<S: VolumeStore> Replica<S> {
         meta.staged = None;
         meta.peer_incarnation = 0;
         meta.resync_candidates = Some(candidates);
+        meta.resume.clear();
         store.put_meta(&meta)?;
         store.sync()?;
         Ok(Self::assemble(store, geo, member, meta))
@@ -215,9 +235,58 @@ impl<S: VolumeStore> Replica<S> {
         meta.last_sealed = meta.committed;
         meta.last_sealed_group = meta.committed_group;
         meta.resync_candidates = None;
+        meta.resume.clear();
         self.store.put_meta(&meta)?;
         self.store.sync()?;
         Ok(Primary::from_promotion(self.store, self.geo, mode, meta))
+    }
+
+    /// Make the received stream durable and record it as the resume point.
+    /// The shell calls this every 5 s; the replica calls it itself every
+    /// [`CHECKPOINT_BYTES`] of staged payload. Staged bytes are synced
+    /// before the record that names them, so the record never names a
+    /// version whose bytes could be lost.
+    pub fn checkpoint(&mut self) -> Result<(), EngineError> {
+        let held = self.stream_versions();
+        if held == self.meta.resume && self.unsynced_bytes == 0 {
+            return Ok(());
+        }
+        if !cfg!(feature = "bug-resume-before-sync") {
+            self.store.sync()?;
+        }
+        self.meta.resume = held;
+        self.store.put_meta(&self.meta)?;
+        self.store.sync()?;
+        self.unsynced_bytes = 0;
+        self.stats.checkpoints += 1;
+        Ok(())
+    }
+
+    /// A sync just made every staged byte durable: the next record written
+    /// names the whole stream as the resume point.
+    pub(super) fn note_stream_synced(&mut self) {
+        self.meta.resume = self.stream_versions();
+        self.unsynced_bytes = 0;
+    }
+
+    /// The stream's versions as a resume point: the two newest unsealed
+    /// epochs (a primary can seal no other), ascending.
+    pub(super) fn stream_versions(&self) -> Vec<HeldVersion> {
+        let mut out = Vec::new();
+        for (&e, idx) in self.stream.iter().rev().take(2).rev() {
+            out.extend(idx.iter().map(|(&b, &seq)| (e, b, seq)));
+        }
+        out
+    }
+
+    /// Forget an unsealed epoch's stream, in memory and in the resume point
+    /// the next record carries (claiming less is always safe).
+    pub(super) fn forget_stream(&mut self, e: LocalEpoch) -> Result<(), EngineError> {
+        self.meta.resume.retain(|v| v.0 != e);
+        if self.stream.remove(&e).is_some() {
+            self.store.stage_drop(e)?;
+        }
+        Ok(())
     }
 
     fn reply(&mut self, reply: Reply) {
@@ -336,9 +405,15 @@ impl<S: VolumeStore> Replica<S> {
                 .map_or(0, |c| mem::vec_bytes::<BlockIndex>(c.capacity()));
         let replies = self.to_primary.iter().map(|f| match &f.reply {
             Reply::Welcome {
-                resync_candidates: Some(c),
+                resync_candidates,
+                held,
                 ..
-            } => mem::vec_bytes::<BlockIndex>(c.capacity()),
+            } => {
+                resync_candidates
+                    .as_ref()
+                    .map_or(0, |c| mem::vec_bytes::<BlockIndex>(c.capacity()))
+                    + mem::vec_bytes::<HeldVersion>(held.capacity())
+            }
             Reply::ResyncHashes { entries } => mem::vec_bytes::<(BlockIndex, BlockHash)>(entries.capacity()),
             _ => 0,
         });
@@ -346,6 +421,7 @@ impl<S: VolumeStore> Replica<S> {
             + replies.sum::<u64>()
             + mem::vec_bytes::<ToCoordinator>(self.to_coordinator.capacity());
         let scratch = mem::vec_bytes::<u8>(self.buf.capacity());
-        size_of::<Self>() as u64 + stream + manifests + failback + queues + scratch
+        let resume = mem::vec_bytes::<HeldVersion>(self.meta.resume.capacity());
+        size_of::<Self>() as u64 + stream + manifests + failback + queues + scratch + resume
     }
 }

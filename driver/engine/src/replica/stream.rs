@@ -60,6 +60,10 @@ impl<S: VolumeStore> Replica<S> {
                     }
                     idx.insert(sb.index, sb.seq);
                     self.stats.blocks_staged += 1;
+                    self.unsynced_bytes += self.buf.len() as u64;
+                }
+                if self.unsynced_bytes >= CHECKPOINT_BYTES {
+                    self.checkpoint()?;
                 }
                 if self.pending_seal.as_ref().is_some_and(|p| p.local == local) {
                     self.try_stage()?;
@@ -133,9 +137,7 @@ impl<S: VolumeStore> Replica<S> {
                     return Ok(());
                 }
                 if let Some(l) = local {
-                    if self.stream.remove(&l).is_some() {
-                        self.store.stage_drop(l)?;
-                    }
+                    self.forget_stream(l)?;
                     if self.pending_seal.as_ref().is_some_and(|p| p.local == l) {
                         self.pending_seal = None;
                     }
@@ -179,18 +181,24 @@ impl<S: VolumeStore> Replica<S> {
             self.meta.peer_incarnation = incarnation;
             self.session = 0;
             self.floor = self.meta.committed.max(self.staged_local().unwrap_or(0));
+            // Its send sequences and epoch numbers are new: nothing of the
+            // older incarnation's streams can match its manifests.
+            let epochs: Vec<LocalEpoch> = self.stream.keys().copied().collect();
+            for e in epochs {
+                self.forget_stream(e)?;
+            }
+            self.meta.resume.clear();
         }
         if session <= self.session {
             return Ok(());
         }
         self.session = session;
         self.session_closed = false;
-        self.store.put_meta(&self.meta)?;
-        self.store.sync()?;
-        // Resume from what is durable: unsealed staging is re-sent by the primary.
-        for (e, _) in std::mem::take(&mut self.stream) {
-            self.store.stage_drop(e)?;
-        }
+        // Resume from what is durable: the stream received so far is synced
+        // and recorded with the session, and the Welcome names it; the
+        // primary re-sends only what it does not name.
+        self.unsynced_bytes = self.unsynced_bytes.max(1);
+        self.checkpoint()?;
         self.pending_seal = None;
         self.reply(Reply::Welcome {
             for_incarnation: incarnation,
@@ -200,6 +208,7 @@ impl<S: VolumeStore> Replica<S> {
             committed_group: self.meta.committed_group,
             staged: self.meta.staged.as_ref().map(|s| (s.local, s.group)),
             resync_candidates: self.meta.resync_candidates.clone(),
+            held: self.meta.resume.clone(),
         });
         Ok(())
     }
@@ -259,8 +268,7 @@ impl<S: VolumeStore> Replica<S> {
                 // Nothing of it is used; the session closes and the primary
                 // re-sends the whole epoch on its next one.
                 self.stats.manifest_mismatches += 1;
-                self.stream.remove(&seal.local);
-                self.store.stage_drop(seal.local)?;
+                self.forget_stream(seal.local)?;
                 self.session_closed = true;
                 self.link_reset = true;
                 return Ok(());
@@ -272,13 +280,17 @@ impl<S: VolumeStore> Replica<S> {
             group: seal.group,
             manifest: seal.manifest,
         };
+        // Older unsealed streams can never seal now; the newer ones were
+        // synced just above, so the record names them as held.
+        let older: Vec<LocalEpoch> = self.stream.range(..=seal.local).map(|(e, _)| *e).collect();
+        for &e in &older {
+            self.stream.remove(&e);
+        }
         self.meta.staged = Some(record.clone());
+        self.note_stream_synced();
         self.store.put_meta(&self.meta)?;
         self.store.sync()?;
-        // Older unsealed streams can never seal now.
-        let older: Vec<LocalEpoch> = self.stream.range(..=seal.local).map(|(e, _)| *e).collect();
         for e in older {
-            self.stream.remove(&e);
             if e != seal.local {
                 self.store.stage_drop(e)?;
             }

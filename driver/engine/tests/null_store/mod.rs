@@ -95,6 +95,7 @@ pub fn connect(p: &mut Primary<NullStore>) {
         committed_group: 0,
         staged: None,
         resync_candidates: None,
+        held: Vec::new(),
     };
     p.on_frame(ToPrimary {
         generation,

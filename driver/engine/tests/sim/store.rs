@@ -111,6 +111,14 @@ pub struct SimStore {
     cut: bool,
     /// Bumped by every sync that made something durable.
     pub durable_version: u64,
+    /// Staged blocks whose durable bytes an unsynced write a crash kept
+    /// decided: no completed sync vouches for them until the next write of
+    /// the block is synced.
+    tainted: BTreeSet<(LocalEpoch, BlockIndex)>,
+    /// Staged blocks not written and synced since the last crash: their
+    /// bytes may be durable, but the volume's state machine, restarted,
+    /// knows only what its own record names.
+    stale: BTreeSet<(LocalEpoch, BlockIndex)>,
 }
 
 impl SimStore {
@@ -122,6 +130,8 @@ impl SimStore {
             pending: Vec::new(),
             cut: false,
             durable_version: 0,
+            tainted: BTreeSet::new(),
+            stale: BTreeSet::new(),
         }
     }
 
@@ -192,9 +202,13 @@ impl SimStore {
                 }
                 other => other,
             };
+            if let Op::StagePut(e, b, _) = &op {
+                self.tainted.insert((*e, *b));
+            }
             self.durable.apply(&op);
         }
         self.view = self.durable.clone();
+        self.stale = self.durable.stage.keys().copied().collect();
         self.cut = false;
         self.durable_version += 1;
     }
@@ -229,7 +243,22 @@ impl SimStore {
             pending: Vec::new(),
             cut: false,
             durable_version: self.durable_version,
+            tainted: self.tainted.clone(),
+            stale: self.stale.clone(),
         }
+    }
+
+    /// Whether staged block `b` of `local` holds `bytes` durably, made so by
+    /// a completed sync (not by the luck of a crash), and still live.
+    pub fn holds_synced(&self, local: LocalEpoch, b: BlockIndex, bytes: &[u8]) -> bool {
+        !self.tainted.contains(&(local, b))
+            && self.durable.stage.get(&(local, b)).is_some_and(|d| d == bytes)
+            && self.view.stage.get(&(local, b)).is_some_and(|d| d == bytes)
+    }
+
+    /// [`Self::holds_synced`], and synced since the last crash.
+    pub fn holds_synced_since_crash(&self, local: LocalEpoch, b: BlockIndex, bytes: &[u8]) -> bool {
+        !self.stale.contains(&(local, b)) && self.holds_synced(local, b, bytes)
     }
 
     /// The live image as the store holds it (durable plus buffered).
@@ -334,6 +363,17 @@ impl VolumeStore for SimStore {
         self.tick(CutAt::Sync)?;
         if !self.pending.is_empty() {
             for op in std::mem::take(&mut self.pending) {
+                match &op {
+                    Op::StagePut(e, b, _) => {
+                        self.tainted.remove(&(*e, *b));
+                        self.stale.remove(&(*e, *b));
+                    }
+                    Op::StageDrop(e) => {
+                        self.tainted.retain(|(x, _)| x != e);
+                        self.stale.retain(|(x, _)| x != e);
+                    }
+                    _ => {}
+                }
                 self.durable.apply(&op);
             }
             self.durable_version += 1;

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use floe_engine::{
     Coordinator, DecisionRecord, EngineError, FromCoordinator, Geometry, GroupEpoch, Mode, Payload, Primary,
-    PrimaryEvent, Replica, ReplicaStats, Reply, RoleGeneration, ToCoordinator, ToPrimary, ToReplica, VolumeStore,
+    PrimaryEvent, Replica, ReplicaStats, Reply, RoleGeneration, SendSeq, ToCoordinator, ToPrimary, ToReplica,
+    VolumeStore,
 };
 
 use super::reference::Reference;
@@ -103,6 +104,40 @@ struct Failback {
     o_required: Vec<BTreeSet<u64>>,
 }
 
+/// The last version of a block the primary shipped in an epoch.
+#[derive(Clone)]
+struct Sent {
+    seq: SendSeq,
+    bytes: Vec<u8>,
+    /// Host writes of the block when it left.
+    writes: u64,
+    /// Bytes of the earlier versions of the block shipped in the epoch.
+    earlier: BTreeSet<Vec<u8>>,
+}
+
+impl Sent {
+    /// An earlier version had these bytes too.
+    fn ambiguous(&self) -> bool {
+        self.earlier.contains(&self.bytes)
+    }
+}
+
+/// What the primary may re-send after a reconnect `Welcome`.
+#[derive(Clone)]
+struct ResumeWatch {
+    /// Versions sent before the Welcome, of epochs still open at the DR:
+    /// whether the DR held them durably then, and the host writes of the
+    /// block when they were sent.
+    outstanding: BTreeMap<(u64, u64), (bool, u64)>,
+    /// Of those, how many the DR did not hold.
+    missing: u64,
+    /// Re-sends counted so far.
+    resent: u64,
+}
+
+/// Most blocks a `poll_send` of the simulation puts in one frame.
+const BATCH: u64 = 4;
+
 #[derive(Clone)]
 pub struct World {
     cfg: Config,
@@ -131,6 +166,21 @@ pub struct World {
     ships: Vec<Vec<u64>>,
     base: Vec<(Vec<u64>, Vec<u64>)>,
     epoch_ships: Vec<BTreeMap<(u64, u64), u32>>,
+    /// Per member and block: re-sends I3 allows on top of the writes since
+    /// the last rebase (one per version the DR did not hold at a reconnect).
+    allowed: Vec<Vec<u64>>,
+    /// Per member: the last version its primary (this incarnation) shipped
+    /// of each (local epoch, block), with its bytes as they left.
+    /// Also the host writes of the block then: a block written since has a
+    /// new version, and shipping it is no re-send.
+    /// And whether an earlier version of it had the same bytes (a zeroed
+    /// block zeroed again): then bytes alone cannot tell which of them the
+    /// DR holds, and the model counts it as not held.
+    sent: Vec<BTreeMap<(u64, u64), Sent>>,
+    /// Per member: versions whose bytes were flipped on the way.
+    corrupted: Vec<BTreeSet<SendSeq>>,
+    /// Per member: the re-sends since the last reconnect Welcome.
+    resume: Vec<Option<ResumeWatch>>,
     dr_fingerprint: u64,
     last_out: Vec<Option<ToReplica>>,
     /// Faults on the bytes themselves, from a stream of their own so that
@@ -201,6 +251,14 @@ pub struct RunStats {
     pub stray_writes: u64,
     /// Old primaries that reached the promoted site and were fenced.
     pub old_primaries_fenced: u64,
+    /// Reconnect Welcomes a primary took with versions outstanding.
+    pub resumes: u64,
+    /// Outstanding versions the DR held durably at those Welcomes.
+    pub resume_held: u64,
+    /// Outstanding versions the DR did not hold.
+    pub resume_missing: u64,
+    /// Versions shipped again after those Welcomes.
+    pub resume_resent: u64,
 }
 
 impl RunStats {
@@ -225,6 +283,10 @@ impl RunStats {
         self.folds_refused += o.folds_refused;
         self.stray_writes += o.stray_writes;
         self.old_primaries_fenced += o.old_primaries_fenced;
+        self.resumes += o.resumes;
+        self.resume_held += o.resume_held;
+        self.resume_missing += o.resume_missing;
+        self.resume_resent += o.resume_resent;
     }
 }
 
@@ -270,6 +332,10 @@ impl World {
             ships: vec![vec![0; cfg.blocks as usize]; cfg.members],
             base: vec![(vec![0; cfg.blocks as usize], vec![0; cfg.blocks as usize]); cfg.members],
             epoch_ships: vec![BTreeMap::new(); cfg.members],
+            allowed: vec![vec![0; cfg.blocks as usize]; cfg.members],
+            sent: vec![BTreeMap::new(); cfg.members],
+            corrupted: vec![BTreeSet::new(); cfg.members],
+            resume: vec![None; cfg.members],
             dr_fingerprint: u64::MAX,
             last_out: vec![None; cfg.members],
             rot: Rng::new(seed ^ 0xC022_0F7E),
@@ -340,7 +406,8 @@ impl World {
             290..=339 => self.freeze(),
             340..=619 => self.pump(m),
             620..=949 => self.deliver_random(),
-            950..=959 => self.duplicate_random(),
+            950..=954 => self.duplicate_random(),
+            955..=959 => self.checkpoint(m),
             960..=989 => self.connect(m),
             _ => self.restart_any(m),
         }
@@ -570,7 +637,7 @@ impl World {
             self.abort_everywhere(g)?;
         }
         for m in 0..self.cfg.members {
-            self.reset_coalescing(m);
+            self.reset_coalescing(m, false);
         }
         Ok(())
     }
@@ -608,7 +675,7 @@ impl World {
                     PrimaryEvent::Aborted(g) => {
                         self.trace.push(format!("  event p{m} aborted g{g}"));
                         self.aborted[m].insert(g);
-                        self.reset_coalescing(m);
+                        self.reset_coalescing(m, true);
                     }
                     PrimaryEvent::Fenced(_) => {}
                     PrimaryEvent::ResyncCompared { block, shipped } => {
@@ -673,9 +740,50 @@ impl World {
             self.recent[m].push(frame.clone());
         }
         match frame {
-            ToReplica::Blocks { local, blocks, .. } => {
+            ToReplica::Blocks {
+                local, blocks, data, ..
+            } => {
                 for b in blocks {
                     let i = b.index as usize;
+                    let bytes = match b.payload {
+                        Payload::Zero => vec![0; self.cfg.block_size],
+                        Payload::Data { at } => data[at as usize..at as usize + self.cfg.block_size].to_vec(),
+                    };
+                    let writes = self.reference.writes[m][i];
+                    let earlier = match self.sent[m].remove(&(*local, b.index)) {
+                        Some(mut prev) => {
+                            prev.earlier.insert(prev.bytes);
+                            prev.earlier
+                        }
+                        None => BTreeSet::new(),
+                    };
+                    let sent = Sent {
+                        seq: b.seq,
+                        bytes,
+                        writes,
+                        earlier,
+                    };
+                    self.sent[m].insert((*local, b.index), sent);
+                    // I4: after a reconnect, only what the DR did not hold
+                    // durably goes again, plus at most one batch.
+                    if let Some(w) = &mut self.resume[m] {
+                        let again = w.outstanding.remove(&(*local, b.index)).filter(|o| o.1 == writes);
+                        if let Some((held, _)) = again {
+                            w.resent += 1;
+                            self.stats.resume_resent += 1;
+                            if held {
+                                // Within the batch of slack: I3 lets it pass too.
+                                self.allowed[m][i] += 1;
+                            }
+                            if w.resent > w.missing + BATCH {
+                                return err(format!(
+                                    "I4: member {m} re-sent {} block versions after a reconnect; the DR lacked only {} \
+                                     (block {} of epoch {local} it held durably)",
+                                    w.resent, w.missing, b.index
+                                ));
+                            }
+                        }
+                    }
                     self.ships[m][i] += 1;
                     self.stats.blocks_shipped += 1;
                     let per_epoch = self.epoch_ships[m].entry((*local, b.index)).or_default();
@@ -689,9 +797,11 @@ impl World {
                     let (bw, bs) = &self.base[m];
                     let written = self.reference.writes[m][i] - bw[i];
                     let shipped = self.ships[m][i] - bs[i];
-                    if shipped > written + 2 {
+                    let allowed = self.allowed[m][i];
+                    if shipped > written + allowed {
                         return err(format!(
-                            "I3: member {m} block {} shipped {shipped} times for {written} writes since the last resume",
+                            "I3: member {m} block {} shipped {shipped} times for {written} writes and {allowed} \
+                             re-sends allowed since the last rebase",
                             b.index
                         ));
                     }
@@ -700,7 +810,11 @@ impl World {
             ToReplica::ResyncHashRequest { blocks, .. } => {
                 // A request sent on a Welcome that predates the first fold
                 // is answered and then ignored.
-                let Some(fb) = &self.failback else { return Ok(()) };
+                let Some(fb) = &self.failback else {
+                    // The repair of a refused fold: the comparison re-sends.
+                    self.reset_coalescing(m, true);
+                    return Ok(());
+                };
                 // Region granularity: after a restart either side knows its
                 // writes only through its write-intent record.
                 let regions: BTreeSet<u64> = fb.o_written[m]
@@ -732,17 +846,114 @@ impl World {
                     ));
                 }
                 self.stats.failback_coverage_checks += 1;
-                self.reset_coalescing(m);
+                self.reset_coalescing(m, true);
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// Re-sends after a resume, restart, abort or failback are exempt from I3.
-    fn reset_coalescing(&mut self, m: usize) {
+    /// Rebase I3's count. Versions written and not shipped yet stay owed
+    /// (at most two a block: the closing and the open epoch's). An abort, a
+    /// restart, a failback comparison or a failover legitimately re-send
+    /// (`resend`): one more version of every block is allowed. A freeze
+    /// re-sends nothing; a reconnect is no rebase (see `on_reconnect_welcome`).
+    fn reset_coalescing(&mut self, m: usize, resend: bool) {
+        for i in 0..self.cfg.blocks as usize {
+            let written = self.reference.writes[m][i] - self.base[m].0[i];
+            let shipped = self.ships[m][i] - self.base[m].1[i];
+            let owed = (written + self.allowed[m][i]).saturating_sub(shipped).min(2);
+            self.allowed[m][i] = owed + u64::from(resend);
+        }
         self.base[m] = (self.reference.writes[m].clone(), self.ships[m].clone());
         self.epoch_ships[m].clear();
+        self.resume[m] = None;
+    }
+
+    /// The primary took a reconnect `Welcome` (the DR had committed local
+    /// epoch `committed` and staged `staged`): every version it sent of an
+    /// epoch still open at the DR that the DR's store does not hold durably
+    /// (by a completed sync) may go once more; the rest may not, beyond one
+    /// batch. The DR's store decides, not the replica's claim.
+    fn on_reconnect_welcome(&mut self, m: usize, committed: u64, staged: Option<u64>, named: &[(u64, u64, SendSeq)]) {
+        let dr = self.dr();
+        let store = match &self.sites[dr][m] {
+            Vol::Replica(r) => Some(r.store()),
+            _ => None,
+        };
+        // Only the primary's closing and open epochs can ship again: at most
+        // the two newest it shipped in.
+        let top = self.sent[m].keys().map(|k| k.0).max().unwrap_or(0);
+        self.sent[m].retain(|k, _| k.0 + 1 >= top);
+        let mut outstanding = BTreeMap::new();
+        let mut missing = 0;
+        for (&(e, b), sent) in &self.sent[m] {
+            if e <= committed || Some(e) == staged {
+                continue;
+            }
+            // What the replica can know it holds: synced since it last
+            // restarted, or synced before and named by its record (which
+            // `check_resume_point` verified against the store).
+            let named = named.binary_search(&(e, b, sent.seq)).is_ok();
+            let held = !sent.ambiguous()
+                && store.is_some_and(|s| {
+                    s.holds_synced_since_crash(e, b, &sent.bytes) || named && s.holds_synced(e, b, &sent.bytes)
+                });
+            if !held {
+                missing += 1;
+                self.allowed[m][b as usize] += 1;
+            }
+            outstanding.insert((e, b), (held, sent.writes));
+        }
+        if !outstanding.is_empty() {
+            self.stats.resumes += 1;
+            self.stats.resume_missing += missing;
+            self.stats.resume_held += outstanding.len() as u64 - missing;
+        }
+        self.resume[m] = Some(ResumeWatch {
+            outstanding,
+            missing,
+            resent: 0,
+        });
+        // The interval mode's once-per-epoch rule holds across sessions only
+        // for versions the DR kept; the lost ones may go once more.
+        self.epoch_ships[m].retain(|k, _| {
+            self.resume[m]
+                .as_ref()
+                .is_some_and(|w| w.outstanding.get(k).is_some_and(|o| o.0))
+        });
+    }
+
+    /// A resume point the replica names must be durable in its store, with
+    /// the bytes the primary sent for that version (unless they were
+    /// corrupted on the way; the seal's check refuses those).
+    fn check_resume_point(&self, m: usize, held: &[(u64, u64, SendSeq)]) -> Outcome {
+        let Vol::Replica(r) = &self.sites[self.dr()][m] else {
+            return Ok(());
+        };
+        for &(e, b, seq) in held {
+            let Some(Sent { seq: last, bytes, .. }) = self.sent[m].get(&(e, b)) else {
+                continue;
+            };
+            if *last != seq || self.corrupted[m].contains(&seq) {
+                continue;
+            }
+            if !r.store().holds_synced(e, b, bytes) {
+                return err(format!(
+                    "I4: replica m{m} names block {b} of epoch {e} at {seq:?} as held, but its store does not hold it durably"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shell's 5 s timer at a replica: make the received stream durable.
+    fn checkpoint(&mut self, m: usize) -> Outcome {
+        if !matches!(self.sites[self.dr()][m], Vol::Replica(_)) {
+            return Ok(());
+        }
+        self.replica_call(m, "replica checkpoint", 1.0, |r| r.checkpoint())?;
+        Ok(())
     }
 
     /// Deliver one frame: a random non-empty channel, a random frame in it
@@ -835,6 +1046,11 @@ impl World {
         };
         let replies = r.take_to_primary();
         let to_coord = r.take_to_coordinator();
+        for f in &replies {
+            if let Reply::Welcome { held, .. } = &f.reply {
+                self.check_resume_point(m, held)?;
+            }
+        }
         self.net[m].to_primary.extend(replies);
         if self.coord_up() {
             self.to_coord.extend(to_coord);
@@ -857,6 +1073,7 @@ impl World {
                     let at = at as usize + self.rot.below(bs as u64) as usize;
                     data[at] ^= 1 << self.rot.below(8);
                     self.stats.corruptions_injected += 1;
+                    self.corrupted[m].insert(sb.seq);
                     self.trace
                         .push(format!("    (bit flipped in block {} to r{m})", sb.index));
                 }
@@ -883,9 +1100,15 @@ impl World {
     fn deliver_to_primary(&mut self, m: usize, f: ToPrimary) -> Outcome {
         self.note(format!("  -> p{m} {:?}", f.reply).chars().take(160).collect());
         let is_welcome = matches!(f.reply, Reply::Welcome { .. });
-        let welcome_committed = match f.reply {
-            Reply::Welcome { committed_group, .. } => committed_group,
-            _ => 0,
+        let (welcome_committed, resume_from) = match &f.reply {
+            Reply::Welcome {
+                committed_group,
+                committed,
+                staged,
+                held,
+                ..
+            } => (*committed_group, (*committed, staged.map(|s| s.0), held.clone())),
+            _ => (0, (0, None, Vec::new())),
         };
         let is_hashes = matches!(f.reply, Reply::ResyncHashes { .. });
 
@@ -898,7 +1121,7 @@ impl World {
         }
         let now_connected = self.primary(m).is_some_and(|p| p.is_connected());
         if is_welcome && !was_connected && now_connected {
-            self.reset_coalescing(m);
+            self.on_reconnect_welcome(m, resume_from.0, resume_from.1, &resume_from.2);
             if let Some(fb) = &mut self.failback {
                 // Writes of an epoch the replica records as committed are in
                 // its image, or (a fold it refused) among its own candidates.
@@ -1057,7 +1280,9 @@ impl World {
             p.abort(g).map_err(|e| format!("abort: {e}"))?;
         }
         self.sites[prim][m] = Vol::Primary(Box::new(p));
-        self.reset_coalescing(m);
+        self.reset_coalescing(m, true);
+        self.sent[m].clear();
+        self.corrupted[m].clear();
         self.collect_events()
     }
 
@@ -1219,7 +1444,9 @@ impl World {
             self.consistent[m] = 0;
             self.flushed_known[m] = 0;
             self.aborted[m].clear();
-            self.reset_coalescing(m);
+            self.reset_coalescing(m, true);
+            self.sent[m].clear();
+            self.corrupted[m].clear();
         }
         self.pending = None;
         self.abort_needed = None;

@@ -9,14 +9,15 @@
 //! allocated for it.
 
 use floe_engine::{
-    BlockIndex, Geometry, ManifestEntry, Payload, Reply, RoleGeneration, SendSeq, ShippedBlock, ToPrimary, ToReplica,
+    BlockIndex, Geometry, HeldVersion, ManifestEntry, Payload, Reply, RoleGeneration, SendSeq, ShippedBlock, ToPrimary,
+    ToReplica,
 };
 use floe_proto::replication::{self as pb, frame::Kind};
 
 use super::encode::manifest_digest;
 use super::{
-    generation_from_wire, seq_from_wire, HASHES_PER_PART, INDEXES_PER_PART, MANIFEST_PER_PART, MAX_BATCH_BLOCKS,
-    MAX_BATCH_DATA, MAX_BATCH_RECORDS,
+    generation_from_wire, seq_from_wire, HASHES_PER_PART, HELD_PER_PART, INDEXES_PER_PART, MANIFEST_PER_PART,
+    MAX_BATCH_BLOCKS, MAX_BATCH_DATA, MAX_BATCH_RECORDS,
 };
 
 /// A wire frame the inbox refuses. The stream that carried it is closed with
@@ -107,6 +108,15 @@ pub enum Malformed {
     /// A seal whose manifest does not hash to the digest it carries.
     #[error("the seal's manifest does not match its digest")]
     ManifestDigest,
+    /// A list that must be strictly ascending is not.
+    #[error("{0} is not strictly ascending")]
+    Unordered(&'static str),
+}
+
+/// One item of a `Welcome` sent in parts.
+enum WelcomeItem {
+    Candidate(BlockIndex),
+    Held(HeldVersion),
 }
 
 type Result<T> = std::result::Result<T, Malformed>;
@@ -421,7 +431,7 @@ fn decode_batch(geometry: Geometry, b: pb::BlockBatch) -> Result<ToReplica> {
 /// What the primary side receives: the DR's replies for one volume.
 pub struct PrimaryInbox {
     geometry: Geometry,
-    welcome: Option<Parts<pb::Welcome, BlockIndex>>,
+    welcome: Option<Parts<pb::Welcome, WelcomeItem>>,
     hashes: Option<Parts<RoleGeneration, (BlockIndex, [u8; 32])>>,
 }
 
@@ -501,30 +511,62 @@ impl PrimaryInbox {
 
     fn welcome_part(&mut self, mut w: pb::Welcome) -> Result<Option<(RoleGeneration, Reply)>> {
         per_part(&w.resync_candidates, INDEXES_PER_PART, "welcome.resync_candidates")?;
-        let candidates = std::mem::take(&mut w.resync_candidates)
+        per_part(&w.held, HELD_PER_PART, "welcome.held")?;
+        let mut items = std::mem::take(&mut w.resync_candidates)
             .into_iter()
-            .map(|b| check_index(self.geometry, b, "welcome.resync_candidates"))
+            .map(|b| {
+                Ok(WelcomeItem::Candidate(check_index(
+                    self.geometry,
+                    b,
+                    "welcome.resync_candidates",
+                )?))
+            })
             .collect::<Result<Vec<_>>>()?;
-        if !w.has_resync_candidates && !candidates.is_empty() {
+        if !w.has_resync_candidates && !items.is_empty() {
             return Err(Malformed::Unexpected(
                 "welcome.resync_candidates without has_resync_candidates",
             ));
         }
+        for h in std::mem::take(&mut w.held) {
+            let index = check_index(self.geometry, h.index, "welcome.held.index")?;
+            items.push(WelcomeItem::Held((
+                h.local_epoch,
+                index,
+                seq(h.seq, "welcome.held.seq")?,
+            )));
+        }
         let more = std::mem::take(&mut w.more);
-        let (w, candidates) = match join(
-            self.welcome.take(),
-            "welcome",
-            w,
-            candidates,
-            more,
-            self.geometry.blocks(),
-        )? {
+        // Candidates name each block once, held versions each block once in
+        // each of at most two epochs.
+        let limit = self.geometry.blocks().saturating_mul(3);
+        let (w, items) = match join(self.welcome.take(), "welcome", w, items, more, limit)? {
             Ok(whole) => whole,
             Err(parts) => {
                 self.welcome = Some(parts);
                 return Ok(None);
             }
         };
+        let mut candidates = Vec::new();
+        let mut held: Vec<HeldVersion> = Vec::new();
+        for item in items {
+            match item {
+                WelcomeItem::Candidate(b) => candidates.push(b),
+                WelcomeItem::Held(v) => {
+                    // The primary looks versions up by (epoch, block).
+                    if held.last().is_some_and(|last| (last.0, last.1) >= (v.0, v.1)) {
+                        return Err(Malformed::Unordered("welcome.held"));
+                    }
+                    held.push(v);
+                }
+            }
+        }
+        if candidates.len() as u64 > self.geometry.blocks() {
+            return Err(Malformed::TooMany {
+                what: "welcome.resync_candidates",
+                got: candidates.len() as u64,
+                limit: self.geometry.blocks(),
+            });
+        }
         let reply = Reply::Welcome {
             for_incarnation: w.for_incarnation,
             for_session: w.for_session,
@@ -533,6 +575,7 @@ impl PrimaryInbox {
             committed_group: w.committed_group_epoch,
             staged: w.staged.map(|s| (s.local_epoch, s.group_epoch)),
             resync_candidates: w.has_resync_candidates.then_some(candidates),
+            held,
         };
         Ok(Some((generation(w.generation, "welcome.generation")?, reply)))
     }

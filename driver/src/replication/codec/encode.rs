@@ -4,8 +4,8 @@ use floe_engine::{ManifestEntry, Payload, Reply, ShippedBlock, ToPrimary, ToRepl
 use floe_proto::replication::{self as pb, frame::Kind};
 
 use super::{
-    generation_to_wire, seq_to_wire, HASHES_PER_PART, INDEXES_PER_PART, MANIFEST_PER_PART, MAX_BATCH_BLOCKS,
-    MAX_BATCH_DATA, MAX_BATCH_RECORDS,
+    generation_to_wire, seq_to_wire, HASHES_PER_PART, HELD_PER_PART, INDEXES_PER_PART, MANIFEST_PER_PART,
+    MAX_BATCH_BLOCKS, MAX_BATCH_DATA, MAX_BATCH_RECORDS,
 };
 
 fn frame(kind: Kind) -> pb::Frame {
@@ -107,6 +107,7 @@ pub fn encode_to_primary(msg: ToPrimary) -> Vec<pb::Frame> {
             committed_group,
             staged,
             resync_candidates,
+            held,
         } => {
             let header = pb::Welcome {
                 generation,
@@ -123,12 +124,37 @@ pub fn encode_to_primary(msg: ToPrimary) -> Vec<pb::Frame> {
                 ..Default::default()
             };
             let candidates = resync_candidates.unwrap_or_default();
-            parts(&candidates, INDEXES_PER_PART, |chunk, more| {
-                let mut part = header.clone();
-                part.resync_candidates = chunk.to_vec();
-                part.more = more;
-                frame(Kind::Welcome(part))
-            })
+            let held: Vec<pb::HeldVersion> = held
+                .into_iter()
+                .map(|(local_epoch, index, seq)| pb::HeldVersion {
+                    local_epoch,
+                    index,
+                    seq: Some(seq_to_wire(seq)),
+                })
+                .collect();
+            // Candidates first, then the held versions; `more` on every
+            // part but the last.
+            let mut out = Vec::new();
+            if !candidates.is_empty() || held.is_empty() {
+                out = parts(&candidates, INDEXES_PER_PART, |chunk, _| {
+                    let mut part = header.clone();
+                    part.resync_candidates = chunk.to_vec();
+                    part.more = true;
+                    frame(Kind::Welcome(part))
+                });
+            }
+            if !held.is_empty() {
+                out.extend(parts(&held, HELD_PER_PART, |chunk, _| {
+                    let mut part = header.clone();
+                    part.held = chunk.to_vec();
+                    part.more = true;
+                    frame(Kind::Welcome(part))
+                }));
+            }
+            if let Some(Kind::Welcome(last)) = out.last_mut().and_then(|f| f.kind.as_mut()) {
+                last.more = false;
+            }
+            out
         }
         Reply::StagedAck { local } => vec![frame(Kind::StagedAck(pb::StagedAck {
             generation,

@@ -11,9 +11,9 @@
 //! # Limits
 //!
 //! No wire frame grows with the volume. Lists that can (seal manifests,
-//! failback candidates, hash requests and replies) travel as parts of at
-//! most [`MAX_PART_BYTES`], every part but the last flagged `more`; a batch
-//! of blocks carries at most [`MAX_BATCH_DATA`] bytes of data (or one block,
+//! failback candidates, the resume point's held versions, hash requests and
+//! replies) travel as parts of at most [`MAX_PART_BYTES`], every part but
+//! the last flagged `more`; a batch of blocks carries at most [`MAX_BATCH_DATA`] bytes of data (or one block,
 //! if blocks are larger) and [`MAX_BATCH_BLOCKS`] block versions, zero
 //! ranges counted block by block. [`MAX_FRAME_BYTES`] bounds any encoded
 //! frame; the transport gives it to tonic as its message limit.
@@ -27,7 +27,7 @@ pub use encode::{encode_to_primary, encode_to_replica, manifest_digest};
 use floe_engine::{RoleGeneration, SendSeq};
 use floe_proto::replication as pb;
 
-/// Largest encoded list part (manifest, candidates, hashes).
+/// Largest encoded list part (manifest, candidates, hashes, held versions).
 pub const MAX_PART_BYTES: usize = 1 << 20;
 /// Most data bytes in one batch, unless one block is larger.
 pub const MAX_BATCH_DATA: usize = 1 << 20;
@@ -46,6 +46,9 @@ pub(crate) const MANIFEST_PER_PART: usize = 12_000;
 pub(crate) const INDEXES_PER_PART: usize = 100_000;
 /// Block hashes in one part: 47 bytes each at most.
 pub(crate) const HASHES_PER_PART: usize = 20_000;
+/// Held versions of a resume point in one part: 50 bytes each at most
+/// (epoch, index, three-field sequence, framing).
+pub(crate) const HELD_PER_PART: usize = 20_000;
 
 pub(crate) fn generation_to_wire(g: RoleGeneration) -> pb::RoleGeneration {
     pb::RoleGeneration {

@@ -31,6 +31,14 @@ fn seq(counter: u64) -> SendSeq {
     }
 }
 
+fn full_seq(generation: u64, incarnation: u64, counter: u64) -> SendSeq {
+    SendSeq {
+        generation,
+        incarnation,
+        counter,
+    }
+}
+
 /// Sends `msg` through the encoder and a fresh inbox; every wire frame is
 /// checked against the size limits on the way.
 fn through_to_replica(msg: ToReplica, g: Geometry) -> Vec<ToReplica> {
@@ -161,6 +169,21 @@ fn every_small_frame_arrives_unchanged() {
             committed_group: 5,
             staged: Some((6, 7)),
             resync_candidates: None,
+            held: Vec::new(),
+        },
+        Reply::Welcome {
+            for_incarnation: 1,
+            for_session: 2,
+            incarnation: 3,
+            committed: 4,
+            committed_group: 5,
+            staged: None,
+            resync_candidates: Some(vec![3, 9]),
+            held: vec![
+                (5, 0, full_seq(1, 2, 3)),
+                (5, 7, full_seq(1, 2, 4)),
+                (6, 0, full_seq(1, 2, 9)),
+            ],
         },
         Reply::Welcome {
             for_incarnation: 1,
@@ -170,6 +193,7 @@ fn every_small_frame_arrives_unchanged() {
             committed_group: 5,
             staged: None,
             resync_candidates: Some(Vec::new()),
+            held: Vec::new(),
         },
         Reply::StagedAck { local: 9 },
         Reply::Consistent { local: 9, group: 10 },
@@ -231,9 +255,14 @@ fn long_lists_travel_in_parts_under_one_mebibyte_and_join_unchanged() {
             committed_group: 5,
             staged: None,
             resync_candidates: Some((0..250_000).map(|i| blocks - 1 - i).collect()),
+            held: (0..50_000)
+                .map(|i| (7, i, full_seq(u64::MAX, u64::MAX, u64::MAX - i)))
+                .collect(),
         },
     };
-    assert_eq!(encode_to_primary(welcome.clone()).len(), 3);
+    let parts = encode_to_primary(welcome.clone());
+    assert_eq!(parts.len(), 6);
+    assert!(parts.iter().all(|f| f.encoded_len() < MAX_PART_BYTES));
     assert_eq!(through_to_primary(welcome.clone(), g), vec![welcome]);
 
     let hashes = ToPrimary {
@@ -616,6 +645,41 @@ fn frames_of_the_wrong_direction_or_phase_are_refused() {
             kind: Some(Kind::Welcome(welcome))
         }),
         Err(Malformed::Unexpected(_))
+    ));
+    // A resume point out of order, or naming a block past the end.
+    let held = |index| pb::HeldVersion {
+        local_epoch: 3,
+        index,
+        seq: Some(pb::SendSeq::default()),
+    };
+    for (list, refusal) in [
+        (vec![held(2), held(1)], Malformed::Unordered("welcome.held")),
+        (vec![held(2), held(2)], Malformed::Unordered("welcome.held")),
+    ] {
+        let mut inbox = PrimaryInbox::new(geometry(16));
+        let welcome = pb::Welcome {
+            generation: Some(pb::RoleGeneration::default()),
+            held: list,
+            ..Default::default()
+        };
+        assert_eq!(
+            inbox.push(pb::Frame {
+                kind: Some(Kind::Welcome(welcome))
+            }),
+            Err(refusal)
+        );
+    }
+    let mut inbox = PrimaryInbox::new(geometry(16));
+    let welcome = pb::Welcome {
+        generation: Some(pb::RoleGeneration::default()),
+        held: vec![held(16)],
+        ..Default::default()
+    };
+    assert!(matches!(
+        inbox.push(pb::Frame {
+            kind: Some(Kind::Welcome(welcome))
+        }),
+        Err(Malformed::OutOfRange { .. })
     ));
     // A fence without the newer generation.
     assert_eq!(
