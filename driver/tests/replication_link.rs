@@ -19,8 +19,9 @@ use floe_driver::dataplane::freeze_member::LocalMember;
 use floe_driver::replication::endpoint::HostedPrimary;
 use floe_driver::replication::freeze::{group_freeze, FreezeMember};
 use floe_driver::replication::handshake::Opening;
-use floe_driver::replication::link::{LinkState, LinkStats};
+use floe_driver::replication::link::{LinkState, LinkStats, Reason};
 use floe_driver::replication::sender::{self, SenderConfig};
+use floe_driver::replication::tls::{dial, TlsSource};
 use floe_driver::store::FileStore;
 use floe_engine::{Mode, Primary};
 use floe_proto::replication::{self as pb, frame::Kind, replication_client::ReplicationClient};
@@ -196,9 +197,7 @@ async fn cutting_the_link_mid_epoch_loses_nothing_and_the_stream_resumes() -> Re
 }
 
 async fn hostile_stream(sites: &Sites, frames: Vec<pb::Frame>) -> Result<Vec<pb::Frame>, tonic::Status> {
-    let channel = sites
-        .endpoint
-        .connect()
+    let channel = dial(&sites.target, &sites.primary_tls, Duration::from_secs(5))
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = ReplicationClient::new(channel);
@@ -254,7 +253,7 @@ async fn a_hostile_peer_is_refused_with_a_reason_and_changes_nothing() -> Result
         (r.field.as_str(), r.theirs.as_str()),
         ("volume", "\"../../etc/passwd\"")
     );
-    assert_eq!(sites.receivers.unknown.rejected(), 1);
+    assert_eq!(sites.receivers.unknown.rejected_for(Reason::Mismatch), 1);
 
     // Another geometry: named with both values.
     let got = hostile_stream(&sites, vec![open(&|o| o.block_count = 1 << 40)]).await?;
@@ -304,7 +303,13 @@ async fn a_sender_with_another_geometry_is_refused_and_keeps_retrying() -> Resul
     let sites = start(dir.path(), Mode::Log, BLOCKS).await?;
     let mut wrong = pairing(1, Mode::Log, sites.geometry);
     wrong.geometry = floe_engine::Geometry::new(BS, BLOCKS * 2, 16)?;
-    let mut cfg = SenderConfig::new(sites.endpoint.clone(), wrong, GENERATION, 1);
+    let mut cfg = SenderConfig::new(
+        sites.target.clone(),
+        Arc::clone(&sites.primary_tls),
+        wrong,
+        GENERATION,
+        1,
+    );
     cfg.retry = (Duration::from_millis(5), Duration::from_millis(50));
     let cancel = sites.cancel.child_token();
     let link = sender::spawn(Arc::clone(&sites.primaries[1]), cfg, LinkStats::detached(), cancel);
@@ -382,5 +387,110 @@ async fn a_bandwidth_limited_link_still_commits_every_epoch() -> Result<()> {
         let mut record = sites.coordinator.watch();
         tokio::time::timeout(Duration::from_secs(60), record.wait_for(|r| r.committed >= epoch)).await??;
     }
+    Ok(())
+}
+
+/// Certificates the DR must turn away at the handshake: another CA, and the
+/// right CA for another name. Neither reaches the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_paired_sites_certificate_gets_through() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
+    let sites = start(dir.path(), Mode::Continuous, BLOCKS).await?;
+    sites.cancel.cancel();
+    let hello = || {
+        vec![pb::Frame {
+            kind: Some(Kind::Hello(pb::Hello::default())),
+        }]
+    };
+    for (who, files) in [
+        ("another CA", &sites.pki.rogue_controller),
+        ("another name", &sites.pki.intruder),
+    ] {
+        let tls = TlsSource::load(common::link::site_tls(files, common::tls::NODE_DNS)?)?;
+        let outcome = match dial(&sites.target, &tls, Duration::from_secs(5)).await {
+            Err(e) => Err(e.to_string()),
+            Ok(channel) => ReplicationClient::new(channel)
+                .replicate(tokio_stream::iter(hello()))
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string()),
+        };
+        assert!(outcome.is_err(), "{who}: the DR served it");
+    }
+    // (The cancelled senders' last handshakes may be counted too.)
+    let identity = sites.receivers.unknown.rejected_for(Reason::Identity);
+    assert!(identity >= 2, "both counted as identity refusals, {identity}");
+    assert_eq!(sites.receivers.unknown.rejected_for(Reason::Mismatch), 0);
+    // And the primary side refuses a DR that shows the right CA but another name.
+    let tls = TlsSource::load(common::link::site_tls(&sites.pki.controller, "someone-else.floe.test")?)?;
+    assert!(dial(&sites.target, &tls, Duration::from_secs(5)).await.is_err());
+    Ok(())
+}
+
+/// A rotated Secret takes effect at the next connection: the DR's files are
+/// replaced by a certificate for another name (the primary refuses it and
+/// its stream stays down), then by good ones again (the stream comes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dr_reloads_its_certificate_when_the_files_change() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
+    let sites = start(dir.path(), Mode::Continuous, BLOCKS).await?;
+    let link = &sites.links[0];
+    let up = |l: &floe_driver::replication::link::LinkHandle| {
+        let mut state = l.state.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                state.wait_for(|s| *s == LinkState::Up).await.map(|_| ())
+            })
+            .await
+        }
+    };
+    assert!(matches!(up(link).await, Ok(Ok(()))), "the stream comes up");
+    let node = &sites.pki.node;
+    let good = (std::fs::read(&node.cert)?, std::fs::read(&node.key)?);
+    // Replace in place, as a Secret's atomic symlink swap does: new inode.
+    let swap = |cert: &[u8], key: &[u8]| -> Result<()> {
+        for (path, bytes) in [(&node.cert, cert), (&node.key, key)] {
+            let tmp = path.with_extension("new");
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, path)?;
+        }
+        Ok(())
+    };
+    let other = &sites.pki.other_node;
+    swap(&std::fs::read(&other.cert)?, &std::fs::read(&other.key)?)?;
+    let before = link.stats.reconnects.get();
+    sites.proxy.cut();
+    let mut state = link.state.clone();
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let down_again = state
+                .wait_for(|s| matches!(s, LinkState::Down { .. }))
+                .await
+                .map(|s| format!("{:?}", *s));
+            match down_again {
+                Ok(text) if link.stats.reconnects.get() >= before + 2 => break Ok(text),
+                Ok(_) => {
+                    if state.changed().await.is_err() {
+                        break Err(());
+                    }
+                }
+                Err(_) => break Err(()),
+            }
+        }
+    })
+    .await;
+    let text = match refused {
+        Ok(Ok(text)) => text,
+        other => bail!(
+            "the stream did not stay down: {other:?}, state {:?}",
+            *link.state.borrow()
+        ),
+    };
+    assert!(text.contains("certificate") || text.contains("connect"), "{text}");
+    swap(&good.0, &good.1)?;
+    assert!(
+        matches!(up(link).await, Ok(Ok(()))),
+        "the stream is back with the good files"
+    );
     Ok(())
 }

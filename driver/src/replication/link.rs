@@ -55,6 +55,11 @@ impl LinkStats {
         self.rejected.with_label_values(&[&self.volume, reason.label()]).inc();
     }
 
+    /// Refusals so far for `reason`.
+    pub fn rejected_for(&self, reason: Reason) -> u64 {
+        self.rejected.with_label_values(&[&self.volume, reason.label()]).get()
+    }
+
     /// Refusals so far, every reason.
     pub fn rejected(&self) -> u64 {
         Reason::ALL
@@ -77,15 +82,18 @@ pub enum Reason {
     Coordinator,
     /// The peer refused (counted at the end that was refused).
     Peer,
+    /// The TLS handshake failed, or the certificate is for another name.
+    Identity,
 }
 
 impl Reason {
-    const ALL: [Reason; 5] = [
+    const ALL: [Reason; 6] = [
         Reason::Mismatch,
         Reason::Malformed,
         Reason::Engine,
         Reason::Coordinator,
         Reason::Peer,
+        Reason::Identity,
     ];
 
     fn label(self) -> &'static str {
@@ -95,6 +103,7 @@ impl Reason {
             Reason::Engine => "engine",
             Reason::Coordinator => "coordinator",
             Reason::Peer => "peer",
+            Reason::Identity => "identity",
         }
     }
 }

@@ -17,13 +17,16 @@
 //! - [`sender`]: the primary's end, one task per volume: dial, open, pump
 //!   with backpressure into the engine, reconnect with backoff.
 //! - [`receiver`]: the DR's end, the `Replication` service of a node.
+//! - [`tls`]: mutual TLS from files reloaded when they change, the peer
+//!   authorised by name; [`listener`]: the DR node's listener on it.
 //! - [`freeze`]: the group freeze (ready, quiesce, flip, thaw, abort on any
 //!   failure) over [`freeze::FreezeMember`]s.
 //!
 //! Dependencies point one way: `codec` and `handshake` use only
 //! `floe-engine`'s types and `floe-proto`'s messages; `sender` and
-//! `receiver` use them through `endpoint` and `link`; nothing here imports
-//! the CSI services or the data-plane daemon (they will host it). The
+//! `receiver` use them through `endpoint` and `link`; `tls` uses
+//! `crate::model` (the peer's name); nothing here imports the CSI services,
+//! the node or the data plane (they host it). The
 //! sealing layer (I6) will sit between `codec` and the stream.
 
 pub mod codec;
@@ -31,8 +34,10 @@ pub mod endpoint;
 pub mod freeze;
 pub mod handshake;
 pub mod link;
+pub mod listener;
 pub mod receiver;
 pub mod sender;
+pub mod tls;
 
 /// An error and its causes on one line, for logs and refusals.
 pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {

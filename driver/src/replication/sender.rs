@@ -9,7 +9,8 @@
 //! session ends, the engine is told (`disconnect`) and the task dials again
 //! after an exponential, jittered delay, reset once a session is accepted.
 //! An optional token bucket shared by a node's senders caps their bandwidth;
-//! HTTP/2 windows adapt to the bandwidth-delay product.
+//! HTTP/2 windows adapt to the bandwidth-delay product. The DR is dialled as
+//! this site's TLS identity and must show the paired site's name.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,12 +27,17 @@ use super::codec::{encode_to_replica, PrimaryInbox, MAX_FRAME_BYTES};
 use super::endpoint::PrimaryEnd;
 use super::handshake::{Opening, Pairing, SALT_BYTES};
 use super::link::{blocking, LinkError, LinkHandle, LinkState, LinkStats, Reason};
+use super::tls::{dial, TlsSource};
 
 /// How a sender reaches its DR and paces its stream.
 #[derive(Clone, Debug)]
 pub struct SenderConfig {
-    /// The DR node's replication listener, TLS configured by the caller.
-    pub endpoint: tonic::transport::Endpoint,
+    /// The DR node's replication listener (`host:port`).
+    pub addr: String,
+    /// This site's TLS identity; the DR must show the peer name it holds.
+    pub tls: Arc<TlsSource>,
+    /// Longest a connection (TCP and TLS) may take.
+    pub connect_timeout: Duration,
     /// The pairing, as this site records it.
     pub pairing: Pairing,
     /// This primary's role generation.
@@ -66,16 +72,20 @@ pub fn bandwidth_limit(bytes_per_second: u64) -> Arc<RateLimiter> {
 }
 
 impl SenderConfig {
-    /// Defaults for `endpoint` and `pairing`: frames of 256 blocks (1 MiB
-    /// at 4 KiB), 16 frames queued, retries from 50 ms to 5 s.
+    /// Defaults for a stream to `addr` as `tls`: frames of 256 blocks
+    /// (1 MiB at 4 KiB), 16 frames queued, connections within 5 s, retries
+    /// from 50 ms to 5 s.
     pub fn new(
-        endpoint: tonic::transport::Endpoint,
+        addr: impl Into<String>,
+        tls: Arc<TlsSource>,
         pairing: Pairing,
         generation: RoleGeneration,
         incarnation: u64,
     ) -> Self {
         SenderConfig {
-            endpoint,
+            addr: addr.into(),
+            tls,
+            connect_timeout: Duration::from_secs(5),
             pairing,
             generation,
             incarnation,
@@ -157,9 +167,9 @@ impl<P: PrimaryEnd> Sender<P> {
 
     /// One stream, from dialling to its end.
     async fn session(&self, accepted: &mut bool) -> Result<(), LinkError> {
-        // HTTP/2 windows follow the measured bandwidth-delay product.
-        let endpoint = self.cfg.endpoint.clone().http2_adaptive_window(true);
-        let channel = endpoint.connect().await.map_err(LinkError::Connect)?;
+        let channel = dial(&self.cfg.addr, &self.cfg.tls, self.cfg.connect_timeout)
+            .await
+            .map_err(LinkError::Connect)?;
         let mut client = ReplicationClient::new(channel)
             .max_decoding_message_size(MAX_FRAME_BYTES)
             .max_encoding_message_size(MAX_FRAME_BYTES);

@@ -8,17 +8,20 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use floe_driver::csi::remote::TlsFiles;
+use floe_driver::model::PeerName;
 use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
 use floe_driver::replication::handshake::Pairing;
 use floe_driver::replication::link::{LinkHandle, LinkMetrics};
+use floe_driver::replication::listener;
 use floe_driver::replication::receiver::{Paired, Receivers};
 use floe_driver::replication::sender::{self, SenderConfig};
+use floe_driver::replication::tls::{SiteTls, TlsSource};
 use floe_driver::store::{FileDecisionLog, FileStore};
 use floe_engine::{Geometry, Mode, Primary, Replica, RoleGeneration, VolumeStore};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
 use super::tls;
 
@@ -114,7 +117,12 @@ pub struct Sites {
     pub links: Vec<LinkHandle>,
     pub receivers: Receivers,
     pub registry: prometheus::Registry,
-    pub endpoint: Endpoint,
+    /// The primary site's TLS identity.
+    pub primary_tls: Arc<TlsSource>,
+    /// Where the primary site dials (the proxy).
+    pub target: String,
+    /// The certificates of both sites (and rogue ones).
+    pub pki: tls::Pki,
     pub proxy: Proxy,
     pub cancel: CancellationToken,
     pub server: tokio::task::JoinHandle<()>,
@@ -134,6 +142,16 @@ pub fn pairing(m: usize, mode: Mode, geometry: Geometry) -> Pairing {
         geometry,
         mode,
     }
+}
+
+/// One site's TLS files as the replication link takes them, wanting `peer`.
+pub fn site_tls(files: &TlsFiles, peer: &str) -> Result<SiteTls> {
+    Ok(SiteTls {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        ca: files.ca.clone(),
+        peer: PeerName::parse("peer", peer)?,
+    })
 }
 
 /// Two sites under `dir` whose primaries are new engines on `FileStore`s.
@@ -192,39 +210,33 @@ pub async fn start_with(
         });
     }
 
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let server_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&pki.node.cert)?, read(&pki.node.key)?))
-        .client_ca_root(Certificate::from_pem(read(&pki.node.ca)?));
+    // The DR serves as the node identity and wants the controller's name;
+    // the primary site dials as the controller and wants the node's.
+    let dr_tls = TlsSource::load(site_tls(&pki.node, tls::CONTROLLER_DNS)?)?;
+    let primary_tls = TlsSource::load(site_tls(&pki.controller, tls::NODE_DNS)?)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let router = Server::builder()
-        .tls_config(server_tls)?
-        .add_service(receivers.clone().service());
+    let serving = receivers.clone();
     let server = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = router.serve_with_incoming(incoming).await {
+        if let Err(e) = listener::serve(listener, dr_tls, serving, std::future::pending()).await {
             eprintln!("replication listener ended: {e}");
         }
     });
 
     let proxy = Proxy::start(addr).await?;
-    let client_tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&pki.controller.ca)?))
-        .identity(Identity::from_pem(
-            read(&pki.controller.cert)?,
-            read(&pki.controller.key)?,
-        ))
-        .domain_name(tls::NODE_DNS);
-    let endpoint = Endpoint::from_shared(format!("https://{}", proxy.addr))?
-        .tls_config(client_tls)?
-        .connect_timeout(Duration::from_secs(5));
+    let target = proxy.addr.to_string();
     let cancel = CancellationToken::new();
     let links = primaries
         .iter()
         .enumerate()
         .map(|(m, p)| {
-            let mut cfg = SenderConfig::new(endpoint.clone(), pairing(m, mode, geo), GENERATION, 1);
+            let mut cfg = SenderConfig::new(
+                target.clone(),
+                Arc::clone(&primary_tls),
+                pairing(m, mode, geo),
+                GENERATION,
+                1,
+            );
             // Small frames, so a cut often falls in the middle of an epoch.
             cfg.max_blocks = 8;
             cfg.retry = (Duration::from_millis(5), Duration::from_millis(100));
@@ -241,7 +253,9 @@ pub async fn start_with(
         links,
         receivers,
         registry,
-        endpoint,
+        primary_tls,
+        target,
+        pki,
         proxy,
         cancel,
         server,
