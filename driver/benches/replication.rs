@@ -15,13 +15,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use common::link::{pattern, start, Rng, BS, MEMBERS};
-use floe_driver::dataplane::freeze_member::LocalMember;
-use floe_driver::replication::freeze::{group_freeze, FreezeMember};
+use floe_driver::replication::freeze::group_freeze;
 use floe_engine::Mode;
 
 fn knob(name: &str, default: u64) -> u64 {
@@ -61,12 +59,7 @@ struct Row {
 async fn run(mode: Mode, writes: u64, per_epoch: u64, blocks: u64) -> Result<Row> {
     let dir = tempfile::Builder::new().prefix("floe-bench-link-").tempdir()?;
     let sites = start(dir.path(), mode, blocks).await?;
-    let members: Vec<Arc<dyn FreezeMember>> = sites
-        .primaries
-        .iter()
-        .enumerate()
-        .map(|(m, p)| Arc::new(LocalMember::new(format!("pvc-{m}"), Arc::clone(p), None)) as Arc<dyn FreezeMember>)
-        .collect();
+    let members = sites.engine_members();
     let zipf = Zipf::new(blocks);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let started = Instant::now();
@@ -79,15 +72,7 @@ async fn run(mode: Mode, writes: u64, per_epoch: u64, blocks: u64) -> Result<Row
         if i % per_epoch == 0 || i == writes {
             // A freeze waits for the last epoch to resolve (the group
             // freeze's readiness check would refuse it otherwise).
-            for p in &sites.primaries {
-                let mut closing = p.watch_closing();
-                if tokio::time::timeout(Duration::from_secs(120), closing.wait_for(Option::is_none))
-                    .await
-                    .is_err()
-                {
-                    bail!("{}: epoch {epoch} unresolved after 120 s", mode.name());
-                }
-            }
+            sites.wait_resolved().await?;
             epoch += 1;
             let report = group_freeze(&members, epoch, Duration::from_secs(30)).await;
             if !report.committed_to_flip {
@@ -95,13 +80,7 @@ async fn run(mode: Mode, writes: u64, per_epoch: u64, blocks: u64) -> Result<Row
             }
         }
     }
-    let mut record = sites.coordinator.watch();
-    if tokio::time::timeout(Duration::from_secs(300), record.wait_for(|r| r.committed >= epoch))
-        .await
-        .is_err()
-    {
-        bail!("{}: epoch {epoch} not committed after 300 s", mode.name());
-    }
+    sites.wait_committed(epoch).await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Row {
         mode,

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use common::link::{dr_image, geometry, pairing, start_with, Sites, BS, GENERATION, MEMBERS};
+use anyhow::{ensure, Context, Result};
+use common::link::{dr_image, geometry, pairing, start_with, BS, GENERATION, MEMBERS};
 use floe_driver::dataplane::freeze_member::LocalMember;
 use floe_driver::dataplane::mount::{self, FsType, MountedFs};
 use floe_driver::dataplane::{AttachedVolume, BlockBackend, EngineBackend};
@@ -72,30 +72,6 @@ impl Drop for Member {
             let _ = vol.detach();
         }
     }
-}
-
-async fn wait_resolved(sites: &Sites, epoch: u64) -> Result<()> {
-    for p in &sites.primaries {
-        let mut closing = p.watch_closing();
-        if tokio::time::timeout(Duration::from_secs(120), closing.wait_for(Option::is_none))
-            .await
-            .is_err()
-        {
-            bail!("epoch {epoch} still closing after 120 s");
-        }
-    }
-    Ok(())
-}
-
-async fn wait_committed(sites: &Sites, epoch: u64) -> Result<()> {
-    let mut record = sites.coordinator.watch();
-    if tokio::time::timeout(Duration::from_secs(120), record.wait_for(|r| r.committed >= epoch))
-        .await
-        .is_err()
-    {
-        bail!("epoch {epoch} not committed after 120 s");
-    }
-    Ok(())
 }
 
 async fn replicate_under_ext4(dir: &Path, mode: Mode) -> Result<()> {
@@ -153,10 +129,10 @@ async fn replicate_under_ext4(dir: &Path, mode: Mode) -> Result<()> {
         if epoch % 2 == 0 {
             sites.proxy.cut();
         }
-        wait_resolved(&sites, epoch - 1).await?;
+        sites.wait_resolved().await?;
         let report = group_freeze(&freeze_members, epoch, Duration::from_secs(30)).await;
         ensure!(report.committed_to_flip, "{}: freeze {epoch}: {report:?}", mode.name());
-        wait_committed(&sites, epoch).await?;
+        sites.wait_committed(epoch).await?;
         sites.coordinator.with_decisions_held(|record| -> Result<()> {
             ensure!(record.committed == epoch);
             for m in 0..MEMBERS {
@@ -178,22 +154,12 @@ async fn replicate_under_ext4(dir: &Path, mode: Mode) -> Result<()> {
             fs.unmount()?;
         }
     }
-    let engines_only: Vec<Arc<dyn FreezeMember>> = members
-        .iter()
-        .enumerate()
-        .map(|(m, v)| {
-            Arc::new(LocalMember::new(
-                format!("pvc-{m}"),
-                Arc::clone(v.backend.hosted()),
-                None,
-            )) as Arc<dyn FreezeMember>
-        })
-        .collect();
+    let engines_only = sites.engine_members();
     let epoch = last + 1;
-    wait_resolved(&sites, last).await?;
+    sites.wait_resolved().await?;
     let report = group_freeze(&engines_only, epoch, Duration::from_secs(30)).await;
     ensure!(report.committed_to_flip, "{}: last freeze: {report:?}", mode.name());
-    wait_committed(&sites, epoch).await?;
+    sites.wait_committed(epoch).await?;
     for (m, member) in members.iter().enumerate() {
         let dr = std::fs::read(dr_image(dir, m)).context("read a DR image")?;
         let mut primary = vec![0u8; geo.bytes() as usize];

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use common::link::{pairing, pattern, primary_image, replica_image, start, Rng, Sites, BS, GENERATION, MEMBERS};
-use floe_driver::dataplane::freeze_member::LocalMember;
 use floe_driver::replication::endpoint::HostedPrimary;
-use floe_driver::replication::freeze::{group_freeze, FreezeMember};
+use floe_driver::replication::freeze::group_freeze;
 use floe_driver::replication::handshake::Opening;
 use floe_driver::replication::link::{LinkState, LinkStats, Reason};
 use floe_driver::replication::sender::{self, SenderConfig};
@@ -71,12 +70,7 @@ async fn run(mode: Mode, cut: bool) -> Result<()> {
     let mut rng = Rng(seed);
     let dir = tempfile::Builder::new().prefix("floe-link-").tempdir()?;
     let sites = start(dir.path(), mode, BLOCKS).await?;
-    let members: Vec<Arc<dyn FreezeMember>> = sites
-        .primaries
-        .iter()
-        .enumerate()
-        .map(|(m, p)| Arc::new(LocalMember::new(format!("pvc-{m}"), Arc::clone(p), None)) as Arc<dyn FreezeMember>)
-        .collect();
+    let members = sites.engine_members();
     let mut written = Written::default();
     let mut epoch_blocks = vec![std::collections::BTreeSet::new(); MEMBERS];
     let mut cuts = 0;
@@ -85,17 +79,7 @@ async fn run(mode: Mode, cut: bool) -> Result<()> {
         if cut && rng.below(2) == 0 {
             cuts += sites.proxy.cut();
         }
-        // A member whose last epoch is still closing would refuse the
-        // freeze (the group freeze checks this before any FIFREEZE).
-        for p in &sites.primaries {
-            let mut closing = p.watch_closing();
-            let resolved = tokio::time::timeout(Duration::from_secs(60), closing.wait_for(Option::is_none))
-                .await
-                .map(|r| r.map(|_| ()));
-            if resolved.is_err() {
-                bail!("epoch {} still closing after 60 s", epoch - 1);
-            }
-        }
+        sites.wait_resolved().await?;
         // The group freeze: every member flips at the same group epoch; the
         // image each holds then (nothing writes during the freeze) is what
         // the DR must show.
@@ -113,14 +97,7 @@ async fn run(mode: Mode, cut: bool) -> Result<()> {
         if cut && rng.below(2) == 0 {
             cuts += sites.proxy.cut();
         }
-        let mut record = sites.coordinator.watch();
-        let waited = tokio::time::timeout(Duration::from_secs(60), record.wait_for(|r| r.committed >= epoch))
-            .await
-            .map(|r| r.map(|_| ()));
-        if waited.is_err() {
-            let states: Vec<_> = sites.links.iter().map(|l| l.state.borrow().clone()).collect();
-            bail!("epoch {epoch} not committed within 60 s; links {states:?}");
-        }
+        sites.wait_committed(epoch).await?;
         sites.coordinator.with_decisions_held(|record| -> Result<()> {
             assert_eq!(record.committed, epoch, "no later epoch was frozen");
             for (m, r) in sites.replicas.iter().enumerate() {
@@ -364,12 +341,7 @@ async fn a_bandwidth_limited_link_still_commits_every_epoch() -> Result<()> {
         )?)));
     }
     let sites = common::link::start_with(dir.path(), Mode::Continuous, geo, primaries, Some(4 << 20)).await?;
-    let members: Vec<Arc<dyn FreezeMember>> = sites
-        .primaries
-        .iter()
-        .enumerate()
-        .map(|(m, p)| Arc::new(LocalMember::new(format!("pvc-{m}"), Arc::clone(p), None)) as Arc<dyn FreezeMember>)
-        .collect();
+    let members = sites.engine_members();
     let mut rng = Rng(7);
     for epoch in 1..=3 {
         for _ in 0..200 {
@@ -378,14 +350,10 @@ async fn a_bandwidth_limited_link_still_commits_every_epoch() -> Result<()> {
             let data = pattern(&mut rng);
             sites.primaries[m].with(|p| p.write(b * BS as u64, &data))?;
         }
-        for p in &sites.primaries {
-            let mut closing = p.watch_closing();
-            tokio::time::timeout(Duration::from_secs(60), closing.wait_for(Option::is_none)).await??;
-        }
+        sites.wait_resolved().await?;
         let report = group_freeze(&members, epoch, Duration::from_secs(30)).await;
         assert!(report.committed_to_flip, "{report:?}");
-        let mut record = sites.coordinator.watch();
-        tokio::time::timeout(Duration::from_secs(60), record.wait_for(|r| r.committed >= epoch)).await??;
+        sites.wait_committed(epoch).await?;
     }
     Ok(())
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use floe_driver::csi::remote::TlsFiles;
+use floe_driver::dataplane::freeze_member::LocalMember;
 use floe_driver::model::PeerName;
 use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
+use floe_driver::replication::freeze::FreezeMember;
 use floe_driver::replication::handshake::Pairing;
 use floe_driver::replication::link::{LinkHandle, LinkMetrics};
 use floe_driver::replication::listener;
@@ -127,6 +129,49 @@ pub struct Sites {
     pub cancel: CancellationToken,
     pub server: tokio::task::JoinHandle<()>,
 }
+
+impl Sites {
+    /// Waits until no member has an epoch still closing: a freeze before
+    /// that would be refused (the group freeze checks it first).
+    pub async fn wait_resolved(&self) -> Result<()> {
+        for p in &self.primaries {
+            let mut closing = p.watch_closing();
+            // The guard `wait_for` returns would hold the watch's lock: dropped here.
+            let done = tokio::time::timeout(WAIT, closing.wait_for(Option::is_none))
+                .await
+                .map(|r| r.map(|_| ()));
+            if !matches!(done, Ok(Ok(()))) {
+                anyhow::bail!("epoch {:?} still closing after {WAIT:?}", *closing.borrow());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the group committed `epoch`.
+    pub async fn wait_committed(&self, epoch: u64) -> Result<()> {
+        let mut record = self.coordinator.watch();
+        let done = tokio::time::timeout(WAIT, record.wait_for(|r| r.committed >= epoch))
+            .await
+            .map(|r| r.map(|_| ()));
+        if !matches!(done, Ok(Ok(()))) {
+            let links: Vec<_> = self.links.iter().map(|l| l.state.borrow().clone()).collect();
+            anyhow::bail!("epoch {epoch} not committed within {WAIT:?}; links {links:?}");
+        }
+        Ok(())
+    }
+
+    /// The primaries as group-freeze members with no file system.
+    pub fn engine_members(&self) -> Vec<Arc<dyn FreezeMember>> {
+        self.primaries
+            .iter()
+            .enumerate()
+            .map(|(m, p)| Arc::new(LocalMember::new(format!("pvc-{m}"), Arc::clone(p), None)) as Arc<dyn FreezeMember>)
+            .collect()
+    }
+}
+
+/// Longest wait for an epoch to resolve or commit.
+pub const WAIT: Duration = Duration::from_secs(120);
 
 impl Drop for Sites {
     fn drop(&mut self) {
