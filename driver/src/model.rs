@@ -11,6 +11,8 @@
 //!   check through it).
 //! - [`PeerName`]: the DNS name a mutual-TLS peer's certificate must carry
 //!   for the other side to serve it or trust it.
+//! - [`error_chain`]: an error and its causes on one line, for logs and
+//!   messages (here because every module may import this one).
 //! - [`HostPath`]: a path kubelet gives (staging and target paths): absolute
 //!   and already in canonical form (no `.`, `..` or empty component); the
 //!   node service also refuses one that passes through a symlink
@@ -207,6 +209,22 @@ impl fmt::Display for PeerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0.as_ref())
     }
+}
+
+/// An error and its causes on one line, outermost first (`a: b: c`); a cause
+/// whose text its parent already ends with is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]

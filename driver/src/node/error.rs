@@ -181,20 +181,7 @@ fn is_no_space(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
 }
 
-/// The error and its causes, outermost first: `a: b: c`.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}
+pub use crate::model::error_chain as chain;
 
 impl From<crate::model::Invalid> for Error {
     fn from(e: crate::model::Invalid) -> Self {

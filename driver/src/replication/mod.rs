@@ -39,14 +39,4 @@ pub mod receiver;
 pub mod sender;
 pub mod tls;
 
-/// An error and its causes on one line, for logs and refusals.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+pub(crate) use crate::model::error_chain as chain;
