@@ -649,13 +649,16 @@ async fn defect4_stage_refuses_a_broken_attachment() -> Result<()> {
 // ---------------------------------------------------------------------------
 // Defect 5: one thread per connection, no cap, no idle timeout.
 
-fn threads_of_this_process() -> Result<usize> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .context("Threads: in /proc/self/status")
+/// Threads of this process named `name`: the test binary runs other tests
+/// (and their runtimes) beside this one, so only the API's connection
+/// threads are counted.
+fn threads_named(name: &str) -> Result<usize> {
+    let mut n = 0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let comm = std::fs::read_to_string(task?.path().join("comm")).unwrap_or_default();
+        n += usize::from(comm.trim_end() == name);
+    }
+    Ok(n)
 }
 
 /// 300 idle connections to the daemon's API do not make 300 threads, and a
@@ -669,15 +672,17 @@ fn defect5_idle_api_connections_are_bounded() -> Result<()> {
     let h = Harness::new("hostile-conns")?;
     let sock = h.path("run/dataplane.sock");
     Client::connect(&sock)?.status()?;
-    let before = threads_of_this_process()?;
+    let before = threads_named("floe-api-conn")?;
     let idle: Vec<UnixStream> = (0..300).map(|_| UnixStream::connect(&sock)).collect::<Result<_, _>>()?;
     // Accepted in order: once this one is answered, all before it were
     // accepted (and, before the fix, had their threads).
     let mut late = Client::connect(&sock)?;
     late.set_timeout(Duration::from_secs(30))?;
     late.status().context("a client after 300 idle connections")?;
-    let grown = threads_of_this_process()?.saturating_sub(before);
-    ensure!(grown <= 80, "300 idle connections made {grown} threads");
+    // The daemon keeps at most 32 connections; threads of connections it
+    // closed to make room may still be on their way out.
+    let grown = threads_named("floe-api-conn")?.saturating_sub(before);
+    ensure!(grown <= 80, "300 idle connections made {grown} connection threads");
     drop(idle);
     Ok(())
 }
