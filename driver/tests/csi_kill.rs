@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use floe_driver::dataplane::mounttable::{self, MountEntry};
 use floe_proto::csi;
 use floe_proto::csi::controller_client::ControllerClient;
@@ -221,15 +221,8 @@ fn mounts() -> Result<Vec<MountEntry>> {
 
 /// The loop device of a volume from the data plane's own answer.
 fn device_of(node: &Node, id: &str) -> Result<Option<PathBuf>> {
-    use floe_driver::daemon::api::{Reply, Request};
-    use floe_driver::node::wire::{NodeCall, NodeReply};
-    let mut c = floe_driver::daemon::client::Client::connect(&node.path("run/dataplane.sock"))?;
-    match c.call(&Request::Csi {
-        call: NodeCall::Volume { id: id.into() },
-    })? {
-        Reply::Csi(NodeReply::MaybeVolume(v)) => Ok(v.and_then(|v| v.attachment).map(|a| a.device)),
-        other => bail!("unexpected answer {other:?}"),
-    }
+    let c = common::plane::PlaneClient::new(&node.path("run/dataplane.sock"))?;
+    Ok(c.volume(id)?.and_then(|v| v.attachment).map(|a| a.device))
 }
 
 /// No half-done mount: what is mounted of each volume is whole and where
@@ -491,7 +484,7 @@ async fn a_data_plane_restart_under_csi_volumes_keeps_their_io_and_growth() -> R
     let log = writer(v.targets[0].join("log"), Arc::clone(&stop));
 
     node.restart_serve()?;
-    let status = floe_driver::daemon::client::Client::connect(&node.path("run/dataplane.sock"))?.status()?;
+    let status = common::plane::PlaneClient::new(&node.path("run/dataplane.sock"))?.status()?;
     ensure!(
         status.took_over.len() == 1,
         "the successor took the volume over: {:?}",

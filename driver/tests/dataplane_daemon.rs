@@ -19,19 +19,23 @@ use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use floe_driver::daemon::api::{AttachState, ErrorKind, Request, Response};
-use floe_driver::daemon::client::{Client, ClientError};
 use floe_driver::daemon::files::RunPaths;
-use floe_driver::daemon::{AttachedFile, FrozenRecord};
+use floe_driver::daemon::FrozenRecord;
 use floe_driver::dataplane::fsfreeze;
 use floe_driver::dataplane::fuse::abort_connection;
 use floe_driver::dataplane::loopdev;
 use floe_driver::dataplane::mount::{self, FsType};
+use floe_driver::node::error::Error as NodeError;
+use floe_driver::node::params::VolumeParams;
+use floe_engine::Mode;
+use floe_proto::node::AttachState;
 use rustix::mount::{MountFlags, UnmountFlags};
 use rustix::process::{Pid, Signal};
+use tonic::Code;
 
 mod common;
 
+use common::plane::PlaneClient;
 use common::{skip_or_fail, tool_present};
 
 const DATAPLANE: &str = env!("CARGO_BIN_EXE_floe-dataplane");
@@ -164,8 +168,9 @@ impl Rig {
         let pid = child.id();
         self.serves.push(child);
         let deadline = Instant::now() + Duration::from_secs(30);
+        let client = self.client()?;
         loop {
-            if let Ok(s) = Client::connect(&self.run.api_socket()).and_then(|mut c| c.status()) {
+            if let Ok(s) = client.status() {
                 if s.pid == pid {
                     return Ok(pid);
                 }
@@ -186,8 +191,8 @@ impl Rig {
         self.serves.last_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    fn client(&self) -> Result<Client> {
-        Ok(Client::connect(&self.run.api_socket())?)
+    fn client(&self) -> Result<PlaneClient> {
+        Ok(PlaneClient::new(&self.run.api_socket())?)
     }
 
     /// Sends `sig` to the current `serve`.
@@ -270,17 +275,11 @@ impl Rig {
             }
         }
         if self.serving() {
-            if let Ok(mut c) = self.client() {
-                let attached: AttachedFile = std::fs::read(self.run.attached())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
-                for v in attached.volumes.keys() {
+            if let Ok(c) = self.client() {
+                for v in &self.volumes {
                     if let Err(e) = c.detach(v) {
                         eprintln!("teardown: detach {v}: {e:#}");
                     }
-                }
-                for v in &self.volumes {
                     let _ = c.delete(v);
                 }
             }
@@ -337,17 +336,12 @@ fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(&want))
 }
 
-/// The API error of a failed call, or a failure of the test.
-fn api_error<T: std::fmt::Debug>(res: Result<T, ClientError>, what: &str) -> Result<(ErrorKind, String)> {
+/// The code and message of a failed call, or a failure of the test.
+fn api_error<T: std::fmt::Debug>(res: Result<T, NodeError>, what: &str) -> Result<(Code, String)> {
     match res {
         Ok(v) => bail!("{what}: succeeded ({v:?}), expected an error"),
-        Err(ClientError::Api(w)) => Ok((w.kind, w.message)),
-        Err(e) => bail!("{what}: {e:#}"),
+        Err(e) => Ok((e.code(), e.to_string())),
     }
-}
-
-fn device_of(info: &floe_driver::daemon::api::VolumeInfo) -> Result<PathBuf> {
-    Ok(info.attachment.as_ref().context("not attached")?.device.clone())
 }
 
 /// Writes `bytes` to a new file under `dir` and fsyncs it, on a thread;
@@ -437,10 +431,10 @@ fn restarts_of_the_csi_server_and_the_data_plane_cost_a_running_filesystem_no_io
     )?;
     rig.csi = Some(csi);
 
-    let mut c = rig.client()?;
+    let c = rig.client()?;
     rig.volumes.push("pvc-fio".into());
-    c.create("pvc-fio", 512 * MIB, Some(4096), Some("continuous"))?;
-    let dev = device_of(&c.attach("pvc-fio")?)?;
+    c.create("pvc-fio", 512 * MIB, Some(4096), Some(Mode::Continuous))?;
+    let dev = c.attach("pvc-fio")?;
     ensure!(mount::format_if_empty(&dev, FsType::Ext4)?, "a new volume reads empty");
     let mnt = rig.mount(&dev, "mnt")?;
     let devname = dev.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -566,9 +560,13 @@ fn restarts_of_the_csi_server_and_the_data_plane_cost_a_running_filesystem_no_io
     );
 
     let s = rig.client()?.status()?;
-    ensure!(s.took_over == ["pvc-fio"], "the last serve took over {:?}", s.took_over);
+    ensure!(
+        s.took_over.len() == 1 && s.took_over[0] == s.volumes[0].store,
+        "the last serve took over {:?}",
+        s.took_over
+    );
     let a = s.volumes[0].attachment.as_ref().context("still attached")?;
-    ensure!(a.state == AttachState::Resumed, "{a:?}");
+    ensure!(a.state() == AttachState::Resumed, "{a:?}");
     // create 1, attach 2, each takeover one more.
     ensure!(a.incarnation == Some(4), "engine incarnation {:?}", a.incarnation);
 
@@ -583,8 +581,8 @@ fn restarts_of_the_csi_server_and_the_data_plane_cost_a_running_filesystem_no_io
 
     rig.unmount(&mnt)?;
     mount::check(&dev, FsType::Ext4)?;
-    let mut c = rig.client()?;
-    ensure!(c.detach("pvc-fio")?, "was attached");
+    let c = rig.client()?;
+    c.detach("pvc-fio")?;
     c.delete("pvc-fio")?;
     rig.volumes.clear();
     eprintln!(
@@ -607,19 +605,24 @@ fn a_quiesce_past_its_deadline_is_thawed_by_the_watchdog() -> Result<()> {
     let mut rig = Rig::new("watchdog")?;
     rig.start_holder()?;
     rig.start_serve()?;
-    let mut c = rig.client()?;
+    let c = rig.client()?;
     rig.volumes.push("pvc-freeze".into());
     c.create("pvc-freeze", 64 * MIB, None, None)?;
-    let dev = device_of(&c.attach("pvc-freeze")?)?;
+    let dev = c.attach("pvc-freeze")?;
     mount::format_if_empty(&dev, FsType::Ext4)?;
     let mnt = rig.mount(&dev, "mnt")?;
 
     // A quiesce thawed on request.
     let q = c.quiesce(&mnt, None)?;
-    ensure!(q.timeout_ms == 30_000);
+    let now_ms = u64::try_from(std::time::UNIX_EPOCH.elapsed()?.as_millis())?;
+    let left = q.deadline_unix_ms.saturating_sub(now_ms);
+    ensure!(
+        (25_000..=30_000).contains(&left),
+        "the default deadline is {left} ms away"
+    );
     let (kind, msg) = api_error(c.quiesce(&mnt, None), "second quiesce")?;
     ensure!(
-        kind == ErrorKind::FailedPrecondition && msg.contains(&q.token),
+        kind == Code::FailedPrecondition && msg.contains(&q.token),
         "{kind:?}: {msg}"
     );
     ensure!(c.thaw(&q.token)? == mnt);
@@ -630,7 +633,7 @@ fn a_quiesce_past_its_deadline_is_thawed_by_the_watchdog() -> Result<()> {
     // A quiesce left to its deadline.
     let timeout = Duration::from_millis(1500);
     let frozen_at = Instant::now();
-    let q = c.quiesce(&mnt, Some(timeout.as_millis() as u64))?;
+    let q = c.quiesce(&mnt, Some(timeout))?;
     let record = FrozenRecord::path_in(&rig.run.frozen(), &q.token);
     ensure!(record.exists(), "no freeze record at {}", record.display());
     ensure!(c.status()?.frozen.len() == 1);
@@ -651,12 +654,15 @@ fn a_quiesce_past_its_deadline_is_thawed_by_the_watchdog() -> Result<()> {
     ensure!(c.status()?.frozen.is_empty());
     let (kind, msg) = api_error(c.thaw(&q.token), "late thaw")?;
     ensure!(
-        kind == ErrorKind::DeadlineExceeded && msg.contains("watchdog"),
+        kind == Code::DeadlineExceeded && msg.contains("watchdog"),
         "{kind:?}: {msg}"
     );
 
-    let (kind, _) = api_error(c.quiesce(rig.dir.path(), Some(1000)), "quiesce of a plain directory")?;
-    ensure!(kind == ErrorKind::InvalidArgument);
+    let (kind, _) = api_error(
+        c.quiesce(rig.dir.path(), Some(Duration::from_secs(1))),
+        "quiesce of a plain directory",
+    )?;
+    ensure!(kind == Code::InvalidArgument);
     eprintln!("watchdog: the write waited {waited:?} for a {timeout:?} deadline");
     Ok(())
 }
@@ -672,14 +678,14 @@ fn a_file_system_left_frozen_by_a_killed_data_plane_is_thawed_at_start() -> Resu
     let mut rig = Rig::new("leftover")?;
     rig.start_holder()?;
     rig.start_serve()?;
-    let mut c = rig.client()?;
+    let c = rig.client()?;
     rig.volumes.push("pvc-left".into());
     c.create("pvc-left", 64 * MIB, None, None)?;
-    let dev = device_of(&c.attach("pvc-left")?)?;
+    let dev = c.attach("pvc-left")?;
     mount::format_if_empty(&dev, FsType::Ext4)?;
     let mnt = rig.mount(&dev, "mnt")?;
 
-    let q = c.quiesce(&mnt, Some(120_000))?;
+    let q = c.quiesce(&mnt, Some(Duration::from_secs(120)))?;
     rig.signal_serve(Signal::KILL)?;
     rig.serves.last_mut().context("serve")?.wait()?;
     let record = FrozenRecord::path_in(&rig.run.frozen(), &q.token);
@@ -712,10 +718,10 @@ fn a_volume_whose_holder_died_with_the_data_plane_is_reported_broken_and_recover
     let mut rig = Rig::new("holder-death")?;
     rig.start_holder()?;
     rig.start_serve()?;
-    let mut c = rig.client()?;
+    let c = rig.client()?;
     rig.volumes.push("pvc-h".into());
     c.create("pvc-h", 32 * MIB, None, None)?;
-    let dev = device_of(&c.attach("pvc-h")?)?;
+    let dev = c.attach("pvc-h")?;
     let data = content(7, 1 << 20);
     {
         use std::os::unix::fs::FileExt as _;
@@ -731,27 +737,24 @@ fn a_volume_whose_holder_died_with_the_data_plane_is_reported_broken_and_recover
 
     rig.start_holder()?;
     rig.start_serve()?;
-    let mut c = rig.client()?;
+    let c = rig.client()?;
     let s = c.status()?;
     ensure!(s.took_over.is_empty(), "took over {:?}", s.took_over);
     let a = s.volumes[0]
         .attachment
         .as_ref()
         .context("the volume is still listed as attached")?;
-    ensure!(a.state == AttachState::Broken && a.device == dev, "{a:?}");
-    ensure!(
-        a.detail.as_deref().is_some_and(|d| d.contains("detach")),
-        "{:?}",
-        a.detail
-    );
+    ensure!(a.state() == AttachState::Broken && Path::new(&a.device) == dev, "{a:?}");
+    ensure!(a.detail.contains("detach"), "{:?}", a.detail);
+    let store = s.volumes[0].store.clone();
     let (kind, _) = api_error(c.attach("pvc-h"), "attach of a broken volume")?;
-    ensure!(kind == ErrorKind::FailedPrecondition);
-    ensure!(c.detach("pvc-h")?, "detach cleans a broken attachment");
-    let fuse_dir = rig.run.fuse_dir("pvc-h");
+    ensure!(kind == Code::FailedPrecondition);
+    c.detach("pvc-h")?;
+    let fuse_dir = rig.run.fuse_dir(&store);
     ensure!(!is_mounted(&fuse_dir), "the dead FUSE mount is gone");
     ensure!(loopdev::devices_backed_by(&fuse_dir.join("volume")).is_empty());
 
-    let dev = device_of(&c.attach("pvc-h")?)?;
+    let dev = c.attach("pvc-h")?;
     let mut got = vec![0u8; data.len()];
     {
         use std::os::unix::fs::FileExt as _;
@@ -761,7 +764,7 @@ fn a_volume_whose_holder_died_with_the_data_plane_is_reported_broken_and_recover
         got == data,
         "the data written before the crash reads back after re-attach"
     );
-    ensure!(c.detach("pvc-h")?);
+    c.detach("pvc-h")?;
     Ok(())
 }
 
@@ -776,32 +779,28 @@ fn a_snapshot_restores_into_a_new_volume_holding_its_files() -> Result<()> {
     let mut rig = Rig::new("snapshot")?;
     rig.start_holder()?;
     rig.start_serve()?;
-    let mut c = rig.client()?;
+    let c = rig.client()?;
     rig.volumes.extend(["pvc-a".to_owned(), "pvc-b".to_owned()]);
-    c.create("pvc-a", 64 * MIB, Some(8192), Some("log"))?;
-    let dev_a = device_of(&c.attach("pvc-a")?)?;
+    c.create("pvc-a", 64 * MIB, Some(8192), Some(Mode::Log))?;
+    let dev_a = c.attach("pvc-a")?;
     mount::format_if_empty(&dev_a, FsType::Ext4)?;
     let mnt_a = rig.mount(&dev_a, "a")?;
     let sizes = [1usize, 4096, 123_457, 3 << 20];
     for (i, &len) in sizes.iter().enumerate() {
         std::fs::write(mnt_a.join(format!("file-{i}")), content(i as u64, len))?;
     }
-    let q = c.quiesce(&mnt_a, None)?;
-    let snap = c.snapshot("pvc-a", "snap-1");
-    c.thaw(&q.token)?;
-    let snap = snap?;
-    ensure!(snap.created && snap.path.exists(), "{snap:?}");
-    ensure!(std::fs::metadata(&snap.path)?.len() == 64 * MIB);
+    // The snapshot freezes the mounted file system itself.
+    let snap = c.snapshot("pvc-a", "snap-1")?;
+    ensure!(snap.size_bytes == 64 * MIB && snap.source_volume == "pvc-a", "{snap:?}");
     std::fs::write(mnt_a.join("after"), b"written after the snapshot")?;
     let again = c.snapshot("pvc-a", "snap-1")?;
-    ensure!(!again.created && again.path == snap.path, "{again:?}");
+    ensure!(again == snap, "the same snapshot again: {again:?}");
 
-    let b = c.restore("pvc-b", "pvc-a", "snap-1")?;
-    ensure!(
-        b.size_bytes == 64 * MIB && b.block_size == 8192 && b.mode == "log",
-        "{b:?}"
-    );
-    let dev_b = device_of(&c.attach("pvc-b")?)?;
+    let params = c.volume("pvc-a")?.context("pvc-a")?.params;
+    ensure!(params.block_size == 8192 && params.mode == Mode::Log, "{params:?}");
+    let b = c.restore("pvc-b", "snap-1", 64 * MIB, params)?;
+    ensure!(b.size_bytes == 64 * MIB && b.params == params, "{b:?}");
+    let dev_b = c.attach("pvc-b")?;
     mount::check(&dev_b, FsType::Ext4)?;
     let mnt_b = rig.mount(&dev_b, "b")?;
     for (i, &len) in sizes.iter().enumerate() {
@@ -814,11 +813,21 @@ fn a_snapshot_restores_into_a_new_volume_holding_its_files() -> Result<()> {
     );
 
     let (kind, _) = api_error(c.snapshot("pvc-none", "s"), "snapshot of an unknown volume")?;
-    ensure!(kind == ErrorKind::NotFound);
-    let (kind, msg) = api_error(c.restore("pvc-c", "pvc-a", "nope"), "restore of an unknown snapshot")?;
-    ensure!(kind == ErrorKind::NotFound && msg.contains("nope"), "{kind:?}: {msg}");
-    let (kind, _) = api_error(c.restore("pvc-b", "pvc-a", "snap-1"), "restore onto an existing volume")?;
-    ensure!(kind == ErrorKind::AlreadyExists);
+    ensure!(kind == Code::NotFound);
+    let (kind, msg) = api_error(
+        c.restore("pvc-c", "nope", 64 * MIB, params),
+        "restore of an unknown snapshot",
+    )?;
+    ensure!(kind == Code::NotFound && msg.contains("nope"), "{kind:?}: {msg}");
+    let other = VolumeParams {
+        block_size: 4096,
+        ..params
+    };
+    let (kind, _) = api_error(
+        c.restore("pvc-b", "snap-1", 64 * MIB, other),
+        "restore onto an existing volume of other parameters",
+    )?;
+    ensure!(kind == Code::AlreadyExists);
 
     for (m, v) in [(mnt_a, "pvc-a"), (mnt_b, "pvc-b")] {
         rig.unmount(&m)?;
@@ -839,45 +848,41 @@ fn bad_requests_get_errors_that_name_what_to_fix() -> Result<()> {
     let mut rig = Rig::new("errors")?;
     rig.start_holder()?;
     rig.start_serve()?;
-    let mut c = rig.client()?;
+    let c = rig.client()?;
 
-    let cases: Vec<(Result<_, ClientError>, ErrorKind, &[&str])> = vec![
+    let cases: Vec<(Result<(), NodeError>, Code, &[&str])> = vec![
+        (c.attach("pvc-nope").map(drop), Code::NotFound, &["pvc-nope"]),
         (
-            c.attach("pvc-nope").map(|_| ()),
-            ErrorKind::NotFound,
-            &["pvc-nope", "create it first"],
-        ),
-        (
-            c.create("v", 64 * MIB, Some(3000), None).map(|_| ()),
-            ErrorKind::InvalidArgument,
+            c.create("v", 64 * MIB, Some(3000), None).map(drop),
+            Code::InvalidArgument,
             &["3000", "power of two"],
         ),
+        (c.create("v", 0, None, None).map(drop), Code::InvalidArgument, &["size"]),
         (
-            c.create("v", 0, None, None).map(|_| ()),
-            ErrorKind::InvalidArgument,
-            &["size_bytes is 0"],
+            c.create("../x", 4096, None, None).map(drop),
+            Code::InvalidArgument,
+            &["spec.id", "../x"],
         ),
         (
-            c.create("v", 10_000, None, None).map(|_| ()),
-            ErrorKind::InvalidArgument,
-            &["round it up to 12288"],
-        ),
-        (
-            c.create("v", 4096, None, Some("sync")).map(|_| ()),
-            ErrorKind::InvalidArgument,
-            &["continuous, log or interval"],
-        ),
-        (
-            c.create("../x", 4096, None, None).map(|_| ()),
-            ErrorKind::InvalidArgument,
-            &["volume id"],
-        ),
-        (
-            c.thaw("0123456789abcdef0123456789abcdef").map(|_| ()),
-            ErrorKind::NotFound,
+            c.thaw("0123456789abcdef0123456789abcdef").map(drop),
+            Code::NotFound,
             &["no file system is frozen"],
         ),
-        (c.delete("pvc-nope"), ErrorKind::NotFound, &["pvc-nope"]),
+        (
+            c.thaw("../../etc").map(drop),
+            Code::InvalidArgument,
+            &["32 hexadecimal digits"],
+        ),
+        (
+            c.quiesce(Path::new("mnt/relative"), None).map(drop),
+            Code::InvalidArgument,
+            &["absolute"],
+        ),
+        (
+            c.quiesce(Path::new("/mnt"), Some(Duration::from_secs(3600))).map(drop),
+            Code::InvalidArgument,
+            &["timeout_ms 3600000", "600000"],
+        ),
     ];
     for (i, (res, kind, words)) in cases.into_iter().enumerate() {
         let (got, msg) = api_error(res, &format!("case {i}"))?;
@@ -886,63 +891,68 @@ fn bad_requests_get_errors_that_name_what_to_fix() -> Result<()> {
             ensure!(msg.contains(w), "case {i}: {msg:?} does not say {w:?}");
         }
     }
-    for (line, word) in [
-        ("not json", "not valid"),
-        (r#"{"op":"format","volume":"v"}"#, "unknown variant"),
-        (
-            r#"{"op":"create","volume":"v","size_bytes":4096,"block_sise":4096}"#,
-            "block_sise",
-        ),
-    ] {
-        match c.call_line(line)? {
-            Response::Error(w) => ensure!(
-                w.kind == ErrorKind::InvalidArgument && w.message.contains(word),
-                "{line}: {w:?}"
-            ),
-            r => bail!("{line}: answered {r:?}"),
+    // A replication mode no build knows, as a newer or hostile client could
+    // send it: refused at the edge.
+    let raw = floe_proto::node::VolumeSpec {
+        id: "v".into(),
+        name: "v".into(),
+        size_bytes: 4096,
+        params: Some(floe_proto::node::VolumeParams {
+            fs_type: floe_proto::node::FsType::Ext4.into(),
+            block_size: 4096,
+            replication_mode: 99,
+        }),
+        source: None,
+    };
+    let (kind, msg) = c.block_on(async {
+        let channel = floe_driver::node::rpc::LocalChannel::new(&rig.run.api_socket()).get();
+        let mut client = floe_proto::node::node_volumes_client::NodeVolumesClient::new(channel);
+        let req = floe_proto::node::CreateVolumeRequest { spec: Some(raw) };
+        match client.create_volume(req).await {
+            Ok(r) => (Code::Ok, format!("{:?}", r.into_inner())),
+            Err(s) => (s.code(), s.message().to_owned()),
         }
+    });
+    ensure!(
+        kind == Code::InvalidArgument && msg.contains("99"),
+        "mode 99: {kind:?}: {msg}"
+    );
+    // Bytes that are not HTTP/2: the connection is closed, and the next
+    // client is served.
+    {
+        let mut raw = std::os::unix::net::UnixStream::connect(rig.run.api_socket())?;
+        raw.set_read_timeout(Some(Duration::from_secs(20)))?;
+        raw.write_all(b"{\"op\":\"status\"}\n")?;
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut raw, &mut answer);
     }
+    c.status().context("status after a connection of garbage")?;
+    // Deleting what is not there succeeds (a retried delete).
+    c.delete("pvc-nope")?;
 
     rig.volumes.push("pvc-x".into());
     c.create("pvc-x", 16 * MIB, None, None)?;
     let again = c.create("pvc-x", 16 * MIB, None, None)?;
     ensure!(again.size_bytes == 16 * MIB, "the same create again returns the volume");
     let (kind, msg) = api_error(c.create("pvc-x", 32 * MIB, None, None), "create with another size")?;
-    ensure!(
-        kind == ErrorKind::AlreadyExists && msg.contains("16777216"),
-        "{kind:?}: {msg}"
-    );
-    let dev = device_of(&c.attach("pvc-x")?)?;
-    let (kind, msg) = api_error(c.attach("pvc-x"), "double attach")?;
-    ensure!(
-        kind == ErrorKind::FailedPrecondition
-            && msg.contains(&*dev.to_string_lossy())
-            && msg.contains("detach it first"),
-        "{kind:?}: {msg}"
-    );
+    ensure!(kind == Code::AlreadyExists, "{kind:?}: {msg}");
+    let dev = c.attach("pvc-x")?;
+    ensure!(c.attach("pvc-x")? == dev, "attach again returns the same device");
     let (kind, msg) = api_error(c.delete("pvc-x"), "delete while attached")?;
-    ensure!(kind == ErrorKind::FailedPrecondition, "{kind:?}: {msg}");
-    let (kind, msg) = api_error(c.expand("pvc-x", 32 * MIB), "expand")?;
-    ensure!(
-        kind == ErrorKind::Unimplemented && msg.contains("needs a copy into a larger store"),
-        "{kind:?}: {msg}"
-    );
-    ensure!(
-        c.expand("pvc-x", 16 * MIB)?.size_bytes == 16 * MIB,
-        "expand to the same size is fine"
-    );
+    ensure!(kind == Code::FailedPrecondition, "{kind:?}: {msg}");
     let mnt = {
         mount::format_if_empty(&dev, FsType::Ext4)?;
         rig.mount(&dev, "mnt")?
     };
     let (kind, msg) = api_error(c.detach("pvc-x"), "detach while mounted")?;
     ensure!(
-        kind == ErrorKind::FailedPrecondition && msg.contains("unmount it"),
+        kind == Code::FailedPrecondition && msg.contains("still mounted") && msg.contains("unstage"),
         "{kind:?}: {msg}"
     );
     rig.unmount(&mnt)?;
-    ensure!(c.detach("pvc-x")?);
-    ensure!(!c.detach("pvc-x")?, "a second detach finds nothing attached");
+    c.detach("pvc-x")?;
+    c.detach("pvc-x")
+        .context("a second detach finds nothing attached and succeeds")?;
 
     // Without the holder, a restart would kill the volume: attach refuses.
     let mut holder = rig.holder.take().context("holder")?;
@@ -950,7 +960,7 @@ fn bad_requests_get_errors_that_name_what_to_fix() -> Result<()> {
     holder.wait()?;
     let (kind, msg) = api_error(c.attach("pvc-x"), "attach without a holder")?;
     ensure!(
-        kind == ErrorKind::Unavailable && msg.contains("floe-dataplane holder"),
+        kind == Code::Unavailable && msg.contains("floe-dataplane holder"),
         "{kind:?}: {msg}"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -960,10 +970,7 @@ fn bad_requests_get_errors_that_name_what_to_fix() -> Result<()> {
     }
     c.delete("pvc-x")?;
     rig.volumes.clear();
-    let listed = c.call(&Request::List {})?;
-    ensure!(
-        matches!(&listed, floe_driver::daemon::Reply::Volumes(v) if v.is_empty()),
-        "{listed:?}"
-    );
+    let listed = c.list()?;
+    ensure!(listed.is_empty(), "{listed:?}");
     Ok(())
 }

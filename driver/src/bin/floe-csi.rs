@@ -14,8 +14,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use floe_driver::cli::{CsiArgs, PluginMode};
-use floe_driver::csi::daemon_volumes::DaemonVolumes;
 use floe_driver::csi::{self, remote, Plugin};
+use floe_driver::node::rpc::client::RemoteVolumes;
 use floe_driver::node::volumes::NodeVolumes;
 
 fn main() -> ExitCode {
@@ -41,14 +41,6 @@ fn main() -> ExitCode {
 fn run(args: CsiArgs) -> Result<()> {
     args.validate().context("check the flags")?;
     let serves_node = matches!(args.mode, PluginMode::Node | PluginMode::All);
-    if serves_node {
-        // Not in the I/O path: logs what the data plane says, every 10 s.
-        floe_driver::daemon::client::spawn_status_watch(
-            args.dataplane_socket.clone(),
-            std::time::Duration::from_secs(10),
-        )
-        .context("start watching the data plane")?;
-    }
     let path = csi::socket_path(&args.endpoint).context("parse --endpoint")?;
     let node_id = match args.node_id.clone() {
         Some(n) if !n.is_empty() => n,
@@ -63,7 +55,9 @@ fn run(args: CsiArgs) -> Result<()> {
         .context("start the async runtime")?;
     runtime.block_on(async move {
         let volumes: Arc<dyn NodeVolumes> = if serves_node {
-            Arc::new(DaemonVolumes::new(&args.dataplane_socket))
+            // Not in the I/O path: logs what the data plane says, every 10 s.
+            floe_driver::daemon::client::spawn_status_watch(&args.dataplane_socket, std::time::Duration::from_secs(10));
+            Arc::new(RemoteVolumes::local(&args.dataplane_socket))
         } else {
             Arc::new(remote::cluster_from_args(&args).context("set up the node plugins' volumes")?)
         };

@@ -8,11 +8,13 @@
 //!   take the per-object guards ([`locks`]), call the node
 //!   ([`crate::node::volumes::NodeVolumes`]), map the error
 //!   ([`crate::node::error`], the one place a `tonic::Status` is made);
-//! - [`daemon_volumes`]: the node plugin's `NodeVolumes`, which calls the
-//!   data-plane daemon (`floe-dataplane serve`) over its local API, so
-//!   `floe-csi` holds no volume and can be killed at any time; the daemon
-//!   runs the node's catalog ([`crate::node::local`]) for those calls;
 //! - [`remote`]: split mode, `node.proto` over mutual TLS.
+//!
+//! A node plugin's `NodeVolumes` is the data-plane daemon's
+//! (`floe-dataplane serve`), reached over its unix socket with
+//! `node::rpc::client::RemoteVolumes::local`, so `floe-csi` holds no volume
+//! and can be killed at any time; the daemon runs the node's catalog
+//! ([`crate::node::local`]) for those calls.
 //!
 //! # Modes
 //!
@@ -23,7 +25,6 @@
 //! the volumes of the node plugins it reaches that way ([`remote`]).
 
 pub mod controller;
-pub mod daemon_volumes;
 pub mod group;
 pub mod identity;
 pub mod locks;

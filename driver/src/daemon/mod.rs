@@ -9,30 +9,28 @@
 //!                                         the CSI catalog
 //! ```
 //! Killing or restarting `floe-csi` touches no I/O and no bookkeeping: it
-//! only calls the local API, whose `csi` op carries the CSI layer's calls to
-//! [`crate::node::local::LocalVolumes`], which this process runs over its own
-//! `Volumes` (a CSI volume is one of them, owned by `csi`).
+//! only calls this process's API, whose `NodeVolumes` service runs the
+//! node's operations on [`crate::node::local::LocalVolumes`] over this
+//! process's own `Volumes` (a CSI volume is one of them, owned by `csi`).
 //! `serve` hands every `/dev/fuse` fd to the holder before the fd's
 //! first read ([`crate::dataplane::handover`]), so when `serve` dies, by
 //! SIGTERM or SIGKILL, the kernel keeps every connection and queues the
 //! requests, and the next `serve` takes the connections over.
 //!
-//! # The local API
+//! # The API
 //! A unix socket, `<run-dir>/dataplane.sock` (mode 0600 whatever the
 //! umask; peers other than root and this process's uid are refused,
-//! connections bounded in number and idle time: see `server`), speaking
-//! line-delimited JSON ([`api`]): one request object per line, one response
-//! per line, on a connection the client may keep. Chosen over tonic on a
-//! unix socket because this process is the I/O path: it is synchronous
-//! (the FUSE workers are plain threads), its memory is locked
-//! (`mlockall`), and each thread it starts inherits `PR_SET_IO_FLUSHER`;
-//! an async runtime, HTTP/2 and protobuf would add locked memory, threads
-//! and code to the process that must never stall, for a peer on the same
-//! node built from the same commit. JSON lines are also readable by hand
-//! (`socat - UNIX-CONNECT:/run/floe/dataplane.sock`). Version skew during a
-//! rolling upgrade is covered by [`api::API_VERSION`] in `status`, optional
-//! fields with defaults, and unknown fields refused loudly. The CSI server
-//! calls it through [`client::Client`].
+//! connections bounded in number and idle time: see `server`), serving
+//! gRPC (`proto/node.proto`): `NodeVolumes`, the node's operations — the
+//! one service definition `floe-csi` calls here and a controller in split
+//! mode calls over TLS — and `DataPlane` ([`service`]), this process's
+//! state and the freeze of a volume's file system. The FUSE workers stay
+//! plain threads; the API runs on a small tokio runtime of its own (two
+//! workers, a bounded blocking pool, 1 MiB stacks: the process locks its
+//! memory), so a slow or hostile client costs a task, never an I/O thread.
+//! `grpcurl -plaintext -unix /run/floe/dataplane.sock list` shows it by
+//! hand (with the protos, as the server has no reflection). Clients:
+//! [`client`] and `node::rpc::client::RemoteVolumes::local`.
 //!
 //! # Operations
 //! Per-volume serialisation (`volumes`): every operation takes its
@@ -90,9 +88,9 @@
 //! FUSE workers own them), so restart `serve` only after the volumes were
 //! re-staged.
 
-pub mod api;
 pub mod client;
 mod server;
+mod service;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -102,8 +100,7 @@ use std::time::{Duration, SystemTime};
 
 use rustix::fs::FlockOperation;
 
-pub(crate) use api::Status;
-pub use api::{Command, Reply, Request, Response};
+use floe_proto::node as wire;
 pub use server::ApiLimits;
 
 use crate::dataplane::fuse::FuseConfig;
@@ -234,50 +231,10 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Binds `<run-dir>/dataplane.sock` and answers requests from a thread.
+    /// Binds `<run-dir>/dataplane.sock` and serves the API from a runtime
+    /// of its own.
     pub fn serve_api(self: &Arc<Self>) -> Result<(), NodeError> {
         Ok(server::listen(Arc::clone(self), &self.run.api_socket(), self.api)?)
-    }
-
-    /// Carries out one request.
-    pub fn handle(&self, cmd: Command) -> Result<Reply, NodeError> {
-        Ok(match cmd {
-            Command::Create { volume, shape } => Reply::Volume(self.volumes.create(&volume, shape)?),
-            Command::Delete(volume) => {
-                self.volumes.delete(&volume)?;
-                Reply::Deleted {
-                    volume: volume.to_string(),
-                }
-            }
-            Command::Attach(volume) => Reply::Volume(self.volumes.attach(&volume)?),
-            Command::Detach(volume) => Reply::Detached {
-                was_attached: self.volumes.detach(&volume)?,
-                volume: volume.to_string(),
-            },
-            Command::Expand { volume, size_bytes } => Reply::Volume(self.volumes.expand(&volume, size_bytes)?),
-            Command::List => Reply::Volumes(self.volumes.list()),
-            Command::Status => Reply::Status(self.status()),
-            Command::Quiesce { path, timeout } => {
-                self.check_floe_mount(&path)?;
-                Reply::Quiesced(self.freezer.quiesce(&path, timeout)?)
-            }
-            Command::Thaw(token) => Reply::Thawed {
-                path: self.freezer.thaw(&token)?,
-                token,
-            },
-            Command::Snapshot { volume, name } => Reply::Snapshot(self.volumes.snapshot(&volume, &name)?),
-            Command::Restore {
-                volume,
-                from_volume,
-                snapshot,
-                size_bytes,
-                mode,
-            } => Reply::Volume(
-                self.volumes
-                    .restore(&volume, &from_volume, &snapshot, size_bytes, mode)?,
-            ),
-            Command::Csi(call) => Reply::Csi(self.csi.call(call)?),
-        })
     }
 
     /// Refuses a quiesce of anything but the file system of a volume this
@@ -294,36 +251,20 @@ impl Daemon {
         floe_mount(&table, path, &devices)
     }
 
-    /// Parses and carries out one request line; logs failures.
-    pub fn handle_line(&self, line: &str) -> Response {
-        let result = Command::parse_line(line)
-            .map_err(|e| NodeError::from(PlaneError::from(e)))
-            .and_then(|cmd| self.handle(cmd));
-        match result {
-            Ok(reply) => Response::Ok(reply),
-            Err(e) => {
-                let wire = api::WireError::from(&e);
-                tracing::warn!(kind = ?wire.kind, error = %wire.message, "request failed");
-                Response::Error(wire)
-            }
-        }
-    }
-
     /// The node's CSI objects (the test hooks of the group cut are there).
     pub fn csi(&self) -> &LocalVolumes {
         &self.csi
     }
 
     /// The data plane's state.
-    pub fn status(&self) -> Status {
-        Status {
-            api_version: api::API_VERSION,
+    pub fn status(&self) -> wire::GetStatusResponse {
+        wire::GetStatusResponse {
             pid: std::process::id(),
             started_unix_ms: files::unix_ms(self.started),
             holder_reachable: self.holder_ok.load(Ordering::Relaxed),
             took_over: self.took_over.clone(),
-            volumes: self.volumes.list(),
-            frozen: self.freezer.list(),
+            volumes: self.volumes.list().iter().map(service::volume_to_wire).collect(),
+            frozen: self.freezer.list().iter().map(service::frozen_to_wire).collect(),
         }
     }
 

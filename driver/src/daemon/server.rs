@@ -1,37 +1,46 @@
-//! The API socket: accepts connections and answers one JSON line per
-//! request line, a thread per connection (a node has few clients: the CSI
-//! server and an operator's shell).
+//! The API socket: `floe.node.v1.NodeVolumes` and `floe.node.v1.DataPlane`
+//! (`proto/node.proto`) over HTTP/2 on a unix socket, on a small tokio
+//! runtime of its own.
 //!
 //! The socket is 0600 whatever the umask, and a peer that is neither root
-//! nor this process's uid is refused (`SO_PEERCRED`). Connections are
-//! bounded ([`ApiLimits`]): each has a thread with a 1 MiB stack (this process locks
-//! its memory, so every stack is resident), waits at most the idle timeout
-//! for its next request, and when all slots are taken the connection idle
-//! the longest is closed to make room (a client that only connects cannot
-//! starve those that call); when every slot is busy with a request the new
-//! connection is closed.
+//! nor this process's uid is refused (`SO_PEERCRED`) before a byte is read.
+//! Connections are bounded ([`ApiLimits`]): one idle (no call under way)
+//! for the idle timeout is closed, and when every slot is taken the
+//! connection idle the longest is closed to make room (a client that only
+//! connects cannot starve those that call); when every slot has a call
+//! under way the new connection is closed. A connection is closed with
+//! HTTP/2 `GOAWAY`, so a call that races the close is refused cleanly and
+//! the client's channel dials again.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::Shutdown;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::api::{RequestError, Response, WireError, MAX_REQUEST_BYTES};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// The error of a routed call (none in practice: a failed call is a
+/// gRPC status in a response).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+use super::service::DataPlaneService;
 use super::Daemon;
 use crate::dataplane::localsock;
-use crate::node::error::Error as NodeError;
 use crate::node::plane::error::PlaneError;
+use crate::node::rpc::server::{NodeVolumesServer, NodeVolumesService};
 
 /// How many API connections the daemon serves at once, and how long one
 /// may sit idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiLimits {
-    /// Connections served at once (each has a thread).
+    /// Connections served at once.
     pub max_connections: usize,
-    /// How long a connection may wait between requests before it is closed.
+    /// How long a connection may go without a call before it is closed.
     pub idle_timeout: Duration,
 }
 
@@ -44,81 +53,126 @@ impl Default for ApiLimits {
     }
 }
 
-/// Stack of a connection thread (half the default: with the memory locked,
-/// each stack is resident; the calls keep their buffers on the heap).
-const CONNECTION_STACK: usize = 1 << 20;
+/// Stack of the runtime's threads (this process locks its memory, so each
+/// stack is resident; the calls keep their buffers on the heap).
+const THREAD_STACK: usize = 1 << 20;
+/// Threads for the blocking work of calls (copies, freezes, file I/O).
+const BLOCKING_THREADS: usize = 16;
+/// How long a closed connection may take to finish the calls under way.
+const CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// How long a closed connection without a call may take to acknowledge
+/// the close (HTTP/2 waits for a ping's answer before its last `GOAWAY`;
+/// a client that never answers is dropped after this).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// One served connection, as the table sees it.
 struct Conn {
-    stream: UnixStream,
-    busy: bool,
-    last: Instant,
+    /// Calls under way on it.
+    calls: Arc<AtomicUsize>,
+    /// When a call last started or ended (or it connected).
+    last: Arc<Mutex<Instant>>,
+    /// Cancelled to close it.
+    close: CancellationToken,
+}
+
+impl Conn {
+    fn idle_since(&self) -> Option<Instant> {
+        (self.calls.load(Ordering::SeqCst) == 0).then(|| *self.last.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 #[derive(Default)]
-struct Conns {
+struct Table {
     next: u64,
     live: HashMap<u64, Conn>,
 }
 
-type Table = Arc<Mutex<Conns>>;
+type Shared = Arc<Mutex<Table>>;
 
-fn table(t: &Table) -> std::sync::MutexGuard<'_, Conns> {
+fn table(t: &Shared) -> std::sync::MutexGuard<'_, Table> {
     t.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Binds `path` (replacing a stale socket: the serve lock says no other
-/// process serves) and answers from a thread.
+/// process serves) and serves it from a runtime of its own.
 pub(super) fn listen(daemon: Arc<Daemon>, path: &Path, limits: ApiLimits) -> Result<(), PlaneError> {
     let listener = localsock::listen_private(path, rustix::net::SocketType::STREAM, 128)
         .map_err(PlaneError::io("listen (mode 0600) on the API socket", path))?;
-    let listener = UnixListener::from(listener);
+    let listener = std::os::unix::net::UnixListener::from(listener);
+    listener
+        .set_nonblocking(true)
+        .map_err(PlaneError::io("set the API socket non-blocking", path))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_stack_size(THREAD_STACK)
+        .thread_name("floe-api")
+        .enable_all()
+        .build()
+        .map_err(PlaneError::io("start the API runtime", path))?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::UnixListener::from_std(listener).map_err(PlaneError::io("register the API socket", path))?
+    };
     tracing::info!(socket = %path.display(), max_connections = limits.max_connections, idle_timeout = ?limits.idle_timeout, "API listening");
-    let conns: Table = Arc::default();
+    let routes = Routes::new(NodeVolumesServer::new(NodeVolumesService::new(Arc::new(
+        daemon.csi().clone(),
+    ))))
+    .add_service(DataPlaneService::server(daemon));
     std::thread::Builder::new()
         .name("floe-api".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => admit(&daemon, &conns, s, limits),
-                    Err(e) => tracing::warn!(error = %e, "accept an API connection"),
-                }
-            }
-        })
+        .spawn(move || runtime.block_on(accept(listener, routes, limits)))
         .map_err(PlaneError::io("start the API thread", path))?;
     Ok(())
 }
 
-/// Checks the peer, makes room, and starts the connection's thread.
-fn admit(daemon: &Arc<Daemon>, conns: &Table, stream: UnixStream, limits: ApiLimits) {
+async fn accept(listener: tokio::net::UnixListener, routes: Routes, limits: ApiLimits) {
+    let conns: Shared = Arc::default();
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => admit(&conns, stream, &routes, limits),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept an API connection");
+                // EMFILE and the like: give the process a moment.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Checks the peer, makes room, and starts serving the connection.
+fn admit(conns: &Shared, stream: UnixStream, routes: &Routes, limits: ApiLimits) {
     if let Err(e) = localsock::check_peer(&stream) {
         tracing::warn!(error = %e, "API: refused a peer");
         return;
     }
-    let (Ok(handle), Ok(())) = (stream.try_clone(), stream.set_read_timeout(Some(limits.idle_timeout))) else {
-        tracing::warn!("API: prepare a connection");
-        return;
+    let conn = Conn {
+        calls: Arc::default(),
+        last: Arc::new(Mutex::new(Instant::now())),
+        close: CancellationToken::new(),
     };
+    let (calls, last, close) = (Arc::clone(&conn.calls), Arc::clone(&conn.last), conn.close.clone());
     let id = {
         let mut t = table(conns);
         if t.live.len() >= limits.max_connections {
             let oldest_idle = t
                 .live
                 .iter()
-                .filter(|(_, c)| !c.busy)
-                .min_by_key(|(_, c)| c.last)
-                .map(|(id, _)| *id);
+                .filter_map(|(id, c)| c.idle_since().map(|at| (*id, at)))
+                .min_by_key(|(_, at)| *at)
+                .map(|(id, _)| id);
             match oldest_idle.and_then(|id| t.live.remove(&id)) {
                 Some(c) => {
                     tracing::info!(
                         limit = limits.max_connections,
                         "API: closed the connection idle the longest to make room"
                     );
-                    let _ = c.stream.shutdown(Shutdown::Both);
+                    c.close.cancel();
                 }
                 None => {
                     tracing::warn!(
                         limit = limits.max_connections,
-                        "API: every connection is busy; refused a new one"
+                        "API: every connection has a call under way; refused a new one"
                     );
                     return;
                 }
@@ -126,88 +180,97 @@ fn admit(daemon: &Arc<Daemon>, conns: &Table, stream: UnixStream, limits: ApiLim
         }
         t.next += 1;
         let id = t.next;
-        t.live.insert(
-            id,
-            Conn {
-                stream: handle,
-                busy: false,
-                last: Instant::now(),
-            },
-        );
+        t.live.insert(id, conn);
         id
     };
-    let (d, c) = (Arc::clone(daemon), Arc::clone(conns));
-    let spawned = std::thread::Builder::new()
-        .name("floe-api-conn".into())
-        .stack_size(CONNECTION_STACK)
-        .spawn(move || {
-            serve_connection(&d, stream, &c, id);
-            table(&c).live.remove(&id);
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "start an API connection thread");
-        table(conns).live.remove(&id);
-    }
+    let service = counted(routes.clone(), Arc::clone(&calls), Arc::clone(&last));
+    let conns = Arc::clone(conns);
+    tokio::spawn(async move {
+        serve_connection(stream, service, &calls, &last, close, limits.idle_timeout).await;
+        table(&conns).live.remove(&id);
+    });
 }
 
-/// Marks connection `id` busy or idle; false when it was closed to make room.
-fn mark(conns: &Table, id: u64, busy: bool) -> bool {
-    match table(conns).live.get_mut(&id) {
-        Some(c) => {
-            c.busy = busy;
-            c.last = Instant::now();
-            true
+/// `routes`, counting the calls under way and when the last one started or
+/// ended.
+fn counted(
+    routes: Routes,
+    calls: Arc<AtomicUsize>,
+    last: Arc<Mutex<Instant>>,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<tonic::body::BoxBody>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let mut routes = routes.clone();
+        let (calls, last) = (Arc::clone(&calls), Arc::clone(&last));
+        calls.fetch_add(1, Ordering::SeqCst);
+        *last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        async move {
+            let response = tower::Service::call(&mut routes, req.map(tonic::body::boxed)).await;
+            *last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            calls.fetch_sub(1, Ordering::SeqCst);
+            response
         }
-        None => false,
-    }
+    })
 }
 
-fn serve_connection(daemon: &Daemon, stream: UnixStream, conns: &Table, id: u64) {
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "clone an API connection");
-            return;
-        }
-    };
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
+/// Serves one connection until the client leaves, it stays idle for
+/// `idle_timeout`, or `close` is cancelled (to make room).
+async fn serve_connection<S>(
+    stream: UnixStream,
+    service: S,
+    calls: &AtomicUsize,
+    last: &Mutex<Instant>,
+    close: CancellationToken,
+    idle_timeout: Duration,
+) where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::BoxBody>,
+            Error = BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    tokio::pin!(conn);
     loop {
-        line.clear();
-        let n = match reader.by_ref().take(MAX_REQUEST_BYTES as u64 + 1).read_line(&mut line) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                tracing::debug!("API: closed an idle connection");
+        let idle_at = *last.lock().unwrap_or_else(PoisonError::into_inner) + idle_timeout;
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "API connection ended");
+                }
                 return;
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "read an API request");
-                return;
+            () = close.cancelled() => break,
+            () = tokio::time::sleep_until(idle_at.into()) => {
+                let idle = calls.load(Ordering::SeqCst) == 0
+                    && last.lock().unwrap_or_else(PoisonError::into_inner).elapsed() >= idle_timeout;
+                if idle {
+                    tracing::debug!("API: closed an idle connection");
+                    break;
+                }
             }
-        };
-        if !mark(conns, id, true) {
-            return;
         }
-        let too_long = n > MAX_REQUEST_BYTES && !line.ends_with('\n');
-        let response = if too_long {
-            Response::Error(WireError::from(&NodeError::from(PlaneError::from(
-                RequestError::TooLong,
-            ))))
-        } else if line.trim().is_empty() {
-            mark(conns, id, false);
-            continue;
-        } else {
-            daemon.handle_line(line.trim_end())
-        };
-        let mut out = serde_json::to_vec(&response).expect("responses always encode");
-        out.push(b'\n');
-        if let Err(e) = writer.write_all(&out) {
-            tracing::debug!(error = %e, "write an API response");
-            return;
-        }
-        if too_long || !mark(conns, id, false) {
-            return;
-        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let grace = if calls.load(Ordering::SeqCst) == 0 {
+        IDLE_CLOSE_GRACE
+    } else {
+        CLOSE_GRACE
+    };
+    if tokio::time::timeout(grace, conn).await.is_err() && grace == CLOSE_GRACE {
+        tracing::warn!(
+            ?grace,
+            "API: a closed connection's calls outlived the grace; dropped it"
+        );
     }
 }

@@ -9,7 +9,8 @@
 //! It runs inside `floe-dataplane serve` ([`crate::daemon`]),
 //! next to the volumes it names, so that the processes kubelet talks to
 //! (`floe-csi`) can die at any time without touching a volume's I/O; they
-//! reach it through the daemon's local API (`csi::daemon_volumes`).
+//! reach it through the daemon's API socket (`node.proto`'s
+//! `NodeVolumes`, [`super::rpc`]).
 //! The daemon's volumes (`Volumes`) do the physical work: stores,
 //! engines, attach and detach with the fd holder (so a restart of the
 //! daemon costs no I/O error either), growth within a store's reserve, and
@@ -34,7 +35,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::catalog::{Catalog, CatalogFile, State, VolumeRecord};
 use super::error::{Error, Result};
 use super::mounts;
-use super::volumes::{Attachment, Capacity, Source, Volume, VolumeSpec};
+use super::volumes::{
+    Attachment, Capacity, GroupSnapshot, GroupSpec, NodeVolumes, Snapshot, SnapshotSpec, Source, Volume, VolumeSpec,
+};
 use crate::dataplane::sized::{copy_into, reserve_for};
 use crate::model::ObjectId;
 use crate::node::plane::types::{AttachState, Name, Shape};
@@ -261,6 +264,10 @@ impl Inner {
     }
 
     pub(super) fn create(&self, spec: VolumeSpec) -> Result<Volume> {
+        // A size the store cannot take is the caller's error, found before
+        // anything is written.
+        Shape::new(spec.size_bytes, spec.params.block_size, spec.params.mode)
+            .map_err(|e| Error::from(crate::node::plane::error::PlaneError::from(e)))?;
         let mut keys = vec![format!("volume {}", spec.id)];
         match &spec.source {
             Some(Source::Snapshot(s)) => keys.push(format!("snapshot {s}")),
@@ -540,5 +547,127 @@ fn remove_files_in(dir: &Path) {
         for e in entries.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
+    }
+}
+
+impl LocalVolumes {
+    /// Runs `op` on tokio's blocking pool: the catalog's work is file I/O,
+    /// copies and freezes.
+    async fn blocking<T: Send + 'static>(&self, op: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || op(&me.inner))
+            .await
+            .map_err(|e| Error::Internal(format!("a volume operation panicked or was cancelled: {e}")))?
+    }
+}
+
+/// `value` as an id of `field`: every entry to the catalog checks its ids
+/// (the gRPC service has already, at its edge; an in-process caller has
+/// not).
+fn checked(field: &'static str, value: &str) -> Result<String> {
+    Ok(ObjectId::parse(field, value)?.to_string())
+}
+
+fn checked_snapshot(spec: &SnapshotSpec) -> Result<()> {
+    checked("snapshot.id", &spec.id)?;
+    checked("snapshot.volume", &spec.volume).map(drop)
+}
+
+#[tonic::async_trait]
+impl NodeVolumes for LocalVolumes {
+    async fn create(&self, spec: VolumeSpec) -> Result<Volume> {
+        checked("spec.id", &spec.id)?;
+        match &spec.source {
+            Some(Source::Snapshot(s)) => checked("source.snapshot", s).map(drop)?,
+            Some(Source::Volume(v)) => checked("source.volume", v).map(drop)?,
+            None => {}
+        }
+        self.blocking(move |i| i.create(spec)).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        let id = checked("volume_id", id)?;
+        self.blocking(move |i| i.delete(&id)).await
+    }
+
+    async fn volume(&self, id: &str) -> Result<Option<Volume>> {
+        let id = checked("volume_id", id)?;
+        self.blocking(move |i| {
+            let record = i.read(|c| c.volumes.get(&id).filter(|r| r.state == State::Ready).cloned());
+            Ok(record.map(|r| i.volume_of(&r)))
+        })
+        .await
+    }
+
+    async fn volumes(&self) -> Result<Vec<Volume>> {
+        self.blocking(|i| {
+            let records: Vec<_> = i.read(|c| {
+                c.volumes
+                    .values()
+                    .filter(|r| r.state == State::Ready)
+                    .cloned()
+                    .collect()
+            });
+            Ok(records.iter().map(|r| i.volume_of(r)).collect())
+        })
+        .await
+    }
+
+    async fn expand(&self, id: &str, size_bytes: u64) -> Result<Volume> {
+        let id = checked("volume_id", id)?;
+        self.blocking(move |i| i.expand(&id, size_bytes)).await
+    }
+
+    async fn attach(&self, id: &str) -> Result<Attachment> {
+        let id = checked("volume_id", id)?;
+        self.blocking(move |i| i.attach(&id)).await
+    }
+
+    async fn detach(&self, id: &str) -> Result<()> {
+        let id = checked("volume_id", id)?;
+        self.blocking(move |i| i.detach(&id)).await
+    }
+
+    async fn snapshot(&self, spec: SnapshotSpec) -> Result<Snapshot> {
+        checked_snapshot(&spec)?;
+        self.blocking(move |i| i.snapshot(spec)).await
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let id = checked("snapshot_id", id)?;
+        self.blocking(move |i| i.delete_snapshot(&id)).await
+    }
+
+    async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.blocking(|i| Ok(i.read(|c| c.snapshots.values().cloned().collect())))
+            .await
+    }
+
+    async fn create_group(&self, spec: GroupSpec) -> Result<GroupSnapshot> {
+        checked("group.id", &spec.id)?;
+        spec.members.iter().try_for_each(checked_snapshot)?;
+        self.blocking(move |i| i.create_group(spec)).await
+    }
+
+    async fn delete_group(&self, id: &str) -> Result<()> {
+        let id = checked("group_snapshot_id", id)?;
+        self.blocking(move |i| i.delete_group(&id)).await
+    }
+
+    async fn group(&self, id: &str) -> Result<Option<GroupSnapshot>> {
+        let id = checked("group_snapshot_id", id)?;
+        self.blocking(move |i| {
+            Ok(i.read(|c| {
+                c.groups
+                    .get(&id)
+                    .filter(|g| g.state == State::Ready)
+                    .map(|g| g.group.clone())
+            }))
+        })
+        .await
+    }
+
+    async fn capacity(&self) -> Result<Capacity> {
+        self.blocking(|i| i.capacity()).await
     }
 }

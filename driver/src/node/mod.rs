@@ -13,7 +13,8 @@
 //!   content sources, snapshots, group snapshots and the cut — over the
 //!   plane, run by the daemon;
 //! - [`mounts`]: the mount table, mounts, bind mounts, statvfs;
-//! - [`wire`]: the catalog's calls as they travel to the daemon;
+//! - [`rpc`]: the node's operations over gRPC (`node.proto`'s
+//!   `NodeVolumes`): its one server, its one client, the conversions;
 //! - [`plane`]: stores, engines, attach, freeze.
 //!
 //! Dependencies point down: `volumes` → `params` → `error` → `plane` →
@@ -26,5 +27,5 @@ pub mod local;
 pub mod mounts;
 pub mod params;
 pub mod plane;
+pub mod rpc;
 pub mod volumes;
-pub mod wire;

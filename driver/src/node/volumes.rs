@@ -1,11 +1,12 @@
 //! What the CSI services need from the node that holds the volumes.
 //!
 //! [`NodeVolumes`] is the seam between the gRPC services and the data plane.
-//! A node plugin implements it with `csi::daemon_volumes::DaemonVolumes`,
-//! which calls the data-plane daemon, where [`super::local::LocalVolumes`]
-//! keeps the node's CSI objects next to the volumes' I/O; a controller in
-//! split mode reaches a node's implementation through `node.proto`
-//! (`csi::remote`).
+//! The data-plane daemon implements it with [`super::local::LocalVolumes`],
+//! which keeps the node's CSI objects next to the volumes' I/O, and serves
+//! it as `node.proto`'s `NodeVolumes` ([`super::rpc`]); a node plugin
+//! reaches it over the daemon's unix socket, a controller in split mode
+//! over mutual TLS (`csi::remote`), both with
+//! [`super::rpc::client::RemoteVolumes`].
 //!
 //! # Shape
 //!

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use floe_driver::cli::PluginMode;
 use floe_driver::csi::controller::ControllerService;
-use floe_driver::csi::daemon_volumes::DaemonVolumes;
 use floe_driver::csi::group::GroupService;
 use floe_driver::csi::identity::IdentityService;
 use floe_driver::csi::node::NodeService;
@@ -20,6 +19,7 @@ use floe_driver::csi::Plugin;
 use floe_driver::daemon::{ApiLimits, Daemon, ServeConfig};
 use floe_driver::dataplane::fuse::FuseConfig;
 use floe_driver::node::local::Failpoints;
+use floe_driver::node::rpc::client::RemoteVolumes;
 use floe_proto::csi;
 
 /// The node id the harness plugin reports.
@@ -99,7 +99,7 @@ impl Harness {
         daemon
             .serve_api()
             .map_err(|e| anyhow::anyhow!("start the data plane's API: {e}"))?;
-        let volumes = DaemonVolumes::new(&run.join("dataplane.sock"));
+        let volumes = RemoteVolumes::local(&run.join("dataplane.sock"));
         let plugin = Arc::new(Plugin::new(PluginMode::All, NODE, 8, Arc::new(volumes)));
         Ok(Harness {
             identity: IdentityService::new(Arc::clone(&plugin)),

@@ -1,25 +1,12 @@
-//! [`RemoteVolumes`]: one node's [`NodeVolumes`] reached over
-//! `floe.node.v1.NodeVolumes` with mutual TLS.
-//!
-//! The channel connects lazily and reconnects by itself, so a node that is
-//! down at start or restarts costs the calls made meanwhile, not the
-//! controller. A refusal by the node comes back as [`Error::Remote`] with
-//! the node's code and message untouched; a node that cannot be reached
-//! (connection, TLS handshake or transport failure) as `UNAVAILABLE`
-//! naming the node and its address.
+//! A controller's [`RemoteVolumes`] of one node plugin, over mutual TLS.
 
 use std::time::Duration;
 
-use floe_proto::node as wire;
-use floe_proto::node::node_volumes_client::NodeVolumesClient;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use tonic::{Code, Status};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::TlsFiles;
 use crate::node::error::{chain, Error, Result};
-use crate::node::volumes::{
-    Attachment, Capacity, GroupSnapshot, GroupSpec, NodeVolumes, Snapshot, SnapshotSpec, Volume, VolumeSpec,
-};
+pub use crate::node::rpc::client::RemoteVolumes;
 
 /// How long a connection attempt to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,14 +16,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// node's data plane, and its retry finds the result (or `ABORTED` while it
 /// runs).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// The volumes of one node, over the network.
-#[derive(Clone)]
-pub struct RemoteVolumes {
-    node: String,
-    url: String,
-    client: NodeVolumesClient<Channel>,
-}
 
 impl RemoteVolumes {
     /// The volumes of node `node`, served at `url` (`https://HOST:PORT`).
@@ -65,189 +44,6 @@ impl RemoteVolumes {
         let endpoint = endpoint
             .tls_config(config)
             .map_err(|e| bad(format!("an address TLS can verify ({})", chain(&e))))?;
-        Ok(RemoteVolumes {
-            node: node.to_owned(),
-            url: url.to_owned(),
-            client: NodeVolumesClient::new(endpoint.connect_lazy()),
-        })
-    }
-
-    /// The node's id.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// Where the node serves.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    fn client(&self) -> NodeVolumesClient<Channel> {
-        self.client.clone()
-    }
-
-    /// The error of a failed call: the node's own refusal as it is, or
-    /// `UNAVAILABLE` when the call never reached the node's service.
-    fn refused(&self, s: Status) -> Error {
-        // A status made on this side of the wire (connection, TLS,
-        // transport) keeps its cause; one the node sent has none.
-        if let Some(cause) = std::error::Error::source(&s) {
-            let why = chain(cause);
-            return Error::Remote {
-                code: Code::Unavailable,
-                message: format!("node {:?} at {} cannot be reached: {why}", self.node, self.url),
-            };
-        }
-        Error::Remote {
-            code: s.code(),
-            message: s.message().to_owned(),
-        }
-    }
-
-    /// A field of an answer, checked.
-    fn parse<W, T: TryFrom<W, Error = Error>>(&self, field: &str, value: Option<W>) -> Result<T> {
-        let value = value.ok_or_else(|| Error::Internal(format!("node {:?} answered without {field}", self.node)))?;
-        T::try_from(value)
-            .map_err(|e| Error::Internal(format!("node {:?} answered with a bad {field}: {e}", self.node)))
-    }
-
-    fn parse_all<W, T: TryFrom<W, Error = Error>>(&self, field: &str, values: Vec<W>) -> Result<Vec<T>> {
-        values.into_iter().map(|v| self.parse(field, Some(v))).collect()
-    }
-}
-
-#[tonic::async_trait]
-impl NodeVolumes for RemoteVolumes {
-    async fn create(&self, spec: VolumeSpec) -> Result<Volume> {
-        let req = wire::CreateVolumeRequest {
-            spec: Some((&spec).into()),
-        };
-        let r = self.client().create_volume(req).await.map_err(|s| self.refused(s))?;
-        self.parse("volume", r.into_inner().volume)
-    }
-
-    async fn delete(&self, id: &str) -> Result<()> {
-        let req = wire::DeleteVolumeRequest { id: id.to_owned() };
-        self.client().delete_volume(req).await.map_err(|s| self.refused(s))?;
-        Ok(())
-    }
-
-    async fn volume(&self, id: &str) -> Result<Option<Volume>> {
-        let req = wire::GetVolumeRequest { id: id.to_owned() };
-        let r = self.client().get_volume(req).await.map_err(|s| self.refused(s))?;
-        r.into_inner().volume.map(|v| self.parse("volume", Some(v))).transpose()
-    }
-
-    async fn volumes(&self) -> Result<Vec<Volume>> {
-        let r = self
-            .client()
-            .list_volumes(wire::ListVolumesRequest {})
-            .await
-            .map_err(|s| self.refused(s))?;
-        self.parse_all("volume", r.into_inner().volumes)
-    }
-
-    async fn expand(&self, id: &str, size_bytes: u64) -> Result<Volume> {
-        let req = wire::ExpandVolumeRequest {
-            id: id.to_owned(),
-            size_bytes,
-        };
-        let r = self.client().expand_volume(req).await.map_err(|s| self.refused(s))?;
-        self.parse("volume", r.into_inner().volume)
-    }
-
-    async fn attach(&self, id: &str) -> Result<Attachment> {
-        let req = wire::AttachVolumeRequest { id: id.to_owned() };
-        let r = self.client().attach_volume(req).await.map_err(|s| self.refused(s))?;
-        self.parse("attachment", r.into_inner().attachment)
-    }
-
-    async fn detach(&self, id: &str) -> Result<()> {
-        let req = wire::DetachVolumeRequest { id: id.to_owned() };
-        self.client().detach_volume(req).await.map_err(|s| self.refused(s))?;
-        Ok(())
-    }
-
-    async fn snapshot(&self, spec: SnapshotSpec) -> Result<Snapshot> {
-        let req = wire::CreateSnapshotRequest {
-            spec: Some((&spec).into()),
-        };
-        let r = self.client().create_snapshot(req).await.map_err(|s| self.refused(s))?;
-        self.parse("snapshot", r.into_inner().snapshot)
-    }
-
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let req = wire::DeleteSnapshotRequest { id: id.to_owned() };
-        self.client().delete_snapshot(req).await.map_err(|s| self.refused(s))?;
-        Ok(())
-    }
-
-    async fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let r = self
-            .client()
-            .list_snapshots(wire::ListSnapshotsRequest {})
-            .await
-            .map_err(|s| self.refused(s))?;
-        self.parse_all("snapshot", r.into_inner().snapshots)
-    }
-
-    async fn create_group(&self, spec: GroupSpec) -> Result<GroupSnapshot> {
-        let req = wire::CreateGroupRequest {
-            spec: Some((&spec).into()),
-        };
-        let r = self.client().create_group(req).await.map_err(|s| self.refused(s))?;
-        self.parse("group snapshot", r.into_inner().group)
-    }
-
-    async fn delete_group(&self, id: &str) -> Result<()> {
-        let req = wire::DeleteGroupRequest { id: id.to_owned() };
-        self.client().delete_group(req).await.map_err(|s| self.refused(s))?;
-        Ok(())
-    }
-
-    async fn group(&self, id: &str) -> Result<Option<GroupSnapshot>> {
-        let req = wire::GetGroupRequest { id: id.to_owned() };
-        let r = self.client().get_group(req).await.map_err(|s| self.refused(s))?;
-        r.into_inner()
-            .group
-            .map(|g| self.parse("group snapshot", Some(g)))
-            .transpose()
-    }
-
-    fn nodes(&self) -> Vec<String> {
-        vec![self.node.clone()]
-    }
-
-    async fn volume_node(&self, id: &str) -> Result<Option<String>> {
-        Ok(self.volume(id).await?.map(|_| self.node.clone()))
-    }
-
-    async fn snapshot_node(&self, id: &str) -> Result<Option<String>> {
-        let held = self.snapshots().await?.iter().any(|s| s.id == id);
-        Ok(held.then(|| self.node.clone()))
-    }
-
-    async fn capacity_of(&self, node: &str) -> Result<Capacity> {
-        if node != self.node {
-            return Err(Error::Invalid {
-                field: "node",
-                value: node.to_owned(),
-                expected: format!("{:?}, the one node this client reaches", self.node),
-            });
-        }
-        self.capacity().await
-    }
-
-    async fn capacity(&self) -> Result<Capacity> {
-        let r = self
-            .client()
-            .get_capacity(wire::GetCapacityRequest {})
-            .await
-            .map_err(|s| self.refused(s))?;
-        let c = r
-            .into_inner()
-            .capacity
-            .ok_or_else(|| Error::Internal(format!("node {:?} answered without capacity", self.node)))?;
-        Ok(c.into())
+        Ok(RemoteVolumes::over(node, url, endpoint.connect_lazy()))
     }
 }

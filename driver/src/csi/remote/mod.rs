@@ -3,11 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`convert`]: the domain types of [`super::volumes`] to and from their
-//!   messages, checked on receipt;
-//! - [`server`]: the node side, the gRPC service over any
-//!   [`NodeVolumes`] and [`serve_tls`];
-//! - [`client`]: [`RemoteVolumes`], one node's volumes over a channel;
+//! - [`server`]: the node side, `node.proto`'s `NodeVolumes`
+//!   (`crate::node::rpc::server`) behind mutual TLS, [`serve_tls`];
+//! - [`client`]: [`RemoteVolumes`] (`crate::node::rpc::client`) of a node
+//!   plugin over mutual TLS;
 //! - [`cluster`]: [`Cluster`], several nodes' volumes as one, what
 //!   `floe-csi --mode=controller` serves;
 //! - here: the TLS files, and the wiring `floe-csi` calls
@@ -27,7 +26,6 @@
 
 pub mod client;
 pub mod cluster;
-pub mod convert;
 pub mod server;
 
 use std::path::{Path, PathBuf};

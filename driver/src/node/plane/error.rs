@@ -23,16 +23,6 @@ pub enum PlaneError {
     /// No such volume.
     #[error("volume {0:?} does not exist: create it first")]
     NotFound(String),
-    /// No such snapshot.
-    #[error("volume {volume:?} has no snapshot {name:?} (no file {path})")]
-    SnapshotNotFound {
-        /// Volume id.
-        volume: String,
-        /// Snapshot name.
-        name: String,
-        /// Where it would be.
-        path: PathBuf,
-    },
     /// A volume of that id exists with another shape.
     #[error("volume {volume:?} exists already with {existing}: delete it or choose another id")]
     AlreadyExists {
@@ -89,16 +79,6 @@ pub enum PlaneError {
         /// Volume id.
         volume: String,
         /// The most it grows to in place.
-        size: u64,
-        /// Size asked for.
-        requested: u64,
-    },
-    /// Restore into a volume smaller than the snapshot.
-    #[error("size_bytes {requested} is smaller than snapshot {snapshot:?} ({size} bytes): ask for at least {size}")]
-    TooSmall {
-        /// Snapshot name.
-        snapshot: String,
-        /// Its size.
         size: u64,
         /// Size asked for.
         requested: u64,
@@ -251,10 +231,8 @@ impl PlaneError {
     pub fn kind(&self) -> ErrorKind {
         use PlaneError as E;
         match self {
-            E::Request(_) | E::TooSmall { .. } | E::NotWholeBlocks { .. } | E::NotMounted(_) => {
-                ErrorKind::InvalidArgument
-            }
-            E::NotFound(_) | E::SnapshotNotFound { .. } | E::UnknownToken(_) => ErrorKind::NotFound,
+            E::Request(_) | E::NotWholeBlocks { .. } | E::NotMounted(_) => ErrorKind::InvalidArgument,
+            E::NotFound(_) | E::UnknownToken(_) => ErrorKind::NotFound,
             E::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             E::Unreadable(_)
             | E::AlreadyAttached { .. }

@@ -21,8 +21,6 @@ pub const REGION_BYTES: u64 = 4 << 20;
 pub const DEFAULT_QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest quiesce the watchdog allows.
 pub const MAX_QUIESCE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Longest request line the daemon's API reads.
-pub const MAX_REQUEST_BYTES: usize = 64 << 10;
 /// Longest volume id or snapshot name.
 pub const MAX_NAME: usize = 128;
 
@@ -100,27 +98,6 @@ pub struct Quiesced {
     pub timeout_ms: u64,
 }
 
-/// A local snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotInfo {
-    /// Volume id.
-    pub volume: String,
-    /// Snapshot name.
-    pub name: String,
-    /// Where the snapshot file lives.
-    pub path: PathBuf,
-    /// Its size in bytes.
-    pub size_bytes: u64,
-    /// False when a snapshot of that name existed already (and is returned).
-    pub created: bool,
-    /// The local epoch open when it was taken (absent for an existing one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub open_local_epoch: Option<u64>,
-    /// The last group epoch frozen before it (absent for an existing one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_frozen_group: Option<u64>,
-}
-
 /// Kinds of failure, named after the gRPC codes the CSI server maps them to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,37 +145,12 @@ impl ErrorKind {
             ErrorKind::Aborted => Code::Aborted,
         }
     }
-
-    /// The kind of a gRPC code (codes without a kind of their own are
-    /// internal).
-    pub fn of_code(code: tonic::Code) -> Self {
-        use tonic::Code;
-        match code {
-            Code::InvalidArgument => ErrorKind::InvalidArgument,
-            Code::NotFound => ErrorKind::NotFound,
-            Code::AlreadyExists => ErrorKind::AlreadyExists,
-            Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-            Code::Unimplemented => ErrorKind::Unimplemented,
-            Code::Unavailable => ErrorKind::Unavailable,
-            Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
-            Code::OutOfRange => ErrorKind::OutOfRange,
-            Code::ResourceExhausted => ErrorKind::ResourceExhausted,
-            Code::Aborted => ErrorKind::Aborted,
-            _ => ErrorKind::Internal,
-        }
-    }
 }
 
 /// What is wrong with a request. Every message names what to fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
-    /// Not JSON, or not one of the requests.
-    #[error("request is not valid: {0} (one JSON object per line, with \"op\" one of create, delete, attach, detach, expand, list, status, quiesce, thaw, snapshot, restore)")]
-    Parse(#[source] serde_json::Error),
-    /// The request line is too long.
-    #[error("request is longer than {MAX_REQUEST_BYTES} bytes")]
-    TooLong,
     /// A volume id or snapshot name that cannot be one.
     #[error("{what} {name:?} is not valid: use 1 to {MAX_NAME} characters from A-Z a-z 0-9 . _ -, starting with a letter or digit")]
     Name {
@@ -228,18 +180,12 @@ pub enum RequestError {
     /// A replication mode the engine does not know.
     #[error("mode: {0}")]
     Mode(#[source] ConfigError),
-    /// A quiesce path that is not absolute.
-    #[error("quiesce path {0:?} must be an absolute path to a mount point")]
-    RelativePath(PathBuf),
     /// A quiesce timeout out of range.
     #[error("timeout_ms {0} is out of range: use 1 to {max}", max = MAX_QUIESCE_TIMEOUT.as_millis())]
     Timeout(u64),
     /// A token that no quiesce can have returned.
     #[error("token {0:?} is not a quiesce token (32 hexadecimal digits)")]
     Token(String),
-    /// Restoring a snapshot into the volume it was taken of.
-    #[error("restore into {0:?}, the snapshot's own volume: choose a new volume id")]
-    RestoreOntoSource(String),
     /// An id that cannot be one (a CSI call's ids, checked on receipt).
     #[error(transparent)]
     Id(#[from] crate::model::Invalid),

@@ -217,32 +217,6 @@ impl Volumes {
 
     // ----- operations ------------------------------------------------------
 
-    /// Creates an empty volume; the same request again returns it.
-    pub(crate) fn create(&self, id: &Name, shape: Shape) -> Result<VolumeInfo, PlaneError> {
-        let slot = self.slot(id.as_str());
-        let mut slot = lock(&slot);
-        if let Some(spec) = &slot.spec {
-            let r = &spec.record;
-            if r.size_bytes == shape.size_bytes && r.block_size == shape.block_size && spec.mode == shape.mode {
-                return Ok(self.info(spec, &slot));
-            }
-            return Err(PlaneError::AlreadyExists {
-                volume: id.to_string(),
-                existing: spec.shape_words(),
-            });
-        }
-        if slot.unreadable {
-            return Err(PlaneError::Unreadable(self.volume_dir(id.as_str())));
-        }
-        let primary = self.new_store(id, shape, shape.size_bytes)?;
-        drop(primary);
-        let spec = self.commit_record(id, shape, None, None)?;
-        tracing::info!(volume = %id, size = shape.size_bytes, block_size = shape.block_size, mode = shape.mode.name(), "volume created");
-        let info = self.info(&spec, &slot);
-        slot.spec = Some(spec);
-        Ok(info)
-    }
-
     /// A fresh store and engine for `id`, clearing a creation that did not
     /// finish.
     fn new_store(&self, id: &Name, shape: Shape, reserve: u64) -> Result<Primary<FileStore>, PlaneError> {

@@ -5,127 +5,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use floe_engine::{Mode, Primary};
+use floe_engine::Primary;
 
-use super::{lock, Slot, Spec, Volumes};
+use super::{lock, Slot, Volumes};
 use crate::dataplane::fsfreeze::FrozenFs;
 use crate::dataplane::mounttable;
-use crate::dataplane::sized::copy_into;
 use crate::dataplane::{EngineBackend, SizedBackend};
-use crate::node::plane::attachment::{open_engine, Attachment};
+use crate::node::plane::attachment::open_engine;
 use crate::node::plane::error::PlaneError;
-use crate::node::plane::types::{self, Name, Shape, SnapshotInfo, VolumeInfo};
+use crate::node::plane::types::{self, Name, Shape, VolumeInfo};
 use crate::store::FileStore;
 
 impl Volumes {
-    /// A local point-in-time snapshot through the engine (of the attached
-    /// volume's live engine, or of one opened for the purpose). The caller
-    /// quiesced the file system. An existing snapshot of that name is
-    /// returned as it is.
-    pub(crate) fn snapshot(&self, id: &Name, name: &Name) -> Result<SnapshotInfo, PlaneError> {
-        let arc = self.slot(id.as_str());
-        let slot = lock(&arc);
-        let spec = self.spec(id, &slot)?;
-        let path = self.snapshot_path(id.as_str(), name.as_str());
-        let mut info = SnapshotInfo {
-            volume: id.to_string(),
-            name: name.to_string(),
-            path: path.clone(),
-            size_bytes: spec.record.size_bytes,
-            created: false,
-            open_local_epoch: None,
-            last_frozen_group: None,
-        };
-        if path.exists() {
-            return Ok(info);
-        }
-        let engine_err = |source| PlaneError::Engine {
-            op: "take a snapshot",
-            volume: id.to_string(),
-            source,
-        };
-        let mark = match slot.attached.as_ref().and_then(Attachment::backend) {
-            Some(b) => b.with_primary(|p| p.snapshot(name.as_str())).map_err(engine_err)?,
-            None if slot.attached.is_some() => return Err(PlaneError::NotServed(id.to_string())),
-            None => open_engine(&self.data_dir, id.as_str(), spec.mode)?
-                .snapshot(name.as_str())
-                .map_err(engine_err)?,
-        };
-        info.created = true;
-        info.open_local_epoch = Some(mark.open_local);
-        info.last_frozen_group = Some(mark.last_frozen_group);
-        tracing::info!(volume = %id, snapshot = %name, path = %path.display(), "snapshot taken");
-        Ok(info)
-    }
-
-    /// Creates `id` holding snapshot `snapshot` of `from`: same block size,
-    /// the source's mode unless another is asked, at least the snapshot's
-    /// size. The data goes through the engine, so the new volume's blocks
-    /// are all dirty (to be shipped) like any written block.
-    pub(crate) fn restore(
-        &self,
-        id: &Name,
-        from: &Name,
-        snapshot: &Name,
-        size_bytes: Option<u64>,
-        mode: Option<Mode>,
-    ) -> Result<VolumeInfo, PlaneError> {
-        let source = {
-            let arc = self.slot(from.as_str());
-            let slot = lock(&arc);
-            self.spec(from, &slot)?.clone()
-        };
-        let file = self.snapshot_path(from.as_str(), snapshot.as_str());
-        let snap_len = match std::fs::metadata(&file) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(PlaneError::SnapshotNotFound {
-                    volume: from.to_string(),
-                    name: snapshot.to_string(),
-                    path: file,
-                })
-            }
-            Err(e) => return Err(PlaneError::io("look at the snapshot", &file)(e)),
-        };
-        let bs = source.record.block_size;
-        let size = size_bytes.unwrap_or(snap_len);
-        if size < snap_len {
-            return Err(PlaneError::TooSmall {
-                snapshot: snapshot.to_string(),
-                size: snap_len,
-                requested: size,
-            });
-        }
-        if !size.is_multiple_of(bs) {
-            return Err(PlaneError::NotWholeBlocks {
-                requested: size,
-                block_size: bs,
-            });
-        }
-        let shape = Shape::parse(size, Some(bs), Some(mode.unwrap_or(source.mode).name()))?;
-
-        let arc = self.slot(id.as_str());
-        let mut slot = lock(&arc);
-        if slot.spec.is_some() || slot.unreadable {
-            return Err(PlaneError::AlreadyExists {
-                volume: id.to_string(),
-                existing: slot
-                    .spec
-                    .as_ref()
-                    .map_or("an unreadable record".into(), Spec::shape_words),
-            });
-        }
-        let mut primary = self.new_store(id, shape, shape.size_bytes)?;
-        let copied = copy_into(&file, snap_len, &mut primary)
-            .map_err(PlaneError::io("copy into the new volume the snapshot", &file))?;
-        drop(primary);
-        let spec = self.commit_record(id, shape, Some(format!("{from}/{snapshot}")), None)?;
-        tracing::info!(volume = %id, from = %from, snapshot = %snapshot, bytes = copied, "volume restored from a snapshot");
-        let info = self.info(&spec, &slot);
-        slot.spec = Some(spec);
-        Ok(info)
-    }
-
     /// Creates `id` for `owner` with a store of `reserve` bytes (at least
     /// its size, so it grows online up to that), filled by `fill` through
     /// its engine before the record makes it exist. An id that exists is
