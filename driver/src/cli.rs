@@ -214,7 +214,7 @@ pub struct DataplaneArgs {
 #[derive(Debug, Subcommand)]
 pub enum DataplaneCommand {
     /// The long-lived data-plane process: volumes, FUSE, loop devices, the
-    /// local API on <run-dir>/dataplane.sock. Takes over from a predecessor.
+    /// gRPC API (node.proto) on <run-dir>/dataplane.sock. Takes over from a predecessor.
     Serve(ServeArgs),
     /// The fd holder: keeps every /dev/fuse fd of the data plane on
     /// <run-dir>/holder.sock so that a restart of `serve` costs no I/O error.

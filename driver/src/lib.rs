@@ -11,16 +11,18 @@
 //! - [`csi`]: the CSI services of `floe-csi` (Identity, Controller,
 //!   GroupController, Node), their request parsing, and split mode's
 //!   mutual-TLS client and server of `node.proto` (`csi::remote`).
-//!   Imports `node`, `daemon` (the client of its local API and that API's
-//!   messages, for the node plugin's `csi::daemon_volumes`), `dataplane`
+//!   Imports `node` (the node's operations and their gRPC client),
+//!   `daemon` (the client of its `DataPlane` service), `dataplane`
 //!   (mount helpers), `model`, `cli`.
 //! - [`daemon`]: `floe-dataplane serve`, the long-lived process that owns
-//!   the node's volumes at run time: its local API on a unix socket, the
+//!   the node's volumes at run time: its gRPC API on a unix socket
+//!   (`node.proto`'s `NodeVolumes` and `DataPlane`), the
 //!   freeze watchdog, restarts through the fd holder. Imports `node`,
 //!   `dataplane`.
 //! - [`node`]: the node's volumes, whoever serves them. The one trait of
 //!   the node's operations (`node::volumes::NodeVolumes`) and its domain
 //!   types, the node's error and its one mapping to `tonic::Status`, the
+//!   one gRPC server and client of those operations (`node::rpc`), the
 //!   catalog (names, parameters, snapshots, groups, cuts) and the plane
 //!   under it (`node::plane`: stores, engines, attach, freeze). Imports
 //!   `dataplane`, `store`, `model`.

@@ -1,6 +1,6 @@
 //! The data-plane daemon end to end: `floe-dataplane holder` and
 //! `floe-dataplane serve` as real processes, `floe-csi` in node mode, the
-//! local API over its unix socket, engine-backed volumes with ext4 on them.
+//! gRPC API (`node.proto`) over its unix socket, engine-backed volumes with ext4 on them.
 //!
 //! Needs root, `/dev/fuse`, loop devices, `mkfs.ext4`/`e2fsck`, and for the
 //! restart tests `fio` and Linux >= 6.9 (`FUSE_NOTIFY_RESEND`). Outside CI a

@@ -126,7 +126,7 @@ pub struct ServeConfig {
     pub run_dir: PathBuf,
     /// FUSE settings of every volume.
     pub fuse: FuseConfig,
-    /// Bounds of the local API's connections.
+    /// Bounds of the API's connections.
     pub api: ApiLimits,
 }
 

@@ -18,7 +18,9 @@ use floe_proto::node as wire;
 
 /// A client of the data plane at one socket.
 pub struct PlaneClient {
-    rt: tokio::runtime::Runtime,
+    /// Taken in `Drop` (shut down in the background: the client may be
+    /// dropped inside an async test, where a blocking shutdown panics).
+    rt: Option<tokio::runtime::Runtime>,
     /// `NodeVolumes` on the socket.
     pub volumes: RemoteVolumes,
     /// `DataPlane` on the socket.
@@ -36,7 +38,11 @@ impl PlaneClient {
             let _entered = rt.enter();
             (RemoteVolumes::local(socket), DaemonClient::new(socket))
         };
-        Ok(PlaneClient { rt, volumes, daemon })
+        Ok(PlaneClient {
+            rt: Some(rt),
+            volumes,
+            daemon,
+        })
     }
 
     /// Runs `f` to completion on the client's runtime, from a thread of its
@@ -45,8 +51,9 @@ impl PlaneClient {
     where
         F::Output: Send,
     {
+        let rt = self.rt.as_ref().expect("the runtime lives until drop");
         std::thread::scope(|s| {
-            s.spawn(|| self.rt.block_on(f))
+            s.spawn(|| rt.block_on(f))
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
@@ -136,5 +143,13 @@ impl PlaneClient {
             node: None,
         };
         self.block_on(self.volumes.create(spec))
+    }
+}
+
+impl Drop for PlaneClient {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }

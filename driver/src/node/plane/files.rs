@@ -13,7 +13,7 @@ use serde::Serialize;
 ///
 /// ```text
 /// <run-dir>/
-///     dataplane.sock      the local API
+///     dataplane.sock      the gRPC API (node.proto)
 ///     holder.sock         the fd holder
 ///     serve.lock          flock(2): one serving process at a time
 ///     attached.json       what is attached: volume -> FUSE dir, loop device
