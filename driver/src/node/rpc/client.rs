@@ -193,20 +193,34 @@ impl NodeVolumes for RemoteVolumes {
             .transpose()
     }
 
+    // The node's own data plane is the one-node case: the trait's
+    // defaults. A node plugin reached over TLS is a node of a cluster.
     fn nodes(&self) -> Vec<String> {
-        vec![self.node.clone()]
+        match self.channel {
+            Via::Local(_) => Vec::new(),
+            Via::Channel(_) => vec![self.node.clone()],
+        }
     }
 
     async fn volume_node(&self, id: &str) -> Result<Option<String>> {
+        if let Via::Local(_) = self.channel {
+            return Ok(None);
+        }
         Ok(self.volume(id).await?.map(|_| self.node.clone()))
     }
 
     async fn snapshot_node(&self, id: &str) -> Result<Option<String>> {
+        if let Via::Local(_) = self.channel {
+            return Ok(None);
+        }
         let held = self.snapshots().await?.iter().any(|s| s.id == id);
         Ok(held.then(|| self.node.clone()))
     }
 
     async fn capacity_of(&self, node: &str) -> Result<Capacity> {
+        if let Via::Local(_) = self.channel {
+            return self.capacity().await;
+        }
         if node != self.node {
             return Err(Error::Invalid {
                 field: "node",
