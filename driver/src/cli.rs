@@ -241,6 +241,25 @@ pub struct ServeArgs {
     /// Seconds an API connection may wait between requests before it is closed.
     #[arg(long, env = "FLOE_API_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub api_idle_timeout_secs: u64,
+    /// Where this node takes the replication streams of the primary site
+    /// (a DR node), HOST:PORT.
+    #[arg(long, env = "FLOE_REPLICATION_LISTEN")]
+    pub replication_listen: Option<std::net::SocketAddr>,
+    /// This node's replication certificate (PEM), shown to the peer site.
+    #[arg(long, env = "FLOE_REPLICATION_CERT")]
+    pub replication_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "FLOE_REPLICATION_KEY")]
+    pub replication_key: Option<PathBuf>,
+    /// The CA (PEM) that signs the peer site's certificates.
+    #[arg(long, env = "FLOE_REPLICATION_CA")]
+    pub replication_ca: Option<PathBuf>,
+    /// The DNS name the peer site's certificate must carry.
+    #[arg(long, env = "FLOE_REPLICATION_PEER")]
+    pub replication_peer: Option<crate::model::PeerName>,
+    /// Bytes a second this node's replication streams may send together.
+    #[arg(long, env = "FLOE_REPLICATION_LIMIT_BYTES")]
+    pub replication_limit_bytes: Option<u64>,
 }
 
 /// Flags of `floe-dataplane holder`.

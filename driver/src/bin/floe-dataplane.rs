@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use floe_driver::cli::{DataplaneArgs, DataplaneCommand, HolderArgs, ServeArgs};
 use floe_driver::daemon::files::RunPaths;
-use floe_driver::daemon::{chain, ApiLimits, Daemon, ServeConfig};
+use floe_driver::daemon::{chain, ApiLimits, Daemon, ReplicationConfig, ServeConfig};
+use floe_driver::replication::tls::SiteTls;
 use floe_driver::dataplane::fuse::FuseConfig;
 use floe_driver::dataplane::handover::{Holder, HolderLink};
 use floe_driver::dataplane::process::{self, ProcessError};
@@ -67,6 +68,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_connections: args.api_max_connections,
             idle_timeout: std::time::Duration::from_secs(args.api_idle_timeout_secs),
         },
+        replication: replication_config(&args)?,
     };
     cfg.validate()?;
     let daemon = Daemon::start(&cfg)
@@ -82,6 +84,33 @@ fn serve(args: ServeArgs) -> Result<()> {
         daemon.hand_over();
     }
     bail!("the signal iterator ended")
+}
+
+/// The `--replication-*` flags: all four TLS flags or none.
+fn replication_config(args: &ServeArgs) -> Result<ReplicationConfig> {
+    let tls = match (
+        &args.replication_cert,
+        &args.replication_key,
+        &args.replication_ca,
+        &args.replication_peer,
+    ) {
+        (Some(cert), Some(key), Some(ca), Some(peer)) => Some(SiteTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+            peer: peer.clone(),
+        }),
+        (None, None, None, None) => None,
+        _ => bail!("--replication-cert, --replication-key, --replication-ca and --replication-peer go together: give all four or none"),
+    };
+    if args.replication_listen.is_some() && tls.is_none() {
+        bail!("--replication-listen needs --replication-cert, --replication-key, --replication-ca and --replication-peer");
+    }
+    Ok(ReplicationConfig {
+        listen: args.replication_listen,
+        tls,
+        limit_bytes_per_second: args.replication_limit_bytes,
+    })
 }
 
 fn holder(args: HolderArgs) -> Result<()> {

@@ -89,19 +89,24 @@
 //! re-staged.
 
 pub mod client;
+pub mod replicate;
 mod server;
 mod service;
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use rustix::fs::FlockOperation;
 
 use floe_proto::node as wire;
+pub use replicate::{ReplicationConfig, Replication};
 pub use server::ApiLimits;
+use tonic::service::Routes;
+
+use crate::node::rpc::server::{NodeVolumesServer, NodeVolumesService};
 
 use crate::dataplane::fuse::FuseConfig;
 use crate::dataplane::handover::HolderLink;
@@ -128,6 +133,8 @@ pub struct ServeConfig {
     pub fuse: FuseConfig,
     /// Bounds of the API's connections.
     pub api: ApiLimits,
+    /// How this node replicates.
+    pub replication: ReplicationConfig,
 }
 
 /// A configuration `serve` cannot run with.
@@ -178,6 +185,11 @@ pub struct Daemon {
     took_over: Vec<String>,
     holder_ok: AtomicBool,
     api: ApiLimits,
+    replication_cfg: ReplicationConfig,
+    replication: OnceLock<Arc<Replication>>,
+    /// The process's metrics (replication links so far).
+    registry: prometheus::Registry,
+    data_dir: PathBuf,
     /// Holds `serve.lock` for the life of the process.
     _lock: File,
 }
@@ -216,6 +228,10 @@ impl Daemon {
             started: SystemTime::now(),
             took_over,
             api: cfg.api,
+            replication_cfg: cfg.replication.clone(),
+            replication: OnceLock::new(),
+            registry: prometheus::Registry::new(),
+            data_dir: cfg.data_dir.clone(),
             _lock: lock,
         });
         let d = Arc::clone(&daemon);
@@ -234,7 +250,26 @@ impl Daemon {
     /// Binds `<run-dir>/dataplane.sock` and serves the API from a runtime
     /// of its own.
     pub fn serve_api(self: &Arc<Self>) -> Result<(), NodeError> {
-        Ok(server::listen(Arc::clone(self), &self.run.api_socket(), self.api)?)
+        let path = self.run.api_socket();
+        let runtime = server::runtime().map_err(PlaneError::io("start the API runtime", &path))?;
+        let hub = Replication::start(
+            &self.data_dir,
+            &self.replication_cfg,
+            self.csi.clone(),
+            Arc::clone(&self.volumes),
+            runtime.handle().clone(),
+            &self.registry,
+        )?;
+        let _ = self.replication.set(Arc::clone(&hub));
+        let routes = Routes::new(NodeVolumesServer::new(NodeVolumesService::new(Arc::new(self.csi.clone()))))
+            .add_service(service::DataPlaneService::server(Arc::clone(self)))
+            .add_service(replicate::admin::AdminService::server(hub, Arc::clone(&self.freezer)));
+        Ok(server::listen(routes, &path, self.api, runtime)?)
+    }
+
+    /// The node's replication, once the API serves.
+    pub fn replication(&self) -> Option<&Arc<Replication>> {
+        self.replication.get()
     }
 
     /// Refuses a quiesce of anything but the file system of a volume this

@@ -28,11 +28,8 @@ use tonic::service::Routes;
 /// gRPC status in a response).
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-use super::service::DataPlaneService;
-use super::Daemon;
 use crate::dataplane::localsock;
 use crate::node::plane::error::PlaneError;
-use crate::node::rpc::server::{NodeVolumesServer, NodeVolumesService};
 
 /// How many API connections the daemon serves at once, and how long one
 /// may sit idle.
@@ -93,32 +90,38 @@ fn table(t: &Shared) -> std::sync::MutexGuard<'_, Table> {
     t.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Binds `path` (replacing a stale socket: the serve lock says no other
-/// process serves) and serves it from a runtime of its own.
-pub(super) fn listen(daemon: Arc<Daemon>, path: &Path, limits: ApiLimits) -> Result<(), PlaneError> {
-    let listener = localsock::listen_private(path, rustix::net::SocketType::STREAM, 128)
-        .map_err(PlaneError::io("listen (mode 0600) on the API socket", path))?;
-    let listener = std::os::unix::net::UnixListener::from(listener);
-    listener
-        .set_nonblocking(true)
-        .map_err(PlaneError::io("set the API socket non-blocking", path))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The runtime of the API and of replication: two workers, a bounded
+/// blocking pool, small stacks.
+pub(super) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(BLOCKING_THREADS)
         .thread_stack_size(THREAD_STACK)
         .thread_name("floe-api")
         .enable_all()
         .build()
-        .map_err(PlaneError::io("start the API runtime", path))?;
+}
+
+/// Binds `path` (replacing a stale socket: the serve lock says no other
+/// process serves) and serves `routes` on it from `runtime`, which this
+/// takes over.
+pub(super) fn listen(
+    routes: Routes,
+    path: &Path,
+    limits: ApiLimits,
+    runtime: tokio::runtime::Runtime,
+) -> Result<(), PlaneError> {
+    let listener = localsock::listen_private(path, rustix::net::SocketType::STREAM, 128)
+        .map_err(PlaneError::io("listen (mode 0600) on the API socket", path))?;
+    let listener = std::os::unix::net::UnixListener::from(listener);
+    listener
+        .set_nonblocking(true)
+        .map_err(PlaneError::io("set the API socket non-blocking", path))?;
     let listener = {
         let _entered = runtime.enter();
         tokio::net::UnixListener::from_std(listener).map_err(PlaneError::io("register the API socket", path))?
     };
     tracing::info!(socket = %path.display(), max_connections = limits.max_connections, idle_timeout = ?limits.idle_timeout, "API listening");
-    let routes = Routes::new(NodeVolumesServer::new(NodeVolumesService::new(Arc::new(
-        daemon.csi().clone(),
-    ))))
-    .add_service(DataPlaneService::server(daemon));
     std::thread::Builder::new()
         .name("floe-api".into())
         .spawn(move || runtime.block_on(accept(listener, routes, limits)))

@@ -551,6 +551,22 @@ fn remove_files_in(dir: &Path) {
 }
 
 impl LocalVolumes {
+    /// The store of ready volume `id` (its data-plane volume).
+    pub fn store_of(&self, id: &str) -> Option<String> {
+        self.inner
+            .read(|c| c.volumes.get(id).filter(|r| r.state == State::Ready).map(|r| r.store.clone()))
+    }
+
+    /// The ready volume whose store is `store`.
+    pub fn volume_of_store(&self, store: &str) -> Option<String> {
+        self.inner.read(|c| {
+            c.volumes
+                .iter()
+                .find(|(_, r)| r.state == State::Ready && r.store == store)
+                .map(|(id, _)| id.clone())
+        })
+    }
+
     /// Runs `op` on tokio's blocking pool: the catalog's work is file I/O,
     /// copies and freezes.
     async fn blocking<T: Send + 'static>(&self, op: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {

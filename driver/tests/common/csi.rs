@@ -94,6 +94,7 @@ impl Harness {
             run_dir: run.clone(),
             fuse: FuseConfig::default(),
             api: ApiLimits::default(),
+            replication: Default::default(),
         };
         let daemon = Daemon::start(&cfg).map_err(|e| anyhow::anyhow!("start the data plane: {e}"))?;
         daemon

@@ -207,6 +207,28 @@ impl Freezer {
         files::remove_durably(&record).map_err(PlaneError::io("remove the freeze record", &record))
     }
 
+    /// Runs `f` if the file system of `token` is frozen now, holding the
+    /// table so that neither a thaw nor the watchdog ends the freeze
+    /// before `f` returns (an epoch flip must happen while frozen).
+    pub(crate) fn while_frozen<R>(&self, token: &str, f: impl FnOnce() -> R) -> Result<R, PlaneError> {
+        let t = self.table();
+        match t.entries.get(token) {
+            Some(Entry {
+                state: State::Frozen(_),
+                deadline,
+                ..
+            }) if Instant::now() < *deadline => Ok(f()),
+            Some(_) => Err(PlaneError::StillFreezing(token.to_owned())),
+            None => Err(match t.expired.iter().find(|(t, _)| t == token) {
+                Some((_, path)) => PlaneError::Expired {
+                    token: token.to_owned(),
+                    path: path.clone(),
+                },
+                None => PlaneError::UnknownToken(token.to_owned()),
+            }),
+        }
+    }
+
     /// The file systems frozen now.
     pub(crate) fn list(&self) -> Vec<FrozenInfo> {
         let mut v: Vec<FrozenInfo> = self

@@ -20,7 +20,7 @@ mod handover;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use floe_engine::{Mode, Primary, RoleGeneration};
@@ -32,6 +32,7 @@ use super::files::{self, RunPaths};
 use super::types::{self, Name, Shape, VolumeInfo};
 use crate::dataplane::fuse::FuseConfig;
 use crate::dataplane::mounttable;
+use crate::replication::endpoint::HostedPrimary;
 use crate::store::FileStore;
 
 /// `<data-dir>/volumes/<id>/volume.json`: what a volume was created as.
@@ -99,6 +100,19 @@ pub(crate) struct Volumes {
     slots: Mutex<BTreeMap<String, Arc<Mutex<Slot>>>>,
     /// What `attached.json` holds; its lock orders the file's rewrites.
     index: Mutex<AttachedFile>,
+    /// Told of engines starting and stopping here (the replication host).
+    observer: OnceLock<Arc<dyn AttachObserver>>,
+}
+
+/// Told when a volume's engine starts or stops being served by this
+/// process: the replication host starts and stops the volume's sender.
+/// Called under the volume's slot lock; `detaching` returns only once
+/// nothing but the attachment holds the engine.
+pub(crate) trait AttachObserver: Send + Sync {
+    /// Volume `store` was attached: its engine is `primary`.
+    fn attached(&self, store: &str, primary: &Arc<HostedPrimary<FileStore>>);
+    /// Volume `store` is about to be detached.
+    fn detaching(&self, store: &str);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,7 +165,28 @@ impl Volumes {
             fuse,
             slots: Mutex::new(slots),
             index: Mutex::default(),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Sets the one observer of attaches and detaches (later calls are
+    /// ignored).
+    pub(crate) fn observe(&self, observer: Arc<dyn AttachObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// The engines of every volume attached now, by store.
+    pub(crate) fn hosted(&self) -> Vec<(String, Arc<HostedPrimary<FileStore>>)> {
+        let slots: Vec<(String, Arc<Mutex<Slot>>)> =
+            lock(&self.slots).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        slots
+            .into_iter()
+            .filter_map(|(id, slot)| {
+                let slot = lock(&slot);
+                let b = slot.attached.as_ref().and_then(Attachment::backend)?;
+                Some((id, Arc::clone(b.hosted())))
+            })
+            .collect()
     }
 
     fn slot(&self, id: &str) -> Arc<Mutex<Slot>> {
@@ -327,6 +362,9 @@ impl Volumes {
             return Err(e);
         }
         tracing::info!(volume = %id, device = %a.device().display(), "volume attached");
+        if let (Some(o), Some(b)) = (self.observer.get(), a.backend()) {
+            o.attached(id.as_str(), b.hosted());
+        }
         slot.attached = Some(a);
         let spec = self.spec(id, &slot)?;
         Ok(self.info(spec, &slot))
@@ -349,6 +387,9 @@ impl Volumes {
                 device: a.device().to_owned(),
                 targets,
             });
+        }
+        if let Some(o) = self.observer.get() {
+            o.detaching(id.as_str());
         }
         a.detach()?;
         slot.attached = None;

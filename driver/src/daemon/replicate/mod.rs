@@ -1,0 +1,560 @@
+//! Replication hosted by the data plane: the sender of every paired
+//! primary volume this process serves, the replicas and the group
+//! coordinator of every DR group paired here, the replication listener,
+//! and the node's side of the group freeze (`node.proto`'s `NodeAdmin`).
+//!
+//! # Layout
+//!
+//! - [`pairings`]: the groups this node is paired in, on disk;
+//! - [`admin`]: the `NodeAdmin` service over [`Replication`];
+//! - here: [`Replication`], which owns the streams and the DR groups.
+//!
+//! # Lifecycle
+//!
+//! A primary volume's sender runs while the volume is attached here: it
+//! starts at `Pair` (the volume must be attached), at every later attach
+//! and at a successor's takeover, and stops before every detach (the plane
+//! tells this module through [`AttachObserver`]), so the engine is never
+//! held by a stream once its store is let go. A DR group's replicas and
+//! coordinator live from `Pair` on, reopened at every start. Everything
+//! runs on the API's runtime; engine calls go to its blocking pool.
+//!
+//! # Not yet
+//!
+//! The coordinator runs in the process of the DR node that holds all the
+//! group's replicas (a group spanning DR nodes needs the coordinator's
+//! reports over `node.proto`); membership is fixed at `Pair`; a pairing
+//! starts from empty volumes on both sides.
+
+pub mod admin;
+pub mod pairings;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use floe_engine::{Geometry, Mode, Replica, RoleGeneration};
+use leaky_bucket::RateLimiter;
+use tokio_util::sync::CancellationToken;
+
+use self::pairings::{GroupRecord, MemberRecord, Pairings, Side};
+use crate::node::error::{chain, Error, Result};
+use crate::node::local::LocalVolumes;
+use crate::node::plane::volumes::{AttachObserver, Volumes};
+use crate::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
+use crate::replication::handshake::Pairing;
+use crate::replication::link::{LinkHandle, LinkMetrics, LinkState};
+use crate::replication::receiver::{Paired, Receivers};
+use crate::replication::sender::{self, SenderConfig};
+use crate::replication::tls::{SiteTls, TlsSource};
+use crate::replication::listener;
+use crate::store::{FileDecisionLog, FileStore};
+
+/// How this node replicates (the `--replication-*` flags of `serve`).
+#[derive(Clone, Debug, Default)]
+pub struct ReplicationConfig {
+    /// Where the DR side listens for streams (none: this node takes none).
+    pub listen: Option<SocketAddr>,
+    /// This node's replication identity and the peer site's name (needed
+    /// to listen or to pair a primary group).
+    pub tls: Option<SiteTls>,
+    /// Bytes a second this node's senders may send together.
+    pub limit_bytes_per_second: Option<u64>,
+}
+
+/// A running sender.
+struct Stream {
+    volume: String,
+    cancel: CancellationToken,
+    link: LinkHandle,
+}
+
+/// A DR group hosted here.
+struct DrGroup {
+    coordinator: Arc<LocalCoordinator<FileDecisionLog>>,
+    /// Replicas in member order, by volume.
+    replicas: Vec<(String, Arc<HostedReplica<FileStore>>)>,
+}
+
+#[derive(Default)]
+struct State {
+    pairings: Pairings,
+    /// Senders by store.
+    streams: HashMap<String, Stream>,
+    groups: HashMap<String, DrGroup>,
+}
+
+/// The node's replication, hosted by the data plane.
+pub struct Replication {
+    dir: PathBuf,
+    catalog: LocalVolumes,
+    plane: Arc<Volumes>,
+    tls: Option<Arc<TlsSource>>,
+    limit: Option<Arc<RateLimiter>>,
+    rt: tokio::runtime::Handle,
+    sender_metrics: LinkMetrics,
+    receivers: Receivers,
+    incarnation: u64,
+    state: Mutex<State>,
+}
+
+fn internal(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Internal(format!("{what}: {e}"))
+}
+
+impl Replication {
+    /// Loads the pairings under `<data_dir>/replication`, reopens every DR
+    /// group, starts the listener if configured and the senders of the
+    /// attached paired volumes; from then on the plane tells it of
+    /// attaches and detaches.
+    pub(crate) fn start(
+        data_dir: &std::path::Path,
+        cfg: &ReplicationConfig,
+        catalog: LocalVolumes,
+        plane: Arc<Volumes>,
+        rt: tokio::runtime::Handle,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Self>> {
+        let dir = data_dir.join("replication");
+        crate::dataplane::localsock::private_dir(&dir).map_err(internal("create the replication directory"))?;
+        let incarnation = next_incarnation(&dir)?;
+        let tls = cfg
+            .tls
+            .clone()
+            .map(TlsSource::load)
+            .transpose()
+            .map_err(|e| Error::Internal(format!("load the replication TLS files: {}", chain(&e))))?;
+        let metrics = |side| {
+            LinkMetrics::register(registry, side)
+                .map_err(|e| Error::Internal(format!("register the replication metrics: {e}")))
+        };
+        let hub = Arc::new(Replication {
+            dir: dir.clone(),
+            catalog,
+            plane: Arc::clone(&plane),
+            tls,
+            limit: cfg.limit_bytes_per_second.map(sender::bandwidth_limit),
+            rt,
+            sender_metrics: metrics("sender")?,
+            receivers: Receivers::new(metrics("receiver")?),
+            incarnation,
+            state: Mutex::default(),
+        });
+        let pairings = Pairings::load(&dir).map_err(internal("read the pairings"))?;
+        for (name, g) in &pairings.groups {
+            if g.side == Side::Dr {
+                let group = hub.open_dr_group(name, g, false)?;
+                hub.lock().groups.insert(name.clone(), group);
+            }
+        }
+        hub.lock().pairings = pairings;
+        if let Some(addr) = cfg.listen {
+            hub.listen(addr)?;
+        }
+        for (store, primary) in plane.hosted() {
+            hub.attached(&store, &primary);
+        }
+        plane.observe(Arc::clone(&hub) as Arc<dyn AttachObserver>);
+        Ok(hub)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn listen(&self, addr: SocketAddr) -> Result<()> {
+        let tls = self.tls.clone().ok_or_else(|| Error::Missing {
+            rpc: "--replication-listen",
+            field: "--replication-cert",
+            hint: "the replication listener needs this node's certificate, key, the peer site's CA and name",
+        })?;
+        let listener = {
+            let _entered = self.rt.enter();
+            let std = std::net::TcpListener::bind(addr).map_err(internal("bind the replication listener"))?;
+            std.set_nonblocking(true).map_err(internal("set the replication listener non-blocking"))?;
+            tokio::net::TcpListener::from_std(std).map_err(internal("register the replication listener"))?
+        };
+        let receivers = self.receivers.clone();
+        tracing::info!(%addr, "replication listener serving");
+        self.rt.spawn(async move {
+            if let Err(e) = listener::serve(listener, tls, receivers, std::future::pending()).await {
+                tracing::error!(error = %chain(&e), "the replication listener ended");
+            }
+        });
+        Ok(())
+    }
+
+    /// Pairs `group` on this node; the same request again is accepted.
+    pub(crate) fn pair(&self, group: &str, side: Side, req: PairArgs) -> Result<GroupRecord> {
+        let record = match side {
+            Side::Primary => self.primary_record(&req)?,
+            Side::Dr => dr_record(&req)?,
+        };
+        {
+            let st = self.lock();
+            if let Some(existing) = st.pairings.groups.get(group) {
+                if *existing == record {
+                    return Ok(record);
+                }
+                return Err(Error::AlreadyExists {
+                    kind: "paired group",
+                    name: group.to_owned(),
+                    existing: format!("{existing:?}"),
+                    requested: format!("{record:?}"),
+                });
+            }
+            for m in &record.members {
+                if let Some((other, _, _)) = st.pairings.member_of(&m.volume) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "volume {:?} is paired in group {other:?} already: a volume belongs to one group",
+                        m.volume
+                    )));
+                }
+            }
+        }
+        let dr = match side {
+            Side::Dr => Some(self.open_dr_group(group, &record, true)?),
+            Side::Primary => None,
+        };
+        let mut st = self.lock();
+        st.pairings.groups.insert(group.to_owned(), record.clone());
+        st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+        if let Some(dr) = dr {
+            st.groups.insert(group.to_owned(), dr);
+        }
+        drop(st);
+        if side == Side::Primary {
+            for m in &record.members {
+                let store = self.catalog.store_of(&m.volume).ok_or_else(|| Error::VolumeNotFound(m.volume.clone()))?;
+                if let Some((_, p)) = self.plane.hosted().into_iter().find(|(s, _)| *s == store) {
+                    self.attached(&store, &p);
+                }
+            }
+        }
+        tracing::info!(group, ?side, members = record.members.len(), "group paired");
+        Ok(record)
+    }
+
+    /// The record of a primary group: each member's geometry, mode and
+    /// generation from its engine (the volume must be attached here).
+    fn primary_record(&self, req: &PairArgs) -> Result<GroupRecord> {
+        let peer = req.peer_address.clone().ok_or(Error::Missing {
+            rpc: "Pair",
+            field: "peer_address",
+            hint: "the DR node's replication listener, HOST:PORT",
+        })?;
+        if self.tls.is_none() {
+            return Err(Error::FailedPrecondition(
+                "this data plane has no replication identity: start it with --replication-cert, --replication-key, --replication-ca and --replication-peer".into(),
+            ));
+        }
+        let hosted = self.plane.hosted();
+        let mut members = Vec::new();
+        let mut generation = None;
+        for volume in &req.volumes {
+            let store = self.catalog.store_of(volume).ok_or_else(|| Error::VolumeNotFound(volume.clone()))?;
+            let (_, primary) = hosted.iter().find(|(s, _)| *s == store).ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "volume {volume:?} is not attached on this node: stage it (or attach it) before pairing"
+                ))
+            })?;
+            let (geo, mode, gen) = primary.peek(|p| (p.geometry(), p.mode(), p.generation()));
+            if generation.is_some_and(|g| g != gen) {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {volume:?} has role generation {gen:?}, unlike the group's other volumes"
+                )));
+            }
+            generation = Some(gen);
+            members.push(member_record(volume, geo, mode));
+        }
+        let gen = generation.ok_or(Error::Missing {
+            rpc: "Pair",
+            field: "members",
+            hint: "the group's volumes, in member order",
+        })?;
+        Ok(GroupRecord {
+            side: Side::Primary,
+            members,
+            generation: (gen.counter, gen.site),
+            peer_address: Some(peer),
+        })
+    }
+
+    /// Opens (or, `create`, makes) the replicas of a DR group and its
+    /// coordinator, and offers them to the listener.
+    fn open_dr_group(&self, name: &str, g: &GroupRecord, create: bool) -> Result<DrGroup> {
+        let dir = self.dir.join("dr");
+        crate::dataplane::localsock::private_dir(&dir).map_err(internal("create the DR directory"))?;
+        let store_err = |op: &'static str, volume: &str| {
+            let volume = volume.to_owned();
+            move |e: crate::store::Error| Error::Internal(format!("{op} the replica of {volume:?}: {}", chain(&e)))
+        };
+        let mut replicas = Vec::new();
+        for (i, m) in g.members.iter().enumerate() {
+            let (geo, _) = m.shape().map_err(|e| Error::Internal(format!("member {:?}: {e}", m.volume)))?;
+            let member = i as u32;
+            let engine = if create {
+                let store = FileStore::create(&dir, &m.volume, geo).map_err(store_err("create", &m.volume))?;
+                Replica::create(store, geo, member, g.generation())
+            } else {
+                let store = FileStore::open(&dir, &m.volume).map_err(store_err("open", &m.volume))?;
+                Replica::open(store, geo, member)
+            }
+            .map_err(|e| Error::Internal(format!("the replica engine of {:?}: {e}", m.volume)))?;
+            replicas.push((m.volume.clone(), Arc::new(HostedReplica::new(engine))));
+        }
+        let ends: Vec<Arc<dyn ReplicaEnd>> = replicas.iter().map(|(_, r)| Arc::clone(r) as Arc<dyn ReplicaEnd>).collect();
+        let log = FileDecisionLog::open(&dir, name).map_err(|e| Error::Internal(format!("open the decision log of {name:?}: {}", chain(&e))))?;
+        let coordinator = Arc::new(
+            LocalCoordinator::open(log, ends)
+                .map_err(|e| Error::Internal(format!("open the coordinator of {name:?}: {}", chain(&e))))?,
+        );
+        for (m, (volume, r)) in g.members.iter().zip(&replicas) {
+            let (geometry, mode) = m.shape().map_err(Error::Internal)?;
+            self.receivers.add(Paired {
+                pairing: Pairing {
+                    group: name.to_owned(),
+                    volume: volume.clone(),
+                    geometry,
+                    mode,
+                },
+                end: Arc::clone(r) as Arc<dyn ReplicaEnd>,
+                coordinator: Arc::clone(&coordinator) as _,
+                incarnation: self.incarnation,
+            });
+        }
+        Ok(DrGroup { coordinator, replicas })
+    }
+
+    /// Stops the sender of `store`, if any, and waits until it let go of
+    /// the engine.
+    fn stop_stream(&self, store: &str) {
+        let Some(stream) = self.lock().streams.remove(store) else {
+            return;
+        };
+        stream.cancel.cancel();
+        let mut state = stream.link.state;
+        // The sender drops its end of the watch (and the engine) as it ends.
+        let ended = async move { while state.changed().await.is_ok() {} };
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| self.rt.block_on(ended)),
+            Err(_) => self.rt.block_on(ended),
+        }
+        tracing::info!(volume = %stream.volume, "replication sender stopped");
+    }
+
+    /// The replication state of `volume` on this node.
+    pub(crate) fn status(&self, volume: &str) -> Result<VolumeStatus> {
+        let st = self.lock();
+        let (group, g, member) = st
+            .pairings
+            .member_of(volume)
+            .ok_or_else(|| Error::FailedPrecondition(format!("volume {volume:?} is not paired on this node")))?;
+        let mut out = VolumeStatus {
+            group: group.to_owned(),
+            side: g.side,
+            generation: g.generation(),
+            committed: 0,
+            staged: None,
+            closing: None,
+            pending_bytes: 0,
+            link: None,
+        };
+        match g.side {
+            Side::Primary => {
+                let store = self.catalog.store_of(volume);
+                if let Some(s) = store.as_ref().and_then(|s| st.streams.get(s)) {
+                    out.link = Some(s.link.state.borrow().clone());
+                }
+                let bs = g.members[member as usize].block_size;
+                if let Some((_, p)) = store.and_then(|s| self.plane.hosted().into_iter().find(|(h, _)| *h == s)) {
+                    p.peek(|p| {
+                        out.pending_bytes = p.dirty_blocks().saturating_mul(bs);
+                        out.closing = p.closing().map(|(e, _)| e);
+                        out.generation = p.generation();
+                    });
+                }
+            }
+            Side::Dr => {
+                if let Some(dr) = st.groups.get(group) {
+                    let (_, r) = &dr.replicas[member as usize];
+                    r.with(|r| {
+                        out.committed = r.committed_group();
+                        out.staged = r.staged_group();
+                        out.generation = r.generation();
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The hosted primary engine of paired volume `volume` (attached here).
+    pub(crate) fn primary(&self, volume: &str) -> Result<Arc<HostedPrimary<FileStore>>> {
+        let store = self.catalog.store_of(volume).ok_or_else(|| Error::VolumeNotFound(volume.to_owned()))?;
+        self.plane
+            .hosted()
+            .into_iter()
+            .find(|(s, _)| *s == store)
+            .map(|(_, p)| p)
+            .ok_or_else(|| Error::FailedPrecondition(format!("volume {volume:?} is not attached on this node")))
+    }
+
+    /// The device of attached volume `volume`.
+    pub(crate) fn device(&self, volume: &str) -> Result<PathBuf> {
+        let store = self.catalog.store_of(volume).ok_or_else(|| Error::VolumeNotFound(volume.to_owned()))?;
+        self.plane
+            .list()
+            .into_iter()
+            .find(|v| v.volume == store)
+            .and_then(|v| v.attachment)
+            .map(|a| a.device)
+            .ok_or_else(|| Error::FailedPrecondition(format!("volume {volume:?} is not attached on this node")))
+    }
+
+    /// Runs `f` on DR group `group`'s replica of `volume` and its decision
+    /// record, with no decision delivered meanwhile (one cut of the group).
+    pub(crate) fn with_replica<R>(
+        &self,
+        volume: &str,
+        f: impl FnOnce(&mut Replica<FileStore>, &floe_engine::DecisionRecord) -> R,
+    ) -> Result<R> {
+        let (coordinator, replica) = {
+            let st = self.lock();
+            let (group, g, member) = st
+                .pairings
+                .member_of(volume)
+                .filter(|(_, g, _)| g.side == Side::Dr)
+                .ok_or_else(|| Error::FailedPrecondition(format!("volume {volume:?} is not a DR replica on this node")))?;
+            let dr = st
+                .groups
+                .get(group)
+                .ok_or_else(|| Error::Internal(format!("DR group {group:?} of {g:?} is not open")))?;
+            (Arc::clone(&dr.coordinator), Arc::clone(&dr.replicas[member as usize].1))
+        };
+        Ok(coordinator.with_decisions_held(|record| replica.with(|r| f(r, record))))
+    }
+}
+
+impl AttachObserver for Replication {
+    fn attached(&self, store: &str, primary: &Arc<HostedPrimary<FileStore>>) {
+        let Some(volume) = self.catalog.volume_of_store(store) else {
+            return;
+        };
+        let mut st = self.lock();
+        let Some((group, g, _)) = st.pairings.member_of(&volume) else {
+            return;
+        };
+        if g.side != Side::Primary || st.streams.contains_key(store) {
+            return;
+        }
+        let (Some(tls), Some(addr)) = (self.tls.clone(), g.peer_address.clone()) else {
+            tracing::error!(%volume, group, "paired as primary but this data plane has no replication identity: no stream");
+            return;
+        };
+        let (geometry, mode) = primary.peek(|p| (p.geometry(), p.mode()));
+        let incarnation = primary.peek(|p| p.store().get_meta().ok().flatten().map_or(0, |m| m.incarnation));
+        let mut cfg = SenderConfig::new(
+            addr,
+            tls,
+            Pairing {
+                group: group.to_owned(),
+                volume: volume.clone(),
+                geometry,
+                mode,
+            },
+            primary.peek(|p| p.generation()),
+            incarnation,
+        );
+        cfg.limit = self.limit.clone();
+        let cancel = CancellationToken::new();
+        let stats = self.sender_metrics.for_volume(&volume);
+        let link = {
+            let _entered = self.rt.enter();
+            sender::spawn(Arc::clone(primary), cfg, stats, cancel.clone())
+        };
+        tracing::info!(%volume, group, "replication sender started");
+        st.streams.insert(store.to_owned(), Stream { volume, cancel, link });
+    }
+
+    fn detaching(&self, store: &str) {
+        self.stop_stream(store);
+    }
+}
+
+/// What a `Pair` asks for, checked.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PairArgs {
+    /// Member volumes in member order.
+    pub volumes: Vec<String>,
+    /// DR: each member's geometry and mode.
+    pub shapes: Vec<(Geometry, Mode)>,
+    /// Primary: the DR listener.
+    pub peer_address: Option<String>,
+    /// DR: the primary's generation.
+    pub generation: Option<RoleGeneration>,
+}
+
+fn member_record(volume: &str, geo: Geometry, mode: Mode) -> MemberRecord {
+    MemberRecord {
+        volume: volume.to_owned(),
+        block_size: geo.block_size() as u64,
+        blocks: geo.blocks(),
+        region_blocks: geo.region_blocks(),
+        mode: mode.name().to_owned(),
+    }
+}
+
+fn dr_record(req: &PairArgs) -> Result<GroupRecord> {
+    let generation = req.generation.ok_or(Error::Missing {
+        rpc: "Pair",
+        field: "generation",
+        hint: "the primary's role generation, as its Pair answered",
+    })?;
+    if req.volumes.is_empty() || req.shapes.len() != req.volumes.len() {
+        return Err(Error::Missing {
+            rpc: "Pair",
+            field: "members",
+            hint: "every member's volume and geometry, as the primary's Pair answered",
+        });
+    }
+    Ok(GroupRecord {
+        side: Side::Dr,
+        members: req
+            .volumes
+            .iter()
+            .zip(&req.shapes)
+            .map(|(v, (geo, mode))| member_record(v, *geo, *mode))
+            .collect(),
+        generation: (generation.counter, generation.site),
+        peer_address: None,
+    })
+}
+
+/// A volume's replication state.
+#[derive(Clone, Debug)]
+pub(crate) struct VolumeStatus {
+    pub group: String,
+    pub side: Side,
+    pub generation: RoleGeneration,
+    pub committed: u64,
+    pub staged: Option<u64>,
+    pub closing: Option<u64>,
+    pub pending_bytes: u64,
+    pub link: Option<LinkState>,
+}
+
+/// Bumps and returns the count of starts under `dir`: the DR's incarnation
+/// in its handshakes.
+fn next_incarnation(dir: &std::path::Path) -> Result<u64> {
+    let path = dir.join("incarnation");
+    let last = match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse::<u64>().map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(Error::Internal(format!("read {}: {e}", path.display()))),
+    };
+    let next = last + 1;
+    crate::node::plane::files::write_json(&path, &next).map_err(internal("write the incarnation"))?;
+    Ok(next)
+}

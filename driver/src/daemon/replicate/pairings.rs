@@ -1,0 +1,106 @@
+//! `<data-dir>/replication/pairings.json`: the groups this node is paired
+//! in, so a restarted data plane resumes every stream and every DR group.
+//! Written whole and durably (temporary file, fsync, rename) at each pair.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use floe_engine::{Geometry, Mode, RoleGeneration};
+use serde::{Deserialize, Serialize};
+
+use crate::node::plane::files;
+
+/// Which side of its group this node plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The volumes are this node's CSI volumes; they stream to the DR.
+    Primary,
+    /// Replicas of the primary's volumes live here, with the group's
+    /// coordinator.
+    Dr,
+}
+
+/// One member of a group, as paired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// The volume id (the primary's CSI volume id; the DR's replica has the
+    /// same name).
+    pub volume: String,
+    /// Tracking block size.
+    pub block_size: u64,
+    /// Blocks of the store.
+    pub blocks: u64,
+    /// Blocks per write-intent region.
+    pub region_blocks: u64,
+    /// Replication mode.
+    pub mode: String,
+}
+
+impl MemberRecord {
+    /// The member's geometry and mode, checked.
+    pub fn shape(&self) -> Result<(Geometry, Mode), String> {
+        let bs = usize::try_from(self.block_size).map_err(|_| format!("block size {}", self.block_size))?;
+        let geo = Geometry::new(bs, self.blocks, self.region_blocks).map_err(|e| e.to_string())?;
+        let mode = self.mode.parse::<Mode>().map_err(|e| e.to_string())?;
+        Ok((geo, mode))
+    }
+}
+
+/// A group this node is paired in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// This node's side.
+    pub side: Side,
+    /// Members in member order.
+    pub members: Vec<MemberRecord>,
+    /// The primary's role generation: counter, then site.
+    pub generation: (u64, u64),
+    /// Primary: where the DR node's replication listener is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
+}
+
+impl GroupRecord {
+    /// The primary's role generation.
+    pub fn generation(&self) -> RoleGeneration {
+        RoleGeneration {
+            counter: self.generation.0,
+            site: self.generation.1,
+        }
+    }
+}
+
+/// Every group, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pairings {
+    /// The groups.
+    pub groups: BTreeMap<String, GroupRecord>,
+}
+
+/// Where the pairings live under `dir` (`<data-dir>/replication`).
+pub fn path_in(dir: &Path) -> PathBuf {
+    dir.join("pairings.json")
+}
+
+impl Pairings {
+    /// The pairings under `dir`, none if the file is absent.
+    pub fn load(dir: &Path) -> std::io::Result<Self> {
+        Ok(files::read_json(&path_in(dir))?.unwrap_or_default())
+    }
+
+    /// Writes the pairings under `dir`, durably.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        files::write_json(&path_in(dir), self)
+    }
+
+    /// The group and member of `volume` on this node, if paired.
+    pub fn member_of(&self, volume: &str) -> Option<(&str, &GroupRecord, u32)> {
+        self.groups.iter().find_map(|(name, g)| {
+            g.members
+                .iter()
+                .position(|m| m.volume == volume)
+                .map(|i| (name.as_str(), g, i as u32))
+        })
+    }
+}
