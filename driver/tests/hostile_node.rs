@@ -1299,7 +1299,7 @@ fn defect5_idle_connections_time_out_and_the_longest_idle_makes_room() -> Result
             max_connections: 4,
             idle_timeout,
         },
-            replication: Default::default(),
+        replication: Default::default(),
     };
     let daemon = Daemon::start(&cfg).map_err(|e| anyhow::anyhow!("start the data plane: {e}"))?;
     daemon

@@ -8,10 +8,10 @@ use clap::Parser;
 use floe_driver::cli::{DataplaneArgs, DataplaneCommand, HolderArgs, ServeArgs};
 use floe_driver::daemon::files::RunPaths;
 use floe_driver::daemon::{chain, ApiLimits, Daemon, ReplicationConfig, ServeConfig};
-use floe_driver::replication::tls::SiteTls;
 use floe_driver::dataplane::fuse::FuseConfig;
 use floe_driver::dataplane::handover::{Holder, HolderLink};
 use floe_driver::dataplane::process::{self, ProcessError};
+use floe_driver::replication::tls::SiteTls;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -57,6 +57,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     prepare_process()?;
     // Before any thread: a signal arriving later waits in the pipe.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("register SIGTERM and SIGINT")?;
+    let replication = replication_config(&args)?;
     let cfg = ServeConfig {
         data_dir: args.data_dir,
         run_dir: args.run_dir,
@@ -68,7 +69,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_connections: args.api_max_connections,
             idle_timeout: std::time::Duration::from_secs(args.api_idle_timeout_secs),
         },
-        replication: replication_config(&args)?,
+        replication,
     };
     cfg.validate()?;
     let daemon = Daemon::start(&cfg)
@@ -104,7 +105,9 @@ fn replication_config(args: &ServeArgs) -> Result<ReplicationConfig> {
         _ => bail!("--replication-cert, --replication-key, --replication-ca and --replication-peer go together: give all four or none"),
     };
     if args.replication_listen.is_some() && tls.is_none() {
-        bail!("--replication-listen needs --replication-cert, --replication-key, --replication-ca and --replication-peer");
+        bail!(
+            "--replication-listen needs --replication-cert, --replication-key, --replication-ca and --replication-peer"
+        );
     }
     Ok(ReplicationConfig {
         listen: args.replication_listen,

@@ -102,7 +102,7 @@ use std::time::{Duration, SystemTime};
 use rustix::fs::FlockOperation;
 
 use floe_proto::node as wire;
-pub use replicate::{ReplicationConfig, Replication};
+pub use replicate::{Replication, ReplicationConfig};
 pub use server::ApiLimits;
 use tonic::service::Routes;
 
@@ -261,9 +261,11 @@ impl Daemon {
             &self.registry,
         )?;
         let _ = self.replication.set(Arc::clone(&hub));
-        let routes = Routes::new(NodeVolumesServer::new(NodeVolumesService::new(Arc::new(self.csi.clone()))))
-            .add_service(service::DataPlaneService::server(Arc::clone(self)))
-            .add_service(replicate::admin::AdminService::server(hub, Arc::clone(&self.freezer)));
+        let routes = Routes::new(NodeVolumesServer::new(NodeVolumesService::new(Arc::new(
+            self.csi.clone(),
+        ))))
+        .add_service(service::DataPlaneService::server(Arc::clone(self)))
+        .add_service(replicate::admin::AdminService::server(hub, Arc::clone(&self.freezer)));
         Ok(server::listen(routes, &path, self.api, runtime)?)
     }
 

@@ -553,8 +553,12 @@ fn remove_files_in(dir: &Path) {
 impl LocalVolumes {
     /// The store of ready volume `id` (its data-plane volume).
     pub fn store_of(&self, id: &str) -> Option<String> {
-        self.inner
-            .read(|c| c.volumes.get(id).filter(|r| r.state == State::Ready).map(|r| r.store.clone()))
+        self.inner.read(|c| {
+            c.volumes
+                .get(id)
+                .filter(|r| r.state == State::Ready)
+                .map(|r| r.store.clone())
+        })
     }
 
     /// The ready volume whose store is `store`.

@@ -7,6 +7,7 @@
 pub mod csi;
 pub mod link;
 pub mod plane;
+pub mod site;
 pub mod split;
 pub mod tls;
 

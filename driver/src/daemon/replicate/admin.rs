@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use floe_engine::{Geometry, Mode, RoleGeneration, VolumeStore};
 use floe_proto::node as wire;
 use floe_proto::node::node_admin_server::{NodeAdmin, NodeAdminServer};
 use floe_proto::replication as rwire;
-use floe_engine::{Geometry, Mode, RoleGeneration};
 use tonic::{Request, Response, Status};
 
 use super::pairings::Side;
@@ -52,7 +52,11 @@ impl AdminService {
         &self,
         op: impl FnOnce(&Replication, &Freezer, &Mutex<Frozen>) -> Result<T> + Send + 'static,
     ) -> std::result::Result<T, Status> {
-        let (hub, freezer, frozen) = (Arc::clone(&self.hub), Arc::clone(&self.freezer), Arc::clone(&self.frozen));
+        let (hub, freezer, frozen) = (
+            Arc::clone(&self.hub),
+            Arc::clone(&self.freezer),
+            Arc::clone(&self.frozen),
+        );
         tokio::task::spawn_blocking(move || op(&hub, &freezer, &frozen))
             .await
             .map_err(|e| Status::internal(format!("a NodeAdmin call panicked or was cancelled: {e}")))?
@@ -180,7 +184,10 @@ impl NodeAdmin for AdminService {
                 let bs = usize::try_from(m.block_size).unwrap_or(usize::MAX);
                 let geo = Geometry::new(bs, m.blocks, m.region_blocks).map_err(|e| Error::Invalid {
                     field: "members",
-                    value: format!("block size {}, {} blocks, regions of {}", m.block_size, m.blocks, m.region_blocks),
+                    value: format!(
+                        "block size {}, {} blocks, regions of {}",
+                        m.block_size, m.blocks, m.region_blocks
+                    ),
                     expected: format!("a geometry the engine takes ({e})"),
                 })?;
                 args.shapes.push((geo, mode_of(m.mode)?));

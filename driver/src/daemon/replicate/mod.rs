@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use floe_engine::{Geometry, Mode, Replica, RoleGeneration};
+use floe_engine::{Geometry, Mode, Replica, RoleGeneration, VolumeStore};
 use leaky_bucket::RateLimiter;
 use tokio_util::sync::CancellationToken;
 
@@ -45,10 +45,10 @@ use crate::node::plane::volumes::{AttachObserver, Volumes};
 use crate::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
 use crate::replication::handshake::Pairing;
 use crate::replication::link::{LinkHandle, LinkMetrics, LinkState};
+use crate::replication::listener;
 use crate::replication::receiver::{Paired, Receivers};
 use crate::replication::sender::{self, SenderConfig};
 use crate::replication::tls::{SiteTls, TlsSource};
-use crate::replication::listener;
 use crate::store::{FileDecisionLog, FileStore};
 
 /// How this node replicates (the `--replication-*` flags of `serve`).
@@ -172,7 +172,8 @@ impl Replication {
         let listener = {
             let _entered = self.rt.enter();
             let std = std::net::TcpListener::bind(addr).map_err(internal("bind the replication listener"))?;
-            std.set_nonblocking(true).map_err(internal("set the replication listener non-blocking"))?;
+            std.set_nonblocking(true)
+                .map_err(internal("set the replication listener non-blocking"))?;
             tokio::net::TcpListener::from_std(std).map_err(internal("register the replication listener"))?
         };
         let receivers = self.receivers.clone();
@@ -226,7 +227,10 @@ impl Replication {
         drop(st);
         if side == Side::Primary {
             for m in &record.members {
-                let store = self.catalog.store_of(&m.volume).ok_or_else(|| Error::VolumeNotFound(m.volume.clone()))?;
+                let store = self
+                    .catalog
+                    .store_of(&m.volume)
+                    .ok_or_else(|| Error::VolumeNotFound(m.volume.clone()))?;
                 if let Some((_, p)) = self.plane.hosted().into_iter().find(|(s, _)| *s == store) {
                     self.attached(&store, &p);
                 }
@@ -253,7 +257,10 @@ impl Replication {
         let mut members = Vec::new();
         let mut generation = None;
         for volume in &req.volumes {
-            let store = self.catalog.store_of(volume).ok_or_else(|| Error::VolumeNotFound(volume.clone()))?;
+            let store = self
+                .catalog
+                .store_of(volume)
+                .ok_or_else(|| Error::VolumeNotFound(volume.clone()))?;
             let (_, primary) = hosted.iter().find(|(s, _)| *s == store).ok_or_else(|| {
                 Error::FailedPrecondition(format!(
                     "volume {volume:?} is not attached on this node: stage it (or attach it) before pairing"
@@ -292,7 +299,9 @@ impl Replication {
         };
         let mut replicas = Vec::new();
         for (i, m) in g.members.iter().enumerate() {
-            let (geo, _) = m.shape().map_err(|e| Error::Internal(format!("member {:?}: {e}", m.volume)))?;
+            let (geo, _) = m
+                .shape()
+                .map_err(|e| Error::Internal(format!("member {:?}: {e}", m.volume)))?;
             let member = i as u32;
             let engine = if create {
                 let store = FileStore::create(&dir, &m.volume, geo).map_err(store_err("create", &m.volume))?;
@@ -304,8 +313,12 @@ impl Replication {
             .map_err(|e| Error::Internal(format!("the replica engine of {:?}: {e}", m.volume)))?;
             replicas.push((m.volume.clone(), Arc::new(HostedReplica::new(engine))));
         }
-        let ends: Vec<Arc<dyn ReplicaEnd>> = replicas.iter().map(|(_, r)| Arc::clone(r) as Arc<dyn ReplicaEnd>).collect();
-        let log = FileDecisionLog::open(&dir, name).map_err(|e| Error::Internal(format!("open the decision log of {name:?}: {}", chain(&e))))?;
+        let ends: Vec<Arc<dyn ReplicaEnd>> = replicas
+            .iter()
+            .map(|(_, r)| Arc::clone(r) as Arc<dyn ReplicaEnd>)
+            .collect();
+        let log = FileDecisionLog::open(&dir, name)
+            .map_err(|e| Error::Internal(format!("open the decision log of {name:?}: {}", chain(&e))))?;
         let coordinator = Arc::new(
             LocalCoordinator::open(log, ends)
                 .map_err(|e| Error::Internal(format!("open the coordinator of {name:?}: {}", chain(&e))))?,
@@ -337,10 +350,9 @@ impl Replication {
         let mut state = stream.link.state;
         // The sender drops its end of the watch (and the engine) as it ends.
         let ended = async move { while state.changed().await.is_ok() {} };
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::task::block_in_place(|| self.rt.block_on(ended)),
-            Err(_) => self.rt.block_on(ended),
-        }
+        // Called from a blocking thread (the plane's detach), never from a
+        // task: blocking on the runtime is allowed there.
+        self.rt.block_on(ended);
         tracing::info!(volume = %stream.volume, "replication sender stopped");
     }
 
@@ -392,7 +404,10 @@ impl Replication {
 
     /// The hosted primary engine of paired volume `volume` (attached here).
     pub(crate) fn primary(&self, volume: &str) -> Result<Arc<HostedPrimary<FileStore>>> {
-        let store = self.catalog.store_of(volume).ok_or_else(|| Error::VolumeNotFound(volume.to_owned()))?;
+        let store = self
+            .catalog
+            .store_of(volume)
+            .ok_or_else(|| Error::VolumeNotFound(volume.to_owned()))?;
         self.plane
             .hosted()
             .into_iter()
@@ -403,7 +418,10 @@ impl Replication {
 
     /// The device of attached volume `volume`.
     pub(crate) fn device(&self, volume: &str) -> Result<PathBuf> {
-        let store = self.catalog.store_of(volume).ok_or_else(|| Error::VolumeNotFound(volume.to_owned()))?;
+        let store = self
+            .catalog
+            .store_of(volume)
+            .ok_or_else(|| Error::VolumeNotFound(volume.to_owned()))?;
         self.plane
             .list()
             .into_iter()
@@ -426,7 +444,9 @@ impl Replication {
                 .pairings
                 .member_of(volume)
                 .filter(|(_, g, _)| g.side == Side::Dr)
-                .ok_or_else(|| Error::FailedPrecondition(format!("volume {volume:?} is not a DR replica on this node")))?;
+                .ok_or_else(|| {
+                    Error::FailedPrecondition(format!("volume {volume:?} is not a DR replica on this node"))
+                })?;
             let dr = st
                 .groups
                 .get(group)
@@ -550,7 +570,10 @@ pub(crate) struct VolumeStatus {
 fn next_incarnation(dir: &std::path::Path) -> Result<u64> {
     let path = dir.join("incarnation");
     let last = match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse::<u64>().map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?,
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(Error::Internal(format!("read {}: {e}", path.display()))),
     };

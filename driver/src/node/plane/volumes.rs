@@ -177,8 +177,10 @@ impl Volumes {
 
     /// The engines of every volume attached now, by store.
     pub(crate) fn hosted(&self) -> Vec<(String, Arc<HostedPrimary<FileStore>>)> {
-        let slots: Vec<(String, Arc<Mutex<Slot>>)> =
-            lock(&self.slots).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let slots: Vec<(String, Arc<Mutex<Slot>>)> = lock(&self.slots)
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
         slots
             .into_iter()
             .filter_map(|(id, slot)| {

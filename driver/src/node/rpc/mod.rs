@@ -8,6 +8,8 @@
 //!   messages, checked on receipt;
 //! - [`server`]: [`server::NodeVolumesService`], the gRPC service over any
 //!   [`super::volumes::NodeVolumes`];
+//! - [`member`]: `NodeAdmin`: a volume of a group freeze on any node, and
+//!   pairing, status, verification;
 //! - [`client`]: [`client::RemoteVolumes`], one node's volumes over a
 //!   channel;
 //! - here: the channel to the data-plane daemon's unix socket.
@@ -19,6 +21,7 @@
 
 pub mod client;
 pub mod convert;
+pub mod member;
 pub mod server;
 
 use std::path::{Path, PathBuf};

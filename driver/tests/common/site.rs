@@ -1,0 +1,179 @@
+//! One node of a site as real processes: `floe-dataplane holder` and
+//! `floe-dataplane serve` with its own run and data directories, driven
+//! over its socket ([`super::plane::PlaneClient`],
+//! [`floe_driver::node::rpc::member::AdminClient`]). Everything it started
+//! and mounted is undone on drop, pass or fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use floe_driver::dataplane::fsfreeze;
+use floe_driver::dataplane::mount::{self, FsType};
+use floe_driver::node::rpc::member::AdminClient;
+
+use super::csi::{sweep, wait_for_socket, DATAPLANE};
+use super::plane::PlaneClient;
+
+/// Changes a command before it starts (e.g. to enter a network namespace).
+pub type Wrap<'a> = &'a dyn Fn(&mut Command);
+
+/// One node's data plane.
+pub struct Node {
+    /// The node's name.
+    pub name: String,
+    /// Its directory (run, data, logs).
+    pub dir: PathBuf,
+    /// `serve`'s extra flags (replication).
+    pub serve_args: Vec<String>,
+    holder: Option<Child>,
+    serve: Option<Child>,
+    mounts: Vec<PathBuf>,
+}
+
+impl Node {
+    /// A node under `dir/name`; nothing started yet.
+    pub fn new(dir: &Path, name: &str, serve_args: Vec<String>) -> Result<Self> {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Node {
+            name: name.into(),
+            dir,
+            serve_args,
+            holder: None,
+            serve: None,
+            mounts: Vec::new(),
+        })
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run/dataplane.sock")
+    }
+
+    /// A client of the node's socket.
+    pub fn client(&self) -> Result<PlaneClient> {
+        Ok(PlaneClient::new(&self.socket())?)
+    }
+
+    /// The node's `NodeAdmin`.
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::local(&self.name, &self.socket())
+    }
+
+    fn log(&self, name: &str) -> Result<std::fs::File> {
+        Ok(std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(name))?)
+    }
+
+    /// Starts the holder and `serve`, and waits until `serve` answers.
+    pub fn start(&mut self, wrap: Wrap<'_>) -> Result<()> {
+        let run = self.dir.join("run");
+        std::fs::create_dir_all(&run)?;
+        let mut holder = Command::new(DATAPLANE);
+        holder
+            .arg("holder")
+            .arg("--run-dir")
+            .arg(&run)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log("holder.log")?);
+        wrap(&mut holder);
+        self.holder = Some(holder.spawn().context("start the holder")?);
+        wait_for_socket(&run.join("holder.sock"))?;
+        self.start_serve(wrap)
+    }
+
+    /// Starts `serve` (again) and waits until this one answers.
+    pub fn start_serve(&mut self, wrap: Wrap<'_>) -> Result<()> {
+        let mut serve = Command::new(DATAPLANE);
+        serve
+            .arg("serve")
+            .arg("--run-dir")
+            .arg(self.dir.join("run"))
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(&self.serve_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log("serve.log")?);
+        wrap(&mut serve);
+        let child = serve.spawn().context("start serve")?;
+        let pid = child.id();
+        self.serve = Some(child);
+        let client = self.client()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if client.status().is_ok_and(|s| s.pid == pid) {
+                return Ok(());
+            }
+            if let Some(status) = self.serve.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("serve of {} exited with {status}:\n{}", self.name, self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "serve of {} does not answer after 30 s:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines of `serve`'s log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Formats ext4 on `device` and mounts it at `<dir>/mnt-<name>`.
+    pub fn mount_ext4(&mut self, device: &Path, name: &str) -> Result<PathBuf> {
+        mount::format_if_empty(device, FsType::Ext4)?;
+        let target = self.dir.join(format!("mnt-{name}"));
+        let fs = mount::MountedFs::mount(device, &target, FsType::Ext4, rustix::mount::MountFlags::NOATIME, "")?;
+        // Unmounted by the teardown, never by the guard.
+        std::mem::forget(fs);
+        self.mounts.push(target.clone());
+        Ok(target)
+    }
+
+    /// Stops everything: thaws and unmounts the file systems, stops
+    /// `serve` (SIGTERM, then SIGKILL), the holder, and sweeps what is left.
+    pub fn teardown(&mut self) {
+        for m in &self.mounts {
+            let _ = fsfreeze::thaw(m);
+        }
+        for m in self.mounts.drain(..).rev() {
+            if mount::unmount_path(&m).is_err() {
+                let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        if let Some(mut s) = self.serve.take() {
+            let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&s), rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(s.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        sweep(&self.dir);
+        if let Some(mut h) = self.holder.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        sweep(&self.dir);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
