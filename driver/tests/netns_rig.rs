@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use rustix::process::Signal;
 
 mod common;
 
@@ -164,6 +165,46 @@ fn a_site_reaches_the_other_over_its_veth_and_the_host_does_not() -> Result<()> 
     ensure!(
         !matches!(echoed, Ok(Ok(()))),
         "the host reached site B's echo server at {to}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_spawned_process_logs_to_the_scratch_dir_and_ends_by_signal() -> Result<()> {
+    let test = "netns-signal";
+    if !ready(test) {
+        return Ok(());
+    }
+    let dir = logs(test)?;
+    let net = Net::pair(test, dir.path())?;
+    let first = start_echo(&net, 0, 0)?;
+    net.signal(&first, Signal::TERM)?;
+    let status = net.wait_exit(&first, Duration::from_secs(10))?;
+    ensure!(
+        status.signal() == Some(15),
+        "the echo server ended with {status} after SIGTERM"
+    );
+    ensure!(
+        first.stdout.starts_with(dir.path()),
+        "stdout went to {}",
+        first.stdout.display()
+    );
+    ensure!(
+        net.output(&first).contains("running 1 test"),
+        "the log lacks libtest's header: {}",
+        net.output(&first)
+    );
+    ensure!(
+        net.pids(0, 0)?.is_empty(),
+        "processes left in s0n0: {:?}",
+        net.pids(0, 0)?
+    );
+
+    let second = start_echo(&net, 0, 0)?;
+    let status = net.kill(&second)?;
+    ensure!(
+        status.signal() == Some(9),
+        "the echo server ended with {status} after kill"
     );
     Ok(())
 }

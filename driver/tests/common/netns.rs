@@ -368,6 +368,29 @@ impl Net {
             .with_context(|| format!("check whether {} (pid {}) ended", p.label, p.pid))
     }
 
+    /// Sends `sig` to the process (not to its group); nothing once it was
+    /// reaped.
+    pub fn signal(&self, p: &Proc, sig: Signal) -> Result<()> {
+        let mut procs = self.procs.lock().unwrap_or_else(PoisonError::into_inner);
+        let child = &mut procs[p.index];
+        if child.try_wait()?.is_none() {
+            rustix::process::kill_process(Pid::from_child(child), sig)
+                .with_context(|| format!("send {sig:?} to {} (pid {})", p.label, p.pid))?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the process to end, reaping it.
+    pub fn wait_exit(&self, p: &Proc, limit: Duration) -> Result<ExitStatus> {
+        let mut status = None;
+        wait_until(&format!("{} (pid {}) ends", p.label, p.pid), limit, || {
+            status = self.try_wait(p)?;
+            Ok(status.is_some())
+        })
+        .with_context(|| self.output(p))?;
+        Ok(status.expect("wait_until returned once the status was there"))
+    }
+
     /// SIGKILLs the process's group and reaps the process.
     pub fn kill(&self, p: &Proc) -> Result<ExitStatus> {
         let mut procs = self.procs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -430,8 +453,9 @@ pub fn sweep_stale() -> Result<Vec<String>> {
             continue;
         }
         kill_everything_in(name)?;
-        remove_namespace(name)?;
-        swept.push(name.to_owned());
+        if remove_namespace(name)? {
+            swept.push(name.to_owned());
+        }
     }
     Ok(swept)
 }
@@ -533,10 +557,12 @@ fn netns_pids(ns: &str) -> Result<Vec<i32>> {
         .collect()
 }
 
-fn remove_namespace(ns: &str) -> Result<()> {
+/// Deletes the namespace; false when another process deleted it first.
+fn remove_namespace(ns: &str) -> Result<bool> {
     match ip(&["netns", "del", ns]) {
-        Err(_) if !Path::new(NETNS_DIR).join(ns).exists() => Ok(()),
-        r => r.map(drop),
+        Ok(_) => Ok(true),
+        Err(_) if !Path::new(NETNS_DIR).join(ns).exists() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
