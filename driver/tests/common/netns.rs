@@ -312,9 +312,11 @@ impl Net {
         Ok(())
     }
 
-    /// Runs `f` on a thread inside the node's namespace. Sockets made there
-    /// stay in that namespace when used from any other thread (tokio takes
-    /// them with `from_std`); a process spawned there starts in it.
+    /// Runs `f` on a new thread inside the node's namespace and waits for
+    /// it (a panic in `f` goes on in the caller). Sockets made there stay in
+    /// that namespace when used from any other thread (tokio takes them with
+    /// `from_std` after `set_nonblocking`); a process spawned there starts
+    /// in it.
     pub fn within<R: Send>(&self, site: usize, node: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
         enter(&self.namespace(site, node), f)
     }
@@ -335,6 +337,9 @@ impl Net {
     /// stdin from /dev/null, stdout and stderr appended to
     /// `<logs>/s<site>n<node>-<label>.stdout` and `.stderr`. The rig keeps
     /// the child: [`Net::kill`], [`Net::try_wait`], and on drop SIGKILL.
+    /// Only the network namespace differs from the test's (mounts are
+    /// shared). The child's parent thread is a short-lived one: a
+    /// `pre_exec` that sets a parent-death signal would kill it at once.
     pub fn spawn(&self, site: usize, node: usize, label: &str, mut cmd: Command) -> Result<Proc> {
         let ns = self.namespace(site, node);
         let base = format!("{}-{label}", node_role(site, node));
