@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Fails when a test left something of floe behind on the machine: a mount
 # that mentions floe, a loop device backed by a file under a path containing
-# floe (or by floe's FUSE file whose mount was detached), or a network namespace whose name starts with floe. Prints each.
+# floe (or by floe's FUSE file whose mount was detached), a network namespace
+# whose name starts with floe (the netns test rig's `floe-rig-*`, e2e's
+# `floe-e2e-*`) or a network link in the root namespace named floe* (the rig
+# makes its veths and bridges inside its namespaces: one here is a leak).
+# Prints each.
 set -uo pipefail
 
 found=0
@@ -41,8 +45,14 @@ for dir in /run/netns /var/run/netns; do
     [[ $dir -ef /run/netns ]] && break
 done
 
+# Network links of the root namespace (what `ip link` shows), from sysfs.
+for link in /sys/class/net/floe*; do
+    [[ -e $link ]] || continue
+    report "network link ${link##*/} in the root namespace (remove: ip link del ${link##*/})"
+done
+
 if [[ $found -gt 0 ]]; then
     echo "check-leftovers: $found leftover(s) of floe on this machine"
     exit 1
 fi
-echo "check-leftovers: no floe mounts, loop devices or network namespaces"
+echo "check-leftovers: no floe mounts, loop devices, network namespaces or links"

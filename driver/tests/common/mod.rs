@@ -6,6 +6,7 @@
 
 pub mod csi;
 pub mod link;
+pub mod netns;
 pub mod plane;
 pub mod site;
 pub mod split;
