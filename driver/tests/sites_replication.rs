@@ -30,6 +30,8 @@ use common::tls::{self, CONTROLLER_DNS, NODE_DNS};
 const GROUP: &str = "orders";
 const MEMBERS: usize = 2;
 const MIB: u64 = 1 << 20;
+/// Size of each volume (its store has room to grow far beyond).
+const VOLUME_BYTES: u64 = 64 * MIB;
 
 fn ready(test: &str) -> bool {
     common::privileged(test) && common::tool_present("mkfs.ext4") && common::tool_present("e2fsck")
@@ -79,8 +81,7 @@ fn writer(dir: PathBuf, stop: Arc<AtomicBool>, written: Arc<AtomicU64>) -> std::
     })
 }
 
-/// BLAKE3 of `device` read with O_DIRECT, then zeros up to `total` bytes
-/// (the store's geometry, larger than the volume).
+/// BLAKE3 of `device` (of `total` bytes) read with O_DIRECT.
 fn device_digest(device: &Path, total: u64) -> Result<Vec<u8>> {
     const CHUNK: usize = 1 << 20;
     let mut f = std::fs::OpenOptions::new()
@@ -120,8 +121,6 @@ struct Sites {
     dr: Node,
     devices: Vec<PathBuf>,
     mounts: Vec<PathBuf>,
-    /// Bytes of each member's store.
-    store_bytes: Vec<u64>,
 }
 
 /// Both sites started, the group's volumes made, mounted and paired.
@@ -140,7 +139,7 @@ fn start(name: &str, mode: Mode) -> Result<Sites> {
     let c = primary.client()?;
     let (mut devices, mut mounts) = (Vec::new(), Vec::new());
     for m in 0..MEMBERS {
-        c.create(&volume(m), 64 * MIB, Some(4096), Some(mode))?;
+        c.create(&volume(m), VOLUME_BYTES, Some(4096), Some(mode))?;
         let dev = c.attach(&volume(m))?;
         mounts.push(primary.mount_ext4(&dev, &volume(m))?);
         devices.push(dev);
@@ -159,7 +158,6 @@ fn start(name: &str, mode: Mode) -> Result<Sites> {
             generation: None,
         }),
     )?;
-    let store_bytes = paired.members.iter().map(|m| m.block_size * m.blocks).collect();
     c.block_on(dr.admin().pair(wire::PairRequest {
         group: GROUP.into(),
         role: wire::Role::Secondary.into(),
@@ -173,7 +171,6 @@ fn start(name: &str, mode: Mode) -> Result<Sites> {
         dr,
         devices,
         mounts,
-        store_bytes,
     })
 }
 
@@ -208,9 +205,9 @@ async fn freeze_and_read(s: &Sites, members: &[Arc<dyn FreezeMember>], epoch: u6
                 .map_err(|e| anyhow::anyhow!("freeze {}: {e}", m.name()))?;
         }
         let mut digests = Vec::new();
-        for (dev, total) in s.devices.iter().zip(&s.store_bytes) {
-            let (dev, total) = (dev.clone(), *total);
-            digests.push(tokio::task::spawn_blocking(move || device_digest(&dev, total)).await??);
+        for dev in &s.devices {
+            let dev = dev.clone();
+            digests.push(tokio::task::spawn_blocking(move || device_digest(&dev, VOLUME_BYTES)).await??);
         }
         anyhow::Ok(digests)
     }
@@ -223,8 +220,19 @@ async fn freeze_and_read(s: &Sites, members: &[Arc<dyn FreezeMember>], epoch: u6
     flipped
 }
 
-fn run_epochs(name: &str, mode: Mode, epochs: u64) -> Result<()> {
-    let s = start(name, mode)?;
+/// What happens to the sites between two epochs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// Nothing.
+    None,
+    /// Every few epochs a data plane is stopped and started again, in turn:
+    /// the primary's with SIGTERM (a handover), the DR's with SIGKILL, the
+    /// primary's with SIGKILL, the DR's with SIGTERM.
+    Restarts,
+}
+
+fn run_epochs(name: &str, mode: Mode, epochs: u64, fault: Fault) -> Result<()> {
+    let mut s = start(name, mode)?;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = s
@@ -250,7 +258,7 @@ fn run_epochs(name: &str, mode: Mode, epochs: u64) -> Result<()> {
                     &format!("epoch {epoch} committed at the DR"),
                     Duration::from_secs(120),
                     || {
-                        got = client.block_on(dadmin.verify(&volume(m), epoch)).ok();
+                        got = client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).ok();
                         Ok(got.is_some())
                     },
                 )
@@ -264,6 +272,18 @@ fn run_epochs(name: &str, mode: Mode, epochs: u64) -> Result<()> {
             }
             let status = client.block_on(padmin.status(&volume(0)))?;
             ensure!(status.link == "up", "link of {}: {:?}", volume(0), status.link);
+            if fault == Fault::Restarts && epoch % 3 == 0 {
+                use rustix::process::Signal;
+                let (node, signal) = match (epoch / 3) % 4 {
+                    1 => (&mut s.primary, Signal::TERM),
+                    2 => (&mut s.dr, Signal::KILL),
+                    3 => (&mut s.primary, Signal::KILL),
+                    _ => (&mut s.dr, Signal::TERM),
+                };
+                eprintln!("after epoch {epoch}: {signal:?} to the {} data plane", node.name);
+                node.stop_serve(signal)?;
+                node.start_serve(&|_| {})?;
+            }
         }
         Ok(())
     })();
@@ -293,10 +313,40 @@ fn run_epochs(name: &str, mode: Mode, epochs: u64) -> Result<()> {
     Ok(())
 }
 
+/// Committed epochs per mode (the acceptance asks for at least 20).
+const EPOCHS: u64 = 20;
+
 #[test]
-fn a_group_replicates_between_two_data_planes_at_every_committed_epoch() -> Result<()> {
-    if !ready("a_group_replicates_between_two_data_planes_at_every_committed_epoch") {
+fn continuous_mode_replicates_a_group_between_two_data_planes_at_every_epoch() -> Result<()> {
+    if !ready("continuous_mode_replicates_a_group_between_two_data_planes_at_every_epoch") {
         return Ok(());
     }
-    run_epochs("continuous", Mode::Continuous, 5)
+    run_epochs("continuous", Mode::Continuous, EPOCHS, Fault::None)
+}
+
+#[test]
+fn log_mode_replicates_a_group_between_two_data_planes_at_every_epoch() -> Result<()> {
+    if !ready("log_mode_replicates_a_group_between_two_data_planes_at_every_epoch") {
+        return Ok(());
+    }
+    run_epochs("log", Mode::Log, EPOCHS, Fault::None)
+}
+
+#[test]
+fn interval_mode_replicates_a_group_between_two_data_planes_at_every_epoch() -> Result<()> {
+    if !ready("interval_mode_replicates_a_group_between_two_data_planes_at_every_epoch") {
+        return Ok(());
+    }
+    run_epochs("interval", Mode::Interval, EPOCHS, Fault::None)
+}
+
+/// Handovers and crashes of either site's data plane under the writers:
+/// no host I/O error (the writers fsync every record), the streams resume,
+/// and every later epoch still reaches the DR byte for byte.
+#[test]
+fn restarts_and_crashes_of_either_data_plane_keep_the_dr_exact() -> Result<()> {
+    if !ready("restarts_and_crashes_of_either_data_plane_keep_the_dr_exact") {
+        return Ok(());
+    }
+    run_epochs("restarts", Mode::Continuous, 13, Fault::Restarts)
 }

@@ -125,6 +125,15 @@ impl Node {
         }
     }
 
+    /// Stops `serve` with `signal` (SIGTERM: a handover; SIGKILL: a crash)
+    /// and waits for it to exit.
+    pub fn stop_serve(&mut self, signal: rustix::process::Signal) -> Result<()> {
+        let mut s = self.serve.take().context("serve is not running")?;
+        rustix::process::kill_process(rustix::process::Pid::from_child(&s), signal)?;
+        s.wait()?;
+        Ok(())
+    }
+
     /// The last lines of `serve`'s log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default();

@@ -381,9 +381,21 @@ impl NodeAdmin for AdminService {
                         )));
                     }
                     let geo = r.store().geometry();
+                    let bs = geo.block_size() as u64;
+                    let blocks = match req.bytes {
+                        0 => geo.blocks(),
+                        n if n % bs == 0 && n / bs <= geo.blocks() => n / bs,
+                        n => {
+                            return Err(Error::Invalid {
+                                field: "bytes",
+                                value: n.to_string(),
+                                expected: format!("a multiple of {bs} up to {}", geo.bytes()),
+                            })
+                        }
+                    };
                     let mut hasher = blake3::Hasher::new();
                     let mut block = vec![0u8; geo.block_size()];
-                    for b in 0..geo.blocks() {
+                    for b in 0..blocks {
                         r.store()
                             .read_image(b, &mut block)
                             .map_err(|e| Error::Internal(format!("read block {b} of the replica: {e}")))?;

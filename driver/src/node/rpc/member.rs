@@ -58,11 +58,13 @@ impl AdminClient {
         Ok(r.into_inner())
     }
 
-    /// `Verify` of a DR replica at its committed epoch (`epoch` 0: any).
-    pub async fn verify(&self, volume: &str, epoch: u64) -> Result<wire::VerifyResponse> {
+    /// `Verify` of the first `bytes` (0: all) of a DR replica at its
+    /// committed epoch (`epoch` 0: any).
+    pub async fn verify(&self, volume: &str, epoch: u64, bytes: u64) -> Result<wire::VerifyResponse> {
         let req = wire::VerifyRequest {
             volume: volume.into(),
             epoch,
+            bytes,
         };
         let r = self.client().verify(req).await.map_err(|s| self.refused(s))?;
         Ok(r.into_inner())
