@@ -16,8 +16,8 @@ use floe_driver::node::rpc::member::AdminClient;
 use super::csi::{sweep, wait_for_socket, DATAPLANE};
 use super::plane::PlaneClient;
 
-/// Changes a command before it starts (e.g. to enter a network namespace).
-pub type Wrap<'a> = &'a dyn Fn(&mut Command);
+/// Starts a command somewhere (e.g. inside a network namespace).
+pub type Launch = std::sync::Arc<dyn Fn(&mut Command) -> std::io::Result<Child> + Send + Sync>;
 
 /// One node's data plane.
 pub struct Node {
@@ -27,6 +27,7 @@ pub struct Node {
     pub dir: PathBuf,
     /// `serve`'s extra flags (replication).
     pub serve_args: Vec<String>,
+    launch: Option<Launch>,
     holder: Option<Child>,
     serve: Option<Child>,
     mounts: Vec<PathBuf>,
@@ -41,10 +42,23 @@ impl Node {
             name: name.into(),
             dir,
             serve_args,
+            launch: None,
             holder: None,
             serve: None,
             mounts: Vec::new(),
         })
+    }
+
+    /// Starts this node's processes with `launch` (before [`Node::start`]).
+    pub fn launch_with(&mut self, launch: Launch) {
+        self.launch = Some(launch);
+    }
+
+    fn spawn(&self, cmd: &mut Command) -> std::io::Result<Child> {
+        match &self.launch {
+            Some(l) => l(cmd),
+            None => cmd.spawn(),
+        }
     }
 
     /// The API socket.
@@ -70,7 +84,7 @@ impl Node {
     }
 
     /// Starts the holder and `serve`, and waits until `serve` answers.
-    pub fn start(&mut self, wrap: Wrap<'_>) -> Result<()> {
+    pub fn start(&mut self) -> Result<()> {
         let run = self.dir.join("run");
         std::fs::create_dir_all(&run)?;
         let mut holder = Command::new(DATAPLANE);
@@ -81,14 +95,13 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log("holder.log")?);
-        wrap(&mut holder);
-        self.holder = Some(holder.spawn().context("start the holder")?);
+        self.holder = Some(self.spawn(&mut holder).context("start the holder")?);
         wait_for_socket(&run.join("holder.sock"))?;
-        self.start_serve(wrap)
+        self.start_serve()
     }
 
     /// Starts `serve` (again) and waits until this one answers.
-    pub fn start_serve(&mut self, wrap: Wrap<'_>) -> Result<()> {
+    pub fn start_serve(&mut self) -> Result<()> {
         let mut serve = Command::new(DATAPLANE);
         serve
             .arg("serve")
@@ -101,8 +114,7 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log("serve.log")?);
-        wrap(&mut serve);
-        let child = serve.spawn().context("start serve")?;
+        let child = self.spawn(&mut serve).context("start serve")?;
         let pid = child.id();
         self.serve = Some(child);
         let client = self.client()?;
