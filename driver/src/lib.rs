@@ -16,8 +16,10 @@
 //!   (mount helpers), `model`, `cli`.
 //! - [`daemon`]: `floe-dataplane serve`, the long-lived process that owns
 //!   the node's volumes at run time: its gRPC API on a unix socket
-//!   (`node.proto`'s `NodeVolumes` and `DataPlane`), the
-//!   freeze watchdog, restarts through the fd holder. Imports `node`,
+//!   (`node.proto`'s `NodeVolumes`, `DataPlane` and `NodeAdmin`), the
+//!   node's replication (`daemon::replicate`: senders, DR groups, the
+//!   listener, the node's steps of a group freeze), the freeze watchdog,
+//!   restarts through the fd holder. Imports `node`, `replication`,
 //!   `dataplane`.
 //! - [`node`]: the node's volumes, whoever serves them. The one trait of
 //!   the node's operations (`node::volumes::NodeVolumes`) and its domain

@@ -23,8 +23,10 @@
 //! connections bounded in number and idle time: see `server`), serving
 //! gRPC (`proto/node.proto`): `NodeVolumes`, the node's operations — the
 //! one service definition `floe-csi` calls here and a controller in split
-//! mode calls over TLS — and `DataPlane` ([`service`]), this process's
-//! state and the freeze of a volume's file system. The FUSE workers stay
+//! mode calls over TLS — `DataPlane` ([`service`]), this process's
+//! state and the freeze of a volume's file system, and `NodeAdmin`
+//! ([`replicate::admin`]), pairing for replication and the node's steps of
+//! a group freeze ([`replicate`] hosts the streams and DR groups). The FUSE workers stay
 //! plain threads; the API runs on a small tokio runtime of its own (two
 //! workers, a bounded blocking pool, 1 MiB stacks: the process locks its
 //! memory), so a slow or hostile client costs a task, never an I/O thread.
