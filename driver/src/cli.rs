@@ -215,7 +215,7 @@ pub struct DataplaneArgs {
 pub enum DataplaneCommand {
     /// The long-lived data-plane process: volumes, FUSE, loop devices, the
     /// gRPC API (node.proto) on <run-dir>/dataplane.sock. Takes over from a predecessor.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// The fd holder: keeps every /dev/fuse fd of the data plane on
     /// <run-dir>/holder.sock so that a restart of `serve` costs no I/O error.
     Holder(HolderArgs),
@@ -257,6 +257,9 @@ pub struct ServeArgs {
     /// The DNS name the peer site's certificate must carry.
     #[arg(long, env = "FLOE_REPLICATION_PEER")]
     pub replication_peer: Option<crate::model::PeerName>,
+    /// Where to serve the Prometheus metrics (GET /metrics), HOST:PORT.
+    #[arg(long, env = "FLOE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Bytes a second this node's replication streams may send together.
     #[arg(long, env = "FLOE_REPLICATION_LIMIT_BYTES")]
     pub replication_limit_bytes: Option<u64>,

@@ -1300,6 +1300,7 @@ fn defect5_idle_connections_time_out_and_the_longest_idle_makes_room() -> Result
             idle_timeout,
         },
         replication: Default::default(),
+        metrics_listen: None,
     };
     let daemon = Daemon::start(&cfg).map_err(|e| anyhow::anyhow!("start the data plane: {e}"))?;
     daemon

@@ -119,6 +119,8 @@ fn device_digest(device: &Path, total: u64) -> Result<Vec<u8>> {
 /// The two sites. Fields drop in order: the nodes (unmount, stop) before
 /// the network namespaces they run in, before their directory.
 struct Sites {
+    /// The primary's metrics listener (loopback runs).
+    metrics: Option<std::net::SocketAddr>,
     primary: Node,
     dr: Node,
     net: Option<Arc<Net>>,
@@ -148,7 +150,15 @@ fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
             (Some(net), addr)
         }
     };
-    let primary_args = tls_args(&pki.controller, NODE_DNS);
+    let mut primary_args = tls_args(&pki.controller, NODE_DNS);
+    let metrics = match place {
+        Place::Loopback => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            primary_args.extend(["--metrics-listen".into(), addr.to_string()]);
+            Some(addr)
+        }
+        Place::Namespaces => None,
+    };
     let mut dr_args = tls_args(&pki.node, CONTROLLER_DNS);
     dr_args.extend(["--replication-listen".into(), listen.to_string()]);
     let mut primary = Node::new(dir.path(), "primary", primary_args)?;
@@ -195,6 +205,7 @@ fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
         generation: paired.generation,
     }))?;
     Ok(Sites {
+        metrics,
         _dir: dir,
         net,
         primary,
@@ -202,6 +213,20 @@ fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
         devices,
         mounts,
     })
+}
+
+/// The Prometheus text a data plane serves at `addr`.
+fn scrape(addr: std::net::SocketAddr) -> Result<String> {
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: floe\r\n\r\n")?;
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut out)?;
+    ensure!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "scrape: {out}"
+    );
+    Ok(out)
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes.
@@ -346,6 +371,18 @@ fn run_epochs(name: &str, mode: Mode, epochs: u64, fault: Fault) -> Result<()> {
     }
     result?;
     ensure!(written.load(Ordering::Relaxed) > 0, "the writers wrote nothing");
+    if let Some(addr) = s.metrics {
+        let text = scrape(addr)?;
+        for m in 0..MEMBERS {
+            let line = format!("floe_sender_sent_blocks_total{{volume=\"{}\"}}", volume(m));
+            let sent: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("no {line} in the metrics:\n{text}"))?;
+            ensure!(sent > 0, "{line} is {sent}");
+        }
+    }
     // The DR's images at the last epoch are clean ext4.
     for m in 0..MEMBERS {
         let image =

@@ -122,6 +122,9 @@ mod tests {
             committed_epoch: 10,
             pending_bytes: 4096,
             oldest_unsent_write_unix_ms: 1_700_000_000_000,
+            group: "orders".into(),
+            link: "down: connection refused".into(),
+            closing_epoch: 13,
         };
         round_trip(&status);
     }

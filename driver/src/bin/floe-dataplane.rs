@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match args.command {
-        DataplaneCommand::Serve(a) => serve(a),
+        DataplaneCommand::Serve(a) => serve(*a),
         DataplaneCommand::Holder(a) => holder(a),
     };
     match result {
@@ -70,6 +70,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             idle_timeout: std::time::Duration::from_secs(args.api_idle_timeout_secs),
         },
         replication,
+        metrics_listen: args.metrics_listen,
     };
     cfg.validate()?;
     let daemon = Daemon::start(&cfg)

@@ -91,6 +91,7 @@
 //! re-staged.
 
 pub mod client;
+mod metrics;
 pub mod replicate;
 mod server;
 mod service;
@@ -137,6 +138,8 @@ pub struct ServeConfig {
     pub api: ApiLimits,
     /// How this node replicates.
     pub replication: ReplicationConfig,
+    /// Where to serve the Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A configuration `serve` cannot run with.
@@ -188,6 +191,7 @@ pub struct Daemon {
     holder_ok: AtomicBool,
     api: ApiLimits,
     replication_cfg: ReplicationConfig,
+    metrics_listen: Option<std::net::SocketAddr>,
     replication: OnceLock<Arc<Replication>>,
     /// The process's metrics (replication links so far).
     registry: prometheus::Registry,
@@ -231,6 +235,7 @@ impl Daemon {
             took_over,
             api: cfg.api,
             replication_cfg: cfg.replication.clone(),
+            metrics_listen: cfg.metrics_listen,
             replication: OnceLock::new(),
             registry: prometheus::Registry::new(),
             data_dir: cfg.data_dir.clone(),
@@ -263,6 +268,10 @@ impl Daemon {
             &self.registry,
         )?;
         let _ = self.replication.set(Arc::clone(&hub));
+        if let Some(addr) = self.metrics_listen {
+            metrics::serve(addr, self.registry.clone(), runtime.handle())
+                .map_err(PlaneError::io("serve the metrics on", addr.to_string()))?;
+        }
         let routes = Routes::new(NodeVolumesServer::new(NodeVolumesService::new(Arc::new(
             self.csi.clone(),
         ))))

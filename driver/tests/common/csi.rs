@@ -95,6 +95,7 @@ impl Harness {
             fuse: FuseConfig::default(),
             api: ApiLimits::default(),
             replication: Default::default(),
+            metrics_listen: None,
         };
         let daemon = Daemon::start(&cfg).map_err(|e| anyhow::anyhow!("start the data plane: {e}"))?;
         daemon
