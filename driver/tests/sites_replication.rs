@@ -451,3 +451,61 @@ fn restarts_and_crashes_of_either_data_plane_keep_the_dr_exact() -> Result<()> {
     }
     run_epochs("restarts", Mode::Continuous, 13, Fault::Restarts)
 }
+
+/// A paired primary volume detached (its sender stopped first, so the
+/// detach lets go of the engine) and attached again (its sender started
+/// again): the next epoch still reaches the DR byte for byte.
+#[test]
+fn a_paired_volume_detaches_and_reattaches_with_its_stream() -> Result<()> {
+    if !ready("a_paired_volume_detaches_and_reattaches_with_its_stream") {
+        return Ok(());
+    }
+    let mut s = start("reattach", Mode::Continuous, Place::Loopback)?;
+    let client = s.primary.client()?;
+    let (padmin, dadmin) = (s.primary.admin(), s.dr.admin());
+    let members: Vec<Arc<dyn FreezeMember>> = (0..MEMBERS)
+        .map(|m| Arc::new(padmin.member(&volume(m))) as Arc<dyn FreezeMember>)
+        .collect();
+    let commit = |s: &Sites, epoch: u64| -> Result<()> {
+        let digests = client.block_on(freeze_and_read(s, &members, epoch))?;
+        for (m, want) in digests.iter().enumerate() {
+            let mut got = None;
+            wait_until(
+                &format!("epoch {epoch} committed at the DR"),
+                Duration::from_secs(120),
+                || {
+                    got = client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).ok();
+                    Ok(got.is_some())
+                },
+            )?;
+            ensure!(
+                got.context("verified")?.hash == *want,
+                "epoch {epoch}: {} differs",
+                volume(m)
+            );
+        }
+        Ok(())
+    };
+    std::fs::write(s.mounts[0].join("before"), vec![7u8; 1 << 20])?;
+    commit(&s, 1)?;
+    let target = s.mounts[0].clone();
+    s.primary.unmount(&target)?;
+    client.detach(&volume(0))?;
+    let status = client.block_on(padmin.status(&volume(0)))?;
+    ensure!(
+        status.link.is_empty(),
+        "a detached volume still streams: {:?}",
+        status.link
+    );
+    let device = client.attach(&volume(0))?;
+    s.devices[0] = device.clone();
+    let again = s.primary.mount_ext4(&device, &volume(0))?;
+    std::fs::write(again.join("after"), vec![9u8; 1 << 20])?;
+    wait_until("the members are ready", Duration::from_secs(120), || {
+        Ok(members.iter().all(|m| client.block_on(m.ready(2)).is_ok()))
+    })?;
+    commit(&s, 2)?;
+    let status = client.block_on(padmin.status(&volume(0)))?;
+    ensure!(status.link == "up", "the stream did not come back: {:?}", status.link);
+    Ok(())
+}

@@ -164,6 +164,13 @@ impl Node {
         Ok(target)
     }
 
+    /// Unmounts the file system at `target` (one [`Node::mount_ext4`] made).
+    pub fn unmount(&mut self, target: &Path) -> Result<()> {
+        mount::unmount_path(target)?;
+        self.mounts.retain(|m| m != target);
+        Ok(())
+    }
+
     /// Stops everything: thaws and unmounts the file systems, stops
     /// `serve` (SIGTERM, then SIGKILL), the holder, and sweeps what is left.
     pub fn teardown(&mut self) {
