@@ -509,3 +509,149 @@ fn a_paired_volume_detaches_and_reattaches_with_its_stream() -> Result<()> {
     ensure!(status.link == "up", "the stream did not come back: {:?}", status.link);
     Ok(())
 }
+
+/// Appends fsynced numbered records to `dir/log` until `stop` or an I/O
+/// error (the site dies); `acked` is the number of records acknowledged.
+fn record_writer(dir: PathBuf, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log"))
+        else {
+            return;
+        };
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let record = format!("record {i:016} {}\n", "y".repeat(100));
+            if f.write_all(record.as_bytes()).and_then(|()| f.sync_data()).is_err() {
+                return;
+            }
+            i += 1;
+            acked.store(i, Ordering::SeqCst);
+        }
+    })
+}
+
+/// The records in `log`: a gap-free run from 0; their count.
+fn gap_free_records(log: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(log)?;
+    let mut n = 0u64;
+    for line in text.lines() {
+        let i: u64 = line
+            .strip_prefix("record ")
+            .and_then(|r| r.get(..16))
+            .and_then(|d| d.parse().ok())
+            .with_context(|| format!("{}: record {n} is not a record: {line:?}", log.display()))?;
+        ensure!(i == n, "{}: record {n} is followed by record {i}", log.display());
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The primary site dies mid-epoch (its link cut, every process SIGKILLed)
+/// with the group's writers running; the DR is promoted: every member at
+/// one committed cut, at least the last one the test saw committed; each
+/// file system is clean ext4 and its records a gap-free prefix holding
+/// every record acknowledged before that cut's freeze.
+#[test]
+fn unplanned_failover_promotes_the_dr_at_the_last_committed_cut() -> Result<()> {
+    if !ready("unplanned_failover_promotes_the_dr_at_the_last_committed_cut") {
+        return Ok(());
+    }
+    for mode in [Mode::Continuous, Mode::Log, Mode::Interval] {
+        failover(mode).with_context(|| format!("{mode:?} mode"))?;
+    }
+    Ok(())
+}
+
+fn failover(mode: Mode) -> Result<()> {
+    let mut s = start(&format!("failover-{}", mode.name()), mode, Place::Namespaces)?;
+    let client = s.primary.client()?;
+    let (padmin, dadmin) = (s.primary.admin(), s.dr.admin());
+    let members: Vec<Arc<dyn FreezeMember>> = (0..MEMBERS)
+        .map(|m| Arc::new(padmin.member(&volume(m))) as Arc<dyn FreezeMember>)
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Vec<Arc<AtomicU64>> = (0..MEMBERS).map(|_| Arc::default()).collect();
+    let writers: Vec<_> = s
+        .mounts
+        .iter()
+        .zip(&acked)
+        .map(|(m, a)| record_writer(m.clone(), Arc::clone(&stop), Arc::clone(a)))
+        .collect();
+    // Records acknowledged before each epoch's freeze, per member.
+    let mut acked_at = Vec::new();
+    let epochs = 4;
+    for epoch in 1..=epochs {
+        wait_until("the members are ready", Duration::from_secs(120), || {
+            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        })?;
+        let before: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+        client.block_on(freeze_and_read(&s, &members, epoch))?;
+        acked_at.push(before);
+        wait_until(
+            &format!("epoch {epoch} committed at the DR"),
+            Duration::from_secs(120),
+            || Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok()),
+        )?;
+    }
+    // Mid-epoch: writes of the next epoch streaming, then the site is gone.
+    let more = acked[0].load(Ordering::SeqCst) + 50;
+    wait_until("more records written", Duration::from_secs(60), || {
+        Ok(acked[0].load(Ordering::SeqCst) >= more)
+    })?;
+    let old = client
+        .block_on(padmin.status(&volume(0)))?
+        .generation
+        .context("the primary's generation")?;
+    let net = s.net.clone().context("namespaces")?;
+    net.link_down(0)?;
+    s.primary.kill_all()?;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+
+    let dr = s.dr.client()?;
+    let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
+    ensure!(
+        epoch >= epochs,
+        "promoted at epoch {epoch}, before the last committed {epochs}"
+    );
+    // Promote again: the same answer.
+    ensure!(
+        client.block_on(dadmin.promote(GROUP, 2))? == epoch,
+        "a second promote differs"
+    );
+    let status = client.block_on(dadmin.status(&volume(0)))?;
+    ensure!(
+        status.role() == wire::Role::Primary
+            && status
+                .generation
+                .is_some_and(|g| g.counter == old.counter + 1 && g.site_id == 2),
+        "after promote: {status:?}"
+    );
+    for m in 0..MEMBERS {
+        let device = dr.attach(&volume(m))?;
+        let out = std::process::Command::new("e2fsck").arg("-fn").arg(&device).output()?;
+        ensure!(
+            out.status.success(),
+            "e2fsck -fn of the promoted {}: {}",
+            volume(m),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let mnt = s.dr.mount_ext4(&device, &volume(m))?;
+        let n = gap_free_records(&mnt.join("log"))?;
+        let want = acked_at[(epoch - 1) as usize][m];
+        ensure!(
+            n >= want,
+            "{}: {n} records after promote, but {want} were acknowledged before epoch {epoch}'s freeze",
+            volume(m)
+        );
+        // The promoted volume takes writes.
+        std::fs::write(mnt.join("after-failover"), b"written on the new primary")?;
+        eprintln!("{mode:?}: {} holds {n} records (≥ {want}) at epoch {epoch}", volume(m));
+    }
+    Ok(())
+}

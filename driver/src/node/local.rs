@@ -561,6 +561,13 @@ impl LocalVolumes {
         })
     }
 
+    /// Ready volume `id`.
+    pub fn ready_volume(&self, id: &str) -> Option<Volume> {
+        let i = &self.inner;
+        i.read(|c| c.volumes.get(id).filter(|r| r.state == State::Ready).cloned())
+            .map(|r| i.volume_of(&r))
+    }
+
     /// The ready volume whose store is `store`.
     pub fn volume_of_store(&self, store: &str) -> Option<String> {
         self.inner.read(|c| {
@@ -569,6 +576,44 @@ impl LocalVolumes {
                 .find(|(_, r)| r.state == State::Ready && r.store == store)
                 .map(|(id, _)| id.clone())
         })
+    }
+
+    /// Makes the promoted DR store in directory `from` the CSI volume
+    /// `volume` (its engine a primary already; `reserve`: its store's
+    /// bytes). The catalog names the store before the directory moves, so
+    /// a crash in between leaves an entry whose store the next promote
+    /// step moves, never a store the start-up sweep removes. Again with the
+    /// same volume is not an error.
+    pub fn adopt_promoted(&self, volume: Volume, from: &Path, reserve: u64) -> Result<()> {
+        let i = &self.inner;
+        let store = store_name(&volume.id, 1);
+        let _busy = i.busy(&[format!("volume {}", volume.id)])?;
+        match i.read(|c| c.volumes.get(&volume.id).cloned()) {
+            Some(r) if r.store == store && r.state == State::Ready => {}
+            Some(r) => {
+                return Err(Error::AlreadyExists {
+                    kind: "volume",
+                    name: volume.id.clone(),
+                    existing: r.volume.describe(),
+                    requested: format!("the promoted replica of {}", volume.id),
+                })
+            }
+            None => {
+                let record = VolumeRecord {
+                    volume: volume.clone(),
+                    store: store.clone(),
+                    reserve_bytes: reserve,
+                    state: State::Ready,
+                };
+                i.write(|c| c.volumes.insert(volume.id.clone(), record))?;
+            }
+        }
+        let name = Name::volume(store).map_err(|e| Error::Internal(format!("store name: {e}")))?;
+        let shape = Shape::new(volume.size_bytes, volume.params.block_size, volume.params.mode)
+            .map_err(|e| Error::from(crate::node::plane::error::PlaneError::from(e)))?;
+        i.plane.adopt(from, &name, shape, reserve, OWNER)?;
+        tracing::info!(volume = %volume.id, "promoted replica is a volume of this node");
+        Ok(())
     }
 
     /// Runs `op` on tokio's blocking pool: the catalog's work is file I/O,

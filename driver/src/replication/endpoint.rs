@@ -153,6 +153,11 @@ impl<S: VolumeStore + Send + 'static> HostedReplica<S> {
     pub fn with<R>(&self, f: impl FnOnce(&mut Replica<S>) -> R) -> R {
         f(&mut lock(&self.engine))
     }
+
+    /// The engine, given back (promotion).
+    pub fn into_engine(self) -> Replica<S> {
+        self.engine.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl<S: VolumeStore + Send + 'static> ReplicaEnd for HostedReplica<S> {

@@ -146,6 +146,17 @@ impl Node {
         Ok(())
     }
 
+    /// SIGKILLs `serve` and the holder at once (the site is gone): the
+    /// FUSE connections end, I/O on the volumes fails.
+    pub fn kill_all(&mut self) -> Result<()> {
+        for c in [self.serve.take(), self.holder.take()].into_iter().flatten() {
+            let mut c = c;
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
     /// The last lines of `serve`'s log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default();

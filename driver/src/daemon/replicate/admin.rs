@@ -20,7 +20,7 @@ use floe_proto::replication as rwire;
 use tonic::{Request, Response, Status};
 
 use super::pairings::Side;
-use super::{PairArgs, Replication};
+use super::{MemberShape, PairArgs, Replication};
 use crate::dataplane::mounttable;
 use crate::model::ObjectId;
 use crate::node::error::{Error, Result};
@@ -190,7 +190,16 @@ impl NodeAdmin for AdminService {
                     ),
                     expected: format!("a geometry the engine takes ({e})"),
                 })?;
-                args.shapes.push((geo, mode_of(m.mode)?));
+                let fs_type = match wire::FsType::try_from(m.fs_type) {
+                    Ok(wire::FsType::Xfs) => "xfs",
+                    _ => "ext4",
+                };
+                args.shapes.push(MemberShape {
+                    geometry: geo,
+                    mode: mode_of(m.mode)?,
+                    size_bytes: m.size_bytes,
+                    fs_type: fs_type.into(),
+                });
             }
         }
         let record = self.blocking(move |hub, _, _| hub.pair(&group, side, args)).await?;
@@ -204,6 +213,12 @@ impl NodeAdmin for AdminService {
                     blocks: m.blocks,
                     region_blocks: m.region_blocks,
                     mode: mode_to(&m.mode).into(),
+                    size_bytes: m.size_bytes,
+                    fs_type: match m.fs_type.as_str() {
+                        "xfs" => wire::FsType::Xfs,
+                        _ => wire::FsType::Ext4,
+                    }
+                    .into(),
                 })
                 .collect(),
             generation: Some(generation_to(record.generation())),
@@ -358,8 +373,26 @@ impl NodeAdmin for AdminService {
         Err(Error::Unimplemented("Commit: the DR's coordinator commits by itself once every member staged").into())
     }
 
-    async fn promote(&self, _: Request<wire::PromoteRequest>) -> Answer<wire::PromoteResponse> {
-        Err(Error::Unimplemented("Promote: failover is not built yet (issue 11)").into())
+    /// Failover: this DR node's group becomes the primary, its volumes
+    /// this node's, at the group's last committed epoch. `generation`
+    /// names the promoting site (its `site_id`); the counter is the old
+    /// one plus one.
+    async fn promote(&self, request: Request<wire::PromoteRequest>) -> Answer<wire::PromoteResponse> {
+        let req = request.into_inner();
+        let group = volume_id("group", &req.group)?;
+        let site = req
+            .generation
+            .map(|g| g.site_id)
+            .filter(|s| *s != 0)
+            .ok_or(Error::Missing {
+                rpc: "Promote",
+                field: "generation.site_id",
+                hint: "the id of the site taking the primary role (not 0)",
+            })?;
+        let epoch = self.blocking(move |hub, _, _| hub.promote(&group, site)).await?;
+        Ok(Response::new(wire::PromoteResponse {
+            consistent_epoch: epoch,
+        }))
     }
 
     async fn demote(&self, _: Request<wire::DemoteRequest>) -> Answer<wire::DemoteResponse> {

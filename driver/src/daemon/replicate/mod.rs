@@ -32,7 +32,7 @@ pub mod pairings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use floe_engine::{Geometry, Mode, Replica, RoleGeneration, VolumeStore};
 use leaky_bucket::RateLimiter;
@@ -142,13 +142,24 @@ impl Replication {
             state: Mutex::default(),
         });
         let pairings = Pairings::load(&dir).map_err(internal("read the pairings"))?;
+        let mut unfinished = Vec::new();
         for (name, g) in &pairings.groups {
-            if g.side == Side::Dr {
-                let group = hub.open_dr_group(name, g, false)?;
-                hub.lock().groups.insert(name.clone(), group);
+            match (g.side, g.promoting) {
+                (Side::Dr, None) => {
+                    let group = hub.open_dr_group(name, g, false)?;
+                    hub.lock().groups.insert(name.clone(), group);
+                }
+                (Side::Dr, Some(site)) => unfinished.push((name.clone(), site)),
+                (Side::Primary, _) => {}
             }
         }
         hub.lock().pairings = pairings;
+        for (name, site) in unfinished {
+            tracing::warn!(group = %name, "finishing a promotion the previous data plane did not");
+            if let Err(e) = hub.promote(&name, site) {
+                tracing::error!(group = %name, error = %chain(&e), "finish the promotion (call Promote again)");
+            }
+        }
         if let Some(addr) = cfg.listen {
             hub.listen(addr)?;
         }
@@ -267,13 +278,23 @@ impl Replication {
                 ))
             })?;
             let (geo, mode, gen) = primary.peek(|p| (p.geometry(), p.mode(), p.generation()));
+            let v = self
+                .catalog
+                .ready_volume(volume)
+                .ok_or_else(|| Error::VolumeNotFound(volume.clone()))?;
             if generation.is_some_and(|g| g != gen) {
                 return Err(Error::FailedPrecondition(format!(
                     "volume {volume:?} has role generation {gen:?}, unlike the group's other volumes"
                 )));
             }
             generation = Some(gen);
-            members.push(member_record(volume, geo, mode));
+            let shape = MemberShape {
+                geometry: geo,
+                mode,
+                size_bytes: v.size_bytes,
+                fs_type: v.params.fs_type.name().to_owned(),
+            };
+            members.push(member_record(volume, &shape));
         }
         let gen = generation.ok_or(Error::Missing {
             rpc: "Pair",
@@ -285,6 +306,8 @@ impl Replication {
             members,
             generation: (gen.counter, gen.site),
             peer_address: Some(peer),
+            promoting: None,
+            promoted_at: None,
         })
     }
 
@@ -338,6 +361,123 @@ impl Replication {
             });
         }
         Ok(DrGroup { coordinator, replicas })
+    }
+
+    /// Promotes DR group `group` on this node (failover): every member at
+    /// the group's last committed epoch (a staged epoch the group decided
+    /// is folded, any other dropped), under a generation newer than the
+    /// old primary's (`site` the promoting site's id), and made a CSI
+    /// volume of this node, ready to stage. Refused before the group's
+    /// first commit. The intent is recorded first, so a crash in the middle
+    /// is finished at the next start (or by calling again); calling again
+    /// after it finished answers the same epoch.
+    pub(crate) fn promote(&self, group: &str, site: u64) -> Result<u64> {
+        let dr_dir = self.dir.join("dr");
+        let record =
+            {
+                let mut st = self.lock();
+                let g =
+                    st.pairings.groups.get(group).cloned().ok_or_else(|| {
+                        Error::FailedPrecondition(format!("group {group:?} is not paired on this node"))
+                    })?;
+                match (g.side, g.promoted_at) {
+                    (Side::Primary, Some(epoch)) => return Ok(epoch),
+                    (Side::Primary, None) => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "this node is the primary of group {group:?}: promote its DR node"
+                        )))
+                    }
+                    (Side::Dr, _) => {}
+                }
+                if g.promoting.is_none() {
+                    let committed = st
+                        .groups
+                        .get(group)
+                        .map(|dr| dr.coordinator.with_decisions_held(|r| r.committed))
+                        .unwrap_or(0);
+                    if committed == 0 {
+                        return Err(Error::FailedPrecondition(format!(
+                        "group {group:?} has not committed a first epoch: the DR holds no consistent image to promote"
+                    )));
+                    }
+                    let g = st.pairings.groups.get_mut(group).expect("looked up above");
+                    g.promoting = Some(site);
+                    st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+                }
+                let held: Vec<Weak<HostedReplica<FileStore>>> = st
+                    .groups
+                    .remove(group)
+                    .map(|dr| dr.replicas.iter().map(|(_, r)| Arc::downgrade(r)).collect())
+                    .unwrap_or_default();
+                (g, held)
+            };
+        let (record, held) = record;
+        // No stream, no coordinator: then nothing holds the replicas.
+        for m in &record.members {
+            self.receivers.remove(&m.volume);
+        }
+        wait_released(&held)?;
+        let log = FileDecisionLog::open(&dr_dir, group)
+            .map_err(|e| Error::Internal(format!("open the decision log of {group:?}: {}", chain(&e))))?;
+        let decision = floe_engine::Coordinator::open(log, record.members.len() as u32)
+            .map_err(|e| Error::Internal(format!("read the decisions of {group:?}: {}", chain(&e))))?
+            .record()
+            .clone();
+        let mut generation = record.generation();
+        for (i, m) in record.members.iter().enumerate() {
+            let from = dr_dir.join("volumes").join(&m.volume);
+            let (geo, mode) = m.shape().map_err(Error::Internal)?;
+            if from.exists() {
+                let store = FileStore::open(&dr_dir, &m.volume)
+                    .map_err(|e| Error::Internal(format!("open the replica of {:?}: {}", m.volume, chain(&e))))?;
+                let meta = store
+                    .get_meta()
+                    .map_err(|e| Error::Internal(format!("{:?}: {e}", m.volume)))?;
+                if meta
+                    .as_ref()
+                    .is_some_and(|meta| meta.role == floe_engine::store::Role::Replica)
+                {
+                    let primary = Replica::open(store, geo, i as u32)
+                        .and_then(|r| r.promote(&decision, site, mode))
+                        .map_err(|e| Error::FailedPrecondition(format!("promote {:?}: {e}", m.volume)))?;
+                    generation = primary.generation();
+                } else if let Some(meta) = meta {
+                    generation = meta.generation;
+                }
+            }
+            let fs_type =
+                crate::dataplane::mount::FsType::parse(&m.fs_type).unwrap_or(crate::dataplane::mount::FsType::Ext4);
+            let size = if m.size_bytes == 0 { geo.bytes() } else { m.size_bytes };
+            let volume = crate::node::volumes::Volume {
+                id: m.volume.clone(),
+                name: m.volume.clone(),
+                size_bytes: size,
+                params: crate::node::params::VolumeParams {
+                    fs_type,
+                    block_size: m.block_size,
+                    mode,
+                },
+                source: None,
+                attachment: None,
+            };
+            self.catalog.adopt_promoted(volume, &from, geo.bytes())?;
+        }
+        let mut st = self.lock();
+        if let Some(g) = st.pairings.groups.get_mut(group) {
+            g.side = Side::Primary;
+            g.peer_address = None;
+            g.generation = (generation.counter, generation.site);
+            g.promoting = None;
+            g.promoted_at = Some(decision.committed);
+        }
+        st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+        tracing::info!(
+            group,
+            epoch = decision.committed,
+            ?generation,
+            "group promoted: its volumes are this node's"
+        );
+        Ok(decision.committed)
     }
 
     /// Stops the sender of `store`, if any, and waits until it let go of
@@ -469,7 +609,11 @@ impl AttachObserver for Replication {
         if g.side != Side::Primary || st.streams.contains_key(store) {
             return;
         }
-        let (Some(tls), Some(addr)) = (self.tls.clone(), g.peer_address.clone()) else {
+        let Some(addr) = g.peer_address.clone() else {
+            tracing::info!(%volume, group, "promoted here: no stream until the old site fails back");
+            return;
+        };
+        let Some(tls) = self.tls.clone() else {
             tracing::error!(%volume, group, "paired as primary but this data plane has no replication identity: no stream");
             return;
         };
@@ -508,22 +652,37 @@ impl AttachObserver for Replication {
 pub(crate) struct PairArgs {
     /// Member volumes in member order.
     pub volumes: Vec<String>,
-    /// DR: each member's geometry and mode.
-    pub shapes: Vec<(Geometry, Mode)>,
+    /// DR: each member's geometry, mode, size and file system.
+    pub shapes: Vec<MemberShape>,
     /// Primary: the DR listener.
     pub peer_address: Option<String>,
     /// DR: the primary's generation.
     pub generation: Option<RoleGeneration>,
 }
 
-fn member_record(volume: &str, geo: Geometry, mode: Mode) -> MemberRecord {
+fn member_record(volume: &str, shape: &MemberShape) -> MemberRecord {
     MemberRecord {
         volume: volume.to_owned(),
-        block_size: geo.block_size() as u64,
-        blocks: geo.blocks(),
-        region_blocks: geo.region_blocks(),
-        mode: mode.name().to_owned(),
+        block_size: shape.geometry.block_size() as u64,
+        blocks: shape.geometry.blocks(),
+        region_blocks: shape.geometry.region_blocks(),
+        mode: shape.mode.name().to_owned(),
+        size_bytes: shape.size_bytes,
+        fs_type: shape.fs_type.clone(),
     }
+}
+
+/// What a member is, besides its name.
+#[derive(Clone, Debug)]
+pub(crate) struct MemberShape {
+    /// Its store's geometry.
+    pub geometry: Geometry,
+    /// Replication mode.
+    pub mode: Mode,
+    /// The volume's size.
+    pub size_bytes: u64,
+    /// Its file system.
+    pub fs_type: String,
 }
 
 fn dr_record(req: &PairArgs) -> Result<GroupRecord> {
@@ -545,10 +704,12 @@ fn dr_record(req: &PairArgs) -> Result<GroupRecord> {
             .volumes
             .iter()
             .zip(&req.shapes)
-            .map(|(v, (geo, mode))| member_record(v, *geo, *mode))
+            .map(|(v, shape)| member_record(v, shape))
             .collect(),
         generation: (generation.counter, generation.site),
         peer_address: None,
+        promoting: None,
+        promoted_at: None,
     })
 }
 
@@ -563,6 +724,22 @@ pub(crate) struct VolumeStatus {
     pub closing: Option<u64>,
     pub pending_bytes: u64,
     pub link: Option<LinkState>,
+}
+
+/// Waits until the replica engines `held` are gone: the streams and the
+/// coordinator that held them end after `Receivers::remove` (their tasks
+/// run on the runtime, this on a blocking thread).
+fn wait_released(held: &[Weak<HostedReplica<FileStore>>]) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while held.iter().any(|w| w.strong_count() > 0) {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Internal(
+                "a replica's stream did not end within 30 s: call Promote again".into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// Bumps and returns the count of starts under `dir`: the DR's incarnation

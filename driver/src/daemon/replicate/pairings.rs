@@ -35,6 +35,12 @@ pub struct MemberRecord {
     pub region_blocks: u64,
     /// Replication mode.
     pub mode: String,
+    /// The volume's size in bytes (0: not known, pairings written before).
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// Its file system (`ext4`, `xfs`; empty: not known).
+    #[serde(default)]
+    pub fs_type: String,
 }
 
 impl MemberRecord {
@@ -56,9 +62,17 @@ pub struct GroupRecord {
     pub members: Vec<MemberRecord>,
     /// The primary's role generation: counter, then site.
     pub generation: (u64, u64),
-    /// Primary: where the DR node's replication listener is.
+    /// Primary: where the DR node's replication listener is (none on a
+    /// promoted DR until it fails back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_address: Option<String>,
+    /// DR: a promotion under way by this site id (finished at the next
+    /// start if the process dies in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoting: Option<u64>,
+    /// The group epoch the promotion brought every member to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<u64>,
 }
 
 impl GroupRecord {

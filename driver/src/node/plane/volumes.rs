@@ -169,6 +169,56 @@ impl Volumes {
         })
     }
 
+    /// Makes the store in directory `from` (a promoted DR replica, whose
+    /// engine is a primary now) volume `id` of `owner`, `shape` its size,
+    /// `reserve` its store's bytes: its record is written inside it, then
+    /// the directory is renamed into `<data-dir>/volumes/` (atomic; synced).
+    /// Done already (`from` gone, the volume there) is not an error.
+    pub(crate) fn adopt(
+        &self,
+        from: &Path,
+        id: &Name,
+        shape: Shape,
+        reserve: u64,
+        owner: &str,
+    ) -> Result<(), PlaneError> {
+        let arc = self.slot(id.as_str());
+        let mut slot = lock(&arc);
+        let target = self.volume_dir(id.as_str());
+        if slot.spec.is_some() && !from.exists() {
+            return Ok(());
+        }
+        if target.exists() {
+            return Err(PlaneError::AlreadyExists {
+                volume: id.to_string(),
+                existing: "a store of that name".into(),
+            });
+        }
+        let record = VolumeRecord {
+            volume: id.to_string(),
+            size_bytes: shape.size_bytes,
+            block_size: shape.block_size,
+            mode: shape.mode.name().to_owned(),
+            created_unix_ms: files::unix_ms(SystemTime::now()),
+            restored_from: None,
+            reserve_bytes: Some(reserve).filter(|r| *r > shape.size_bytes),
+            owner: Some(owner.to_owned()),
+        };
+        let file = from.join("volume.json");
+        files::write_json(&file, &record).map_err(PlaneError::io("write the volume record", &file))?;
+        std::fs::rename(from, &target).map_err(PlaneError::io("move the promoted store to", &target))?;
+        for dir in [target.parent(), from.parent()].into_iter().flatten() {
+            files::sync_dir(dir).map_err(PlaneError::io("sync the directory", dir))?;
+        }
+        slot.spec = Some(Spec {
+            record,
+            mode: shape.mode,
+        });
+        slot.unreadable = false;
+        tracing::info!(volume = %id, from = %from.display(), "promoted store adopted");
+        Ok(())
+    }
+
     /// Sets the one observer of attaches and detaches (later calls are
     /// ignored).
     pub(crate) fn observe(&self, observer: Arc<dyn AttachObserver>) {

@@ -70,6 +70,20 @@ impl AdminClient {
         Ok(r.into_inner())
     }
 
+    /// `Promote` of `group` by site `site`: the group's last committed
+    /// epoch, which every member now stands at.
+    pub async fn promote(&self, group: &str, site: u64) -> Result<u64> {
+        let req = wire::PromoteRequest {
+            group: group.into(),
+            generation: Some(floe_proto::replication::RoleGeneration {
+                counter: 0,
+                site_id: site,
+            }),
+        };
+        let r = self.client().promote(req).await.map_err(|s| self.refused(s))?;
+        Ok(r.into_inner().consistent_epoch)
+    }
+
     /// Volume `volume` of this node as a group-freeze member.
     pub fn member(&self, volume: &str) -> RemoteMember {
         RemoteMember {
