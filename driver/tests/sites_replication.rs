@@ -632,7 +632,7 @@ fn failover(mode: Mode) -> Result<()> {
                 .is_some_and(|g| g.counter == old.counter + 1 && g.site_id == 2),
         "after promote: {status:?}"
     );
-    for m in 0..MEMBERS {
+    for (m, &want) in acked_at[(epoch - 1) as usize].iter().enumerate() {
         let device = dr.attach(&volume(m))?;
         let out = std::process::Command::new("e2fsck").arg("-fn").arg(&device).output()?;
         ensure!(
@@ -643,7 +643,6 @@ fn failover(mode: Mode) -> Result<()> {
         );
         let mnt = s.dr.mount_ext4(&device, &volume(m))?;
         let n = gap_free_records(&mnt.join("log"))?;
-        let want = acked_at[(epoch - 1) as usize][m];
         ensure!(
             n >= want,
             "{}: {n} records after promote, but {want} were acknowledged before epoch {epoch}'s freeze",
