@@ -9,271 +9,19 @@
 //!
 //! Needs root, `/dev/fuse`, loop devices and `mkfs.ext4`/`e2fsck`.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use floe_driver::node::rpc::member::AdminClient;
-use floe_driver::replication::freeze::{FreezeMember, Token};
+use floe_driver::replication::freeze::FreezeMember;
 use floe_engine::Mode;
 use floe_proto::node as wire;
 
 mod common;
 
-use common::netns::Net;
-use common::site::Node;
-use common::tls::{self, CONTROLLER_DNS, NODE_DNS};
-
-const GROUP: &str = "orders";
-const MEMBERS: usize = 2;
-const MIB: u64 = 1 << 20;
-/// Size of each volume (its store has room to grow far beyond).
-const VOLUME_BYTES: u64 = 64 * MIB;
-
-fn ready(test: &str) -> bool {
-    common::privileged(test) && common::tool_present("mkfs.ext4") && common::tool_present("e2fsck")
-}
-
-fn volume(m: usize) -> String {
-    format!("pvc-{m}")
-}
-
-/// A free TCP port on loopback (the DR binds it right after).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn tls_args(files: &floe_driver::csi::remote::TlsFiles, peer: &str) -> Vec<String> {
-    vec![
-        "--replication-cert".into(),
-        files.cert.display().to_string(),
-        "--replication-key".into(),
-        files.key.display().to_string(),
-        "--replication-ca".into(),
-        files.ca.display().to_string(),
-        "--replication-peer".into(),
-        peer.into(),
-    ]
-}
-
-/// Appends fsynced records to `dir/log` until `stop`; counts them.
-fn writer(dir: PathBuf, stop: Arc<AtomicBool>, written: Arc<AtomicU64>) -> std::thread::JoinHandle<Result<()>> {
-    std::thread::spawn(move || {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("log"))?;
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let record = format!("record {i:016} {}\n", "x".repeat(200));
-            f.write_all(record.as_bytes())?;
-            f.sync_data()?;
-            // A second file, rewritten in place: blocks written again and
-            // again between freezes.
-            std::fs::write(dir.join(format!("hot-{}", i % 8)), record.repeat(20))?;
-            written.fetch_add(1, Ordering::Relaxed);
-            i += 1;
-        }
-        Ok(())
-    })
-}
-
-/// BLAKE3 of `device` (of `total` bytes) read with O_DIRECT.
-fn device_digest(device: &Path, total: u64) -> Result<Vec<u8>> {
-    const CHUNK: usize = 1 << 20;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(device)?;
-    let mut raw = vec![0u8; CHUNK + 4096];
-    let offset = raw.as_ptr().align_offset(4096);
-    let buf = &mut raw[offset..offset + CHUNK];
-    let mut hasher = blake3::Hasher::new();
-    let mut read = 0u64;
-    loop {
-        let n = std::io::Read::read(&mut f, buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        read += n as u64;
-    }
-    ensure!(
-        read <= total,
-        "the device has {read} bytes, more than its store's {total}"
-    );
-    let zeros = vec![0u8; CHUNK];
-    let mut left = total - read;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        hasher.update(&zeros[..n]);
-        left -= n as u64;
-    }
-    Ok(hasher.finalize().as_bytes().to_vec())
-}
-
-/// The two sites. Fields drop in order: the nodes (unmount, stop) before
-/// the network namespaces they run in, before their directory.
-struct Sites {
-    /// The primary's metrics listener (loopback runs).
-    metrics: Option<std::net::SocketAddr>,
-    primary: Node,
-    dr: Node,
-    net: Option<Arc<Net>>,
-    _dir: tempfile::TempDir,
-    devices: Vec<PathBuf>,
-    mounts: Vec<PathBuf>,
-}
-
-/// Where the sites run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    /// Both in this network namespace, over loopback.
-    Loopback,
-    /// Each in a network namespace of its own, joined by veth pairs.
-    Namespaces,
-}
-
-/// Both sites started, the group's volumes made, mounted and paired.
-fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
-    let dir = common::scratch(&format!("sites-{name}"))?;
-    let pki = tls::pki(&dir.path().join("tls"))?;
-    let (net, listen) = match place {
-        Place::Loopback => (None, std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?))),
-        Place::Namespaces => {
-            let net = Arc::new(Net::pair(name, dir.path())?);
-            let addr = net.socket(1, 0, 7443);
-            (Some(net), addr)
-        }
-    };
-    let mut primary_args = tls_args(&pki.controller, NODE_DNS);
-    let metrics = match place {
-        Place::Loopback => {
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            primary_args.extend(["--metrics-listen".into(), addr.to_string()]);
-            Some(addr)
-        }
-        Place::Namespaces => None,
-    };
-    let mut dr_args = tls_args(&pki.node, CONTROLLER_DNS);
-    dr_args.extend(["--replication-listen".into(), listen.to_string()]);
-    let mut primary = Node::new(dir.path(), "primary", primary_args)?;
-    let mut dr = Node::new(dir.path(), "dr", dr_args)?;
-    if let Some(net) = &net {
-        for (node, site) in [(&mut primary, 0), (&mut dr, 1)] {
-            let net = Arc::clone(net);
-            node.launch_with(Arc::new(move |cmd: &mut std::process::Command| {
-                net.within(site, 0, || cmd.spawn())
-                    .map_err(|e| std::io::Error::other(format!("{e:#}")))?
-            }));
-        }
-    }
-    primary.start()?;
-    dr.start()?;
-
-    let c = primary.client()?;
-    let (mut devices, mut mounts) = (Vec::new(), Vec::new());
-    for m in 0..MEMBERS {
-        c.create(&volume(m), VOLUME_BYTES, Some(4096), Some(mode))?;
-        let dev = c.attach(&volume(m))?;
-        mounts.push(primary.mount_ext4(&dev, &volume(m))?);
-        devices.push(dev);
-    }
-    let paired = c.block_on(
-        primary.admin().pair(wire::PairRequest {
-            group: GROUP.into(),
-            role: wire::Role::Primary.into(),
-            members: (0..MEMBERS)
-                .map(|m| wire::GroupMember {
-                    volume: volume(m),
-                    ..Default::default()
-                })
-                .collect(),
-            peer_address: listen.to_string(),
-            generation: None,
-        }),
-    )?;
-    c.block_on(dr.admin().pair(wire::PairRequest {
-        group: GROUP.into(),
-        role: wire::Role::Secondary.into(),
-        members: paired.members.clone(),
-        peer_address: String::new(),
-        generation: paired.generation,
-    }))?;
-    Ok(Sites {
-        metrics,
-        _dir: dir,
-        net,
-        primary,
-        dr,
-        devices,
-        mounts,
-    })
-}
-
-/// The Prometheus text a data plane serves at `addr`.
-fn scrape(addr: std::net::SocketAddr) -> Result<String> {
-    let mut conn = std::net::TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: floe\r\n\r\n")?;
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut conn, &mut out)?;
-    ensure!(
-        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
-        "scrape: {out}"
-    );
-    Ok(out)
-}
-
-/// Polls `cond` every 20 ms until it holds or `limit` passes.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Freezes the group at `epoch` step by step as a controller would,
-/// reading each primary device while frozen; returns their digests.
-async fn freeze_and_read(s: &Sites, members: &[Arc<dyn FreezeMember>], epoch: u64) -> Result<Vec<Vec<u8>>> {
-    let token = Token::fresh()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for m in members {
-        m.quiesce(&token, deadline)
-            .await
-            .map_err(|e| anyhow::anyhow!("quiesce {}: {e}", m.name()))?;
-    }
-    let flipped = async {
-        for m in members {
-            m.freeze(epoch, &token)
-                .await
-                .map_err(|e| anyhow::anyhow!("freeze {}: {e}", m.name()))?;
-        }
-        let mut digests = Vec::new();
-        for dev in &s.devices {
-            let dev = dev.clone();
-            digests.push(tokio::task::spawn_blocking(move || device_digest(&dev, VOLUME_BYTES)).await??);
-        }
-        anyhow::Ok(digests)
-    }
-    .await;
-    for m in members {
-        m.thaw(&token)
-            .await
-            .map_err(|e| anyhow::anyhow!("thaw {}: {e}", m.name()))?;
-    }
-    flipped
-}
+use common::sites::*;
 
 /// What happens to the sites between two epochs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -371,17 +119,11 @@ fn run_epochs(name: &str, mode: Mode, epochs: u64, fault: Fault) -> Result<()> {
     }
     result?;
     ensure!(written.load(Ordering::Relaxed) > 0, "the writers wrote nothing");
-    if let Some(addr) = s.metrics {
-        let text = scrape(addr)?;
-        for m in 0..MEMBERS {
-            let line = format!("floe_sender_sent_blocks_total{{volume=\"{}\"}}", volume(m));
-            let sent: u64 = text
-                .lines()
-                .find_map(|l| l.strip_prefix(&line))
-                .and_then(|v| v.trim().parse().ok())
-                .with_context(|| format!("no {line} in the metrics:\n{text}"))?;
-            ensure!(sent > 0, "{line} is {sent}");
-        }
+    let text = s.scrape_primary()?;
+    for m in 0..MEMBERS {
+        let line = format!("floe_sender_sent_blocks_total{{volume=\"{}\"}}", volume(m));
+        let sent = metric(&text, &line).with_context(|| format!("no {line} in the metrics:\n{text}"))?;
+        ensure!(sent > 0, "{line} is {sent}");
     }
     // The DR's images at the last epoch are clean ext4.
     for m in 0..MEMBERS {
@@ -508,45 +250,6 @@ fn a_paired_volume_detaches_and_reattaches_with_its_stream() -> Result<()> {
     let status = client.block_on(padmin.status(&volume(0)))?;
     ensure!(status.link == "up", "the stream did not come back: {:?}", status.link);
     Ok(())
-}
-
-/// Appends fsynced numbered records to `dir/log` until `stop` or an I/O
-/// error (the site dies); `acked` is the number of records acknowledged.
-fn record_writer(dir: PathBuf, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("log"))
-        else {
-            return;
-        };
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let record = format!("record {i:016} {}\n", "y".repeat(100));
-            if f.write_all(record.as_bytes()).and_then(|()| f.sync_data()).is_err() {
-                return;
-            }
-            i += 1;
-            acked.store(i, Ordering::SeqCst);
-        }
-    })
-}
-
-/// The records in `log`: a gap-free run from 0; their count.
-fn gap_free_records(log: &Path) -> Result<u64> {
-    let text = std::fs::read_to_string(log)?;
-    let mut n = 0u64;
-    for line in text.lines() {
-        let i: u64 = line
-            .strip_prefix("record ")
-            .and_then(|r| r.get(..16))
-            .and_then(|d| d.parse().ok())
-            .with_context(|| format!("{}: record {n} is not a record: {line:?}", log.display()))?;
-        ensure!(i == n, "{}: record {n} is followed by record {i}", log.display());
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// The primary site dies mid-epoch (its link cut, every process SIGKILLed)

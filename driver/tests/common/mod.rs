@@ -9,6 +9,7 @@ pub mod link;
 pub mod netns;
 pub mod plane;
 pub mod site;
+pub mod sites;
 pub mod split;
 pub mod tls;
 

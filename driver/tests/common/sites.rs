@@ -1,0 +1,326 @@
+//! Two sites as separate process trees for the site tests and the demo:
+//! a primary node and a DR node ([`super::site::Node`]), on loopback or in
+//! network namespaces of their own ([`super::netns::Net`]), a group of ext4
+//! volumes made, mounted and paired; the group freeze driven over each
+//! node's `NodeAdmin` as a controller would; writers of fsynced records.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use floe_driver::replication::freeze::{FreezeMember, Token};
+use floe_engine::Mode;
+use floe_proto::node as wire;
+
+use super::netns::Net;
+use super::site::Node;
+use super::tls::{self, CONTROLLER_DNS, NODE_DNS};
+
+pub const GROUP: &str = "orders";
+pub const MEMBERS: usize = 2;
+pub const MIB: u64 = 1 << 20;
+/// Size of each volume (its store has room to grow far beyond).
+pub const VOLUME_BYTES: u64 = 64 * MIB;
+
+pub fn ready(test: &str) -> bool {
+    super::privileged(test) && super::tool_present("mkfs.ext4") && super::tool_present("e2fsck")
+}
+
+pub fn volume(m: usize) -> String {
+    format!("pvc-{m}")
+}
+
+/// A free TCP port on loopback (the DR binds it right after).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub fn tls_args(files: &floe_driver::csi::remote::TlsFiles, peer: &str) -> Vec<String> {
+    vec![
+        "--replication-cert".into(),
+        files.cert.display().to_string(),
+        "--replication-key".into(),
+        files.key.display().to_string(),
+        "--replication-ca".into(),
+        files.ca.display().to_string(),
+        "--replication-peer".into(),
+        peer.into(),
+    ]
+}
+
+/// Appends fsynced records to `dir/log` until `stop`; counts them.
+pub fn writer(dir: PathBuf, stop: Arc<AtomicBool>, written: Arc<AtomicU64>) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log"))?;
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let record = format!("record {i:016} {}\n", "x".repeat(200));
+            f.write_all(record.as_bytes())?;
+            f.sync_data()?;
+            // A second file, rewritten in place: blocks written again and
+            // again between freezes.
+            std::fs::write(dir.join(format!("hot-{}", i % 8)), record.repeat(20))?;
+            written.fetch_add(1, Ordering::Relaxed);
+            i += 1;
+        }
+        Ok(())
+    })
+}
+
+/// BLAKE3 of `device` (of `total` bytes) read with O_DIRECT.
+pub fn device_digest(device: &Path, total: u64) -> Result<Vec<u8>> {
+    const CHUNK: usize = 1 << 20;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(device)?;
+    let mut raw = vec![0u8; CHUNK + 4096];
+    let offset = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[offset..offset + CHUNK];
+    let mut hasher = blake3::Hasher::new();
+    let mut read = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut f, buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        read += n as u64;
+    }
+    ensure!(
+        read <= total,
+        "the device has {read} bytes, more than its store's {total}"
+    );
+    let zeros = vec![0u8; CHUNK];
+    let mut left = total - read;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        hasher.update(&zeros[..n]);
+        left -= n as u64;
+    }
+    Ok(hasher.finalize().as_bytes().to_vec())
+}
+
+/// The two sites. Fields drop in order: the nodes (unmount, stop) before
+/// the network namespaces they run in, before their directory.
+pub struct Sites {
+    /// The primary's metrics listener (in its namespace, if it has one).
+    pub metrics: std::net::SocketAddr,
+    pub primary: Node,
+    pub dr: Node,
+    pub net: Option<Arc<Net>>,
+    pub _dir: tempfile::TempDir,
+    pub devices: Vec<PathBuf>,
+    pub mounts: Vec<PathBuf>,
+}
+
+/// Where the sites run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// Both in this network namespace, over loopback.
+    Loopback,
+    /// Each in a network namespace of its own, joined by veth pairs.
+    Namespaces,
+}
+
+/// Both sites started, the group's volumes made, mounted and paired.
+pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
+    let dir = super::scratch(&format!("sites-{name}"))?;
+    let pki = tls::pki(&dir.path().join("tls"))?;
+    let (net, listen) = match place {
+        Place::Loopback => (None, std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+        Place::Namespaces => {
+            let net = Arc::new(Net::pair(name, dir.path())?);
+            let addr = net.socket(1, 0, 7443);
+            (Some(net), addr)
+        }
+    };
+    let mut primary_args = tls_args(&pki.controller, NODE_DNS);
+    let metrics = match &net {
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        Some(net) => net.socket(0, 0, 9100),
+    };
+    primary_args.extend(["--metrics-listen".into(), metrics.to_string()]);
+    let mut dr_args = tls_args(&pki.node, CONTROLLER_DNS);
+    dr_args.extend(["--replication-listen".into(), listen.to_string()]);
+    let mut primary = Node::new(dir.path(), "primary", primary_args)?;
+    let mut dr = Node::new(dir.path(), "dr", dr_args)?;
+    if let Some(net) = &net {
+        for (node, site) in [(&mut primary, 0), (&mut dr, 1)] {
+            let net = Arc::clone(net);
+            node.launch_with(Arc::new(move |cmd: &mut std::process::Command| {
+                net.within(site, 0, || cmd.spawn())
+                    .map_err(|e| std::io::Error::other(format!("{e:#}")))?
+            }));
+        }
+    }
+    primary.start()?;
+    dr.start()?;
+
+    let c = primary.client()?;
+    let (mut devices, mut mounts) = (Vec::new(), Vec::new());
+    for m in 0..MEMBERS {
+        c.create(&volume(m), VOLUME_BYTES, Some(4096), Some(mode))?;
+        let dev = c.attach(&volume(m))?;
+        mounts.push(primary.mount_ext4(&dev, &volume(m))?);
+        devices.push(dev);
+    }
+    let paired = c.block_on(
+        primary.admin().pair(wire::PairRequest {
+            group: GROUP.into(),
+            role: wire::Role::Primary.into(),
+            members: (0..MEMBERS)
+                .map(|m| wire::GroupMember {
+                    volume: volume(m),
+                    ..Default::default()
+                })
+                .collect(),
+            peer_address: listen.to_string(),
+            generation: None,
+        }),
+    )?;
+    c.block_on(dr.admin().pair(wire::PairRequest {
+        group: GROUP.into(),
+        role: wire::Role::Secondary.into(),
+        members: paired.members.clone(),
+        peer_address: String::new(),
+        generation: paired.generation,
+    }))?;
+    Ok(Sites {
+        metrics,
+        _dir: dir,
+        net,
+        primary,
+        dr,
+        devices,
+        mounts,
+    })
+}
+
+impl Sites {
+    /// The Prometheus text the primary's data plane serves.
+    pub fn scrape_primary(&self) -> Result<String> {
+        let conn = match &self.net {
+            None => std::net::TcpStream::connect(self.metrics)?,
+            Some(net) => net.connect(0, 0, self.metrics, Duration::from_secs(10))??,
+        };
+        scrape(conn)
+    }
+}
+
+/// The value of the metric line that starts with `name` (labels included).
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// The Prometheus text a data plane answers on `conn`.
+fn scrape(mut conn: std::net::TcpStream) -> Result<String> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: floe\r\n\r\n")?;
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut out)?;
+    ensure!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "scrape: {out}"
+    );
+    Ok(out)
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Freezes the group at `epoch` step by step as a controller would,
+/// reading each primary device while frozen; returns their digests.
+pub async fn freeze_and_read(s: &Sites, members: &[Arc<dyn FreezeMember>], epoch: u64) -> Result<Vec<Vec<u8>>> {
+    let token = Token::fresh()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for m in members {
+        m.quiesce(&token, deadline)
+            .await
+            .map_err(|e| anyhow::anyhow!("quiesce {}: {e}", m.name()))?;
+    }
+    let flipped = async {
+        for m in members {
+            m.freeze(epoch, &token)
+                .await
+                .map_err(|e| anyhow::anyhow!("freeze {}: {e}", m.name()))?;
+        }
+        let mut digests = Vec::new();
+        for dev in &s.devices {
+            let dev = dev.clone();
+            digests.push(tokio::task::spawn_blocking(move || device_digest(&dev, VOLUME_BYTES)).await??);
+        }
+        anyhow::Ok(digests)
+    }
+    .await;
+    for m in members {
+        m.thaw(&token)
+            .await
+            .map_err(|e| anyhow::anyhow!("thaw {}: {e}", m.name()))?;
+    }
+    flipped
+}
+
+/// Bytes of one record of [`record_writer`].
+pub const RECORD_BYTES: u64 = 125;
+
+/// Appends fsynced numbered records to `dir/log` until `stop` or an I/O
+/// error (the site dies); `acked` is the number of records acknowledged.
+pub fn record_writer(dir: PathBuf, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log"))
+        else {
+            return;
+        };
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let record = format!("record {i:016} {}\n", "y".repeat(100));
+            debug_assert_eq!(record.len() as u64, RECORD_BYTES);
+            if f.write_all(record.as_bytes()).and_then(|()| f.sync_data()).is_err() {
+                return;
+            }
+            i += 1;
+            acked.store(i, Ordering::SeqCst);
+        }
+    })
+}
+
+/// The records in `log`: a gap-free run from 0; their count.
+pub fn gap_free_records(log: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(log)?;
+    let mut n = 0u64;
+    for line in text.lines() {
+        let i: u64 = line
+            .strip_prefix("record ")
+            .and_then(|r| r.get(..16))
+            .and_then(|d| d.parse().ok())
+            .with_context(|| format!("{}: record {n} is not a record: {line:?}", log.display()))?;
+        ensure!(i == n, "{}: record {n} is followed by record {i}", log.display());
+        n += 1;
+    }
+    Ok(n)
+}
