@@ -113,6 +113,11 @@ pub fn device_digest(device: &Path, total: u64) -> Result<Vec<u8>> {
 pub struct Sites {
     /// The primary's metrics listener (in its namespace, if it has one).
     pub metrics: std::net::SocketAddr,
+    /// More primary nodes (`Place::Spread`), before `primary` in drop order
+    /// does not matter: each tears itself down.
+    pub others: Vec<Node>,
+    /// The primary node of each member: 0 `primary`, k `others[k - 1]`.
+    pub owner: Vec<usize>,
     pub primary: Node,
     pub dr: Node,
     pub net: Option<Arc<Net>>,
@@ -128,6 +133,9 @@ pub enum Place {
     Loopback,
     /// Each in a network namespace of its own, joined by veth pairs.
     Namespaces,
+    /// As `Namespaces`, with two nodes per site: the group's members on
+    /// different primary nodes (the DR's replicas on its first node).
+    Spread,
 }
 
 /// Both sites started, the group's volumes made, mounted and paired.
@@ -136,8 +144,9 @@ pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
     let pki = tls::pki(&dir.path().join("tls"))?;
     let (net, listen) = match place {
         Place::Loopback => (None, std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?))),
-        Place::Namespaces => {
-            let net = Arc::new(Net::pair(name, dir.path())?);
+        Place::Namespaces | Place::Spread => {
+            let nodes = if place == Place::Spread { 2 } else { 1 };
+            let net = Arc::new(Net::new(name, 2, nodes, dir.path())?);
             let addr = net.socket(1, 0, 7443);
             (Some(net), addr)
         }
@@ -150,51 +159,81 @@ pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
     primary_args.extend(["--metrics-listen".into(), metrics.to_string()]);
     let mut dr_args = tls_args(&pki.node, CONTROLLER_DNS);
     dr_args.extend(["--replication-listen".into(), listen.to_string()]);
-    let mut primary = Node::new(dir.path(), "primary", primary_args)?;
+    let mut primary = Node::new(dir.path(), "primary", primary_args.clone())?;
     let mut dr = Node::new(dir.path(), "dr", dr_args)?;
+    let mut others = Vec::new();
+    if place == Place::Spread {
+        others.push(Node::new(dir.path(), "primary-2", tls_args(&pki.controller, NODE_DNS))?);
+    }
     if let Some(net) = &net {
-        for (node, site) in [(&mut primary, 0), (&mut dr, 1)] {
+        let placed = [(&mut primary, 0, 0), (&mut dr, 1, 0)].into_iter();
+        for (node, site, n) in placed.chain(others.iter_mut().map(|o| (o, 0, 1))) {
             let net = Arc::clone(net);
             node.launch_with(Arc::new(move |cmd: &mut std::process::Command| {
-                net.within(site, 0, || cmd.spawn())
+                net.within(site, n, || cmd.spawn())
                     .map_err(|e| std::io::Error::other(format!("{e:#}")))?
             }));
         }
     }
     primary.start()?;
+    for o in &mut others {
+        o.start()?;
+    }
     dr.start()?;
 
-    let c = primary.client()?;
+    // Member m lives on primary node m % (nodes): each node makes, mounts
+    // and pairs its own.
+    let owner: Vec<usize> = (0..MEMBERS).map(|m| m % (1 + others.len())).collect();
     let (mut devices, mut mounts) = (Vec::new(), Vec::new());
-    for m in 0..MEMBERS {
+    for (m, &o) in owner.iter().enumerate() {
+        let node = if o == 0 { &mut primary } else { &mut others[o - 1] };
+        let c = node.client()?;
         c.create(&volume(m), VOLUME_BYTES, Some(4096), Some(mode))?;
         let dev = c.attach(&volume(m))?;
-        mounts.push(primary.mount_ext4(&dev, &volume(m))?);
+        mounts.push(node.mount_ext4(&dev, &volume(m))?);
         devices.push(dev);
     }
-    let paired = c.block_on(
-        primary.admin().pair(wire::PairRequest {
-            group: GROUP.into(),
-            role: wire::Role::Primary.into(),
-            members: (0..MEMBERS)
-                .map(|m| wire::GroupMember {
-                    volume: volume(m),
-                    ..Default::default()
-                })
-                .collect(),
-            peer_address: listen.to_string(),
-            generation: None,
-        }),
-    )?;
+    let c = primary.client()?;
+    let mut members = vec![wire::GroupMember::default(); MEMBERS];
+    let mut generation = None;
+    for o in 0..=others.len() {
+        let node = if o == 0 { &primary } else { &others[o - 1] };
+        let mine: Vec<usize> = (0..MEMBERS).filter(|m| owner[*m] == o).collect();
+        let paired = c.block_on(
+            node.admin().pair(wire::PairRequest {
+                group: GROUP.into(),
+                role: wire::Role::Primary.into(),
+                members: mine
+                    .iter()
+                    .map(|m| wire::GroupMember {
+                        volume: volume(*m),
+                        ..Default::default()
+                    })
+                    .collect(),
+                peer_address: listen.to_string(),
+                generation: None,
+            }),
+        )?;
+        ensure!(
+            generation.is_none() || generation == paired.generation,
+            "the primary nodes answered different generations"
+        );
+        generation = paired.generation;
+        for (m, member) in mine.into_iter().zip(paired.members) {
+            members[m] = member;
+        }
+    }
     c.block_on(dr.admin().pair(wire::PairRequest {
         group: GROUP.into(),
         role: wire::Role::Secondary.into(),
-        members: paired.members.clone(),
+        members,
         peer_address: String::new(),
-        generation: paired.generation,
+        generation,
     }))?;
     Ok(Sites {
         metrics,
+        others,
+        owner,
         _dir: dir,
         net,
         primary,
@@ -202,6 +241,23 @@ pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
         devices,
         mounts,
     })
+}
+
+impl Sites {
+    /// The `NodeAdmin` of the primary node holding member `m`.
+    pub fn admin_of(&self, m: usize) -> floe_driver::node::rpc::member::AdminClient {
+        match self.owner[m] {
+            0 => self.primary.admin(),
+            o => self.others[o - 1].admin(),
+        }
+    }
+
+    /// Every member as a group-freeze member, in member order.
+    pub fn members(&self) -> Vec<Arc<dyn FreezeMember>> {
+        (0..MEMBERS)
+            .map(|m| Arc::new(self.admin_of(m).member(&volume(m))) as Arc<dyn FreezeMember>)
+            .collect()
+    }
 }
 
 impl Sites {
