@@ -1,11 +1,21 @@
 //! Copies of volumes: local snapshots, restores, creations filled from an
 //! image, and the cut across volumes under freeze.
+//!
+//! A snapshot of a served volume is marked under the engine's lock (O(1):
+//! while frozen, in a cut) and copied afterwards by the calling thread, one
+//! bounded step at a time with the lock released between steps, so the
+//! volume's I/O goes on during the copy; the engine keeps every block's
+//! version at the mark until the copy has passed it (`floe_engine`'s
+//! `primary/snapshot.rs`). The call returns once the copy is durable, so a
+//! snapshot reported taken is whole; a data plane that dies during a copy
+//! takes the call with it, and the next open of the volume drops the
+//! partial copy and logs the snapshot failed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use floe_engine::{Mode, Primary};
+use floe_engine::{EngineError, Mode, Primary, SnapshotStep};
 
 use super::{lock, Slot, Spec, Volumes};
 use crate::dataplane::fsfreeze::FrozenFs;
@@ -45,7 +55,11 @@ impl Volumes {
             source,
         };
         let mark = match slot.attached.as_ref().and_then(Attachment::backend) {
-            Some(b) => b.with_primary(|p| p.snapshot(name.as_str())).map_err(engine_err)?,
+            Some(b) => {
+                let mark = b.with_primary(|p| p.snapshot_mark(name.as_str())).map_err(engine_err)?;
+                copy_marked(b, &self.snapshot_part(id.as_str(), name.as_str()), id.as_str())?;
+                mark
+            }
             None if slot.attached.is_some() => return Err(PlaneError::NotServed(id.to_string())),
             None => open_engine(&self.data_dir, id.as_str(), spec.mode)?
                 .snapshot(name.as_str())
@@ -245,6 +259,21 @@ impl Volumes {
                 thawed = Err(PlaneError::Freeze(e));
             }
         }
+        // Thawed: now the copies, one member after the other, I/O going on.
+        let copied = cut.and_then(|()| {
+            members.iter().zip(&engines).try_for_each(|((id, name), e)| {
+                copy_marked(e.get(), &self.snapshot_part(id.as_str(), name.as_str()), id.as_str())
+            })
+        });
+        let cut = match copied {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                for engine in &engines {
+                    give_up(engine.get(), "the cut failed");
+                }
+                Err(e)
+            }
+        };
         drop(engines);
         drop(guards);
         cut?;
@@ -288,11 +317,64 @@ fn hold_and_cut(
             tracing::warn!(member = i, delay = ?d, "failpoint: delaying the cut");
             std::thread::sleep(d);
         }
-        p.snapshot(names[i].as_str()).map_err(|source| PlaneError::Engine {
+        p.snapshot_mark(names[i].as_str()).map_err(|source| PlaneError::Engine {
             op: "cut the volume",
             volume: names[i].to_string(),
             source,
         })?;
         hold_and_cut(engines, names, i + 1, delay)
     })
+}
+
+/// Blocks copied per step of a snapshot's copy (1 MiB at 4 KiB blocks; holes
+/// are skipped in a call each). A host write waits for at most one step.
+const COPY_STEP_BLOCKS: u64 = 256;
+
+/// Copies the snapshot marked on `engine` to its end, a step at a time under
+/// the volume's lock and nothing held between steps, then makes it durable.
+/// `part` is the file it is being copied into: it is written back outside
+/// the lock before the last step, so the fsync under the lock finds little
+/// to do. On failure the snapshot is given up.
+fn copy_marked(engine: &EngineBackend, part: &Path, volume: &str) -> Result<(), PlaneError> {
+    let engine_err = |source| PlaneError::Engine {
+        op: "copy a snapshot",
+        volume: volume.to_owned(),
+        source,
+    };
+    loop {
+        match engine.with_primary(|p| p.snapshot_step(COPY_STEP_BLOCKS)) {
+            Ok(SnapshotStep::Copying { next, blocks }) if next >= blocks => {
+                let synced = std::fs::File::open(part).and_then(|f| f.sync_data());
+                if let Err(e) = synced {
+                    // The last step fsyncs it anyway, under the lock.
+                    tracing::warn!(path = %part.display(), error = %e, "write a snapshot back before naming it");
+                }
+            }
+            Ok(SnapshotStep::Copying { .. }) => {}
+            Ok(SnapshotStep::Done { name, .. }) => {
+                tracing::debug!(volume, snapshot = %name, "snapshot copied");
+                return Ok(());
+            }
+            Ok(SnapshotStep::Idle) => {
+                let failed = engine.with_primary(|p| p.take_failed_snapshots());
+                let name = failed.into_iter().next().unwrap_or_default();
+                return Err(engine_err(EngineError::SnapshotFailed { name }));
+            }
+            Err(source) => {
+                give_up(engine, "its copy failed");
+                return Err(engine_err(source));
+            }
+        }
+        // Let the volume's I/O, woken by the unlock, take the lock first.
+        std::thread::yield_now();
+    }
+}
+
+/// Gives up the snapshot being copied on `engine`, if any.
+fn give_up(engine: &EngineBackend, why: &str) {
+    match engine.with_primary(|p| p.snapshot_abandon()) {
+        Ok(Some(name)) => tracing::warn!(snapshot = %name, why, "snapshot given up"),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, why, "give up a snapshot (its partial copy goes at the next open)"),
+    }
 }
