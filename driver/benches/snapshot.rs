@@ -72,6 +72,47 @@ fn main() -> ExitCode {
     }
 }
 
+/// The data plane's "cut taken" events, as (when logged, frozen window ms,
+/// mark ms, copy ms): the window the file systems stood frozen, the part of
+/// it floe's mark took, and the copy after the thaw.
+#[derive(Clone, Default)]
+struct Cuts(Arc<Mutex<Vec<Cut>>>);
+
+/// When a cut was logged, its frozen window, mark and copy (ms).
+type Cut = (Instant, f64, f64, f64);
+
+impl std::io::Write for Cuts {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = String::from_utf8_lossy(buf);
+        if line.contains("cut taken") {
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(f64::NAN)
+            };
+            let cut = (
+                Instant::now(),
+                field("frozen_ms="),
+                field("mark_ms="),
+                field("copy_ms="),
+            );
+            self.0.lock().expect("cuts").push(cut);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Cuts {
+    fn last(&self) -> Option<Cut> {
+        self.0.lock().expect("cuts").last().copied()
+    }
+}
+
 fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
     std::env::var(name)
         .ok()
@@ -94,7 +135,12 @@ impl Writer {
     fn start(dirs: &[PathBuf]) -> Result<Self> {
         let mut files = dirs
             .iter()
-            .map(|d| std::fs::OpenOptions::new().create(true).append(true).open(d.join("log")))
+            .map(|d| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(d.join("log"))
+            })
             .collect::<std::io::Result<Vec<_>>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let lat = Arc::new(Mutex::new(Vec::new()));
@@ -173,14 +219,28 @@ struct Size {
     dirs: Vec<PathBuf>,
 }
 
-/// Samples of one cell: (stall ms, call ms).
+/// Samples of one cell.
 #[derive(Default)]
 struct Cell {
+    /// Longest record write overlapping the call.
     stall: Vec<f64>,
+    /// Longest record write that began before the thaw.
+    frozen_stall: Vec<f64>,
+    /// The file systems' frozen window, and floe's mark inside it.
+    window: Vec<f64>,
+    mark: Vec<f64>,
     call: Vec<f64>,
 }
 
-async fn measure(h: &Harness, size: &Size, kind: Kind, tag: &str) -> Result<(f64, f64)> {
+struct Sample {
+    stall: f64,
+    frozen_stall: f64,
+    window: f64,
+    mark: f64,
+    call: f64,
+}
+
+async fn measure(h: &Harness, cuts: &Cuts, size: &Size, kind: Kind, tag: &str) -> Result<Sample> {
     let writer = Writer::start(&size.dirs)?;
     writer.wait_records(20).await?;
     let from = Instant::now();
@@ -229,6 +289,20 @@ async fn measure(h: &Harness, size: &Size, kind: Kind, tag: &str) -> Result<(f64
     // The record in flight at the end counts too.
     writer.wait_records(3).await?;
     let stall = writer.stall(from, to);
+    // The cut's own account: logged after its copy, so the thaw was
+    // `copy_ms` before the line.
+    let (thaw, window, mark) = match cuts
+        .last()
+        .filter(|c| c.0 >= from && kind != Kind::Idle && kind != Kind::Freeze)
+    {
+        Some((logged, window, mark, copy)) => (
+            logged.checked_sub(Duration::from_secs_f64(copy / 1e3)).unwrap_or(from),
+            window,
+            mark,
+        ),
+        None => (to, f64::NAN, f64::NAN),
+    };
+    let frozen_stall = writer.stall(from, thaw);
     writer.stop()?;
     // Delete what was made, as a CO would, outside the measured window.
     let snaps = h
@@ -262,7 +336,13 @@ async fn measure(h: &Harness, size: &Size, kind: Kind, tag: &str) -> Result<(f64
             }
         }
     }
-    Ok((stall, (to - from).as_secs_f64() * 1e3))
+    Ok(Sample {
+        stall,
+        frozen_stall,
+        window,
+        mark,
+        call: (to - from).as_secs_f64() * 1e3,
+    })
 }
 
 /// ext4, mounted without the lazy inode-table zeroing, which on a fresh
@@ -297,6 +377,13 @@ async fn run() -> Result<()> {
     // size (the capacity check counts free bytes), on a loop device the
     // harness sweeps away with everything else under its dir.
     let disk_gib = sizes_gib.iter().max().copied().unwrap_or(1) * 8;
+    let cuts = Cuts::default();
+    let sink = cuts.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("floe_driver=info"))
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .init();
     let h = Harness::new_with("bench-snapshot", |dir| {
         let (disk, data) = (dir.join("data.ext4"), dir.join("data"));
         std::fs::File::create(&disk)?.set_len(disk_gib * GIB)?;
@@ -305,7 +392,12 @@ async fn run() -> Result<()> {
             ("mkfs.ext4", vec!["-q".into(), "-F".into(), disk.display().to_string()]),
             (
                 "mount",
-                vec!["-o".into(), "loop".into(), disk.display().to_string(), data.display().to_string()],
+                vec![
+                    "-o".into(),
+                    "loop".into(),
+                    disk.display().to_string(),
+                    data.display().to_string(),
+                ],
             ),
         ] {
             let out = std::process::Command::new(tool).args(&args).output()?;
@@ -339,26 +431,41 @@ async fn run() -> Result<()> {
                     ..Default::default()
                 }))
                 .await?;
-            eprintln!("bench: {name} created and staged (ext4) in {:.1} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "bench: {name} created and staged (ext4) in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
             size.ids.push(v.volume_id);
             size.dirs.push(staging);
         }
         sizes.push(size);
     }
     let kinds = [Kind::Idle, Kind::Freeze, Kind::Snapshot, Kind::Group];
-    let mut cells: Vec<Vec<Cell>> = sizes.iter().map(|_| kinds.iter().map(|_| Cell::default()).collect()).collect();
+    let mut cells: Vec<Vec<Cell>> = sizes
+        .iter()
+        .map(|_| kinds.iter().map(|_| Cell::default()).collect())
+        .collect();
     for rep in 0..reps {
         for (si, size) in sizes.iter().enumerate() {
             for (ki, kind) in kinds.iter().enumerate() {
                 let tag = format!("bench-{}g-{ki}-{rep}", size.gib);
-                let (stall, call) = measure(&h, size, *kind, &tag).await?;
+                let m = measure(&h, &cuts, size, *kind, &tag).await?;
                 eprintln!(
-                    "bench: rep {rep}, {} GiB, {}: stall {stall:.1} ms, call {call:.0} ms",
+                    "bench: rep {rep}, {} GiB, {}: stall {:.1} ms (before the thaw {:.1}), frozen {:.1} ms (mark {:.2}), call {:.0} ms",
                     size.gib,
-                    kind.name()
+                    kind.name(),
+                    m.stall,
+                    m.frozen_stall,
+                    m.window,
+                    m.mark,
+                    m.call
                 );
-                cells[si][ki].stall.push(stall);
-                cells[si][ki].call.push(call);
+                let c = &mut cells[si][ki];
+                c.stall.push(m.stall);
+                c.frozen_stall.push(m.frozen_stall);
+                c.window.push(m.window);
+                c.mark.push(m.mark);
+                c.call.push(m.call);
             }
         }
     }
@@ -389,23 +496,40 @@ fn render(sizes: &[Size], kinds: &[Kind], cells: &[Vec<Cell>], reps: usize) -> S
         "Command: `{cmd}` (`driver/benches/snapshot.rs`); machine: {} cores. Three ext4 volumes per size, staged through CSI on \
          sparse stores; a writer appends records round-robin across them, fsyncing each. A sample is the longest record \
          write (write + fsync) overlapping the call; *idle* is a 1 s window without a call. {reps} interleaved repetitions \
-         per cell; p99 by nearest rank (with fewer than 100 samples, the largest). *call* is the CreateSnapshot's whole \
-         duration: freeze, mark, thaw, then the copy after the thaw, which the call waits for.",
+         per cell; p99 by nearest rank (with fewer than 100 samples, the largest). *stall before the thaw*: the longest \
+         record write that began before the thaw; *frozen window*: from the first `syncfs`/`FIFREEZE` to the last \
+         `FITHAW`, as the data plane logs it, and *mark* the part of it floe's engines took; *call*: the whole call, \
+         the copy after the thaw included (the call waits for it).",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let _ = writeln!(o);
-    let _ = writeln!(o, "| call | size | stall p50 (ms) | stall p99 (ms) | call p50 (ms) |");
-    let _ = writeln!(o, "|---|--:|--:|--:|--:|");
+    let _ = writeln!(
+        o,
+        "| call | size | stall p50 (ms) | stall p99 (ms) | stall before the thaw p50 / p99 (ms) | frozen window p50 / p99 (ms) | mark p99 (ms) | call p50 (ms) |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    let num = |v: f64, digits: usize| {
+        if v.is_nan() {
+            "–".to_owned()
+        } else {
+            format!("{v:.digits$}")
+        }
+    };
     for (ki, kind) in kinds.iter().enumerate() {
         for (si, size) in sizes.iter().enumerate() {
             let c = &cells[si][ki];
             let _ = writeln!(
                 o,
-                "| {} | {} GiB | {:.1} | {:.1} | {:.0} |",
+                "| {} | {} GiB | {:.1} | {:.1} | {} / {} | {} / {} | {} | {:.0} |",
                 kind.name(),
                 size.gib,
                 pct(&c.stall, 0.5),
                 pct(&c.stall, 0.99),
+                num(pct(&c.frozen_stall, 0.5), 1),
+                num(pct(&c.frozen_stall, 0.99), 1),
+                num(pct(&c.window, 0.5), 1),
+                num(pct(&c.window, 0.99), 1),
+                num(pct(&c.mark, 0.99), 2),
                 pct(&c.call, 0.5)
             );
         }
@@ -417,7 +541,11 @@ fn render(sizes: &[Size], kinds: &[Kind], cells: &[Vec<Cell>], reps: usize) -> S
         .enumerate()
         .filter(|(_, k)| matches!(k, Kind::Snapshot | Kind::Group))
     {
-        let p99: Vec<f64> = sizes.iter().enumerate().map(|(si, _)| pct(&cells[si][ki].stall, 0.99)).collect();
+        let p99: Vec<f64> = sizes
+            .iter()
+            .enumerate()
+            .map(|(si, _)| pct(&cells[si][ki].stall, 0.99))
+            .collect();
         let worst = p99.iter().copied().fold(0.0, f64::max);
         let ratio = p99[large] / p99[small];
         let _ = writeln!(

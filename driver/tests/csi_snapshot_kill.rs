@@ -128,7 +128,11 @@ fn copies_in_progress(data: &Path) -> (Vec<(PathBuf, u64, u64)>, Vec<PathBuf>) {
     let mut parts = Vec::new();
     let stores = std::fs::read_dir(data.join("volumes")).into_iter().flatten().flatten();
     for store in stores {
-        for e in std::fs::read_dir(store.path().join("snapshots")).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(store.path().join("snapshots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with(".img.part") {
                 parts.push(e.path());
@@ -181,8 +185,16 @@ impl Writer {
     async fn wait_past(&self, n: u64) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.acked() < n {
-            ensure!(!self.handle.is_finished(), "the writer stopped at record {}", self.acked());
-            ensure!(Instant::now() < deadline, "the writer did not reach record {n} (at {})", self.acked());
+            ensure!(
+                !self.handle.is_finished(),
+                "the writer stopped at record {}",
+                self.acked()
+            );
+            ensure!(
+                Instant::now() < deadline,
+                "the writer did not reach record {n} (at {})",
+                self.acked()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
@@ -324,7 +336,11 @@ impl Csi {
 /// The records must be exactly 1..=k, with k at least `acked`.
 fn check_prefix(records: &[u64], acked: u64, what: &str) -> Result<u64> {
     for (i, r) in records.iter().enumerate() {
-        ensure!(*r == i as u64 + 1, "{what}: record {} is missing ({r} in its place)", i + 1);
+        ensure!(
+            *r == i as u64 + 1,
+            "{what}: record {} is missing ({r} in its place)",
+            i + 1
+        );
     }
     let k = records.len() as u64;
     ensure!(
@@ -377,7 +393,10 @@ async fn a_data_plane_killed_during_a_snapshot_copy_leaves_it_failed_or_whole() 
     let deadline = Instant::now() + Duration::from_secs(120);
     let at_kill = loop {
         let (progress, _) = copies_in_progress(&data);
-        if let Some(p) = progress.into_iter().find(|(_, next, blocks)| *next > 0 && next < blocks) {
+        if let Some(p) = progress
+            .into_iter()
+            .find(|(_, next, blocks)| *next > 0 && next < blocks)
+        {
             break Some(p);
         }
         if call.is_finished() {

@@ -311,7 +311,9 @@ impl Model {
             }
         }
         if let Some(stray) = names.iter().find(|n| !self.snapshots.contains_key(*n)) {
-            return Err(format!("unknown snapshot {stray} (a pending one named before its finish?)"));
+            return Err(format!(
+                "unknown snapshot {stray} (a pending one named before its finish?)"
+            ));
         }
         let pending = s.pending_snapshots().map_err(|e| format!("pending snapshots: {e}"))?;
         if let Some(stray) = pending.iter().find(|n| !self.begun.contains_key(*n)) {

@@ -166,7 +166,10 @@ fn model_snapshots_equal_the_host_view_at_their_mark() {
             }
             total.add(&w.stats);
         }
-        println!("snapshots, {}: {n} schedules from seed base {base}: {total:?}", mode.name());
+        println!(
+            "snapshots, {}: {n} schedules from seed base {base}: {total:?}",
+            mode.name()
+        );
         assert!(
             n < 100
                 || (total.done > n

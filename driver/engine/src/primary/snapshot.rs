@@ -84,7 +84,9 @@ impl<S: VolumeStore> Primary<S> {
     /// step returns [`SnapshotStep::Done`]. One snapshot is copied at a time.
     pub fn snapshot_mark(&mut self, name: &str) -> Result<SnapshotMark, EngineError> {
         if let Some(s) = &self.snap {
-            return Err(EngineError::SnapshotBusy { pending: s.name.clone() });
+            return Err(EngineError::SnapshotBusy {
+                pending: s.name.clone(),
+            });
         }
         self.store.snapshot_begin(name)?;
         let mark = SnapshotMark {
@@ -110,10 +112,7 @@ impl<S: VolumeStore> Primary<S> {
         };
         let blocks = self.geo.blocks();
         if s.next >= blocks {
-            let finished = self
-                .store
-                .snapshot_finish(&s.name)
-                .and_then(|()| self.store.sync());
+            let finished = self.store.snapshot_finish(&s.name).and_then(|()| self.store.sync());
             if let Err(e) = finished {
                 self.snap = Some(s);
                 return Err(e.into());

@@ -272,8 +272,7 @@ impl SnapWorld {
                 self.note(format!("{step}: {name} done"));
                 self.stats.done += 1;
                 self.done.push((name, want));
-                self.check_done()
-                    .map_err(|e| format!("step {step}: {e}"))
+                self.check_done().map_err(|e| format!("step {step}: {e}"))
             }
         }
     }
@@ -345,7 +344,12 @@ impl SnapWorld {
             }
         }
         if let Some((name, want)) = pending {
-            let whole = self.p.as_ref().expect("up").store().snapshot_bytes(&name, self.geo.blocks());
+            let whole = self
+                .p
+                .as_ref()
+                .expect("up")
+                .store()
+                .snapshot_bytes(&name, self.geo.blocks());
             match whole {
                 Some(_) if failed.contains(&name) => {
                     return Err(format!("snapshot {name} reported failed but exists"));

@@ -168,7 +168,9 @@ impl Volumes {
 
     /// Where snapshot `name` of `id` is copied until it is done.
     fn snapshot_part(&self, id: &str, name: &str) -> PathBuf {
-        self.volume_dir(id).join("snapshots").join(crate::store::pending_snapshot_file(name))
+        self.volume_dir(id)
+            .join("snapshots")
+            .join(crate::store::pending_snapshot_file(name))
     }
 
     fn spec<'a>(&self, id: &Name, slot: &'a Slot) -> Result<&'a Spec, PlaneError> {

@@ -326,11 +326,12 @@ fn hold_and_cut(
             tracing::warn!(member = i, delay = ?d, "failpoint: delaying the cut");
             std::thread::sleep(d);
         }
-        p.snapshot_mark(names[i].as_str()).map_err(|source| PlaneError::Engine {
-            op: "cut the volume",
-            volume: names[i].to_string(),
-            source,
-        })?;
+        p.snapshot_mark(names[i].as_str())
+            .map_err(|source| PlaneError::Engine {
+                op: "cut the volume",
+                volume: names[i].to_string(),
+                source,
+            })?;
         hold_and_cut(engines, names, i + 1, delay)
     })
 }
@@ -338,6 +339,9 @@ fn hold_and_cut(
 /// Blocks copied per step of a snapshot's copy (1 MiB at 4 KiB blocks; holes
 /// are skipped in a call each). A host write waits for at most one step.
 const COPY_STEP_BLOCKS: u64 = 256;
+
+/// Steps between two starts of the copy's write-back.
+const WRITE_BACK_EVERY: u64 = 16;
 
 /// Copies the snapshot marked on `engine` to its end, a step at a time under
 /// the volume's lock and nothing held between steps, then makes it durable.
@@ -350,7 +354,18 @@ fn copy_marked(engine: &EngineBackend, part: &Path, volume: &str) -> Result<(), 
         volume: volume.to_owned(),
         source,
     };
+    let file = std::fs::File::open(part);
+    let mut steps = 0u64;
     loop {
+        steps += 1;
+        if steps.is_multiple_of(WRITE_BACK_EVERY) {
+            // Start writing the copy back, a little at a time, and drop it
+            // from the page cache: no burst for the host's fsyncs to queue
+            // behind at the end, no volume's worth of cache pushed out.
+            if let Ok(f) = &file {
+                let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed);
+            }
+        }
         match engine.with_primary(|p| p.snapshot_step(COPY_STEP_BLOCKS)) {
             Ok(SnapshotStep::Copying { next, blocks }) if next >= blocks => {
                 let synced = std::fs::File::open(part).and_then(|f| f.sync_data());
