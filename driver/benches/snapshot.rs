@@ -388,21 +388,20 @@ async fn run() -> Result<()> {
         let (disk, data) = (dir.join("data.ext4"), dir.join("data"));
         std::fs::File::create(&disk)?.set_len(disk_gib * GIB)?;
         std::fs::create_dir_all(&data)?;
-        for (tool, args) in [
-            ("mkfs.ext4", vec!["-q".into(), "-F".into(), disk.display().to_string()]),
-            (
-                "mount",
-                vec![
-                    "-o".into(),
-                    "loop".into(),
-                    disk.display().to_string(),
-                    data.display().to_string(),
-                ],
-            ),
-        ] {
-            let out = std::process::Command::new(tool).args(&args).output()?;
+        // A loop device first, then mkfs and mount on it: mkfs on a file
+        // and `mount -o loop` ask every loop device for its backing file,
+        // which hangs on one whose FUSE server is gone.
+        let run = |tool: &str, args: &[&str]| -> Result<String> {
+            let out = std::process::Command::new(tool).args(args).output()?;
             ensure!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
-        }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let dev = run("losetup", &["--find", "--show", &disk.display().to_string()])?;
+        run(
+            "mkfs.ext4",
+            &["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", &dev],
+        )?;
+        run("mount", &[&dev, &data.display().to_string()])?;
         Ok(())
     })?;
     let mut sizes = Vec::new();
