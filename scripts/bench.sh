@@ -82,4 +82,8 @@ section driver/benches/replication.rs "about 5 minutes" "nothing special" \
 # pass-through FUSE device, the engine lock, copy-on-write in a freeze window.
 section driver/benches/datapath.rs "about 12 minutes" "root, /dev/fuse, loop devices and fio" \
     cargo bench -p floe-driver --locked --bench datapath
+# Snapshots: the writer stall of a CSI snapshot and of a three-volume group
+# snapshot under a fsync-per-record writer, at 1 and 64 GiB (issue #13).
+section driver/benches/snapshot.rs "about 10 minutes" "root, /dev/fuse, loop devices and mkfs.ext4" \
+    cargo bench -p floe-driver --locked --bench snapshot
 echo "bench: wrote $out"

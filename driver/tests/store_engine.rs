@@ -8,7 +8,8 @@ use std::path::Path;
 
 use floe_driver::store::{FileDecisionLog, FileStore};
 use floe_engine::{
-    Coordinator, DecisionLog, EngineError, Geometry, Mode, Primary, PrimaryEvent, Replica, RoleGeneration, VolumeStore,
+    Coordinator, DecisionLog, EngineError, Geometry, Mode, Primary, PrimaryEvent, Replica, RoleGeneration,
+    SnapshotStep, VolumeStore,
 };
 
 const BS: usize = 4096;
@@ -289,4 +290,74 @@ fn a_staged_epoch_survives_a_replica_restart_and_folds_after_the_decision() {
     pair.connect().expect("reconnect");
     pair.pump().expect("settle");
     assert!(pair.events.contains(&PrimaryEvent::Consistent(1)), "{:?}", pair.events);
+}
+
+/// A snapshot marked on real files and copied in steps between host
+/// writes, in every mode and inside a log-mode freeze window: the named
+/// file equals the host's view at the mark, its holes stay holes, and a
+/// snapshot still being copied when the volume is dropped (a crash) is
+/// reported failed at the next open and leaves no file behind.
+#[test]
+fn a_snapshot_copied_after_its_mark_is_the_host_view_at_the_mark_on_real_files() {
+    for mode in [Mode::Continuous, Mode::Log, Mode::Interval] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::create(dir.path(), VOLUME, geo()).expect("create");
+        let mut p = Primary::create(store, geo(), mode, GENERATION).expect("primary");
+        for b in [1u64, 2, 3, 9, 20] {
+            p.write(b * BS as u64, &pattern(b as u8, BS)).expect("write");
+        }
+        p.freeze(1).expect("freeze: block 2 a member of the closing epoch");
+        p.write(2 * BS as u64, &pattern(40, BS))
+            .expect("write inside the window");
+        let mut want = vec![0u8; 32 * BS];
+        p.read(0, &mut want).expect("read the host view");
+        p.snapshot_mark("s1").expect("mark");
+        // Writes ahead of the copy, then the copy in steps of two blocks,
+        // a write between steps, and the window's end (log: the merge).
+        p.write(3 * BS as u64, &pattern(50, BS))
+            .expect("write ahead of the cursor");
+        p.zero(20 * BS as u64, BS as u64).expect("zero ahead of the cursor");
+        let mut steps = 0;
+        let done = loop {
+            match p.snapshot_step(2).expect("step") {
+                SnapshotStep::Copying { .. } => {}
+                SnapshotStep::Done { name, .. } => break name,
+                SnapshotStep::Idle => panic!("{mode:?}: the copy stopped"),
+            }
+            steps += 1;
+            if steps == 1 {
+                p.write(9 * BS as u64 + 100, b"between steps").expect("write");
+                p.abort(1).expect("the window closes");
+            }
+        };
+        assert_eq!(done, "s1");
+        assert!(steps < 12, "{mode:?}: {steps} steps: the holes were not skipped");
+        let file = dir.path().join("volumes").join(VOLUME).join("snapshots").join("s1.img");
+        assert_eq!(std::fs::read(&file).expect("snapshot file"), want, "{mode:?}");
+        use std::os::unix::fs::MetadataExt;
+        let used = std::fs::metadata(&file).expect("stat").blocks() * 512;
+        assert!(
+            used <= 8 * BS as u64,
+            "{mode:?}: the snapshot holds {used} bytes, the holes were filled"
+        );
+
+        // A copy cut short: the engine goes away mid-copy.
+        p.snapshot_mark("s2").expect("mark");
+        p.snapshot_step(1).expect("one step");
+        let store = p.into_store();
+        drop(store);
+        let store = FileStore::open(dir.path(), VOLUME).expect("reopen");
+        let mut p = Primary::open(store, geo(), mode).expect("open");
+        assert_eq!(p.take_failed_snapshots(), vec!["s2".to_owned()], "{mode:?}");
+        let left: Vec<_> = std::fs::read_dir(file.parent().expect("dir"))
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            vec!["s1.img".to_owned()],
+            "{mode:?}: only the finished snapshot is left"
+        );
+    }
 }

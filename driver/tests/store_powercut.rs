@@ -4,7 +4,8 @@
 //! after a restart that keeps an arbitrary, possibly torn, part of what was
 //! not synced, the reopened store must hold, for every block, region and
 //! record, either what the last completed sync made durable or one of the
-//! values written since — never garbage, never a hole named by an index.
+//! values written since — never garbage, never a hole named by an index;
+//! and a snapshot filled while pending has its name only whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -48,8 +49,10 @@ enum Step {
     Intent(u64, bool),
     Meta(u64),
     Snapshot(u64),
-    /// Overwrite a block of the newest snapshot.
-    SnapshotPatch(u64, u64, u64),
+    /// Begin pending snapshot `p<n>`, put a block into it, finish it.
+    SnapBegin(u64),
+    SnapPut(u64, u64, u64),
+    SnapFinish(u64),
     Sync,
 }
 
@@ -69,9 +72,10 @@ fn script(seed: u64) -> Vec<Step> {
     let mut steps = vec![Step::Meta(1), Step::Sync];
     let mut tag = 10;
     let mut snaps = 0;
+    let mut pending = None;
     for _ in 0..48 {
         tag += 1;
-        let step = match rng.below(20) {
+        let step = match rng.below(22) {
             0..=4 => Step::Write(rng.below(BLOCKS), tag),
             5 => Step::Zero(rng.below(BLOCKS)),
             6..=7 => Step::SidePut(rng.below(BLOCKS), tag),
@@ -84,7 +88,15 @@ fn script(seed: u64) -> Vec<Step> {
                 snaps += 1;
                 Step::Snapshot(snaps)
             }
-            16 if snaps > 0 => Step::SnapshotPatch(snaps, rng.below(BLOCKS), tag),
+            16 => match pending.take() {
+                Some(n) => Step::SnapFinish(n),
+                None => {
+                    snaps += 1;
+                    pending = Some(snaps);
+                    Step::SnapBegin(snaps)
+                }
+            },
+            17..=18 if pending.is_some() => Step::SnapPut(pending.expect("checked"), rng.below(BLOCKS), tag),
             _ => Step::Sync,
         };
         steps.push(step);
@@ -158,6 +170,8 @@ struct Model {
     meta: Hist<Option<VolumeMeta>>,
     /// Snapshot → (its blocks, its name synced).
     snapshots: BTreeMap<String, (Vec<Block>, bool)>,
+    /// Pending snapshots begun: what was put into each.
+    begun: BTreeMap<String, Vec<Vec<u8>>>,
 }
 
 impl Model {
@@ -176,6 +190,7 @@ impl Model {
             intent: vec![Hist::new(false); (BLOCKS / REGION_BLOCKS) as usize],
             meta: Hist::new(None),
             snapshots: BTreeMap::new(),
+            begun: BTreeMap::new(),
         }
     }
 
@@ -199,9 +214,17 @@ impl Model {
                 let image = self.image.iter().map(|h| Hist::new(h.cur().clone())).collect();
                 self.snapshots.insert(format!("s{n}"), (image, false));
             }
-            Step::SnapshotPatch(n, b, t) => {
-                let snap = self.snapshots.get_mut(&format!("s{n}")).expect("taken");
-                snap.0[b as usize].push(Some(data(t)));
+            Step::SnapBegin(n) => {
+                self.begun.insert(format!("p{n}"), vec![vec![0; BS]; BLOCKS as usize]);
+            }
+            Step::SnapPut(n, b, t) => {
+                self.begun.get_mut(&format!("p{n}")).expect("begun")[b as usize] = data(t);
+            }
+            Step::SnapFinish(n) => {
+                // Named at the next sync, whole: all of it or nothing.
+                let name = format!("p{n}");
+                let blocks = self.begun[&name].iter().map(|d| Hist::new(Some(d.clone()))).collect();
+                self.snapshots.insert(name, (blocks, false));
             }
             Step::Sync => {}
         }
@@ -288,7 +311,16 @@ impl Model {
             }
         }
         if let Some(stray) = names.iter().find(|n| !self.snapshots.contains_key(*n)) {
-            return Err(format!("unknown snapshot {stray}"));
+            return Err(format!(
+                "unknown snapshot {stray} (a pending one named before its finish?)"
+            ));
+        }
+        let pending = s.pending_snapshots().map_err(|e| format!("pending snapshots: {e}"))?;
+        if let Some(stray) = pending.iter().find(|n| !self.begun.contains_key(*n)) {
+            return Err(format!("unknown pending snapshot {stray}"));
+        }
+        if let Some(both) = pending.iter().find(|n| names.contains(*n)) {
+            return Err(format!("snapshot {both} is both named and pending"));
         }
         Ok(())
     }
@@ -305,7 +337,9 @@ fn run_step(s: &mut FileStore, step: &Step) -> Result<(), floe_engine::StoreErro
         Step::Intent(r, on) => s.intent_set(r, on),
         Step::Meta(i) => s.put_meta(&meta(i)),
         Step::Snapshot(n) => s.snapshot_image(&format!("s{n}")),
-        Step::SnapshotPatch(n, b, t) => s.snapshot_patch(&format!("s{n}"), b, &data(t)),
+        Step::SnapBegin(n) => s.snapshot_begin(&format!("p{n}")),
+        Step::SnapPut(n, b, t) => s.snapshot_put(&format!("p{n}"), b, &data(t)),
+        Step::SnapFinish(n) => s.snapshot_finish(&format!("p{n}")),
         Step::Sync => s.sync(),
     }
 }

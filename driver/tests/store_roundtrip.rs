@@ -83,8 +83,13 @@ fn every_area_survives_drop_and_reopen() {
     s.put_meta(&meta).expect("meta");
     s.snapshot_image("snap-1").expect("snapshot");
     s.write_image(0, &block(10)).expect("write after the snapshot");
-    s.snapshot_patch("snap-1", 2, &block(11)).expect("patch");
-    assert!(s.snapshot_patch("no-such", 2, &block(11)).is_err());
+    s.snapshot_begin("snap-2").expect("begin a pending snapshot");
+    s.snapshot_put("snap-2", 2, &block(11)).expect("put");
+    assert!(s.snapshot_put("no-such", 2, &block(11)).is_err());
+    assert!(s.snapshot_begin("snap-1").is_err(), "a name taken");
+    s.snapshot_finish("snap-2").expect("finish");
+    s.snapshot_begin("snap-3").expect("begin another");
+    s.snapshot_put("snap-3", 1, &block(12)).expect("put");
     s.sync().expect("sync");
     drop(s);
 
@@ -106,11 +111,21 @@ fn every_area_survives_drop_and_reopen() {
     assert!(!s.stage_get(5, 2, &mut buf).expect("dropped"));
     assert_eq!(s.intent_regions().expect("intent"), vec![0, 7]);
     assert_eq!(s.get_meta().expect("meta"), Some(meta));
-    assert_eq!(s.snapshots().expect("snapshots"), vec!["snap-1".to_owned()]);
+    assert_eq!(
+        s.snapshots().expect("snapshots"),
+        vec!["snap-1".to_owned(), "snap-2".to_owned()]
+    );
     s.read_snapshot("snap-1", 0, &mut buf).expect("snapshot read");
     assert_eq!(buf, block(1), "the snapshot is the image at its time");
-    s.read_snapshot("snap-1", 2, &mut buf).expect("snapshot read");
-    assert_eq!(buf, block(11), "patched");
+    s.read_snapshot("snap-2", 2, &mut buf).expect("snapshot read");
+    assert_eq!(buf, block(11), "a finished pending snapshot holds what was put");
+    s.read_snapshot("snap-2", 0, &mut buf).expect("snapshot read");
+    assert_eq!(buf, vec![0; BS], "and zeroes elsewhere");
+    assert_eq!(
+        s.pending_snapshots().expect("pending"),
+        vec!["snap-3".to_owned()],
+        "an unfinished one stays pending, unnamed"
+    );
 }
 
 #[test]

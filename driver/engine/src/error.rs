@@ -68,6 +68,18 @@ pub enum EngineError {
         /// Blocks still to be compared and re-sent.
         blocks: usize,
     },
+    /// A snapshot while another one is still being copied.
+    #[error("snapshot {pending:?} is still being copied; one snapshot at a time")]
+    SnapshotBusy {
+        /// The snapshot being copied.
+        pending: String,
+    },
+    /// A snapshot was given up before its copy finished; it does not exist.
+    #[error("snapshot {name:?} failed before its copy finished")]
+    SnapshotFailed {
+        /// The snapshot's name.
+        name: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

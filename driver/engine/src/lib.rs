@@ -15,7 +15,8 @@
 //! - [`frame`]: messages between primary, replica and coordinator.
 //! - [`primary`]: a volume in the primary role (three modes), one concern per
 //!   file: `mod.rs` the state and the public API, `host.rs` host I/O,
-//!   copy-on-write and write intent, `epoch.rs` freeze, abort and the freeze
+//!   copy-on-write and write intent, `snapshot.rs` local snapshots (an O(1)
+//!   mark, the copy after in bounded steps), `epoch.rs` freeze, abort and the freeze
 //!   window, `ship.rs` what `poll_send` sends, `session.rs` the link and
 //!   resume, `resync.rs` the failback comparison.
 //! - [`replica`]: a volume in the DR role: staging, manifest check, fold, promote.
@@ -55,7 +56,7 @@ pub mod types;
 pub use coordinator::{Coordinator, DecisionLog, DecisionRecord};
 pub use error::{ConfigError, EngineError, StoreError};
 pub use frame::{FromCoordinator, MemberIndex, Payload, Reply, ShippedBlock, ToCoordinator, ToPrimary, ToReplica};
-pub use primary::{AbortOutcome, ClosingState, Primary, PrimaryEvent, PrimaryStats, SnapshotMark};
+pub use primary::{AbortOutcome, ClosingState, Primary, PrimaryEvent, PrimaryStats, SnapshotMark, SnapshotStep};
 pub use replica::{Replica, ReplicaStats};
 pub use store::{HeldVersion, Role, StagedRecord, VolumeMeta, VolumeStore};
 pub use types::{BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq};

@@ -6,6 +6,9 @@
 //!   redirect-on-write freeze log (log) of the closing epoch, on a primary;
 //! - the **staging** area: blocks received per local epoch, on a DR replica;
 //! - the **write-intent** record: one bit per region, on a primary;
+//! - **snapshots**: named point-in-time copies of the image, each filled
+//!   block by block while pending (`snapshot_begin`, `snapshot_put`,
+//!   `snapshot_finish`);
 //! - the **metadata** record ([`VolumeMeta`]).
 //!
 //! Every mutation is buffered until [`VolumeStore::sync`], which makes all of
@@ -51,18 +54,44 @@ pub trait VolumeStore {
     /// The metadata record; `None` for a volume never initialised.
     fn get_meta(&self) -> Result<Option<VolumeMeta>, StoreError>;
 
-    /// Keep a named point-in-time copy of the image (a local snapshot).
+    /// Keep a named point-in-time copy of the image, whole, at once (the
+    /// strays snapshot of a demotion).
     fn snapshot_image(&mut self, name: &str) -> Result<(), StoreError>;
 
-    /// Overwrite block `b` of snapshot `name` (log mode: the freeze log's
-    /// newer blocks are part of the host's view but not of the image).
-    fn snapshot_patch(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
-        let _ = (name, b, data);
-        Err(StoreError {
-            op: "patch snapshot block",
-            source: "this store cannot patch snapshots".into(),
-        })
+    /// The first run of blocks at or after `from` that may hold anything but
+    /// zeroes, as `start..end` (`end` may lie past the volume); `None` when
+    /// every block from `from` on reads as zeroes. A snapshot's copy skips
+    /// the holes between runs. The default claims everything may be data.
+    fn image_data_from(&self, from: BlockIndex) -> Result<Option<(BlockIndex, BlockIndex)>, StoreError> {
+        Ok(Some((from, BlockIndex::MAX)))
     }
+
+    /// Start snapshot `name` of the image's size, every block zero, pending:
+    /// not a snapshot until [`VolumeStore::snapshot_finish`] and a sync.
+    fn snapshot_begin(&mut self, name: &str) -> Result<(), StoreError>;
+
+    /// Write block `b` of pending snapshot `name` (each block at most once).
+    fn snapshot_put(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Record how far the copy of pending snapshot `name` has gone (every
+    /// block below `next` is in it); for progress reports only, never read
+    /// back by the engine.
+    fn snapshot_progress(&mut self, name: &str, next: BlockIndex) -> Result<(), StoreError> {
+        let _ = (name, next);
+        Ok(())
+    }
+
+    /// Pending snapshot `name` is complete. At the next sync the store makes
+    /// every block put into it durable *before* the snapshot gets its name,
+    /// so a snapshot that has a name after a crash is whole.
+    fn snapshot_finish(&mut self, name: &str) -> Result<(), StoreError>;
+
+    /// Drop pending snapshot `name` and what was put into it.
+    fn snapshot_abandon(&mut self, name: &str) -> Result<(), StoreError>;
+
+    /// Snapshots begun and neither finished nor abandoned (after a crash: the
+    /// copies it interrupted).
+    fn snapshots_pending(&self) -> Result<Vec<String>, StoreError>;
 
     /// Make every earlier mutation durable.
     fn sync(&mut self) -> Result<(), StoreError>;

@@ -2,10 +2,14 @@
 //!
 //! A cut across volumes (one volume is a group of one) is the data plane's
 //! (`plane::volumes::Volumes::cut`): every file system mounted
-//! from a member's device is flushed and frozen, each member's engine is
-//! cut while the ones before it stay held, then all is released and
-//! thawed. This module names the cuts, moves each image out of its store
-//! into `csi/snapshots/`, fsyncs, and only then records it in the catalog.
+//! from a member's device is flushed and frozen (all at once), each
+//! member's engine marks its snapshot while the ones before it stay held
+//! (no block is copied while frozen), then all is released and thawed, and
+//! each member's snapshot is copied with the volumes' I/O going on; the
+//! cut returns once every copy is durable. This module names the cuts,
+//! moves each image out of its store into `csi/snapshots/`, fsyncs, and
+//! only then records it in the catalog, so a snapshot the catalog names is
+//! whole (a data plane that dies during a copy records nothing).
 
 use std::path::PathBuf;
 

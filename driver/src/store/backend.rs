@@ -29,6 +29,12 @@ pub trait BackendFile: fmt::Debug + Send + Sync {
     fn size(&self) -> io::Result<u64>;
     /// Make every write, punch and length change of this file durable (fsync).
     fn sync(&self) -> io::Result<()>;
+    /// The first range of bytes at or after `offset` that may hold data, as
+    /// `start..end`; `None` when only holes (zeroes) follow. The default
+    /// knows no holes.
+    fn data_from(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        Ok(Some((offset, u64::MAX)))
+    }
 }
 
 /// Files and directories.
@@ -109,6 +115,17 @@ impl BackendFile for RealFile {
 
     fn sync(&self) -> io::Result<()> {
         self.0.sync_all()
+    }
+
+    fn data_from(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        match rustix::fs::seek(&self.0, SeekFrom::Data(offset)) {
+            Ok(start) => Ok(Some((start, rustix::fs::seek(&self.0, SeekFrom::Hole(start))?))),
+            // Nothing but holes from `offset` on (or past the end).
+            Err(Errno::NXIO) => Ok(None),
+            // No SEEK_DATA here: everything may be data.
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => Ok(Some((offset, u64::MAX))),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

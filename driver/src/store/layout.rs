@@ -11,6 +11,7 @@
 //!     stage/<epoch>.data  staged blocks of a local epoch (sparse, at b * block_size)
 //!     stage/<epoch>.map   which blocks of it are staged
 //!     snapshots/<name>.img point-in-time copies of the image
+//!     snapshots/.<name>.img.part, .<name>.progress   a snapshot being copied, and how far
 //! <data_dir>/groups/<group>/decisions   the group coordinator's record (A/B slots)
 //! ```
 //!
@@ -64,6 +65,14 @@ impl Paths {
 
     pub(crate) fn snapshot_tmp(&self, name: &str) -> PathBuf {
         self.snapshots.join(format!(".{name}.img.tmp"))
+    }
+
+    pub(crate) fn snapshot_part(&self, name: &str) -> PathBuf {
+        self.snapshots.join(super::snapshots::part_name(name))
+    }
+
+    pub(crate) fn snapshot_progress(&self, name: &str) -> PathBuf {
+        self.snapshots.join(format!(".{name}.progress"))
     }
 }
 

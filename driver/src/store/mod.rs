@@ -5,7 +5,8 @@
 //! # Layout
 //! ```text
 //! <data_dir>/volumes/<volume-id>/
-//!     layout  meta  image  side  side.map  intent  stage/<epoch>.{data,map}  snapshots/<name>.img
+//!     layout  meta  image  side  side.map  intent  stage/<epoch>.{data,map}
+//!     snapshots/<name>.img  snapshots/.<name>.img.part  snapshots/.<name>.progress
 //! <data_dir>/groups/<group>/decisions
 //! ```
 //!
@@ -14,8 +15,11 @@
 //! durable after [`VolumeStore::sync`], as the engine's contract says; a
 //! power cut keeps an arbitrary part of what was not synced. `sync` fsyncs
 //! only what changed since the last one, in this order:
-//! 1. data: `image`, `side`, the staged data files, patched snapshots;
-//! 2. directory entries: new or removed staging files, renamed snapshots;
+//! 1. data: `image`, `side`, the staged data files, snapshots whose copy
+//!    is finished (a snapshot still being copied is never fsynced: a crash
+//!    fails it, `store/snapshots.rs`);
+//! 2. directory entries: new or removed staging files; finished snapshots
+//!    renamed to their names, then the directory fsynced;
 //! 3. indexes: the dirty 4 KiB pages of `side.map`, the staging maps and
 //!    `intent`, written only now, so a durable bit always names durable data;
 //! 4. the metadata record, into the slot not holding the newest valid one.
@@ -59,6 +63,12 @@ pub use crash::CrashingBackend;
 pub use decisions::FileDecisionLog;
 pub use error::{Error, SlotState};
 
+/// The file, in a volume's `snapshots/`, that snapshot `name` is copied into
+/// until its copy is done.
+pub fn pending_snapshot_file(name: &str) -> String {
+    snapshots::part_name(name)
+}
+
 use backend::ensure_dir;
 use bitfile::{bytes_for, BitFile};
 use error::check_name;
@@ -85,8 +95,8 @@ pub struct FileStore {
     image_dirty: bool,
     side_dirty: bool,
     snapshots_dirty: bool,
-    /// Snapshots patched since the last sync.
-    patched: BTreeMap<String, Box<dyn BackendFile>>,
+    /// Snapshots being copied.
+    pending: BTreeMap<String, snapshots::Pending>,
 }
 
 impl FileStore {
@@ -200,7 +210,7 @@ impl FileStore {
             image_dirty: false,
             side_dirty: false,
             snapshots_dirty: false,
-            patched: BTreeMap::new(),
+            pending: BTreeMap::new(),
         })
     }
 
@@ -340,15 +350,10 @@ impl FileStore {
             self.side_dirty = false;
         }
         self.stage.sync_data()?;
-        while let Some((name, f)) = self.patched.pop_first() {
-            if let Err(e) = f.sync() {
-                let path = self.paths.snapshot(&name);
-                self.patched.insert(name, f);
-                return Err(Error::io("sync", path)(e));
-            }
-        }
+        self.sync_finished_snapshots()?;
         // 2. Directory entries.
         self.stage.sync_dir(self.fs.as_ref())?;
+        self.name_finished_snapshots()?;
         if self.snapshots_dirty {
             let dir = &self.paths.snapshots;
             self.fs.sync_dir(dir).map_err(Error::io("sync directory", dir))?;
@@ -440,9 +445,34 @@ impl VolumeStore for FileStore {
         self.take_snapshot(name).map_err(|e| e.at("snapshot image"))
     }
 
-    fn snapshot_patch(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
-        self.patch_snapshot(name, b, data)
-            .map_err(|e| e.at("patch snapshot block"))
+    fn image_data_from(&self, from: BlockIndex) -> Result<Option<(BlockIndex, BlockIndex)>, StoreError> {
+        self.data_run_from(from).map_err(|e| e.at("look for data in the image"))
+    }
+
+    fn snapshot_begin(&mut self, name: &str) -> Result<(), StoreError> {
+        self.begin_snapshot(name).map_err(|e| e.at("begin snapshot"))
+    }
+
+    fn snapshot_put(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
+        self.put_snapshot_block(name, b, data)
+            .map_err(|e| e.at("put snapshot block"))
+    }
+
+    fn snapshot_progress(&mut self, name: &str, next: BlockIndex) -> Result<(), StoreError> {
+        self.write_progress(name, next)
+            .map_err(|e| e.at("record snapshot progress"))
+    }
+
+    fn snapshot_finish(&mut self, name: &str) -> Result<(), StoreError> {
+        self.finish_snapshot(name).map_err(|e| e.at("finish snapshot"))
+    }
+
+    fn snapshot_abandon(&mut self, name: &str) -> Result<(), StoreError> {
+        self.abandon_snapshot(name).map_err(|e| e.at("abandon snapshot"))
+    }
+
+    fn snapshots_pending(&self) -> Result<Vec<String>, StoreError> {
+        self.pending_snapshots().map_err(|e| e.at("list pending snapshots"))
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 //! Host I/O: the volume as the host sees it, the closing epoch's versions
 //! kept readable while its window is open (copy-on-write, or redirect-on-write
-//! into the freeze log), local snapshots, and the write-intent record.
+//! into the freeze log), and the write-intent record. Local snapshots are
+//! `snapshot.rs`'s; a host write gives them their copy-before-overwrite first.
 //!
 //! Nothing here allocates per block: partial blocks go through the scratch
 //! block `aux`, old versions through `buf`; the sparse bitmaps allocate only
@@ -13,7 +14,7 @@ use crate::error::{EngineError, StoreError};
 use crate::store::VolumeStore;
 use crate::types::{BlockIndex, LocalEpoch, Mode};
 
-use super::{Primary, SnapshotMark};
+use super::Primary;
 
 /// The write-intent record: one durable bit per region, set and synced before
 /// the first write into a clean region, cleared lazily once every write of the
@@ -112,29 +113,6 @@ impl<S: VolumeStore> Primary<S> {
         Ok(())
     }
 
-    /// Take a local point-in-time snapshot of the volume as the host sees it
-    /// now (the caller has quiesced the filesystem). Durable on return; the
-    /// mark says which epochs it falls between, so it can later be matched
-    /// with the DR's committed epoch.
-    pub fn snapshot(&mut self, name: &str) -> Result<SnapshotMark, EngineError> {
-        self.store.sync()?;
-        self.store.snapshot_image(name)?;
-        if self.mode == Mode::Log {
-            if let Some(c) = self.closing.as_ref().filter(|c| c.window_open()) {
-                for b in c.preserved.iter_ones() {
-                    if self.store.side_get(b, &mut self.buf)? {
-                        self.store.snapshot_patch(name, b, &self.buf)?;
-                    }
-                }
-            }
-        }
-        self.store.sync()?;
-        Ok(SnapshotMark {
-            open_local: self.open.local,
-            last_frozen_group: self.progress.last_frozen_group,
-        })
-    }
-
     fn check_range(&self, offset: u64, len: u64) -> Result<(), EngineError> {
         let size = self.geo.bytes();
         if offset.checked_add(len).is_none_or(|end| end > size) {
@@ -187,6 +165,8 @@ impl<S: VolumeStore> Primary<S> {
     }
 
     fn write_block(&mut self, b: BlockIndex, data: &[u8]) -> Result<(), EngineError> {
+        // Before anything changes the host's view of `b`.
+        self.keep_for_snapshot(b);
         self.note_intent(b)?;
         self.stats.blocks_written += 1;
         self.open.dirty.set(b, true);

@@ -23,7 +23,9 @@
 //! One concern per file, each adding methods to [`Primary`]:
 //! - this file: the state, the public types, construction, introspection;
 //! - `host.rs`: host reads and writes, copy-on-write and redirect-on-write,
-//!   snapshots, the write-intent record;
+//!   the write-intent record;
+//! - `snapshot.rs`: local snapshots, marked in O(1) and copied after in
+//!   bounded steps, copy-before-overwrite meanwhile;
 //! - `epoch.rs`: the open and the closing epoch: freeze, abort, the freeze
 //!   window, the replica's staged-ack and the group's decision;
 //! - `ship.rs`: `poll_send`, the closing epoch's blocks and seal, then the
@@ -38,6 +40,7 @@ mod host;
 mod resync;
 mod session;
 mod ship;
+mod snapshot;
 
 use std::mem::size_of;
 
@@ -51,6 +54,9 @@ use epoch::{Closing, OpenEpoch, Progress, Shipped};
 use host::Intent;
 use resync::Failback;
 use session::Session;
+use snapshot::SnapshotCopy;
+
+pub use snapshot::SnapshotStep;
 
 /// Where the closing epoch stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +104,10 @@ pub struct PrimaryStats {
     pub resync_skipped: u64,
     /// Closing epochs aborted because an old version could not be kept.
     pub preserve_failures: u64,
+    /// Blocks put into a snapshot being copied before a host write replaced them.
+    pub snapshot_copies: u64,
+    /// Snapshots given up: a version could not be kept, or a crash cut the copy short.
+    pub snapshot_failures: u64,
 }
 
 /// Where a local snapshot falls in the epoch sequence.
@@ -142,6 +152,10 @@ pub struct Primary<S: VolumeStore> {
     /// Counter of the send sequences; restarts at every start.
     counter: u64,
     events: Vec<PrimaryEvent>,
+    /// The local snapshot being copied, if any.
+    snap: Option<SnapshotCopy>,
+    /// Snapshots given up, until the shell takes the list.
+    failed_snapshots: Vec<String>,
     last_preserve_error: Option<String>,
     stats: PrimaryStats,
     /// Scratch block for old versions and shipping.
@@ -161,8 +175,9 @@ impl<S: VolumeStore> Primary<S> {
     }
 
     /// Reopen a primary after a restart or crash: bump the incarnation, recover
-    /// the freeze log (log mode) or drop preserved copies, and mark every block
-    /// of every write-intent region dirty.
+    /// the freeze log (log mode) or drop preserved copies, mark every block
+    /// of every write-intent region dirty, and give up every snapshot whose
+    /// copy the crash cut short ([`Primary::take_failed_snapshots`]).
     pub fn open(mut store: S, geo: Geometry, mode: Mode) -> Result<Self, EngineError> {
         let mut meta = store
             .get_meta()?
@@ -179,6 +194,7 @@ impl<S: VolumeStore> Primary<S> {
         let mut me = Self::assemble(store, geo, mode, meta, None);
         me.recover_side()?;
         me.recover_intent()?;
+        me.recover_snapshots()?;
         Ok(me)
     }
 
@@ -201,6 +217,8 @@ impl<S: VolumeStore> Primary<S> {
             session: Session::new(),
             counter: 0,
             events: Vec::new(),
+            snap: None,
+            failed_snapshots: Vec::new(),
             last_preserve_error: None,
             stats: PrimaryStats::default(),
             buf: vec![0; geo.block_size()],
@@ -315,7 +333,7 @@ impl<S: VolumeStore> Primary<S> {
                 .as_ref()
                 .map_or(0, |e| mem::alloc_bytes(e.capacity()));
         let scratch = mem::vec_bytes::<u8>(self.buf.capacity()) + mem::vec_bytes::<u8>(self.aux.capacity());
-        size_of::<Self>() as u64 + open + closing + intent + failback + queues + scratch
+        size_of::<Self>() as u64 + open + closing + intent + failback + queues + scratch + self.snapshot_heap_bytes()
     }
 
     pub(crate) fn closing_window_open(&self) -> bool {

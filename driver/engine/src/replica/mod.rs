@@ -177,7 +177,13 @@ impl<S: VolumeStore> Replica<S> {
     /// rule out (everything it wrote after the last epoch it knows committed).
     /// Unless `discard_strays`, the image as it stands — stray writes included —
     /// is kept as a local snapshot first.
-    pub fn from_demotion(primary: Primary<S>, member: MemberIndex, discard_strays: bool) -> Result<Self, EngineError> {
+    pub fn from_demotion(
+        mut primary: Primary<S>,
+        member: MemberIndex,
+        discard_strays: bool,
+    ) -> Result<Self, EngineError> {
+        // A local snapshot still being copied is finished first.
+        primary.complete_snapshot()?;
         let candidates = primary.intent_blocks();
         let regions = primary.intent_regions();
         let window_open = primary.closing_window_open();

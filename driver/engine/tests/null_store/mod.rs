@@ -69,6 +69,24 @@ impl VolumeStore for NullStore {
     fn snapshot_image(&mut self, _name: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    fn image_data_from(&self, _from: BlockIndex) -> Result<Option<(BlockIndex, BlockIndex)>, StoreError> {
+        Ok(None)
+    }
+    fn snapshot_begin(&mut self, _name: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn snapshot_put(&mut self, _name: &str, _b: BlockIndex, _data: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn snapshot_finish(&mut self, _name: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn snapshot_abandon(&mut self, _name: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn snapshots_pending(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
     fn sync(&mut self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -20,6 +20,8 @@ pub struct Layer {
     pub intent: BTreeSet<u64>,
     pub meta: Option<VolumeMeta>,
     pub snapshots: BTreeMap<String, BTreeMap<BlockIndex, Vec<u8>>>,
+    /// Snapshots begun and not finished: what was put into each.
+    pub pending_snaps: BTreeMap<String, BTreeMap<BlockIndex, Vec<u8>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -32,7 +34,12 @@ enum Op {
     Intent(u64, bool),
     Meta(VolumeMeta),
     Snapshot(String),
-    SnapshotPatch(String, BlockIndex, Vec<u8>),
+    SnapBegin(String),
+    SnapPut(String, BlockIndex, Vec<u8>),
+    /// Carries the whole content: the store makes the blocks durable before
+    /// the name (the trait's promise), so a crash keeps all or nothing.
+    SnapFinish(String, BTreeMap<BlockIndex, Vec<u8>>),
+    SnapAbandon(String),
 }
 
 impl Layer {
@@ -60,10 +67,20 @@ impl Layer {
             Op::Snapshot(name) => {
                 self.snapshots.insert(name.clone(), self.image.clone());
             }
-            Op::SnapshotPatch(name, b, d) => {
-                if let Some(snap) = self.snapshots.get_mut(name) {
+            Op::SnapBegin(name) => {
+                self.pending_snaps.insert(name.clone(), BTreeMap::new());
+            }
+            Op::SnapPut(name, b, d) => {
+                if let Some(snap) = self.pending_snaps.get_mut(name) {
                     snap.insert(*b, d.clone());
                 }
+            }
+            Op::SnapFinish(name, content) => {
+                self.pending_snaps.remove(name);
+                self.snapshots.insert(name.clone(), content.clone());
+            }
+            Op::SnapAbandon(name) => {
+                self.pending_snaps.remove(name);
             }
         }
     }
@@ -279,6 +296,22 @@ impl SimStore {
         self.view.snapshots.len()
     }
 
+    /// Names of the snapshots begun and not finished.
+    pub fn pending_snapshots(&self) -> Vec<String> {
+        self.view.pending_snaps.keys().cloned().collect()
+    }
+
+    /// Bytes put so far into pending snapshot `name` (zeroes elsewhere).
+    pub fn pending_snapshot_bytes(&self, name: &str, blocks: u64) -> Option<Vec<u8>> {
+        let snap = self.view.pending_snaps.get(name)?;
+        let mut out = vec![0; blocks as usize * self.block_size];
+        for (b, d) in snap {
+            let at = *b as usize * self.block_size;
+            out[at..at + self.block_size].copy_from_slice(d);
+        }
+        Some(out)
+    }
+
     /// Bytes of snapshot `name`, if it exists.
     pub fn snapshot_bytes(&self, name: &str, blocks: u64) -> Option<Vec<u8>> {
         let snap = self.view.snapshots.get(name)?;
@@ -354,8 +387,51 @@ impl VolumeStore for SimStore {
     fn snapshot_image(&mut self, name: &str) -> Result<(), StoreError> {
         self.push(Op::Snapshot(name.to_owned()))
     }
-    fn snapshot_patch(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
-        self.push(Op::SnapshotPatch(name.to_owned(), b, data.to_vec()))
+    fn image_data_from(&self, from: BlockIndex) -> Result<Option<(BlockIndex, BlockIndex)>, StoreError> {
+        self.alive()?;
+        let data = |d: &Vec<u8>| d.iter().any(|&x| x != 0);
+        let Some(start) = self.view.image.range(from..).find(|(_, d)| data(d)).map(|(b, _)| *b) else {
+            return Ok(None);
+        };
+        let mut end = start + 1;
+        while self.view.image.get(&end).is_some_and(data) {
+            end += 1;
+        }
+        Ok(Some((start, end)))
+    }
+    fn snapshot_begin(&mut self, name: &str) -> Result<(), StoreError> {
+        if self.view.snapshots.contains_key(name) || self.view.pending_snaps.contains_key(name) {
+            return Err(StoreError {
+                op: "begin snapshot",
+                source: "a snapshot of that name exists".into(),
+            });
+        }
+        self.push(Op::SnapBegin(name.to_owned()))
+    }
+    fn snapshot_put(&mut self, name: &str, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
+        if !self.view.pending_snaps.contains_key(name) {
+            return Err(StoreError {
+                op: "put snapshot block",
+                source: "no such pending snapshot".into(),
+            });
+        }
+        self.push(Op::SnapPut(name.to_owned(), b, data.to_vec()))
+    }
+    fn snapshot_finish(&mut self, name: &str) -> Result<(), StoreError> {
+        let Some(content) = self.view.pending_snaps.get(name).cloned() else {
+            return Err(StoreError {
+                op: "finish snapshot",
+                source: "no such pending snapshot".into(),
+            });
+        };
+        self.push(Op::SnapFinish(name.to_owned(), content))
+    }
+    fn snapshot_abandon(&mut self, name: &str) -> Result<(), StoreError> {
+        self.push(Op::SnapAbandon(name.to_owned()))
+    }
+    fn snapshots_pending(&self) -> Result<Vec<String>, StoreError> {
+        self.alive()?;
+        Ok(self.view.pending_snaps.keys().cloned().collect())
     }
     fn sync(&mut self) -> Result<(), StoreError> {
         // A cut here is a cut partway through the sync: `crash` then keeps

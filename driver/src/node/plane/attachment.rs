@@ -68,11 +68,17 @@ pub(crate) fn open_engine(data_dir: &Path, volume: &str, mode: Mode) -> Result<P
         source,
     })?;
     let geo = store.geometry();
-    Primary::open(store, geo, mode).map_err(|source| PlaneError::Engine {
+    let mut primary = Primary::open(store, geo, mode).map_err(|source| PlaneError::Engine {
         op: "reopen the engine",
         volume: volume.to_owned(),
         source,
-    })
+    })?;
+    // A snapshot whose copy a crash cut short was never reported taken (the
+    // call waits for the copy); the engine dropped what was left of it.
+    for name in primary.take_failed_snapshots() {
+        tracing::warn!(volume, snapshot = %name, "snapshot failed: the data plane stopped during its copy; its partial copy is removed");
+    }
+    Ok(primary)
 }
 
 impl Attachment {

@@ -253,6 +253,13 @@ impl Volumes {
         self.volume_dir(id).join("snapshots").join(format!("{name}.img"))
     }
 
+    /// Where snapshot `name` of `id` is copied until it is done.
+    fn snapshot_part(&self, id: &str, name: &str) -> PathBuf {
+        self.volume_dir(id)
+            .join("snapshots")
+            .join(crate::store::pending_snapshot_file(name))
+    }
+
     fn spec<'a>(&self, id: &Name, slot: &'a Slot) -> Result<&'a Spec, PlaneError> {
         if slot.unreadable {
             return Err(PlaneError::Unreadable(self.volume_dir(id.as_str())));
