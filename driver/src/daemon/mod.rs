@@ -38,9 +38,10 @@
 //! Per-volume serialisation (`volumes`): every operation takes its
 //! volume's slot lock and no other, except the cut across volumes (a group
 //! snapshot), which takes its members' slots in id order and holds them
-//! for the few milliseconds of its own freeze (I/O never takes a slot, so
-//! nothing waits on the frozen file systems while holding one). Quiesce
-//! and thaw (`freeze`) take no volume lock at all.
+//! through its freeze (an O(1) mark per member while frozen) and the copy
+//! that follows the thaw (I/O never takes a slot, so the volumes' I/O goes
+//! on during the copy). Quiesce and thaw (`freeze`) take no volume lock at
+//! all.
 //!
 //! # Restart without I/O errors
 //! At start `serve`:
