@@ -441,3 +441,36 @@ impl NodeAdmin for AdminService {
         Ok(Response::new(wire::VerifyResponse { epoch, hash }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_short_words_of_letters_digits_dashes() {
+        assert!(token("0123abcd-ef_G").is_ok());
+        for bad in ["", "../x", "a b", &"x".repeat(65), "tok\n"] {
+            assert!(token(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn quiesce_deadlines_are_ahead_and_bounded() {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("after 1970");
+        let ms = |d: Duration| u64::try_from(d.as_millis()).expect("fits");
+        assert!(deadline(ms(now + Duration::from_secs(5))).is_ok());
+        for bad in [0, ms(now) - 1000, ms(now + MAX_QUIESCE_TIMEOUT + Duration::from_secs(60))] {
+            let e = deadline(bad).expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes_travel_both_ways_and_unknown_ones_are_refused() {
+        for m in [Mode::Continuous, Mode::Log, Mode::Interval] {
+            assert_eq!(mode_of(mode_to(m.name()).into()).expect("known"), m);
+        }
+        assert!(mode_of(0).is_err());
+        assert!(mode_of(99).is_err());
+    }
+}

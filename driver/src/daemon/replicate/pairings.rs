@@ -118,3 +118,58 @@ impl Pairings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(v: &str) -> MemberRecord {
+        MemberRecord {
+            volume: v.into(),
+            block_size: 4096,
+            blocks: 256,
+            region_blocks: 16,
+            mode: "log".into(),
+            size_bytes: 1 << 20,
+            fs_type: "ext4".into(),
+        }
+    }
+
+    #[test]
+    fn pairings_survive_a_save_and_find_their_members() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(Pairings::load(dir.path()).expect("absent is empty"), Pairings::default());
+        let mut p = Pairings::default();
+        p.groups.insert(
+            "orders".into(),
+            GroupRecord {
+                side: Side::Dr,
+                members: vec![member("pvc-0"), member("pvc-1")],
+                generation: (3, 2),
+                peer_address: None,
+                promoting: Some(2),
+                promoted_at: None,
+            },
+        );
+        p.save(dir.path()).expect("save");
+        let back = Pairings::load(dir.path()).expect("load");
+        assert_eq!(back, p);
+        let (group, g, m) = back.member_of("pvc-1").expect("paired");
+        assert_eq!((group, m), ("orders", 1));
+        assert_eq!(g.generation(), RoleGeneration { counter: 3, site: 2 });
+        assert!(back.member_of("pvc-9").is_none());
+        let (geo, mode) = g.members[0].shape().expect("valid");
+        assert_eq!((geo.block_size(), geo.blocks(), mode), (4096, 256, Mode::Log));
+    }
+
+    #[test]
+    fn a_record_written_before_size_and_promotion_fields_still_reads() {
+        let old = r#"{"groups":{"g":{"side":"primary","members":[{"volume":"v","block_size":4096,"blocks":8,"region_blocks":8,"mode":"continuous"}],"generation":[0,1],"peer_address":"198.18.2.1:7443"}}}"#;
+        let p: Pairings = serde_json::from_str(old).expect("parses");
+        let g = &p.groups["g"];
+        assert_eq!((g.members[0].size_bytes, g.promoting, g.promoted_at), (0, None, None));
+        let mut bad = member("v");
+        bad.block_size = 3000;
+        assert!(bad.shape().is_err());
+    }
+}
