@@ -456,10 +456,16 @@ mod tests {
 
     #[test]
     fn quiesce_deadlines_are_ahead_and_bounded() {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("after 1970");
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970");
         let ms = |d: Duration| u64::try_from(d.as_millis()).expect("fits");
         assert!(deadline(ms(now + Duration::from_secs(5))).is_ok());
-        for bad in [0, ms(now) - 1000, ms(now + MAX_QUIESCE_TIMEOUT + Duration::from_secs(60))] {
+        for bad in [
+            0,
+            ms(now) - 1000,
+            ms(now + MAX_QUIESCE_TIMEOUT + Duration::from_secs(60)),
+        ] {
             let e = deadline(bad).expect_err("refused");
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
         }

@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn pairings_survive_a_save_and_find_their_members() {
         let dir = tempfile::tempdir().expect("temp dir");
-        assert_eq!(Pairings::load(dir.path()).expect("absent is empty"), Pairings::default());
+        assert_eq!(
+            Pairings::load(dir.path()).expect("absent is empty"),
+            Pairings::default()
+        );
         let mut p = Pairings::default();
         p.groups.insert(
             "orders".into(),
