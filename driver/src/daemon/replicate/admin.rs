@@ -121,6 +121,30 @@ fn mode_to(m: &str) -> wire::ReplicationMode {
     }
 }
 
+/// A DR listener's address: `HOST:PORT`, HOST a name or an address
+/// (`[v6]` bracketed), PORT not 0.
+fn peer_address(v: &str) -> Result<()> {
+    let bad = || Error::Invalid {
+        field: "peer_address",
+        value: v.chars().take(80).collect(),
+        expected: "HOST:PORT of the DR node's replication listener".into(),
+    };
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && (host.parse::<std::net::IpAddr>().is_ok()
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
 /// The deadline of a quiesce: in the future, at most the longest quiesce.
 fn deadline(unix_ms: u64) -> Result<Duration> {
     let now = SystemTime::now()
@@ -173,6 +197,9 @@ impl NodeAdmin for AdminService {
                 .into())
             }
         };
+        if !req.peer_address.is_empty() {
+            peer_address(&req.peer_address)?;
+        }
         let mut args = PairArgs {
             peer_address: (!req.peer_address.is_empty()).then_some(req.peer_address),
             generation: generation_of(req.generation),
@@ -468,6 +495,16 @@ mod tests {
         ] {
             let e = deadline(bad).expect_err("refused");
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn peer_addresses_are_host_and_port() {
+        for ok in ["198.18.2.1:7443", "dr-0.floe.example:7443", "[fd00::1]:7443"] {
+            assert!(peer_address(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "198.18.2.1", "host:0", "host:99999", ":7443", "a b:1", "h/../x:1"] {
+            assert!(peer_address(bad).is_err(), "{bad:?}");
         }
     }
 
