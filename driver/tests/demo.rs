@@ -141,32 +141,17 @@ fn demo() -> Result<()> {
         6,
         "failover: the DR is promoted, its volumes attached, checked and mounted",
     );
-    let dr = s.dr.client()?;
     let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
     println!("      promoted at epoch {epoch}, the group's last committed cut");
-    let mut kept = 0;
-    for (m, &want) in acked_at[(epoch - 1) as usize].iter().enumerate() {
-        let device = dr.attach(&volume(m))?;
-        let out = std::process::Command::new("e2fsck").arg("-fn").arg(&device).output()?;
-        ensure!(
-            out.status.success(),
-            "e2fsck -fn of {}: {}",
-            volume(m),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let mnt = s.dr.mount_ext4(&device, &volume(m))?;
-        let n = gap_free_records(&mnt.join("log"))?;
-        ensure!(
-            n >= want,
-            "{}: {n} records, {want} acknowledged before the cut",
-            volume(m)
-        );
+    let acked = &acked_at[(epoch - 1) as usize];
+    let held = check_promoted(&mut s, acked)?;
+    for (m, (n, want)) in held.iter().zip(acked).enumerate() {
         println!(
             "      {}: e2fsck clean; {n} records, gap-free, every one of the {want} acknowledged before the cut's freeze",
             volume(m)
         );
-        kept += n;
     }
+    let kept: u64 = held.iter().sum();
 
     step(7, "report");
     stalls.sort();

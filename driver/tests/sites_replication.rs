@@ -329,7 +329,6 @@ fn failover(mode: Mode) -> Result<()> {
         let _ = w.join();
     }
 
-    let dr = s.dr.client()?;
     let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
     ensure!(
         epoch >= epochs,
@@ -348,24 +347,9 @@ fn failover(mode: Mode) -> Result<()> {
                 .is_some_and(|g| g.counter == old.counter + 1 && g.site_id == 2),
         "after promote: {status:?}"
     );
-    for (m, &want) in acked_at[(epoch - 1) as usize].iter().enumerate() {
-        let device = dr.attach(&volume(m))?;
-        let out = std::process::Command::new("e2fsck").arg("-fn").arg(&device).output()?;
-        ensure!(
-            out.status.success(),
-            "e2fsck -fn of the promoted {}: {}",
-            volume(m),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let mnt = s.dr.mount_ext4(&device, &volume(m))?;
-        let n = gap_free_records(&mnt.join("log"))?;
-        ensure!(
-            n >= want,
-            "{}: {n} records after promote, but {want} were acknowledged before epoch {epoch}'s freeze",
-            volume(m)
-        );
-        // The promoted volume takes writes.
-        std::fs::write(mnt.join("after-failover"), b"written on the new primary")?;
+    let acked = &acked_at[(epoch - 1) as usize];
+    let held = check_promoted(&mut s, acked)?;
+    for (m, (n, want)) in held.iter().zip(acked).enumerate() {
         eprintln!("{mode:?}: {} holds {n} records (≥ {want}) at epoch {epoch}", volume(m));
     }
     Ok(())

@@ -380,3 +380,32 @@ pub fn gap_free_records(log: &Path) -> Result<u64> {
     }
     Ok(n)
 }
+
+/// After a promotion: each member's volume attached on the DR node, its
+/// file system `e2fsck -fn` clean, mounted, its records a gap-free prefix
+/// holding the `acked[m]` acknowledged before the promoted cut's freeze,
+/// and writable. The records each holds.
+pub fn check_promoted(s: &mut Sites, acked: &[u64]) -> Result<Vec<u64>> {
+    let dr = s.dr.client()?;
+    let mut held = Vec::new();
+    for (m, &want) in acked.iter().enumerate() {
+        let device = dr.attach(&volume(m))?;
+        let out = std::process::Command::new("e2fsck").arg("-fn").arg(&device).output()?;
+        ensure!(
+            out.status.success(),
+            "e2fsck -fn of the promoted {}: {}",
+            volume(m),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let mnt = s.dr.mount_ext4(&device, &volume(m))?;
+        let n = gap_free_records(&mnt.join("log"))?;
+        ensure!(
+            n >= want,
+            "{}: {n} records after promote, but {want} were acknowledged before the cut's freeze",
+            volume(m)
+        );
+        std::fs::write(mnt.join("after-failover"), b"written on the new primary")?;
+        held.push(n);
+    }
+    Ok(held)
+}
