@@ -188,15 +188,22 @@ impl<S: VolumeStore> Primary<S> {
         Ok(outcome)
     }
 
-    /// Fold the closing epoch back into the open one: its blocks ship again.
+    /// Fold the closing epoch back into the open one: its blocks ship again,
+    /// except those whose current version the open epoch has shipped
+    /// already (not dirty since): that version, staged at the DR in the
+    /// open epoch, covers the dropped one, and sending it again would only
+    /// re-send what the DR may hold durably (I4).
     pub(super) fn abort_closing(&mut self) -> Result<(), EngineError> {
         let Some(c) = self.closing.take() else { return Ok(()) };
         if c.window_open() {
             self.close_window(&c)?;
         }
         for b in c.members() {
-            self.open.dirty.set(b, true);
             self.intent.note_epoch(self.geo.region_of(b), self.open.local);
+            if self.open.shipped_blocks.get(b) && !self.open.dirty.get(b) {
+                continue;
+            }
+            self.open.dirty.set(b, true);
         }
         self.events.push(PrimaryEvent::Aborted(c.group));
         Ok(())
