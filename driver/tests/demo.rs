@@ -12,12 +12,12 @@
 //! Failback (demote and delta resync of the old site) is not built yet.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use floe_driver::replication::freeze::{group_freeze, FreezeMember};
+use floe_driver::replication::freeze::group_freeze;
 use floe_engine::Mode;
 
 mod common;
@@ -62,20 +62,12 @@ fn demo() -> Result<()> {
     );
     let s = start("demo", Mode::Continuous, Place::Namespaces)?;
     let client = s.primary.client()?;
-    let (padmin, dadmin) = (s.primary.admin(), s.dr.admin());
-    let members: Vec<Arc<dyn FreezeMember>> = (0..MEMBERS)
-        .map(|m| Arc::new(padmin.member(&volume(m))) as Arc<dyn FreezeMember>)
-        .collect();
+    let dadmin = s.dr.admin();
+    let members = s.members();
 
     step(3, "workload: each volume appends fsynced numbered records");
     let stop = Arc::new(AtomicBool::new(false));
-    let acked: Vec<Arc<AtomicU64>> = (0..MEMBERS).map(|_| Arc::default()).collect();
-    let writers: Vec<_> = s
-        .mounts
-        .iter()
-        .zip(&acked)
-        .map(|(m, a)| record_writer(m.clone(), Arc::clone(&stop), Arc::clone(a)))
-        .collect();
+    let (acked, writers) = s.record_writers(&stop);
 
     step(
         4,

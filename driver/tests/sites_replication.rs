@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use floe_driver::node::rpc::member::AdminClient;
-use floe_driver::replication::freeze::FreezeMember;
 use floe_engine::Mode;
 use floe_proto::node as wire;
 
@@ -218,9 +217,7 @@ fn a_paired_volume_detaches_and_reattaches_with_its_stream() -> Result<()> {
     let mut s = start("reattach", Mode::Continuous, Place::Loopback)?;
     let client = s.primary.client()?;
     let (padmin, dadmin) = (s.primary.admin(), s.dr.admin());
-    let members: Vec<Arc<dyn FreezeMember>> = (0..MEMBERS)
-        .map(|m| Arc::new(padmin.member(&volume(m))) as Arc<dyn FreezeMember>)
-        .collect();
+    let members = s.members();
     let commit = |s: &Sites, epoch: u64| -> Result<()> {
         let digests = client.block_on(freeze_and_read(s, &members, epoch))?;
         for (m, want) in digests.iter().enumerate() {
@@ -285,17 +282,9 @@ fn failover(mode: Mode) -> Result<()> {
     let mut s = start(&format!("failover-{}", mode.name()), mode, Place::Namespaces)?;
     let client = s.primary.client()?;
     let (padmin, dadmin) = (s.primary.admin(), s.dr.admin());
-    let members: Vec<Arc<dyn FreezeMember>> = (0..MEMBERS)
-        .map(|m| Arc::new(padmin.member(&volume(m))) as Arc<dyn FreezeMember>)
-        .collect();
+    let members = s.members();
     let stop = Arc::new(AtomicBool::new(false));
-    let acked: Vec<Arc<AtomicU64>> = (0..MEMBERS).map(|_| Arc::default()).collect();
-    let writers: Vec<_> = s
-        .mounts
-        .iter()
-        .zip(&acked)
-        .map(|(m, a)| record_writer(m.clone(), Arc::clone(&stop), Arc::clone(a)))
-        .collect();
+    let (acked, writers) = s.record_writers(&stop);
     // Records acknowledged before each epoch's freeze, per member.
     let mut acked_at = Vec::new();
     let epochs = 4;

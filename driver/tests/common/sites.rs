@@ -252,6 +252,19 @@ impl Sites {
         }
     }
 
+    /// A [`record_writer`] on every member's file system until `stop`; the
+    /// count of records each acknowledged, and the threads.
+    pub fn record_writers(&self, stop: &Arc<AtomicBool>) -> (Vec<Arc<AtomicU64>>, Vec<std::thread::JoinHandle<()>>) {
+        let acked: Vec<Arc<AtomicU64>> = self.mounts.iter().map(|_| Arc::default()).collect();
+        let writers = self
+            .mounts
+            .iter()
+            .zip(&acked)
+            .map(|(m, a)| record_writer(m.clone(), Arc::clone(stop), Arc::clone(a)))
+            .collect();
+        (acked, writers)
+    }
+
     /// Every member as a group-freeze member, in member order.
     pub fn members(&self) -> Vec<Arc<dyn FreezeMember>> {
         (0..MEMBERS)
