@@ -56,7 +56,9 @@ pub mod types;
 pub use coordinator::{Coordinator, DecisionLog, DecisionRecord};
 pub use error::{ConfigError, EngineError, StoreError};
 pub use frame::{FromCoordinator, MemberIndex, Payload, Reply, ShippedBlock, ToCoordinator, ToPrimary, ToReplica};
-pub use primary::{AbortOutcome, ClosingState, Primary, PrimaryEvent, PrimaryStats, SnapshotMark, SnapshotStep};
+pub use primary::{
+    AbortOutcome, ClosingState, Primary, PrimaryEvent, PrimaryStats, ResyncPhase, SnapshotMark, SnapshotStep,
+};
 pub use replica::{Replica, ReplicaStats};
 pub use store::{HeldVersion, Role, StagedRecord, VolumeMeta, VolumeStore};
 pub use types::{BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq};

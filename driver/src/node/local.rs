@@ -616,6 +616,35 @@ impl LocalVolumes {
         Ok(())
     }
 
+    /// Gives CSI volume `volume` up to a demotion (the reverse of
+    /// [`LocalVolumes::adopt_promoted`]): with it detached and held,
+    /// `prepare(store)` turns its store (named `store` in the plane's data
+    /// directory) into a replica, the directory moves to `to`, and only
+    /// then does the catalog forget the volume, so a crash in between
+    /// leaves a store the next demote step moves, never one the start-up
+    /// sweep removes. Again once done is not an error.
+    pub fn release_demoted(&self, volume: &str, to: &Path, prepare: impl FnOnce(&str) -> Result<()>) -> Result<()> {
+        let i = &self.inner;
+        let _busy = i.busy(&[format!("volume {volume}")])?;
+        let Some(r) = i.read(|c| c.volumes.get(volume).cloned()) else {
+            return if to.exists() {
+                Ok(())
+            } else {
+                Err(Error::VolumeNotFound(volume.to_owned()))
+            };
+        };
+        if r.state != State::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {volume:?} is being created or deleted: demote it once that finished"
+            )));
+        }
+        let name = Name::volume(r.store.clone()).map_err(|e| Error::Internal(format!("store name: {e}")))?;
+        i.plane.release(&name, to, || prepare(&r.store))?;
+        i.write(|c| c.volumes.remove(volume))?;
+        tracing::info!(volume, "demoted: no longer a volume of this node");
+        Ok(())
+    }
+
     /// Runs `op` on tokio's blocking pool: the catalog's work is file I/O,
     /// copies and freezes.
     async fn blocking<T: Send + 'static>(&self, op: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {

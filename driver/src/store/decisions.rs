@@ -63,6 +63,23 @@ impl FileDecisionLog {
         Ok(FileDecisionLog { fs, slots })
     }
 
+    /// Removes the decision record of `group` under `data_dir` (durably; an
+    /// absent one is not an error): the group's coordinator starts afresh.
+    pub fn remove(data_dir: &Path, group: &str) -> Result<(), Error> {
+        check_name(group)?;
+        let path = layout::decisions(data_dir, group);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                let dir = path.parent().unwrap_or(data_dir);
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(Error::io("sync group directory", dir))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove decision record", &path)(e)),
+        }
+    }
+
     fn load_record(&self) -> Result<DecisionRecord, Error> {
         match self.slots.read()? {
             None => Ok(DecisionRecord::default()),

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod csi;
+pub mod failback;
 pub mod link;
 pub mod netns;
 pub mod plane;

@@ -182,6 +182,14 @@ impl Node {
         Ok(())
     }
 
+    /// After [`Node::kill_all`]: detaches the file systems left on the
+    /// dead volumes (their I/O fails) so the node can start again.
+    pub fn drop_dead_mounts(&mut self) {
+        for m in self.mounts.drain(..).rev() {
+            let _ = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+
     /// Stops everything: thaws and unmounts the file systems, stops
     /// `serve` (SIGTERM, then SIGKILL), the holder, and sweeps what is left.
     pub fn teardown(&mut self) {

@@ -18,7 +18,7 @@ use floe_proto::node as wire;
 
 use super::netns::Net;
 use super::site::Node;
-use super::tls::{self, CONTROLLER_DNS, NODE_DNS};
+use super::tls::{self, SITE_DNS};
 
 pub const GROUP: &str = "orders";
 pub const MEMBERS: usize = 2;
@@ -111,8 +111,14 @@ pub fn device_digest(device: &Path, total: u64) -> Result<Vec<u8>> {
 /// The two sites. Fields drop in order: the nodes (unmount, stop) before
 /// the network namespaces they run in, before their directory.
 pub struct Sites {
-    /// The primary's metrics listener (in its namespace, if it has one).
-    pub metrics: std::net::SocketAddr,
+    /// The metrics listeners of `primary` and `dr` (in their namespaces,
+    /// if they have them).
+    pub metrics: [std::net::SocketAddr; 2],
+    /// The replication listeners of `primary` and `dr`.
+    pub listen: [std::net::SocketAddr; 2],
+    /// Whether `primary` and `dr` traded places ([`check_promoted`]):
+    /// `primary` runs in site 1's namespace then.
+    pub swapped: bool,
     /// More primary nodes (`Place::Spread`), before `primary` in drop order
     /// does not matter: each tears itself down.
     pub others: Vec<Node>,
@@ -142,28 +148,41 @@ pub enum Place {
 pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
     let dir = super::scratch(&format!("sites-{name}"))?;
     let pki = tls::pki(&dir.path().join("tls"))?;
-    let (net, listen) = match place {
-        Place::Loopback => (None, std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+    let net = match place {
+        Place::Loopback => None,
         Place::Namespaces | Place::Spread => {
             let nodes = if place == Place::Spread { 2 } else { 1 };
-            let net = Arc::new(Net::new(name, 2, nodes, dir.path())?);
-            let addr = net.socket(1, 0, 7443);
-            (Some(net), addr)
+            Some(Arc::new(Net::new(name, 2, nodes, dir.path())?))
         }
     };
-    let mut primary_args = tls_args(&pki.controller, NODE_DNS);
-    let metrics = match &net {
-        None => std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        Some(net) => net.socket(0, 0, 9100),
+    // Each site listens for streams (the primary's listener serves a
+    // failback) and serves its metrics.
+    let addr = |site: usize, port: u16| -> Result<std::net::SocketAddr> {
+        Ok(match &net {
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            Some(net) => net.socket(site, 0, port),
+        })
     };
-    primary_args.extend(["--metrics-listen".into(), metrics.to_string()]);
-    let mut dr_args = tls_args(&pki.node, CONTROLLER_DNS);
-    dr_args.extend(["--replication-listen".into(), listen.to_string()]);
+    let listen = [addr(0, 7443)?, addr(1, 7443)?];
+    let metrics = [addr(0, 9100)?, addr(1, 9100)?];
+    let site_args = |files, peer, site: usize| {
+        let mut args = tls_args(files, peer);
+        args.extend(["--replication-listen".into(), listen[site].to_string()]);
+        args.extend(["--metrics-listen".into(), metrics[site].to_string()]);
+        args
+    };
+    let primary_args = site_args(&pki.sites[0], SITE_DNS[1], 0);
+    let dr_args = site_args(&pki.sites[1], SITE_DNS[0], 1);
+    let listen_dr = listen[1];
     let mut primary = Node::new(dir.path(), "primary", primary_args.clone())?;
     let mut dr = Node::new(dir.path(), "dr", dr_args)?;
     let mut others = Vec::new();
     if place == Place::Spread {
-        others.push(Node::new(dir.path(), "primary-2", tls_args(&pki.controller, NODE_DNS))?);
+        others.push(Node::new(
+            dir.path(),
+            "primary-2",
+            tls_args(&pki.sites[0], SITE_DNS[1]),
+        )?);
     }
     if let Some(net) = &net {
         let placed = [(&mut primary, 0, 0), (&mut dr, 1, 0)].into_iter();
@@ -210,7 +229,7 @@ pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
                         ..Default::default()
                     })
                     .collect(),
-                peer_address: listen.to_string(),
+                peer_address: listen_dr.to_string(),
                 generation: None,
             }),
         )?;
@@ -232,6 +251,8 @@ pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
     }))?;
     Ok(Sites {
         metrics,
+        listen,
+        swapped: false,
         others,
         owner,
         _dir: dir,
@@ -276,11 +297,33 @@ impl Sites {
 impl Sites {
     /// The Prometheus text the primary's data plane serves.
     pub fn scrape_primary(&self) -> Result<String> {
+        self.scrape(0)
+    }
+
+    /// The Prometheus text `primary` (0) or `dr` (1) serves.
+    pub fn scrape(&self, node: usize) -> Result<String> {
         let conn = match &self.net {
-            None => std::net::TcpStream::connect(self.metrics)?,
-            Some(net) => net.connect(0, 0, self.metrics, Duration::from_secs(10))??,
+            None => std::net::TcpStream::connect(self.metrics[node])?,
+            Some(net) => net.connect(
+                node ^ usize::from(self.swapped),
+                0,
+                self.metrics[node],
+                Duration::from_secs(10),
+            )??,
         };
         scrape(conn)
+    }
+
+    /// After a failover: the promoted DR node is `primary` from now on,
+    /// with `devices` and `mounts` its members', and the old primary `dr`.
+    pub fn swap_roles(&mut self, devices: Vec<PathBuf>, mounts: Vec<PathBuf>) {
+        assert!(self.others.is_empty(), "one node per site");
+        std::mem::swap(&mut self.primary, &mut self.dr);
+        self.metrics.swap(0, 1);
+        self.listen.swap(0, 1);
+        self.swapped = !self.swapped;
+        self.devices = devices;
+        self.mounts = mounts;
     }
 }
 
@@ -354,8 +397,9 @@ pub async fn freeze_and_read(s: &Sites, members: &[Arc<dyn FreezeMember>], epoch
 /// Bytes of one record of [`record_writer`].
 pub const RECORD_BYTES: u64 = 125;
 
-/// Appends fsynced numbered records to `dir/log` until `stop` or an I/O
-/// error (the site dies); `acked` is the number of records acknowledged.
+/// Appends fsynced numbered records to `dir/log` (after those it holds)
+/// until `stop` or an I/O error (the site dies); `acked` is the number of
+/// records the log holds acknowledged.
 pub fn record_writer(dir: PathBuf, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let Ok(mut f) = std::fs::OpenOptions::new()
@@ -365,7 +409,9 @@ pub fn record_writer(dir: PathBuf, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>)
         else {
             return;
         };
-        let mut i = 0u64;
+        // A log a writer before this one left goes on where it ends.
+        let mut i = gap_free_records(&dir.join("log")).unwrap_or(0);
+        acked.store(i, Ordering::SeqCst);
         while !stop.load(Ordering::Relaxed) {
             let record = format!("record {i:016} {}\n", "y".repeat(100));
             debug_assert_eq!(record.len() as u64, RECORD_BYTES);
@@ -397,10 +443,12 @@ pub fn gap_free_records(log: &Path) -> Result<u64> {
 /// After a promotion: each member's volume attached on the DR node, its
 /// file system `e2fsck -fn` clean, mounted, its records a gap-free prefix
 /// holding the `acked[m]` acknowledged before the promoted cut's freeze,
-/// and writable. The records each holds.
+/// and writable; then the sites trade roles ([`Sites::swap_roles`]). The
+/// records each holds.
 pub fn check_promoted(s: &mut Sites, acked: &[u64]) -> Result<Vec<u64>> {
     let dr = s.dr.client()?;
     let mut held = Vec::new();
+    let (mut devices, mut mounts) = (Vec::new(), Vec::new());
     for (m, &want) in acked.iter().enumerate() {
         let device = dr.attach(&volume(m))?;
         let out = std::process::Command::new("e2fsck").arg("-fn").arg(&device).output()?;
@@ -419,6 +467,9 @@ pub fn check_promoted(s: &mut Sites, acked: &[u64]) -> Result<Vec<u64>> {
         );
         std::fs::write(mnt.join("after-failover"), b"written on the new primary")?;
         held.push(n);
+        devices.push(device);
+        mounts.push(mnt);
     }
+    s.swap_roles(devices, mounts);
     Ok(held)
 }

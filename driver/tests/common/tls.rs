@@ -33,7 +33,13 @@ pub struct Pki {
     /// A server certificate of the CA for another name only (not
     /// 127.0.0.1, not [`NODE_DNS`]).
     pub other_node: TlsFiles,
+    /// The replication identities of two sites ([`SITE_DNS`]): each
+    /// streams as a client and listens as a server.
+    pub sites: [TlsFiles; 2],
 }
+
+/// The DNS names of the two sites' replication identities.
+pub const SITE_DNS: [&str; 2] = ["site-a.floe.test", "site-b.floe.test"];
 
 struct Ca {
     pem: String,
@@ -56,9 +62,19 @@ impl Ca {
 
     /// A certificate and key for `sans` (IP addresses or DNS names).
     fn leaf(&self, name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose) -> anyhow::Result<(String, String)> {
+        self.leaf_for(name, sans, vec![usage])
+    }
+
+    /// [`Ca::leaf`] for several usages.
+    fn leaf_for(
+        &self,
+        name: &str,
+        sans: &[&str],
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> anyhow::Result<(String, String)> {
         let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -104,9 +120,28 @@ pub fn pki(dir: &Path) -> anyhow::Result<Pki> {
         intruder: write(
             dir,
             "intruder",
-            ca.leaf("intruder", &["intruder.floe.test"], client)?,
+            ca.leaf("intruder", &["intruder.floe.test"], client.clone())?,
             &ca,
         )?,
-        other_node: write(dir, "other-node", ca.leaf("other", &["other.floe.test"], server)?, &ca)?,
+        other_node: write(
+            dir,
+            "other-node",
+            ca.leaf("other", &["other.floe.test"], server.clone())?,
+            &ca,
+        )?,
+        sites: [
+            write(
+                dir,
+                "site-a",
+                ca.leaf_for("site-a", &[SITE_DNS[0]], vec![server.clone(), client.clone()])?,
+                &ca,
+            )?,
+            write(
+                dir,
+                "site-b",
+                ca.leaf_for("site-b", &[SITE_DNS[1]], vec![server, client])?,
+                &ca,
+            )?,
+        ],
     })
 }

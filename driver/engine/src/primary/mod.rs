@@ -56,6 +56,7 @@ use resync::Failback;
 use session::Session;
 use snapshot::SnapshotCopy;
 
+pub use resync::ResyncPhase;
 pub use snapshot::SnapshotStep;
 
 /// Where the closing epoch stands.
@@ -267,6 +268,11 @@ impl<S: VolumeStore> Primary<S> {
     /// Group epoch being closed and its state, if any.
     pub fn closing(&self) -> Option<(GroupEpoch, ClosingState)> {
         self.closing.as_ref().map(|c| (c.group, c.state))
+    }
+
+    /// Where a failback comparison stands.
+    pub fn resync_phase(&self) -> ResyncPhase {
+        self.failback.phase()
     }
 
     /// Blocks not yet shipped in the open epoch.

@@ -23,6 +23,22 @@ pub(super) enum Resync {
     Comparing(BTreeMap<BlockIndex, BlockHash>),
 }
 
+/// Where the failback of a promoted primary stands, for its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResyncPhase {
+    /// No failback comparison under way (none needed, or not begun: the
+    /// replica has not welcomed this primary yet).
+    Idle,
+    /// The replica's hashes of the candidates were asked for; an epoch
+    /// frozen now would not carry the resync and is given up when they come.
+    AwaitingHashes,
+    /// Comparing: `left` candidates not yet compared.
+    Comparing {
+        /// Candidates whose hash has not been compared yet.
+        left: u64,
+    },
+}
+
 /// Failback state of a promoted primary.
 #[derive(Clone, Debug)]
 pub(super) struct Failback {
@@ -63,6 +79,16 @@ impl Failback {
 
     pub(super) fn comparing(&self) -> bool {
         matches!(self.resync, Resync::Comparing(_))
+    }
+
+    pub(super) fn phase(&self) -> ResyncPhase {
+        match &self.resync {
+            Resync::Idle => ResyncPhase::Idle,
+            Resync::AwaitingHashes => ResyncPhase::AwaitingHashes,
+            Resync::Comparing(theirs) => ResyncPhase::Comparing {
+                left: theirs.len() as u64,
+            },
+        }
     }
 
     /// The replica folded one of our freeze points: a failback under way is over.

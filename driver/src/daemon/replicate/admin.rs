@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use floe_engine::{Geometry, Mode, RoleGeneration, VolumeStore};
+use floe_engine::{Geometry, Mode, ResyncPhase, RoleGeneration, VolumeStore};
 use floe_proto::node as wire;
 use floe_proto::node::node_admin_server::{NodeAdmin, NodeAdminServer};
 use floe_proto::replication as rwire;
@@ -256,13 +256,19 @@ impl NodeAdmin for AdminService {
         let req = request.into_inner();
         let volume = volume_id("volume", &req.volume)?;
         self.blocking(move |hub, _, _| {
-            let closing = hub.primary(&volume)?.peek(|p| p.closing().map(|(e, _)| e));
-            match closing {
-                Some(e) => Err(Error::FailedPrecondition(format!(
+            let (closing, resync) = hub
+                .primary(&volume)?
+                .peek(|p| (p.closing().map(|(e, _)| e), p.resync_phase()));
+            match (closing, resync) {
+                (Some(e), _) => Err(Error::FailedPrecondition(format!(
                     "volume {volume:?}: epoch {e} is still being replicated; epoch {} would be refused",
                     req.epoch
                 ))),
-                None => Ok(()),
+                (None, ResyncPhase::AwaitingHashes) => Err(Error::FailedPrecondition(format!(
+                    "volume {volume:?} is failing back and its old site's hashes are not here yet: epoch {} would not carry the resync",
+                    req.epoch
+                ))),
+                (None, _) => Ok(()),
             }
         })
         .await?;
@@ -393,6 +399,11 @@ impl NodeAdmin for AdminService {
             group: s.group,
             link,
             closing_epoch: s.closing.unwrap_or(0),
+            failback: match s.resync {
+                ResyncPhase::Idle => String::new(),
+                ResyncPhase::AwaitingHashes => "awaiting hashes".into(),
+                ResyncPhase::Comparing { left } => format!("comparing: {left} candidates left"),
+            },
         }))
     }
 
@@ -422,8 +433,28 @@ impl NodeAdmin for AdminService {
         }))
     }
 
-    async fn demote(&self, _: Request<wire::DemoteRequest>) -> Answer<wire::DemoteResponse> {
-        Err(Error::Unimplemented("Demote: failback is not built yet (issue 11)").into())
+    /// Failback, first step: this node's primary group becomes a DR group
+    /// of the new primary (`generation`, as its Promote made it), every
+    /// member detached first. The new primary's `Pair` naming this node's
+    /// listener then resyncs it by comparing hashes.
+    async fn demote(&self, request: Request<wire::DemoteRequest>) -> Answer<wire::DemoteResponse> {
+        let req = request.into_inner();
+        let group = volume_id("group", &req.group)?;
+        let generation = generation_of(req.generation)
+            .filter(|g| g.site != 0)
+            .ok_or(Error::Missing {
+                rpc: "Demote",
+                field: "generation",
+                hint: "the new primary's role generation, as its Promote made it",
+            })?;
+        let out = self
+            .blocking(move |hub, _, _| hub.demote(&group, generation, req.discard_strays))
+            .await?;
+        Ok(Response::new(wire::DemoteResponse {
+            final_epoch: out.final_epoch,
+            candidate_blocks: out.candidate_blocks,
+            strays_snapshots: out.strays_snapshots,
+        }))
     }
 
     /// The BLAKE3 digest of a DR replica's consistent image at its committed

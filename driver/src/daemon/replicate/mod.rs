@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use floe_engine::{Geometry, Mode, Replica, RoleGeneration, VolumeStore};
+use floe_engine::{Geometry, Mode, Replica, ResyncPhase, RoleGeneration, VolumeStore};
 use leaky_bucket::RateLimiter;
 use tokio_util::sync::CancellationToken;
 
@@ -142,22 +142,29 @@ impl Replication {
             state: Mutex::default(),
         });
         let pairings = Pairings::load(&dir).map_err(internal("read the pairings"))?;
-        let mut unfinished = Vec::new();
+        let (mut promotions, mut demotions) = (Vec::new(), Vec::new());
         for (name, g) in &pairings.groups {
             match (g.side, g.promoting) {
                 (Side::Dr, None) => {
                     let group = hub.open_dr_group(name, g, false)?;
                     hub.lock().groups.insert(name.clone(), group);
                 }
-                (Side::Dr, Some(site)) => unfinished.push((name.clone(), site)),
+                (Side::Dr, Some(site)) => promotions.push((name.clone(), site)),
+                (Side::Primary, _) if g.demoting.is_some() => demotions.push((name.clone(), g.clone())),
                 (Side::Primary, _) => {}
             }
         }
         hub.lock().pairings = pairings;
-        for (name, site) in unfinished {
+        for (name, site) in promotions {
             tracing::warn!(group = %name, "finishing a promotion the previous data plane did not");
             if let Err(e) = hub.promote(&name, site) {
                 tracing::error!(group = %name, error = %chain(&e), "finish the promotion (call Promote again)");
+            }
+        }
+        for (name, record) in demotions {
+            tracing::warn!(group = %name, "finishing a demotion the previous data plane did not");
+            if let Err(e) = hub.finish_demotion(&name, &record) {
+                tracing::error!(group = %name, error = %chain(&e), "finish the demotion (call Demote again)");
             }
         }
         if let Some(addr) = cfg.listen {
@@ -209,6 +216,10 @@ impl Replication {
                 if *existing == record {
                     return Ok(record);
                 }
+                if resumes_failback(existing, &record) {
+                    drop(st);
+                    return self.fail_back(group, record);
+                }
                 return Err(Error::AlreadyExists {
                     kind: "paired group",
                     name: group.to_owned(),
@@ -237,18 +248,41 @@ impl Replication {
         }
         drop(st);
         if side == Side::Primary {
-            for m in &record.members {
-                let store = self
-                    .catalog
-                    .store_of(&m.volume)
-                    .ok_or_else(|| Error::VolumeNotFound(m.volume.clone()))?;
-                if let Some((_, p)) = self.plane.hosted().into_iter().find(|(s, _)| *s == store) {
-                    self.attached(&store, &p);
-                }
-            }
+            self.start_streams(&record);
         }
         tracing::info!(group, ?side, members = record.members.len(), "group paired");
         Ok(record)
+    }
+
+    /// Starts the failback of promoted group `group`: its streams go to the
+    /// demoted old site at `record.peer_address` from now on.
+    fn fail_back(&self, group: &str, record: GroupRecord) -> Result<GroupRecord> {
+        let mut st = self.lock();
+        let g = st
+            .pairings
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| Error::Internal(format!("group {group:?} vanished")))?;
+        g.peer_address = record.peer_address.clone();
+        let saved = g.clone();
+        st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+        drop(st);
+        self.start_streams(&record);
+        tracing::info!(group, peer = ?record.peer_address, "failback: the group streams to its old primary site");
+        Ok(saved)
+    }
+
+    /// Starts the sender of every member of primary group `record` attached here.
+    fn start_streams(&self, record: &GroupRecord) {
+        let hosted = self.plane.hosted();
+        for m in &record.members {
+            let Some(store) = self.catalog.store_of(&m.volume) else {
+                continue;
+            };
+            if let Some((_, p)) = hosted.iter().find(|(s, _)| *s == store) {
+                self.attached(&store, p);
+            }
+        }
     }
 
     /// The record of a primary group: each member's geometry, mode and
@@ -308,6 +342,7 @@ impl Replication {
             peer_address: Some(peer),
             promoting: None,
             promoted_at: None,
+            demoting: None,
         })
     }
 
@@ -480,6 +515,128 @@ impl Replication {
         Ok(decision.committed)
     }
 
+    /// Demotes primary group `group` on this node (the first step of a
+    /// failback, or of a switchover): every member, detached, becomes a
+    /// replica of the new primary (`generation`, newer than this node's),
+    /// its writes after the last committed epoch kept as a local snapshot
+    /// unless `discard_strays` and offered as failback candidates; the
+    /// group becomes a DR group of this node, waiting for the new primary's
+    /// stream. The intent is recorded first, so a crash in the middle is
+    /// finished at the next start (or by calling again); calling again
+    /// after it finished answers the same.
+    pub(crate) fn demote(&self, group: &str, generation: RoleGeneration, discard_strays: bool) -> Result<Demoted> {
+        let record = {
+            let mut st = self.lock();
+            let g = st
+                .pairings
+                .groups
+                .get_mut(group)
+                .ok_or_else(|| Error::FailedPrecondition(format!("group {group:?} is not paired on this node")))?;
+            match (g.side, g.demoting) {
+                (Side::Dr, _) if g.generation() == generation => return Ok(demoted_state(st.groups.get(group), 0)),
+                (Side::Dr, _) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "this node is the DR of group {group:?} under generation {:?}, not {generation:?}",
+                        g.generation()
+                    )))
+                }
+                (Side::Primary, Some(d)) if d.generation != (generation.counter, generation.site) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "group {group:?} is being demoted to generation {:?} already, not {generation:?}",
+                        d.generation
+                    )))
+                }
+                (Side::Primary, Some(_)) => {}
+                (Side::Primary, None) => {
+                    if generation <= g.generation() {
+                        return Err(Error::FailedPrecondition(format!(
+                            "generation {generation:?} is not newer than this node's {:?}: a demotion names the new primary's generation, as its Promote made it",
+                            g.generation()
+                        )));
+                    }
+                    for m in &g.members {
+                        if let Some(store) = self.catalog.store_of(&m.volume) {
+                            if self.plane.hosted().iter().any(|(s, _)| *s == store) {
+                                return Err(Error::FailedPrecondition(format!(
+                                    "volume {:?} is attached on this node: unstage it (stop its workload) before demoting; a demoted volume takes no writes",
+                                    m.volume
+                                )));
+                            }
+                        }
+                    }
+                    g.demoting = Some(pairings::Demoting {
+                        generation: (generation.counter, generation.site),
+                        discard_strays,
+                    });
+                    st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+                }
+            }
+            st.pairings.groups[group].clone()
+        };
+        self.finish_demotion(group, &record)
+    }
+
+    /// The steps of a demotion recorded in `record.demoting`, each of which
+    /// is skipped when done already.
+    fn finish_demotion(&self, group: &str, record: &GroupRecord) -> Result<Demoted> {
+        let demoting = record
+            .demoting
+            .ok_or_else(|| Error::Internal(format!("group {group:?} is not being demoted")))?;
+        let data_dir = self
+            .dir
+            .parent()
+            .ok_or_else(|| Error::Internal("the replication directory has no parent".into()))?
+            .to_owned();
+        let dr_dir = self.dir.join("dr");
+        let volumes_dir = dr_dir.join("volumes");
+        crate::dataplane::localsock::private_dir(&dr_dir).map_err(internal("create the DR directory"))?;
+        crate::dataplane::localsock::private_dir(&volumes_dir).map_err(internal("create the DR directory"))?;
+        let mut final_epoch = 0;
+        for (i, m) in record.members.iter().enumerate() {
+            let (geo, mode) = m.shape().map_err(Error::Internal)?;
+            let demote = |store_name: &str| -> Result<()> {
+                let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("demote {:?}: {e}", m.volume));
+                let store = FileStore::open(&data_dir, store_name).map_err(|e| fail(&chain(&e)))?;
+                let meta = store.get_meta().map_err(|e| fail(&e))?;
+                match meta {
+                    Some(meta) if meta.role == floe_engine::store::Role::Replica => return Ok(()), // before a crash
+                    Some(meta) => final_epoch = final_epoch.max(meta.last_sealed_group),
+                    None => {}
+                }
+                let primary = floe_engine::Primary::open(store, geo, mode).map_err(|e| fail(&e))?;
+                Replica::from_demotion(primary, i as u32, demoting.discard_strays).map_err(|e| fail(&e))?;
+                Ok(())
+            };
+            self.catalog
+                .release_demoted(&m.volume, &volumes_dir.join(&m.volume), demote)?;
+        }
+        // The group's coordinator starts afresh: this site's old decisions
+        // (if it was ever this group's DR) belong to another primary.
+        FileDecisionLog::remove(&dr_dir, group)
+            .map_err(|e| Error::Internal(format!("remove the old decision log of {group:?}: {}", chain(&e))))?;
+        let mut dr = record.clone();
+        dr.side = Side::Dr;
+        dr.generation = demoting.generation;
+        dr.peer_address = None;
+        dr.promoting = None;
+        dr.promoted_at = None;
+        dr.demoting = None;
+        let opened = self.open_dr_group(group, &dr, false)?;
+        let mut st = self.lock();
+        st.groups.insert(group.to_owned(), opened);
+        st.pairings.groups.insert(group.to_owned(), dr.clone());
+        st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+        let out = demoted_state(st.groups.get(group), final_epoch);
+        drop(st);
+        tracing::info!(
+            group,
+            generation = ?dr.generation(),
+            candidates = out.candidate_blocks,
+            "group demoted: its volumes are replicas of the new primary"
+        );
+        Ok(out)
+    }
+
     /// Stops the sender of `store`, if any, and waits until it let go of
     /// the engine.
     fn stop_stream(&self, store: &str) {
@@ -512,6 +669,7 @@ impl Replication {
             closing: None,
             pending_bytes: 0,
             link: None,
+            resync: ResyncPhase::Idle,
         };
         match g.side {
             Side::Primary => {
@@ -525,6 +683,7 @@ impl Replication {
                         out.pending_bytes = p.dirty_blocks().saturating_mul(bs);
                         out.closing = p.closing().map(|(e, _)| e);
                         out.generation = p.generation();
+                        out.resync = p.resync_phase();
                     });
                 }
             }
@@ -685,6 +844,19 @@ pub(crate) struct MemberShape {
     pub fs_type: String,
 }
 
+/// Whether pairing `requested` over `existing` starts a failback: the
+/// group was promoted here and streams nowhere, and the request names the
+/// same members and generation with the old site's listener.
+fn resumes_failback(existing: &GroupRecord, requested: &GroupRecord) -> bool {
+    existing.side == Side::Primary
+        && requested.side == Side::Primary
+        && existing.promoted_at.is_some()
+        && existing.peer_address.is_none()
+        && requested.peer_address.is_some()
+        && existing.members == requested.members
+        && existing.generation == requested.generation
+}
+
 fn dr_record(req: &PairArgs) -> Result<GroupRecord> {
     let generation = req.generation.ok_or(Error::Missing {
         rpc: "Pair",
@@ -710,6 +882,7 @@ fn dr_record(req: &PairArgs) -> Result<GroupRecord> {
         peer_address: None,
         promoting: None,
         promoted_at: None,
+        demoting: None,
     })
 }
 
@@ -724,6 +897,42 @@ pub(crate) struct VolumeStatus {
     pub closing: Option<u64>,
     pub pending_bytes: u64,
     pub link: Option<LinkState>,
+    /// Primary: where a failback comparison stands.
+    pub resync: ResyncPhase,
+}
+
+/// What a demotion answers.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Demoted {
+    /// The last group epoch the demoted primary sealed (0: not known,
+    /// asked again after the demotion).
+    pub final_epoch: u64,
+    /// Failback candidates of all members together.
+    pub candidate_blocks: u64,
+    /// `<volume>/<snapshot>` of every strays snapshot.
+    pub strays_snapshots: Vec<String>,
+}
+
+/// What demoted group `dr`'s replicas hold: their failback candidates and
+/// their strays snapshots.
+fn demoted_state(dr: Option<&DrGroup>, final_epoch: u64) -> Demoted {
+    let mut out = Demoted {
+        final_epoch,
+        ..Demoted::default()
+    };
+    for (volume, r) in dr.map(|d| d.replicas.as_slice()).unwrap_or_default() {
+        r.with(|r| {
+            out.candidate_blocks += r.resync_candidates().map_or(0, |c| c.len() as u64);
+            let names = r.store().snapshots().unwrap_or_default();
+            out.strays_snapshots.extend(
+                names
+                    .into_iter()
+                    .filter(|n| n.starts_with("pre-failback-"))
+                    .map(|n| format!("{volume}/{n}")),
+            );
+        });
+    }
+    out
 }
 
 /// Waits until the replica engines `held` are gone: the streams and the

@@ -73,6 +73,20 @@ pub struct GroupRecord {
     /// The group epoch the promotion brought every member to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_at: Option<u64>,
+    /// Primary: a demotion under way (finished at the next start if the
+    /// process dies in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demoting: Option<Demoting>,
+}
+
+/// A demotion under way: to whom, and whether the strays are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Demoting {
+    /// The new primary's generation: counter, then site.
+    pub generation: (u64, u64),
+    /// Drop the writes after the last committed epoch instead of keeping
+    /// them as a snapshot.
+    pub discard_strays: bool,
 }
 
 impl GroupRecord {
@@ -152,6 +166,7 @@ mod tests {
                 peer_address: None,
                 promoting: Some(2),
                 promoted_at: None,
+                demoting: None,
             },
         );
         p.save(dir.path()).expect("save");
@@ -171,6 +186,7 @@ mod tests {
         let p: Pairings = serde_json::from_str(old).expect("parses");
         let g = &p.groups["g"];
         assert_eq!((g.members[0].size_bytes, g.promoting, g.promoted_at), (0, None, None));
+        assert_eq!(g.demoting, None);
         let mut bad = member("v");
         bad.block_size = 3000;
         assert!(bad.shape().is_err());

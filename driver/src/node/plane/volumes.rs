@@ -219,6 +219,43 @@ impl Volumes {
         Ok(())
     }
 
+    /// Gives volume `id`'s store up (a demotion, the reverse of
+    /// [`Volumes::adopt`]): with the volume detached and held so that
+    /// nothing attaches it, `prepare` runs (it turns the store into a
+    /// replica), then the directory is renamed to `to` (atomic; synced) and
+    /// the volume is no longer this plane's. Done already (the volume gone,
+    /// `to` there) is not an error.
+    pub(crate) fn release<E: From<PlaneError>>(
+        &self,
+        id: &Name,
+        to: &Path,
+        prepare: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let arc = self.slot(id.as_str());
+        let mut slot = lock(&arc);
+        if slot.spec.is_none() && to.exists() {
+            return Ok(());
+        }
+        self.spec(id, &slot)?;
+        if let Some(a) = &slot.attached {
+            return Err(PlaneError::Attached {
+                volume: id.to_string(),
+                device: a.device().to_owned(),
+            }
+            .into());
+        }
+        prepare()?;
+        let from = self.volume_dir(id.as_str());
+        std::fs::rename(&from, to).map_err(PlaneError::io("move the demoted store to", to))?;
+        for dir in [to.parent(), from.parent()].into_iter().flatten() {
+            files::sync_dir(dir).map_err(PlaneError::io("sync the directory", dir))?;
+        }
+        files::remove_durably(&to.join("volume.json")).map_err(PlaneError::io("remove the volume record in", to))?;
+        slot.spec = None;
+        tracing::info!(volume = %id, to = %to.display(), "demoted store given up");
+        Ok(())
+    }
+
     /// Sets the one observer of attaches and detaches (later calls are
     /// ignored).
     pub(crate) fn observe(&self, observer: Arc<dyn AttachObserver>) {

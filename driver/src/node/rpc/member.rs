@@ -1,6 +1,7 @@
 //! [`RemoteMember`]: a volume of a group freeze on whichever node holds it,
 //! driven over that node's `floe.node.v1.NodeAdmin`; and [`AdminClient`],
-//! the other `NodeAdmin` calls (pairing, status, verification).
+//! the other `NodeAdmin` calls (pairing, status, verification, promotion,
+//! demotion).
 
 use std::path::Path;
 use std::time::{Instant, SystemTime};
@@ -82,6 +83,22 @@ impl AdminClient {
         };
         let r = self.client().promote(req).await.map_err(|s| self.refused(s))?;
         Ok(r.into_inner().consistent_epoch)
+    }
+
+    /// `Demote` of `group` to the new primary's `generation` (failback).
+    pub async fn demote(
+        &self,
+        group: &str,
+        generation: floe_proto::replication::RoleGeneration,
+        discard_strays: bool,
+    ) -> Result<wire::DemoteResponse> {
+        let req = wire::DemoteRequest {
+            group: group.into(),
+            generation: Some(generation),
+            discard_strays,
+        };
+        let r = self.client().demote(req).await.map_err(|s| self.refused(s))?;
+        Ok(r.into_inner())
     }
 
     /// Volume `volume` of this node as a group-freeze member.
