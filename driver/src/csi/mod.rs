@@ -5,7 +5,7 @@
 //!
 //! - [`identity`], [`controller`], [`group`], [`node`]: one file per service;
 //!   every handler reads the same way — convert the request ([`params`]),
-//!   take the per-object guards ([`locks`]), call the node
+//!   take the per-object guards ([`crate::node::locks`]), call the node
 //!   ([`crate::node::volumes::NodeVolumes`]), map the error
 //!   ([`crate::node::error`], the one place a `tonic::Status` is made);
 //! - [`remote`]: split mode, `node.proto` over mutual TLS.
@@ -27,7 +27,6 @@
 pub mod controller;
 pub mod group;
 pub mod identity;
-pub mod locks;
 pub mod node;
 pub mod params;
 pub mod remote;
@@ -40,8 +39,8 @@ use floe_proto::csi;
 use crate::cli::PluginMode;
 use crate::dataplane::localsock;
 use crate::node::error::{self, Error, Result};
+use crate::node::locks::Locks;
 use crate::node::volumes::{self, NodeVolumes, Snapshot};
-use locks::Locks;
 
 /// The driver's name, as the CSIDriver object and StorageClasses say it.
 pub const DRIVER_NAME: &str = "floe.csi.dev";

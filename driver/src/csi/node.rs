@@ -13,13 +13,13 @@ use floe_proto::csi::node_server::Node;
 use rustix::mount::MountFlags;
 use tonic::{Request, Response, Status};
 
-use super::controller::volume_key;
 use super::identity::node_capabilities;
-use super::params::{self, Access, Capability};
+use super::params::{self, Access, Capability, Rpc};
 use super::Plugin;
 use crate::dataplane::mount::{format_once, unmount_path, MountError};
 use crate::model::HostPath;
 use crate::node::error::{Error, Result};
+use crate::node::locks::volume_key;
 use crate::node::mounts::{self, MountEntry};
 use crate::node::volumes::Volume;
 
@@ -64,8 +64,8 @@ fn at_path(table: &[MountEntry], path: &Path, device: Option<&Path>) -> Result<A
 
 /// A path kubelet gives: required, absolute and canonical, and through
 /// no symlink ([`HostPath`]), so a mount lands where it says.
-fn host_path(rpc: &'static str, field: &'static str, value: &str, hint: &'static str) -> Result<HostPath> {
-    params::required(rpc, field, value, hint)?;
+fn host_path(rpc: Rpc, field: &'static str, value: &str, hint: &'static str) -> Result<HostPath> {
+    rpc.required(field, value, hint)?;
     let path = HostPath::parse(field, value)?;
     path.check_no_symlink(field)?;
     Ok(path)
@@ -130,15 +130,12 @@ impl NodeService {
     }
 
     async fn stage(&self, req: csi::NodeStageVolumeRequest) -> Result<()> {
-        let id = params::required("NodeStageVolume", "volume_id", &req.volume_id, "the volume to stage")?;
-        let staging = host_path(
-            "NodeStageVolume",
-            "staging_target_path",
-            &req.staging_target_path,
-            "the global mount path kubelet chose",
-        )?;
+        let rpc = Rpc("NodeStageVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to stage")?;
+        let hint = "the global mount path kubelet chose";
+        let staging = host_path(rpc, "staging_target_path", &req.staging_target_path, hint)?;
         let staging = staging.as_path();
-        let cap = Capability::required("NodeStageVolume", req.volume_capability.as_ref())?;
+        let cap = rpc.capability(req.volume_capability.as_ref())?;
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         let v = self.volume(id).await?;
         if let Access::Mount { fs_type, options } = &cap.access {
@@ -195,18 +192,10 @@ impl NodeService {
     }
 
     async fn unstage(&self, req: csi::NodeUnstageVolumeRequest) -> Result<()> {
-        let id = params::required(
-            "NodeUnstageVolume",
-            "volume_id",
-            &req.volume_id,
-            "the volume to unstage",
-        )?;
-        let staging = host_path(
-            "NodeUnstageVolume",
-            "staging_target_path",
-            &req.staging_target_path,
-            "the path given to NodeStageVolume",
-        )?;
+        let rpc = Rpc("NodeUnstageVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to unstage")?;
+        let hint = "the path given to NodeStageVolume";
+        let staging = host_path(rpc, "staging_target_path", &req.staging_target_path, hint)?;
         let staging = staging.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         let Some(v) = self.plugin.volumes.volume(id).await? else {
@@ -222,26 +211,13 @@ impl NodeService {
     }
 
     async fn publish(&self, req: csi::NodePublishVolumeRequest) -> Result<()> {
-        let id = params::required(
-            "NodePublishVolume",
-            "volume_id",
-            &req.volume_id,
-            "the volume to publish",
-        )?;
-        let target = host_path(
-            "NodePublishVolume",
-            "target_path",
-            &req.target_path,
-            "where the pod sees the volume",
-        )?;
+        let rpc = Rpc("NodePublishVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to publish")?;
+        let target = host_path(rpc, "target_path", &req.target_path, "where the pod sees the volume")?;
         let target = target.as_path();
-        let cap = Capability::required("NodePublishVolume", req.volume_capability.as_ref())?;
-        let staging = host_path(
-            "NodePublishVolume",
-            "staging_target_path",
-            &req.staging_target_path,
-            "the path given to NodeStageVolume (this driver stages)",
-        )?;
+        let cap = rpc.capability(req.volume_capability.as_ref())?;
+        let hint = "the path given to NodeStageVolume (this driver stages)";
+        let staging = host_path(rpc, "staging_target_path", &req.staging_target_path, hint)?;
         let staging = staging.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         let v = self.volume(id).await?;
@@ -329,18 +305,10 @@ impl NodeService {
     }
 
     async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<()> {
-        let id = params::required(
-            "NodeUnpublishVolume",
-            "volume_id",
-            &req.volume_id,
-            "the volume to unpublish",
-        )?;
-        let target = host_path(
-            "NodeUnpublishVolume",
-            "target_path",
-            &req.target_path,
-            "the path given to NodePublishVolume",
-        )?;
+        let rpc = Rpc("NodeUnpublishVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to unpublish")?;
+        let hint = "the path given to NodePublishVolume";
+        let target = host_path(rpc, "target_path", &req.target_path, hint)?;
         let target = target.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         // Only a publication of this volume is undone: an unknown volume is
@@ -389,18 +357,10 @@ impl NodeService {
 
     async fn stats(&self, req: csi::NodeGetVolumeStatsRequest) -> Result<csi::NodeGetVolumeStatsResponse> {
         use csi::volume_usage::Unit;
-        let id = params::required(
-            "NodeGetVolumeStats",
-            "volume_id",
-            &req.volume_id,
-            "the volume to measure",
-        )?;
-        let path = params::required(
-            "NodeGetVolumeStats",
-            "volume_path",
-            &req.volume_path,
-            "a path the volume is published or staged at",
-        )?;
+        let rpc = Rpc("NodeGetVolumeStats");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to measure")?;
+        let hint = "a path the volume is published or staged at";
+        let path = rpc.required("volume_path", &req.volume_path, hint)?;
         let v = self.volume(id).await?;
         let path = volume_path(id, path)?;
         let path = path.as_path();
@@ -466,13 +426,9 @@ impl NodeService {
     }
 
     async fn expand(&self, req: csi::NodeExpandVolumeRequest) -> Result<csi::NodeExpandVolumeResponse> {
-        let id = params::required("NodeExpandVolume", "volume_id", &req.volume_id, "the volume to grow")?;
-        let path = params::required(
-            "NodeExpandVolume",
-            "volume_path",
-            &req.volume_path,
-            "where the volume is published",
-        )?;
+        let rpc = Rpc("NodeExpandVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to grow")?;
+        let path = rpc.required("volume_path", &req.volume_path, "where the volume is published")?;
         if let Some(c) = req.volume_capability.as_ref() {
             Capability::parse(c)?;
         }

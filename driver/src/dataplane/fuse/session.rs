@@ -186,11 +186,6 @@ impl FuseServer {
         connection_dir(&self.mountpoint)
     }
 
-    /// What `INIT` settled.
-    pub fn init_params(&self) -> InitParams {
-        self.init
-    }
-
     /// Leaves the mount and the worker threads as they are, for a process
     /// about to exit after a successor took the connection over: dropping
     /// the server afterwards neither unmounts nor waits.
