@@ -188,23 +188,8 @@ impl ControllerService {
         let mut size = params::capacity(range, vp.block_size, floor)?;
         if let Some(src) = &source {
             let (kind, src_id, src_size) = match src {
-                Source::Snapshot(s) => {
-                    let snaps = self.plugin.volumes.snapshots().await?;
-                    let snap = snaps
-                        .iter()
-                        .find(|x| &x.id == s)
-                        .ok_or_else(|| Error::SnapshotNotFound(s.clone()))?;
-                    ("snapshot", s, snap.size_bytes)
-                }
-                Source::Volume(v) => {
-                    let vol = self
-                        .plugin
-                        .volumes
-                        .volume(v)
-                        .await?
-                        .ok_or_else(|| Error::VolumeNotFound(v.clone()))?;
-                    ("volume", v, vol.size_bytes)
-                }
+                Source::Snapshot(s) => ("snapshot", s, self.plugin.snapshot(s).await?.size_bytes),
+                Source::Volume(v) => ("volume", v, self.plugin.volume(v).await?.size_bytes),
             };
             let unsized_request = range.is_none_or(|r| r.required_bytes == 0);
             if unsized_request {
@@ -269,12 +254,7 @@ impl ControllerService {
         if req.volume_capabilities.is_empty() {
             return Err(rpc.missing("volume_capabilities", "the capabilities to check"));
         }
-        let v = self
-            .plugin
-            .volumes
-            .volume(id)
-            .await?
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        let v = self.plugin.volume(id).await?;
         let refuse = |message: String| csi::ValidateVolumeCapabilitiesResponse {
             confirmed: None,
             message,
@@ -332,12 +312,7 @@ impl ControllerService {
             None => false,
         };
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        let v = self
-            .plugin
-            .volumes
-            .volume(id)
-            .await?
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        let v = self.plugin.volume(id).await?;
         let size = params::capacity(Some(range), v.params.block_size, 0)?;
         let v = self.plugin.volumes.expand(id, size).await?;
         Ok(csi::ControllerExpandVolumeResponse {
@@ -555,13 +530,9 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
         let req = request.into_inner();
         let id = Rpc("GetSnapshot").object_id("snapshot_id", &req.snapshot_id, "the snapshot to show")?;
-        let snaps = self.plugin.volumes.snapshots().await?;
-        let snap = snaps
-            .iter()
-            .find(|s| s.id == id)
-            .ok_or_else(|| Error::SnapshotNotFound(id.to_owned()))?;
+        let snap = self.plugin.snapshot(id).await?;
         Ok(Response::new(csi::GetSnapshotResponse {
-            snapshot: Some(csi_snapshot(snap)),
+            snapshot: Some(csi_snapshot(&snap)),
         }))
     }
 

@@ -76,6 +76,20 @@ impl Plugin {
         }
     }
 
+    /// Volume `id`, NOT_FOUND when no node holds it.
+    pub async fn volume(&self, id: &str) -> Result<volumes::Volume> {
+        let v = self.volumes.volume(id).await?;
+        v.ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
+    }
+
+    /// Snapshot `id`, NOT_FOUND when no node holds it.
+    pub async fn snapshot(&self, id: &str) -> Result<Snapshot> {
+        let all = self.volumes.snapshots().await?;
+        all.into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| Error::SnapshotNotFound(id.to_owned()))
+    }
+
     /// This node's topology segment.
     pub fn topology(&self) -> csi::Topology {
         csi::Topology {
@@ -137,13 +151,7 @@ pub async fn serve(
     }
     // Mode 0600 before it listens, whatever the umask: only root (kubelet,
     // the sidecars) may call.
-    let listener = localsock::listen_private(path, rustix::net::SocketType::STREAM, 128)
-        .map_err(Error::io("listen (mode 0600) on", path))?;
-    let listener = std::os::unix::net::UnixListener::from(listener);
-    listener
-        .set_nonblocking(true)
-        .map_err(Error::io("make non-blocking", path))?;
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(Error::io("listen on", path))?;
+    let listener = localsock::listen_tokio(path).map_err(Error::io("listen (mode 0600) on", path))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let serves_controller = matches!(plugin.mode, PluginMode::Controller | PluginMode::All);
     let serves_node = matches!(plugin.mode, PluginMode::Node | PluginMode::All);

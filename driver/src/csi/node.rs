@@ -96,14 +96,6 @@ impl NodeService {
         NodeService { plugin }
     }
 
-    async fn volume(&self, id: &str) -> Result<Volume> {
-        self.plugin
-            .volumes
-            .volume(id)
-            .await?
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
-    }
-
     /// Attaches `v`, refusing past the node's volume limit. Asks the data
     /// plane even when `v` shows an attachment: it refuses one whose FUSE
     /// connection is lost (FAILED_PRECONDITION), which must not pass for
@@ -137,7 +129,7 @@ impl NodeService {
         let staging = staging.as_path();
         let cap = rpc.capability(req.volume_capability.as_ref())?;
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        let v = self.volume(id).await?;
+        let v = self.plugin.volume(id).await?;
         if let Access::Mount { fs_type, options } = &cap.access {
             // Before anything is attached or formatted.
             options.check_for(fs_type.unwrap_or(v.params.fs_type))?;
@@ -220,7 +212,7 @@ impl NodeService {
         let staging = host_path(rpc, "staging_target_path", &req.staging_target_path, hint)?;
         let staging = staging.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        let v = self.volume(id).await?;
+        let v = self.plugin.volume(id).await?;
         let not_staged = || {
             Error::FailedPrecondition(format!(
                 "volume {id:?} is not staged at {}: call NodeStageVolume first",
@@ -313,7 +305,7 @@ impl NodeService {
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         // Only a publication of this volume is undone: an unknown volume is
         // NOT_FOUND, and a foreign mount or file at the target stays.
-        let v = self.volume(id).await?;
+        let v = self.plugin.volume(id).await?;
         let device = v.attachment.as_ref().map(|a| a.device.clone());
         let not_ours = |what: String| {
             Error::FailedPrecondition(format!(
@@ -361,7 +353,7 @@ impl NodeService {
         let id = rpc.required("volume_id", &req.volume_id, "the volume to measure")?;
         let hint = "a path the volume is published or staged at";
         let path = rpc.required("volume_path", &req.volume_path, hint)?;
-        let v = self.volume(id).await?;
+        let v = self.plugin.volume(id).await?;
         let path = volume_path(id, path)?;
         let path = path.as_path();
         if std::fs::symlink_metadata(path).is_err() {
@@ -433,7 +425,7 @@ impl NodeService {
             Capability::parse(c)?;
         }
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        let mut v = self.volume(id).await?;
+        let mut v = self.plugin.volume(id).await?;
         let path = volume_path(id, path)?;
         let path = path.as_path();
         if let Some(range) = req.capacity_range.as_ref() {

@@ -217,8 +217,13 @@ impl Inner {
         v
     }
 
-    pub(super) fn ready(&self, id: &str) -> Result<VolumeRecord> {
+    /// The record of volume `id`, when it is ready.
+    fn ready_record(&self, id: &str) -> Option<VolumeRecord> {
         self.read(|c| c.volumes.get(id).filter(|r| r.state == State::Ready).cloned())
+    }
+
+    pub(super) fn ready(&self, id: &str) -> Result<VolumeRecord> {
+        self.ready_record(id)
             .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
     }
 
@@ -522,19 +527,12 @@ fn remove_files_in(dir: &Path) {
 impl LocalVolumes {
     /// The store of ready volume `id` (its data-plane volume).
     pub fn store_of(&self, id: &str) -> Option<String> {
-        self.inner.read(|c| {
-            c.volumes
-                .get(id)
-                .filter(|r| r.state == State::Ready)
-                .map(|r| r.store.clone())
-        })
+        self.inner.ready_record(id).map(|r| r.store)
     }
 
     /// Ready volume `id`.
     pub fn ready_volume(&self, id: &str) -> Option<Volume> {
-        let i = &self.inner;
-        i.read(|c| c.volumes.get(id).filter(|r| r.state == State::Ready).cloned())
-            .map(|r| i.volume_of(&r))
+        self.inner.ready_record(id).map(|r| self.inner.volume_of(&r))
     }
 
     /// The ready volume whose store is `store`.
@@ -626,11 +624,8 @@ impl NodeVolumes for LocalVolumes {
 
     async fn volume(&self, id: &str) -> Result<Option<Volume>> {
         let id = checked("volume_id", id)?;
-        self.blocking(move |i| {
-            let record = i.read(|c| c.volumes.get(&id).filter(|r| r.state == State::Ready).cloned());
-            Ok(record.map(|r| i.volume_of(&r)))
-        })
-        .await
+        self.blocking(move |i| Ok(i.ready_record(&id).map(|r| i.volume_of(&r))))
+            .await
     }
 
     async fn volumes(&self) -> Result<Vec<Volume>> {

@@ -298,17 +298,23 @@ impl Attachment {
     /// retry resumes where this stopped.
     pub(crate) fn detach(&mut self) -> Result<(), PlaneError> {
         let volume = self.volume.clone();
+        let detach_loop = || {
+            loopdev::detach_device(&self.device).map_err(|source| PlaneError::Loop {
+                op: "detach the loop device",
+                volume: volume.clone(),
+                source,
+            })
+        };
         match &mut self.kind {
-            Kind::Serving(av) => av.detach().map_err(|source| PlaneError::Attach { volume, source })?,
+            Kind::Serving(av) => av.detach().map_err(|source| PlaneError::Attach {
+                volume: volume.clone(),
+                source,
+            })?,
             Kind::Resumed(fuse) => {
-                loopdev::detach_device(&self.device).map_err(|source| PlaneError::Loop {
-                    op: "detach the loop device",
-                    volume: volume.clone(),
-                    source,
-                })?;
+                detach_loop()?;
                 fuse.unmount().map_err(|source| PlaneError::Fuse {
                     op: "unmount the FUSE file",
-                    volume,
+                    volume: volume.clone(),
                     source,
                 })?;
             }
@@ -316,14 +322,8 @@ impl Attachment {
                 // Nobody serves the connection (or it is dead): end it so
                 // that nothing waits on it, then take everything down.
                 abort_connection(&self.fuse_dir);
-                loopdev::detach_device(&self.device).map_err(|source| PlaneError::Loop {
-                    op: "detach the loop device",
-                    volume,
-                    source,
-                })?;
-                if mount::unmount_path(&self.fuse_dir).is_err() {
-                    let _ = rustix::mount::unmount(&self.fuse_dir, rustix::mount::UnmountFlags::DETACH);
-                }
+                detach_loop()?;
+                unmount_fuse(&self.fuse_dir);
             }
         }
         if let Some(link) = &self.link {
@@ -390,9 +390,14 @@ fn tear_down_fuse(fuse_dir: &Path) {
     if mounttable::is_mount_point(fuse_dir).unwrap_or(false) {
         tracing::warn!(dir = %fuse_dir.display(), "unmounting a FUSE mount nobody serves");
         abort_connection(fuse_dir);
-        if mount::unmount_path(fuse_dir).is_err() {
-            let _ = rustix::mount::unmount(fuse_dir, rustix::mount::UnmountFlags::DETACH);
-        }
+        unmount_fuse(fuse_dir);
+    }
+}
+
+/// Unmounts the FUSE mount at `fuse_dir`, lazily when it stays busy.
+fn unmount_fuse(fuse_dir: &Path) {
+    if mount::unmount_path(fuse_dir).is_err() {
+        let _ = rustix::mount::unmount(fuse_dir, rustix::mount::UnmountFlags::DETACH);
     }
 }
 
