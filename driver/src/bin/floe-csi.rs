@@ -20,14 +20,7 @@ use floe_driver::node::volumes::NodeVolumes;
 
 fn main() -> ExitCode {
     let args = CsiArgs::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    floe_driver::cli::init_logging();
     match run(args) {
         // Attachments are left as they are: their mounts belong to pods.
         Ok(()) => std::process::exit(0),

@@ -17,14 +17,7 @@ use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let args = DataplaneArgs::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    floe_driver::cli::init_logging();
     let result = match args.command {
         DataplaneCommand::Serve(a) => serve(*a),
         DataplaneCommand::Holder(a) => holder(a),

@@ -17,26 +17,17 @@ use floe_proto::csi::controller_server::Controller;
 use tonic::{Request, Response, Status};
 
 use super::identity::controller_capabilities;
-use super::params::{self, Access, Capability, VolumeParams, XFS_MIN_BYTES};
+use super::params::{self, Access, Capability, Rpc, VolumeParams, XFS_MIN_BYTES};
 use super::{csi_snapshot, Plugin, TOPOLOGY_KEY};
 use crate::dataplane::mount::FsType;
 use crate::node::error::{Error, Result};
+use crate::node::locks::{creation_keys, snapshot_key, volume_key};
 use crate::node::volumes::{Snapshot, SnapshotSpec, Source, Volume, VolumeSpec};
 
 /// The Controller service.
 #[derive(Clone)]
 pub struct ControllerService {
     plugin: Arc<Plugin>,
-}
-
-/// Guard key of a volume.
-pub fn volume_key(id: &str) -> String {
-    format!("volume {id}")
-}
-
-/// Guard key of a snapshot.
-pub fn snapshot_key(id: &str) -> String {
-    format!("snapshot {id}")
 }
 
 impl ControllerService {
@@ -137,13 +128,11 @@ impl ControllerService {
     }
 
     async fn create(&self, req: csi::CreateVolumeRequest) -> Result<csi::Volume> {
-        let id = params::name("CreateVolume", &req.name)?;
+        let rpc = Rpc("CreateVolume");
+        let id = rpc.name(&req.name)?;
         if req.volume_capabilities.is_empty() {
-            return Err(Error::Missing {
-                rpc: "CreateVolume",
-                field: "volume_capabilities",
-                hint: "say how the volume is used (mount or block) and its access mode",
-            });
+            let hint = "say how the volume is used (mount or block) and its access mode";
+            return Err(rpc.missing("volume_capabilities", hint));
         }
         let caps = req
             .volume_capabilities
@@ -178,24 +167,16 @@ impl ControllerService {
         self.check_topology(req.accessibility_requirements.as_ref())?;
         let source = match req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
             None => None,
-            Some(csi::volume_content_source::Type::Snapshot(s)) => Some(Source::Snapshot(
-                params::object_id(
-                    "CreateVolume",
-                    "volume_content_source.snapshot.snapshot_id",
-                    &s.snapshot_id,
-                    "the snapshot to restore",
-                )?
-                .to_owned(),
-            )),
-            Some(csi::volume_content_source::Type::Volume(v)) => Some(Source::Volume(
-                params::object_id(
-                    "CreateVolume",
-                    "volume_content_source.volume.volume_id",
-                    &v.volume_id,
-                    "the volume to clone",
-                )?
-                .to_owned(),
-            )),
+            Some(csi::volume_content_source::Type::Snapshot(s)) => {
+                let field = "volume_content_source.snapshot.snapshot_id";
+                let id = rpc.object_id(field, &s.snapshot_id, "the snapshot to restore")?;
+                Some(Source::Snapshot(id.to_owned()))
+            }
+            Some(csi::volume_content_source::Type::Volume(v)) => {
+                let field = "volume_content_source.volume.volume_id";
+                let id = rpc.object_id(field, &v.volume_id, "the volume to clone")?;
+                Some(Source::Volume(id.to_owned()))
+            }
         };
         let mounts = caps.iter().any(|c| !c.is_block());
         let floor = if mounts && vp.fs_type == FsType::Xfs {
@@ -205,28 +186,10 @@ impl ControllerService {
         };
         let range = req.capacity_range.as_ref();
         let mut size = params::capacity(range, vp.block_size, floor)?;
-        let mut keys = vec![volume_key(&id)];
         if let Some(src) = &source {
             let (kind, src_id, src_size) = match src {
-                Source::Snapshot(s) => {
-                    keys.push(snapshot_key(s));
-                    let snaps = self.plugin.volumes.snapshots().await?;
-                    let snap = snaps
-                        .iter()
-                        .find(|x| &x.id == s)
-                        .ok_or_else(|| Error::SnapshotNotFound(s.clone()))?;
-                    ("snapshot", s, snap.size_bytes)
-                }
-                Source::Volume(v) => {
-                    keys.push(volume_key(v));
-                    let vol = self
-                        .plugin
-                        .volumes
-                        .volume(v)
-                        .await?
-                        .ok_or_else(|| Error::VolumeNotFound(v.clone()))?;
-                    ("volume", v, vol.size_bytes)
-                }
+                Source::Snapshot(s) => ("snapshot", s, self.plugin.snapshot(s).await?.size_bytes),
+                Source::Volume(v) => ("volume", v, self.plugin.volume(v).await?.size_bytes),
             };
             let unsized_request = range.is_none_or(|r| r.required_bytes == 0);
             if unsized_request {
@@ -246,7 +209,7 @@ impl ControllerService {
         let node = self
             .placement(req.accessibility_requirements.as_ref(), source.as_ref())
             .await?;
-        let _guard = self.plugin.locks.try_lock(&keys)?;
+        let _guard = self.plugin.locks.try_lock(&creation_keys(&id, source.as_ref()))?;
         if let Some(v) = self.plugin.volumes.volume(&id).await? {
             let (required, limit) = range
                 .map(|r| (r.required_bytes as u64, r.limit_bytes as u64))
@@ -286,25 +249,12 @@ impl ControllerService {
         &self,
         req: csi::ValidateVolumeCapabilitiesRequest,
     ) -> Result<csi::ValidateVolumeCapabilitiesResponse> {
-        let id = params::required(
-            "ValidateVolumeCapabilities",
-            "volume_id",
-            &req.volume_id,
-            "the volume to check",
-        )?;
+        let rpc = Rpc("ValidateVolumeCapabilities");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to check")?;
         if req.volume_capabilities.is_empty() {
-            return Err(Error::Missing {
-                rpc: "ValidateVolumeCapabilities",
-                field: "volume_capabilities",
-                hint: "the capabilities to check",
-            });
+            return Err(rpc.missing("volume_capabilities", "the capabilities to check"));
         }
-        let v = self
-            .plugin
-            .volumes
-            .volume(id)
-            .await?
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        let v = self.plugin.volume(id).await?;
         let refuse = |message: String| csi::ValidateVolumeCapabilitiesResponse {
             confirmed: None,
             message,
@@ -352,28 +302,17 @@ impl ControllerService {
     }
 
     async fn expand(&self, req: csi::ControllerExpandVolumeRequest) -> Result<csi::ControllerExpandVolumeResponse> {
-        let id = params::required(
-            "ControllerExpandVolume",
-            "volume_id",
-            &req.volume_id,
-            "the volume to grow",
-        )?;
-        let range = req.capacity_range.as_ref().ok_or(Error::Missing {
-            rpc: "ControllerExpandVolume",
-            field: "capacity_range",
-            hint: "the new size",
-        })?;
+        let rpc = Rpc("ControllerExpandVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to grow")?;
+        let Some(range) = req.capacity_range.as_ref() else {
+            return Err(rpc.missing("capacity_range", "the new size"));
+        };
         let block = match req.volume_capability.as_ref() {
             Some(c) => Capability::parse(c)?.is_block(),
             None => false,
         };
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        let v = self
-            .plugin
-            .volumes
-            .volume(id)
-            .await?
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?;
+        let v = self.plugin.volume(id).await?;
         let size = params::capacity(Some(range), v.params.block_size, 0)?;
         let v = self.plugin.volumes.expand(id, size).await?;
         Ok(csi::ControllerExpandVolumeResponse {
@@ -383,13 +322,9 @@ impl ControllerService {
     }
 
     async fn create_snapshot(&self, req: csi::CreateSnapshotRequest) -> Result<Snapshot> {
-        let id = params::name("CreateSnapshot", &req.name)?;
-        let volume = params::required(
-            "CreateSnapshot",
-            "source_volume_id",
-            &req.source_volume_id,
-            "the volume to copy",
-        )?;
+        let rpc = Rpc("CreateSnapshot");
+        let id = rpc.name(&req.name)?;
+        let volume = rpc.required("source_volume_id", &req.source_volume_id, "the volume to copy")?;
         params::no_parameters(&req.parameters)?;
         let _guard = self.plugin.locks.try_lock(&[snapshot_key(&id), volume_key(volume)])?;
         self.plugin
@@ -459,7 +394,7 @@ impl Controller for ControllerService {
         request: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let req = request.into_inner();
-        let id = params::required("DeleteVolume", "volume_id", &req.volume_id, "the volume to delete")?;
+        let id = Rpc("DeleteVolume").required("volume_id", &req.volume_id, "the volume to delete")?;
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         self.plugin.volumes.delete(id).await?;
         Ok(Response::new(csi::DeleteVolumeResponse {}))
@@ -576,12 +511,7 @@ impl Controller for ControllerService {
         request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let id = params::required(
-            "DeleteSnapshot",
-            "snapshot_id",
-            &req.snapshot_id,
-            "the snapshot to delete",
-        )?;
+        let id = Rpc("DeleteSnapshot").required("snapshot_id", &req.snapshot_id, "the snapshot to delete")?;
         let _guard = self.plugin.locks.try_lock(&[snapshot_key(id)])?;
         self.plugin.volumes.delete_snapshot(id).await?;
         Ok(Response::new(csi::DeleteSnapshotResponse {}))
@@ -599,14 +529,10 @@ impl Controller for ControllerService {
         request: Request<csi::GetSnapshotRequest>,
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let id = params::object_id("GetSnapshot", "snapshot_id", &req.snapshot_id, "the snapshot to show")?;
-        let snaps = self.plugin.volumes.snapshots().await?;
-        let snap = snaps
-            .iter()
-            .find(|s| s.id == id)
-            .ok_or_else(|| Error::SnapshotNotFound(id.to_owned()))?;
+        let id = Rpc("GetSnapshot").object_id("snapshot_id", &req.snapshot_id, "the snapshot to show")?;
+        let snap = self.plugin.snapshot(id).await?;
         Ok(Response::new(csi::GetSnapshotResponse {
-            snapshot: Some(csi_snapshot(snap)),
+            snapshot: Some(csi_snapshot(&snap)),
         }))
     }
 

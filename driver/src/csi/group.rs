@@ -8,21 +8,17 @@ use floe_proto::csi;
 use floe_proto::csi::group_controller_server::GroupController;
 use tonic::{Request, Response, Status};
 
-use super::controller::{snapshot_key, volume_key};
 use super::identity::group_capabilities;
-use super::params;
+use super::params::{self, Rpc};
 use super::{csi_snapshot, timestamp, Plugin};
 use crate::node::error::{Error, Result};
+use crate::node::locks::{group_key, group_keys};
 use crate::node::volumes::{GroupSnapshot, GroupSpec, SnapshotSpec};
 
 /// The GroupController service.
 #[derive(Clone)]
 pub struct GroupService {
     plugin: Arc<Plugin>,
-}
-
-fn group_key(id: &str) -> String {
-    format!("group {id}")
 }
 
 /// The id of the member of group `group` that copies `volume`.
@@ -69,18 +65,15 @@ impl GroupService {
     }
 
     async fn create(&self, req: csi::CreateVolumeGroupSnapshotRequest) -> Result<GroupSnapshot> {
-        let id = params::name("CreateVolumeGroupSnapshot", &req.name)?;
+        let rpc = Rpc("CreateVolumeGroupSnapshot");
+        let id = rpc.name(&req.name)?;
         if req.source_volume_ids.is_empty() {
-            return Err(Error::Missing {
-                rpc: "CreateVolumeGroupSnapshot",
-                field: "source_volume_ids",
-                hint: "the volumes to cut together",
-            });
+            return Err(rpc.missing("source_volume_ids", "the volumes to cut together"));
         }
         let mut seen = BTreeSet::new();
         let mut members = Vec::with_capacity(req.source_volume_ids.len());
         for v in &req.source_volume_ids {
-            params::required("CreateVolumeGroupSnapshot", "source_volume_ids[]", v, "a volume id")?;
+            rpc.required("source_volume_ids[]", v, "a volume id")?;
             if !seen.insert(v) {
                 return Err(Error::Contradiction(format!(
                     "source_volume_ids names volume {v:?} twice: name each volume once"
@@ -94,20 +87,13 @@ impl GroupService {
             });
         }
         params::no_parameters(&req.parameters)?;
-        let mut keys = vec![group_key(&id)];
-        for m in &members {
-            keys.push(snapshot_key(&m.id));
-            keys.push(volume_key(&m.volume));
-        }
-        let _guard = self.plugin.locks.try_lock(&keys)?;
-        self.plugin
-            .volumes
-            .create_group(GroupSpec {
-                id,
-                name: req.name,
-                members,
-            })
-            .await
+        let spec = GroupSpec {
+            id,
+            name: req.name,
+            members,
+        };
+        let _guard = self.plugin.locks.try_lock(&group_keys(&spec))?;
+        self.plugin.volumes.create_group(spec).await
     }
 }
 
@@ -137,12 +123,9 @@ impl GroupController for GroupService {
         request: Request<csi::DeleteVolumeGroupSnapshotRequest>,
     ) -> Result<Response<csi::DeleteVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let id = params::required(
-            "DeleteVolumeGroupSnapshot",
-            "group_snapshot_id",
-            &req.group_snapshot_id,
-            "the group snapshot to delete",
-        )?;
+        let rpc = Rpc("DeleteVolumeGroupSnapshot");
+        let hint = "the group snapshot to delete";
+        let id = rpc.required("group_snapshot_id", &req.group_snapshot_id, hint)?;
         let _guard = self.plugin.locks.try_lock(&[group_key(id)])?;
         if let Some(g) = self.plugin.volumes.group(id).await? {
             Self::check_members(&g, &req.snapshot_ids)?;
@@ -156,12 +139,9 @@ impl GroupController for GroupService {
         request: Request<csi::GetVolumeGroupSnapshotRequest>,
     ) -> Result<Response<csi::GetVolumeGroupSnapshotResponse>, Status> {
         let req = request.into_inner();
-        let id = params::required(
-            "GetVolumeGroupSnapshot",
-            "group_snapshot_id",
-            &req.group_snapshot_id,
-            "the group snapshot to show",
-        )?;
+        let rpc = Rpc("GetVolumeGroupSnapshot");
+        let hint = "the group snapshot to show";
+        let id = rpc.required("group_snapshot_id", &req.group_snapshot_id, hint)?;
         let g = self
             .plugin
             .volumes

@@ -5,7 +5,7 @@
 //!
 //! - [`identity`], [`controller`], [`group`], [`node`]: one file per service;
 //!   every handler reads the same way — convert the request ([`params`]),
-//!   take the per-object guards ([`locks`]), call the node
+//!   take the per-object guards ([`crate::node::locks`]), call the node
 //!   ([`crate::node::volumes::NodeVolumes`]), map the error
 //!   ([`crate::node::error`], the one place a `tonic::Status` is made);
 //! - [`remote`]: split mode, `node.proto` over mutual TLS.
@@ -27,7 +27,6 @@
 pub mod controller;
 pub mod group;
 pub mod identity;
-pub mod locks;
 pub mod node;
 pub mod params;
 pub mod remote;
@@ -40,8 +39,8 @@ use floe_proto::csi;
 use crate::cli::PluginMode;
 use crate::dataplane::localsock;
 use crate::node::error::{self, Error, Result};
+use crate::node::locks::Locks;
 use crate::node::volumes::{self, NodeVolumes, Snapshot};
-use locks::Locks;
 
 /// The driver's name, as the CSIDriver object and StorageClasses say it.
 pub const DRIVER_NAME: &str = "floe.csi.dev";
@@ -75,6 +74,20 @@ impl Plugin {
             volumes,
             locks: Locks::default(),
         }
+    }
+
+    /// Volume `id`, NOT_FOUND when no node holds it.
+    pub async fn volume(&self, id: &str) -> Result<volumes::Volume> {
+        let v = self.volumes.volume(id).await?;
+        v.ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
+    }
+
+    /// Snapshot `id`, NOT_FOUND when no node holds it.
+    pub async fn snapshot(&self, id: &str) -> Result<Snapshot> {
+        let all = self.volumes.snapshots().await?;
+        all.into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| Error::SnapshotNotFound(id.to_owned()))
     }
 
     /// This node's topology segment.
@@ -138,13 +151,7 @@ pub async fn serve(
     }
     // Mode 0600 before it listens, whatever the umask: only root (kubelet,
     // the sidecars) may call.
-    let listener = localsock::listen_private(path, rustix::net::SocketType::STREAM, 128)
-        .map_err(Error::io("listen (mode 0600) on", path))?;
-    let listener = std::os::unix::net::UnixListener::from(listener);
-    listener
-        .set_nonblocking(true)
-        .map_err(Error::io("make non-blocking", path))?;
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(Error::io("listen on", path))?;
+    let listener = localsock::listen_tokio(path).map_err(Error::io("listen (mode 0600) on", path))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let serves_controller = matches!(plugin.mode, PluginMode::Controller | PluginMode::All);
     let serves_node = matches!(plugin.mode, PluginMode::Node | PluginMode::All);

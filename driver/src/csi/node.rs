@@ -13,13 +13,13 @@ use floe_proto::csi::node_server::Node;
 use rustix::mount::MountFlags;
 use tonic::{Request, Response, Status};
 
-use super::controller::volume_key;
 use super::identity::node_capabilities;
-use super::params::{self, Access, Capability};
+use super::params::{self, Access, Capability, Rpc};
 use super::Plugin;
 use crate::dataplane::mount::{format_once, unmount_path, MountError};
 use crate::model::HostPath;
 use crate::node::error::{Error, Result};
+use crate::node::locks::volume_key;
 use crate::node::mounts::{self, MountEntry};
 use crate::node::volumes::Volume;
 
@@ -64,8 +64,8 @@ fn at_path(table: &[MountEntry], path: &Path, device: Option<&Path>) -> Result<A
 
 /// A path kubelet gives: required, absolute and canonical, and through
 /// no symlink ([`HostPath`]), so a mount lands where it says.
-fn host_path(rpc: &'static str, field: &'static str, value: &str, hint: &'static str) -> Result<HostPath> {
-    params::required(rpc, field, value, hint)?;
+fn host_path(rpc: Rpc, field: &'static str, value: &str, hint: &'static str) -> Result<HostPath> {
+    rpc.required(field, value, hint)?;
     let path = HostPath::parse(field, value)?;
     path.check_no_symlink(field)?;
     Ok(path)
@@ -96,14 +96,6 @@ impl NodeService {
         NodeService { plugin }
     }
 
-    async fn volume(&self, id: &str) -> Result<Volume> {
-        self.plugin
-            .volumes
-            .volume(id)
-            .await?
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
-    }
-
     /// Attaches `v`, refusing past the node's volume limit. Asks the data
     /// plane even when `v` shows an attachment: it refuses one whose FUSE
     /// connection is lost (FAILED_PRECONDITION), which must not pass for
@@ -130,17 +122,14 @@ impl NodeService {
     }
 
     async fn stage(&self, req: csi::NodeStageVolumeRequest) -> Result<()> {
-        let id = params::required("NodeStageVolume", "volume_id", &req.volume_id, "the volume to stage")?;
-        let staging = host_path(
-            "NodeStageVolume",
-            "staging_target_path",
-            &req.staging_target_path,
-            "the global mount path kubelet chose",
-        )?;
+        let rpc = Rpc("NodeStageVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to stage")?;
+        let hint = "the global mount path kubelet chose";
+        let staging = host_path(rpc, "staging_target_path", &req.staging_target_path, hint)?;
         let staging = staging.as_path();
-        let cap = Capability::required("NodeStageVolume", req.volume_capability.as_ref())?;
+        let cap = rpc.capability(req.volume_capability.as_ref())?;
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        let v = self.volume(id).await?;
+        let v = self.plugin.volume(id).await?;
         if let Access::Mount { fs_type, options } = &cap.access {
             // Before anything is attached or formatted.
             options.check_for(fs_type.unwrap_or(v.params.fs_type))?;
@@ -195,18 +184,10 @@ impl NodeService {
     }
 
     async fn unstage(&self, req: csi::NodeUnstageVolumeRequest) -> Result<()> {
-        let id = params::required(
-            "NodeUnstageVolume",
-            "volume_id",
-            &req.volume_id,
-            "the volume to unstage",
-        )?;
-        let staging = host_path(
-            "NodeUnstageVolume",
-            "staging_target_path",
-            &req.staging_target_path,
-            "the path given to NodeStageVolume",
-        )?;
+        let rpc = Rpc("NodeUnstageVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to unstage")?;
+        let hint = "the path given to NodeStageVolume";
+        let staging = host_path(rpc, "staging_target_path", &req.staging_target_path, hint)?;
         let staging = staging.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         let Some(v) = self.plugin.volumes.volume(id).await? else {
@@ -222,29 +203,16 @@ impl NodeService {
     }
 
     async fn publish(&self, req: csi::NodePublishVolumeRequest) -> Result<()> {
-        let id = params::required(
-            "NodePublishVolume",
-            "volume_id",
-            &req.volume_id,
-            "the volume to publish",
-        )?;
-        let target = host_path(
-            "NodePublishVolume",
-            "target_path",
-            &req.target_path,
-            "where the pod sees the volume",
-        )?;
+        let rpc = Rpc("NodePublishVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to publish")?;
+        let target = host_path(rpc, "target_path", &req.target_path, "where the pod sees the volume")?;
         let target = target.as_path();
-        let cap = Capability::required("NodePublishVolume", req.volume_capability.as_ref())?;
-        let staging = host_path(
-            "NodePublishVolume",
-            "staging_target_path",
-            &req.staging_target_path,
-            "the path given to NodeStageVolume (this driver stages)",
-        )?;
+        let cap = rpc.capability(req.volume_capability.as_ref())?;
+        let hint = "the path given to NodeStageVolume (this driver stages)";
+        let staging = host_path(rpc, "staging_target_path", &req.staging_target_path, hint)?;
         let staging = staging.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        let v = self.volume(id).await?;
+        let v = self.plugin.volume(id).await?;
         let not_staged = || {
             Error::FailedPrecondition(format!(
                 "volume {id:?} is not staged at {}: call NodeStageVolume first",
@@ -329,23 +297,15 @@ impl NodeService {
     }
 
     async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<()> {
-        let id = params::required(
-            "NodeUnpublishVolume",
-            "volume_id",
-            &req.volume_id,
-            "the volume to unpublish",
-        )?;
-        let target = host_path(
-            "NodeUnpublishVolume",
-            "target_path",
-            &req.target_path,
-            "the path given to NodePublishVolume",
-        )?;
+        let rpc = Rpc("NodeUnpublishVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to unpublish")?;
+        let hint = "the path given to NodePublishVolume";
+        let target = host_path(rpc, "target_path", &req.target_path, hint)?;
         let target = target.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         // Only a publication of this volume is undone: an unknown volume is
         // NOT_FOUND, and a foreign mount or file at the target stays.
-        let v = self.volume(id).await?;
+        let v = self.plugin.volume(id).await?;
         let device = v.attachment.as_ref().map(|a| a.device.clone());
         let not_ours = |what: String| {
             Error::FailedPrecondition(format!(
@@ -389,19 +349,11 @@ impl NodeService {
 
     async fn stats(&self, req: csi::NodeGetVolumeStatsRequest) -> Result<csi::NodeGetVolumeStatsResponse> {
         use csi::volume_usage::Unit;
-        let id = params::required(
-            "NodeGetVolumeStats",
-            "volume_id",
-            &req.volume_id,
-            "the volume to measure",
-        )?;
-        let path = params::required(
-            "NodeGetVolumeStats",
-            "volume_path",
-            &req.volume_path,
-            "a path the volume is published or staged at",
-        )?;
-        let v = self.volume(id).await?;
+        let rpc = Rpc("NodeGetVolumeStats");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to measure")?;
+        let hint = "a path the volume is published or staged at";
+        let path = rpc.required("volume_path", &req.volume_path, hint)?;
+        let v = self.plugin.volume(id).await?;
         let path = volume_path(id, path)?;
         let path = path.as_path();
         if std::fs::symlink_metadata(path).is_err() {
@@ -466,18 +418,14 @@ impl NodeService {
     }
 
     async fn expand(&self, req: csi::NodeExpandVolumeRequest) -> Result<csi::NodeExpandVolumeResponse> {
-        let id = params::required("NodeExpandVolume", "volume_id", &req.volume_id, "the volume to grow")?;
-        let path = params::required(
-            "NodeExpandVolume",
-            "volume_path",
-            &req.volume_path,
-            "where the volume is published",
-        )?;
+        let rpc = Rpc("NodeExpandVolume");
+        let id = rpc.required("volume_id", &req.volume_id, "the volume to grow")?;
+        let path = rpc.required("volume_path", &req.volume_path, "where the volume is published")?;
         if let Some(c) = req.volume_capability.as_ref() {
             Capability::parse(c)?;
         }
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        let mut v = self.volume(id).await?;
+        let mut v = self.plugin.volume(id).await?;
         let path = volume_path(id, path)?;
         let path = path.as_path();
         if let Some(range) = req.capacity_range.as_ref() {

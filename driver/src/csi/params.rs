@@ -364,43 +364,63 @@ impl Capability {
         })
     }
 
-    /// Parses a required capability.
-    pub fn required(rpc: &'static str, cap: Option<&csi::VolumeCapability>) -> Result<Self> {
-        let cap = cap.ok_or(Error::Missing {
-            rpc,
-            field: "volume_capability",
-            hint: "say mount or block and the access mode",
-        })?;
-        Capability::parse(cap)
-    }
-
     /// Whether this is a block capability.
     pub fn is_block(&self) -> bool {
         matches!(self.access, Access::Block)
     }
 }
 
-/// Checks that a required string field is set.
-pub fn required<'a>(rpc: &'static str, field: &'static str, value: &'a str, hint: &'static str) -> Result<&'a str> {
-    if value.is_empty() {
-        return Err(Error::Missing { rpc, field, hint });
-    }
-    if value.len() > 4096 || value.contains('\0') {
-        return Err(Error::Invalid {
-            field,
-            value: value.chars().take(64).collect(),
-            expected: "at most 4096 bytes without NUL".into(),
-        });
-    }
-    Ok(value)
-}
+/// The RPC a request came in: the checks of its fields name it in their
+/// refusals.
+#[derive(Clone, Copy, Debug)]
+pub struct Rpc(pub &'static str);
 
-/// Checks that a required id field holds an id this driver could have made
-/// ([`crate::model::ObjectId`]): never a path.
-pub fn object_id<'a>(rpc: &'static str, field: &'static str, value: &'a str, hint: &'static str) -> Result<&'a str> {
-    required(rpc, field, value, hint)?;
-    crate::model::ObjectId::parse(field, value)?;
-    Ok(value)
+impl Rpc {
+    /// The refusal of a required `field` left empty; `hint` says what to
+    /// put there.
+    pub fn missing(self, field: &'static str, hint: &'static str) -> Error {
+        Error::Missing {
+            rpc: self.0,
+            field,
+            hint,
+        }
+    }
+
+    /// Checks that a required string field is set.
+    pub fn required<'a>(self, field: &'static str, value: &'a str, hint: &'static str) -> Result<&'a str> {
+        if value.is_empty() {
+            return Err(self.missing(field, hint));
+        }
+        if value.len() > 4096 || value.contains('\0') {
+            return Err(Error::Invalid {
+                field,
+                value: value.chars().take(64).collect(),
+                expected: "at most 4096 bytes without NUL".into(),
+            });
+        }
+        Ok(value)
+    }
+
+    /// Checks that a required id field holds an id this driver could have
+    /// made ([`crate::model::ObjectId`]): never a path.
+    pub fn object_id<'a>(self, field: &'static str, value: &'a str, hint: &'static str) -> Result<&'a str> {
+        self.required(field, value, hint)?;
+        crate::model::ObjectId::parse(field, value)?;
+        Ok(value)
+    }
+
+    /// Validates an object name (CreateVolume, CreateSnapshot, group) and
+    /// gives its id ([`id_for_name`]).
+    pub fn name(self, name: &str) -> Result<String> {
+        self.required("name", name, "the CO's idempotency key for this object")?;
+        Ok(id_for_name(name))
+    }
+
+    /// Parses a required capability.
+    pub fn capability(self, cap: Option<&csi::VolumeCapability>) -> Result<Capability> {
+        let cap = cap.ok_or(self.missing("volume_capability", "say mount or block and the access mode"))?;
+        Capability::parse(cap)
+    }
 }
 
 /// The id of the object named `name`: the name itself when it is a safe
@@ -418,12 +438,6 @@ pub fn id_for_name(name: &str) -> String {
         let hash = blake3::hash(name.as_bytes());
         format!("~{}", &hash.to_hex()[..40])
     }
-}
-
-/// Validates an object name (CreateVolume, CreateSnapshot, group).
-pub fn name(rpc: &'static str, name: &str) -> Result<String> {
-    required(rpc, "name", name, "the CO's idempotency key for this object")?;
-    Ok(id_for_name(name))
 }
 
 /// Paging: a token is the next id to list, hex-encoded behind a tag, so a

@@ -111,15 +111,9 @@ pub(super) fn listen(
     limits: ApiLimits,
     runtime: tokio::runtime::Runtime,
 ) -> Result<(), PlaneError> {
-    let listener = localsock::listen_private(path, rustix::net::SocketType::STREAM, 128)
-        .map_err(PlaneError::io("listen (mode 0600) on the API socket", path))?;
-    let listener = std::os::unix::net::UnixListener::from(listener);
-    listener
-        .set_nonblocking(true)
-        .map_err(PlaneError::io("set the API socket non-blocking", path))?;
     let listener = {
         let _entered = runtime.enter();
-        tokio::net::UnixListener::from_std(listener).map_err(PlaneError::io("register the API socket", path))?
+        localsock::listen_tokio(path).map_err(PlaneError::io("listen (mode 0600) on the API socket", path))?
     };
     tracing::info!(socket = %path.display(), max_connections = limits.max_connections, idle_timeout = ?limits.idle_timeout, "API listening");
     std::thread::Builder::new()

@@ -15,8 +15,10 @@ use crate::model::HostPath;
 use crate::node::error::Error as NodeError;
 use crate::node::plane::error::PlaneError;
 use crate::node::plane::types::{
-    is_token, AttachState, FrozenInfo, RequestError, VolumeInfo, DEFAULT_QUIESCE_TIMEOUT, MAX_QUIESCE_TIMEOUT,
+    is_token, parse_mode, AttachState, FrozenInfo, RequestError, VolumeInfo, DEFAULT_QUIESCE_TIMEOUT,
+    MAX_QUIESCE_TIMEOUT,
 };
+use crate::node::rpc::convert::mode_to_wire;
 
 /// The service, over a serving daemon.
 pub(super) struct DataPlaneService {
@@ -103,12 +105,7 @@ impl DataPlane for DataPlaneService {
 
 /// A store of the plane as it travels.
 pub(super) fn volume_to_wire(v: &VolumeInfo) -> wire::PlaneVolume {
-    let mode = match v.mode.as_str() {
-        "continuous" => wire::ReplicationMode::Continuous,
-        "log" => wire::ReplicationMode::Log,
-        "interval" => wire::ReplicationMode::Interval,
-        _ => wire::ReplicationMode::Unspecified,
-    };
+    let mode = parse_mode(&v.mode).map_or(wire::ReplicationMode::Unspecified, mode_to_wire);
     wire::PlaneVolume {
         store: v.volume.clone(),
         size_bytes: v.size_bytes,

@@ -42,11 +42,6 @@ impl EngineBackend {
     pub fn hosted(&self) -> &Arc<HostedPrimary<FileStore>> {
         &self.primary
     }
-
-    /// Give the primary back (detach); `None` while a sender still holds it.
-    pub fn into_primary(self) -> Option<Primary<FileStore>> {
-        Arc::into_inner(self.primary).map(HostedPrimary::into_engine)
-    }
 }
 
 fn engine_error(op: &'static str) -> impl FnOnce(EngineError) -> BackendError {

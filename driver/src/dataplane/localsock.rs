@@ -67,6 +67,14 @@ pub fn listen_private(path: &Path, kind: SocketType, backlog: i32) -> io::Result
     Ok(sock)
 }
 
+/// [`listen_private`] of a stream socket, for tokio to serve (call it
+/// within the runtime).
+pub fn listen_tokio(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    let listener = std::os::unix::net::UnixListener::from(listen_private(path, SocketType::STREAM, 128)?);
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
 /// Who is on the other end of a local socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {

@@ -140,29 +140,12 @@ impl LoopDevice {
         set_capacity_of(&self.device)
     }
 
-    /// Detaches the device and waits until it has let go of its backing file
-    /// (the kernel finishes a detach asynchronously when the device is still
-    /// open). Idempotent.
+    /// Detaches the device ([`detach_device`]). Idempotent.
     pub fn detach(&mut self) -> Result<(), LoopError> {
         if !self.attached {
             return Ok(());
         }
-        let backing = Path::new("/sys/block").join(&self.name).join("loop/backing_file");
-        if backing.exists() {
-            match cmd::run("losetup", &["-d".as_ref(), self.device.as_os_str()]) {
-                Ok(_) => {}
-                // Already gone (detached by someone else in between).
-                Err(_) if !backing.exists() => {}
-                Err(e) => return Err(LoopError::Losetup(e)),
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while backing.exists() {
-            if Instant::now() > deadline {
-                return Err(LoopError::DetachTimeout(self.device.clone()));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        detach_device(&self.device)?;
         self.attached = false;
         tracing::info!(device = %self.device.display(), "loop device detached");
         Ok(())
@@ -175,6 +158,33 @@ impl Drop for LoopDevice {
             tracing::error!(error = %e, "detach loop device on drop");
         }
     }
+}
+
+/// Detaches the loop device at `device`, attached by this process or
+/// another, and waits until it has let go of its backing file (the kernel
+/// finishes a detach asynchronously when the device is still open).
+/// Idempotent.
+pub fn detach_device(device: &Path) -> Result<(), LoopError> {
+    let Some(name) = device.file_name() else {
+        return Ok(());
+    };
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    if backing.exists() {
+        match cmd::run("losetup", &["-d".as_ref(), device.as_os_str()]) {
+            Ok(_) => {}
+            // Already gone (detached by someone else in between).
+            Err(_) if !backing.exists() => {}
+            Err(e) => return Err(LoopError::Losetup(e)),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backing.exists() {
+        if Instant::now() > deadline {
+            return Err(LoopError::DetachTimeout(device.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// `LOOP_SET_CAPACITY` on the loop device at `device` (one this process

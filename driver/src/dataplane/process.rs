@@ -39,13 +39,6 @@ pub fn lock_memory() -> Result<(), ProcessError> {
     rustix::mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE).map_err(|e| ProcessError::Mlock(e.into()))
 }
 
-/// What a data-plane binary's `main` calls first: [`set_io_flusher`] then
-/// [`lock_memory`].
-pub fn prepare_io_process() -> Result<(), ProcessError> {
-    set_io_flusher()?;
-    lock_memory()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

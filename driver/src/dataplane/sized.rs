@@ -10,17 +10,14 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use floe_engine::Primary;
-use rustix::fs::SeekFrom;
-use rustix::io::Errno;
 
 use crate::dataplane::backend::check_range;
 use crate::dataplane::{BackendError, BlockBackend, EngineBackend};
-use crate::store::FileStore;
+use crate::store::{for_each_data_chunk, FileStore};
 
 /// The extra room a new store gets beyond the capacity: as much again, at
 /// least 1 GiB, at most 64 GiB; so a volume grows online to twice its size
@@ -99,28 +96,12 @@ impl BlockBackend for SizedBackend {
 pub fn copy_into(src: &Path, len: u64, primary: &mut Primary<FileStore>) -> io::Result<u64> {
     let f = File::open(src)?;
     let len = len.min(f.metadata()?.len());
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut pos, mut written) = (0, 0);
-    while pos < len {
-        let (start, end) = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
-            Ok(start) => (start, rustix::fs::seek(&f, SeekFrom::Hole(start))?),
-            Err(Errno::NXIO) => break,
-            Err(Errno::INVAL | Errno::OPNOTSUPP) => (pos, len),
-            Err(e) => return Err(e.into()),
-        };
-        let end = end.min(len);
-        let mut at = start;
-        while at < end {
-            let n = (end - at).min(buf.len() as u64) as usize;
-            f.read_exact_at(&mut buf[..n], at)?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                primary.write(at, &buf[..n]).map_err(io::Error::other)?;
-                written += n as u64;
-            }
-            at += n as u64;
-        }
-        pos = end.max(pos + 1);
-    }
+    let mut written = 0;
+    for_each_data_chunk(&f, len, |at, chunk| {
+        primary.write(at, chunk).map_err(io::Error::other)?;
+        written += chunk.len() as u64;
+        Ok(())
+    })?;
     primary.flush().map_err(io::Error::other)?;
     Ok(written)
 }

@@ -9,13 +9,12 @@
 //! clean up (`LocalVolumes::open` does).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
+use super::plane::files;
 use super::volumes::{GroupSnapshot, Snapshot, Volume};
 
 /// Format version of the catalog file.
@@ -71,9 +70,7 @@ pub struct Catalog {
 /// The catalog file.
 #[derive(Debug)]
 pub struct CatalogFile {
-    dir: PathBuf,
     path: PathBuf,
-    tmp: PathBuf,
 }
 
 impl CatalogFile {
@@ -81,26 +78,20 @@ impl CatalogFile {
     pub fn new(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(Error::io("create the catalog directory", dir))?;
         Ok(CatalogFile {
-            dir: dir.to_owned(),
             path: dir.join("catalog.json"),
-            tmp: dir.join(".catalog.json.tmp"),
         })
     }
 
     /// Reads the catalog; an absent file is an empty catalog.
     pub fn load(&self) -> Result<Catalog> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Catalog {
-                    version: CATALOG_VERSION,
-                    ..Catalog::default()
-                })
-            }
-            Err(e) => return Err(Error::io("read the catalog", &self.path)(e)),
+        let Some(catalog) =
+            files::read_json::<Catalog>(&self.path).map_err(Error::io("read the catalog", &self.path))?
+        else {
+            return Ok(Catalog {
+                version: CATALOG_VERSION,
+                ..Catalog::default()
+            });
         };
-        let catalog: Catalog = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::io("parse the catalog", &self.path)(std::io::Error::other(e)))?;
         if catalog.version != CATALOG_VERSION {
             return Err(Error::io("read the catalog", &self.path)(std::io::Error::other(
                 format!(
@@ -112,29 +103,15 @@ impl CatalogFile {
         Ok(catalog)
     }
 
-    /// Replaces the catalog atomically and durably.
+    /// Replaces the catalog atomically and durably ([`files::write_json`]).
     pub fn save(&self, catalog: &Catalog) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(catalog)
-            .map_err(|e| Error::io("encode the catalog", &self.path)(std::io::Error::other(e)))?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&self.tmp)
-            .map_err(Error::io("create", &self.tmp))?;
-        f.write_all(&bytes).map_err(Error::io("write", &self.tmp))?;
-        f.sync_all().map_err(Error::io("fsync", &self.tmp))?;
-        drop(f);
-        std::fs::rename(&self.tmp, &self.path).map_err(Error::io("rename the catalog into", &self.path))?;
-        sync_dir(&self.dir)
+        files::write_json(&self.path, catalog).map_err(Error::io("write the catalog", &self.path))
     }
 }
 
 /// fsyncs a directory, making renames and creations in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("fsync directory", dir))
+    files::sync_dir(dir).map_err(Error::io("fsync directory", dir))
 }
 
 #[cfg(test)]

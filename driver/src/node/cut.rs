@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use super::catalog::{sync_dir, GroupRecord, State, VolumeRecord};
 use super::error::{Error, Result};
 use super::local::{cut_name, lock, store, Inner};
+use super::locks::{group_key, group_keys, snapshot_key, volume_key};
 use super::volumes::{GroupSnapshot, GroupSpec, Snapshot, SnapshotSpec, Time};
 use crate::model::ObjectId;
 
@@ -50,7 +51,9 @@ impl Inner {
     }
 
     pub(super) fn snapshot(&self, spec: SnapshotSpec) -> Result<Snapshot> {
-        let _busy = self.busy(&[format!("snapshot {}", spec.id), format!("volume {}", spec.volume)])?;
+        let _busy = self
+            .locks
+            .try_lock(&[snapshot_key(&spec.id), volume_key(&spec.volume)])?;
         if let Some(s) = self.read(|c| c.snapshots.get(&spec.id).cloned()) {
             if s.source_volume == spec.volume && s.group.is_none() {
                 return Ok(s);
@@ -83,7 +86,7 @@ impl Inner {
     }
 
     pub(super) fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let _busy = self.busy(&[format!("snapshot {id}")])?;
+        let _busy = self.locks.try_lock(&[snapshot_key(id)])?;
         let Some(s) = self.read(|c| c.snapshots.get(id).cloned()) else {
             return Ok(());
         };
@@ -98,12 +101,7 @@ impl Inner {
     }
 
     pub(super) fn create_group(&self, spec: GroupSpec) -> Result<GroupSnapshot> {
-        let mut keys = vec![format!("group {}", spec.id)];
-        for m in &spec.members {
-            keys.push(format!("snapshot {}", m.id));
-            keys.push(format!("volume {}", m.volume));
-        }
-        let _busy = self.busy(&keys)?;
+        let _busy = self.locks.try_lock(&group_keys(&spec))?;
         let ids: Vec<String> = spec.members.iter().map(|m| m.id.clone()).collect();
         let volumes: Vec<String> = spec.members.iter().map(|m| m.volume.clone()).collect();
         if let Some(g) = self.read(|c| c.groups.get(&spec.id).cloned()) {
@@ -191,7 +189,7 @@ impl Inner {
     }
 
     pub(super) fn delete_group(&self, id: &str) -> Result<()> {
-        let _busy = self.busy(&[format!("group {id}")])?;
+        let _busy = self.locks.try_lock(&[group_key(id)])?;
         self.drop_group(id)
     }
 }

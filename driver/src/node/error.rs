@@ -170,7 +170,7 @@ impl Error {
             Error::Busy(_) | Error::BadToken(_) => Code::Aborted,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Io { source, .. } if is_no_space(source) => Code::ResourceExhausted,
-            Error::DataPlane(e) => e.kind().code(),
+            Error::DataPlane(e) => e.code(),
             Error::Io { .. } | Error::Mount { .. } | Error::Internal(_) => Code::Internal,
             Error::Remote { code, .. } => *code,
         }

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::catalog::{Catalog, CatalogFile, State, VolumeRecord};
 use super::error::{Error, Result};
+use super::locks::{creation_keys, volume_key, Locks};
 use super::mounts;
 use super::volumes::{
     Attachment, Capacity, GroupSnapshot, GroupSpec, NodeVolumes, Snapshot, SnapshotSpec, Source, Volume, VolumeSpec,
@@ -58,7 +59,8 @@ pub(super) struct Inner {
     data_dir: PathBuf,
     file: CatalogFile,
     catalog: Mutex<Catalog>,
-    busy: Mutex<HashSet<String>>,
+    /// Per-object guards of the catalog's operations.
+    pub(super) locks: Locks,
     /// Held from a capacity check to the catalog write of the claim it
     /// allowed, so two creations cannot both take the same free bytes.
     claims: Mutex<()>,
@@ -70,21 +72,6 @@ pub(super) struct Inner {
 #[derive(Clone)]
 pub struct LocalVolumes {
     pub(super) inner: Arc<Inner>,
-}
-
-/// Marks objects busy for the life of the guard.
-pub(super) struct Busy<'a> {
-    inner: &'a Inner,
-    keys: Vec<String>,
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        let mut busy = lock(&self.inner.busy);
-        for k in &self.keys {
-            busy.remove(k);
-        }
-    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,7 +115,7 @@ impl LocalVolumes {
             snap_dir,
             file,
             catalog: Mutex::new(catalog),
-            busy: Mutex::new(HashSet::new()),
+            locks: Locks::default(),
             claims: Mutex::new(()),
             failpoints: Failpoints::default(),
             plane,
@@ -144,18 +131,6 @@ impl LocalVolumes {
 }
 
 impl Inner {
-    pub(super) fn busy(&self, keys: &[String]) -> Result<Busy<'_>> {
-        let mut busy = lock(&self.busy);
-        if let Some(k) = keys.iter().find(|k| busy.contains(*k)) {
-            return Err(Error::Busy(k.clone()));
-        }
-        busy.extend(keys.iter().cloned());
-        Ok(Busy {
-            inner: self,
-            keys: keys.to_vec(),
-        })
-    }
-
     /// Reads the catalog under its lock.
     pub(super) fn read<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
         f(&lock(&self.catalog))
@@ -242,8 +217,13 @@ impl Inner {
         v
     }
 
-    pub(super) fn ready(&self, id: &str) -> Result<VolumeRecord> {
+    /// The record of volume `id`, when it is ready.
+    fn ready_record(&self, id: &str) -> Option<VolumeRecord> {
         self.read(|c| c.volumes.get(id).filter(|r| r.state == State::Ready).cloned())
+    }
+
+    pub(super) fn ready(&self, id: &str) -> Result<VolumeRecord> {
+        self.ready_record(id)
             .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
     }
 
@@ -268,13 +248,7 @@ impl Inner {
         // anything is written.
         Shape::new(spec.size_bytes, spec.params.block_size, spec.params.mode)
             .map_err(|e| Error::from(crate::node::plane::error::PlaneError::from(e)))?;
-        let mut keys = vec![format!("volume {}", spec.id)];
-        match &spec.source {
-            Some(Source::Snapshot(s)) => keys.push(format!("snapshot {s}")),
-            Some(Source::Volume(v)) if *v != spec.id => keys.push(format!("volume {v}")),
-            _ => {}
-        }
-        let _busy = self.busy(&keys)?;
+        let _busy = self.locks.try_lock(&creation_keys(&spec.id, spec.source.as_ref()))?;
         if let Some(r) = self.read(|c| c.volumes.get(&spec.id).cloned()) {
             if r.state == State::Ready {
                 if r.volume.matches(&spec) {
@@ -362,7 +336,7 @@ impl Inner {
     }
 
     pub(super) fn delete(&self, id: &str) -> Result<()> {
-        let _busy = self.busy(&[format!("volume {id}")])?;
+        let _busy = self.locks.try_lock(&[volume_key(id)])?;
         let Some(r) = self.read(|c| c.volumes.get(id).cloned()) else {
             return Ok(());
         };
@@ -378,7 +352,7 @@ impl Inner {
         let name = store(&r)?;
         match self.plane.delete(&name) {
             Ok(()) => {}
-            Err(e) if e.kind() == crate::node::plane::types::ErrorKind::NotFound => {}
+            Err(e) if e.code() == tonic::Code::NotFound => {}
             Err(e) => return Err(e.into()),
         }
         tracing::info!(volume = %id, "volume deleted");
@@ -386,7 +360,7 @@ impl Inner {
     }
 
     pub(super) fn attach(&self, id: &str) -> Result<Attachment> {
-        let _busy = self.busy(&[format!("volume {id}")])?;
+        let _busy = self.locks.try_lock(&[volume_key(id)])?;
         let r = self.ready(id)?;
         let name = store(&r)?;
         let info = match self.plane.info_of(&name)?.attachment {
@@ -410,7 +384,7 @@ impl Inner {
     }
 
     pub(super) fn detach(&self, id: &str) -> Result<()> {
-        let _busy = self.busy(&[format!("volume {id}")])?;
+        let _busy = self.locks.try_lock(&[volume_key(id)])?;
         let Some(r) = self.read(|c| c.volumes.get(id).cloned()) else {
             return Ok(());
         };
@@ -437,7 +411,7 @@ impl Inner {
     }
 
     pub(super) fn expand(&self, id: &str, size: u64) -> Result<Volume> {
-        let _busy = self.busy(&[format!("volume {id}")])?;
+        let _busy = self.locks.try_lock(&[volume_key(id)])?;
         let r = self.ready(id)?;
         let name = store(&r)?;
         let plane_size = self.plane.info_of(&name)?.size_bytes;
@@ -553,19 +527,12 @@ fn remove_files_in(dir: &Path) {
 impl LocalVolumes {
     /// The store of ready volume `id` (its data-plane volume).
     pub fn store_of(&self, id: &str) -> Option<String> {
-        self.inner.read(|c| {
-            c.volumes
-                .get(id)
-                .filter(|r| r.state == State::Ready)
-                .map(|r| r.store.clone())
-        })
+        self.inner.ready_record(id).map(|r| r.store)
     }
 
     /// Ready volume `id`.
     pub fn ready_volume(&self, id: &str) -> Option<Volume> {
-        let i = &self.inner;
-        i.read(|c| c.volumes.get(id).filter(|r| r.state == State::Ready).cloned())
-            .map(|r| i.volume_of(&r))
+        self.inner.ready_record(id).map(|r| self.inner.volume_of(&r))
     }
 
     /// The ready volume whose store is `store`.
@@ -587,7 +554,7 @@ impl LocalVolumes {
     pub fn adopt_promoted(&self, volume: Volume, from: &Path, reserve: u64) -> Result<()> {
         let i = &self.inner;
         let store = store_name(&volume.id, 1);
-        let _busy = i.busy(&[format!("volume {}", volume.id)])?;
+        let _busy = i.locks.try_lock(&[volume_key(&volume.id)])?;
         match i.read(|c| c.volumes.get(&volume.id).cloned()) {
             Some(r) if r.store == store && r.state == State::Ready => {}
             Some(r) => {
@@ -686,11 +653,8 @@ impl NodeVolumes for LocalVolumes {
 
     async fn volume(&self, id: &str) -> Result<Option<Volume>> {
         let id = checked("volume_id", id)?;
-        self.blocking(move |i| {
-            let record = i.read(|c| c.volumes.get(&id).filter(|r| r.state == State::Ready).cloned());
-            Ok(record.map(|r| i.volume_of(&r)))
-        })
-        .await
+        self.blocking(move |i| Ok(i.ready_record(&id).map(|r| i.volume_of(&r))))
+            .await
     }
 
     async fn volumes(&self) -> Result<Vec<Volume>> {

@@ -12,6 +12,7 @@
 //! - [`local`], [`catalog`], [`cut`]: the catalog — names, parameters,
 //!   content sources, snapshots, group snapshots and the cut — over the
 //!   plane, run by the daemon;
+//! - [`locks`]: per-object guards, of the CSI handlers and of the catalog;
 //! - [`mounts`]: the mount table, mounts, bind mounts, statvfs;
 //! - [`rpc`]: the node's operations over gRPC (`node.proto`'s
 //!   `NodeVolumes`): its one server, its one client, the conversions;
@@ -24,6 +25,7 @@ pub mod catalog;
 pub mod cut;
 pub mod error;
 pub mod local;
+pub mod locks;
 pub mod mounts;
 pub mod params;
 pub mod plane;

@@ -2,7 +2,6 @@
 //! `/proc/self/mountinfo`), file systems and bind mounts, statvfs, and the
 //! teardown of attachments a crashed predecessor left behind.
 
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
@@ -109,9 +108,4 @@ pub fn grow_fs(fs_type: &str, device: &Path, mount_point: &Path) -> Result<()> {
     }
     out.map(|_| ())
         .map_err(|e| Error::io("grow the file system on", arg)(std::io::Error::other(e)))
-}
-
-/// Whether `path` is a block device node.
-pub fn is_block_device(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }

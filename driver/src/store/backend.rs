@@ -197,6 +197,13 @@ impl Backend for RealBackend {
 pub(crate) fn copy_sparse(src: &File, dst: &File) -> io::Result<()> {
     let len = src.metadata()?.len();
     dst.set_len(len)?;
+    for_each_data_chunk(src, len, |at, chunk| dst.write_all_at(chunk, at))
+}
+
+/// Calls `each` with every chunk (at most 1 MiB) of the first `len` bytes
+/// of `src` that holds a non-zero byte, and its offset: holes and all-zero
+/// chunks are skipped.
+pub fn for_each_data_chunk(src: &File, len: u64, mut each: impl FnMut(u64, &[u8]) -> io::Result<()>) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
     while pos < len {
@@ -214,7 +221,7 @@ pub(crate) fn copy_sparse(src: &File, dst: &File) -> io::Result<()> {
             let n = (end - at).min(buf.len() as u64) as usize;
             src.read_exact_at(&mut buf[..n], at)?;
             if buf[..n].iter().any(|&b| b != 0) {
-                dst.write_all_at(&buf[..n], at)?;
+                each(at, &buf[..n])?;
             }
             at += n as u64;
         }

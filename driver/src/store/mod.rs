@@ -56,7 +56,7 @@ use std::sync::Arc;
 
 use floe_engine::{BlockIndex, Geometry, LocalEpoch, StoreError, VolumeMeta, VolumeStore};
 
-pub use backend::{Backend, BackendFile, RealBackend};
+pub use backend::{for_each_data_chunk, Backend, BackendFile, RealBackend};
 pub use codec::DecodeError;
 #[cfg(any(test, feature = "test-hooks"))]
 pub use crash::CrashingBackend;

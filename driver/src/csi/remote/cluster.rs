@@ -129,24 +129,24 @@ impl Cluster {
             .collect()
     }
 
-    /// The node whose `probe` finds the object, checking a remembered home
+    /// The node whose `probe` finds object `id`, checking a remembered home
     /// first. `None` when every node answered and none has it; the failure
     /// of an unreachable node when no other node has it.
     async fn find<T, F, Fut>(&self, kind: Kind, id: &str, probe: F) -> Result<Option<(usize, T)>>
     where
         T: Send + 'static,
-        F: Fn(RemoteVolumes) -> Fut,
+        F: Fn(RemoteVolumes, String) -> Fut,
         Fut: Future<Output = Result<Option<T>>> + Send + 'static,
     {
         if let Some(i) = self.cached(kind, id) {
-            if let Some(t) = probe(self.nodes[i].clone()).await? {
+            if let Some(t) = probe(self.nodes[i].clone(), id.to_owned()).await? {
                 return Ok(Some((i, t)));
             }
             self.forget(kind, id);
         }
         let mut failure = None;
         let mut found = None;
-        for (i, r) in self.on_all(probe).await.into_iter().enumerate() {
+        for (i, r) in self.on_all(|n| probe(n, id.to_owned())).await.into_iter().enumerate() {
             match r {
                 Ok(Some(t)) if found.is_none() => found = Some((i, t)),
                 Ok(Some(_)) => tracing::warn!(?kind, id, node = %self.nodes[i].node(), "held by two nodes"),
@@ -165,30 +165,19 @@ impl Cluster {
     }
 
     async fn find_volume(&self, id: &str) -> Result<Option<(usize, Volume)>> {
-        let id_ = id.to_owned();
-        self.find(Kind::Volume, id, move |n| {
-            let id = id_.clone();
-            async move { n.volume(&id).await }
-        })
-        .await
+        self.find(Kind::Volume, id, |n, id| async move { n.volume(&id).await })
+            .await
     }
 
     async fn find_snapshot(&self, id: &str) -> Result<Option<(usize, Snapshot)>> {
-        let id_ = id.to_owned();
-        self.find(Kind::Snapshot, id, move |n| {
-            let id = id_.clone();
-            async move { Ok(n.snapshots().await?.into_iter().find(|s| s.id == id)) }
-        })
-        .await
+        let probe =
+            |n: RemoteVolumes, id: String| async move { Ok(n.snapshots().await?.into_iter().find(|s| s.id == id)) };
+        self.find(Kind::Snapshot, id, probe).await
     }
 
     async fn find_group(&self, id: &str) -> Result<Option<(usize, GroupSnapshot)>> {
-        let id_ = id.to_owned();
-        self.find(Kind::Group, id, move |n| {
-            let id = id_.clone();
-            async move { n.group(&id).await }
-        })
-        .await
+        self.find(Kind::Group, id, |n, id| async move { n.group(&id).await })
+            .await
     }
 
     /// Where a new volume goes (see the module doc).

@@ -120,21 +120,12 @@ pub async fn serve_node_admin(args: &CsiArgs, volumes: Arc<dyn NodeVolumes>) -> 
     };
     let tls = TlsFiles::from_args(args, "--node-admin-listen")?;
     let router = server::tls_router(&tls, &args.peer_name, volumes)?;
-    let listener = server::bind(addr).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(format!("address of the NodeVolumes listener: {e}")))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tracing::info!(%addr, "serving NodeVolumes over mutual TLS");
-    let task = tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("serve NodeVolumes on {addr}: {}", super::error::chain(&e))))
-    });
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let (addr, serving) = server::serve(server::bind(addr).await?, router, stopped)?;
+    let task = tokio::spawn(serving);
     Ok(Some(NodeAdminServer { addr, stop, task }))
 }
 

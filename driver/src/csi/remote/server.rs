@@ -2,6 +2,7 @@
 //! service ([`crate::node::rpc::server`]) served on TCP with mutual TLS,
 //! and only to the controller's certificate.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ pub async fn serve_tls(
     tls: &TlsFiles,
     peer: &PeerName,
     volumes: Arc<dyn NodeVolumes>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let listener = bind(addr).await?;
     serve_tls_on(listener, tls, peer, volumes, shutdown).await
@@ -43,18 +44,31 @@ pub async fn serve_tls_on(
     tls: &TlsFiles,
     peer: &PeerName,
     volumes: Arc<dyn NodeVolumes>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let router = tls_router(tls, peer, volumes)?;
+    serve(listener, router, shutdown)?.1.await
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves: the address it
+/// listens on, and the serving to await.
+pub(super) fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(SocketAddr, impl Future<Output = Result<()>>)> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("address of the NodeVolumes listener: {e}")))?;
-    let router = tls_router(tls, peer, volumes)?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!(%addr, "serving NodeVolumes over mutual TLS");
-    router
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("serve NodeVolumes on {addr}: {}", chain(&e))))
+    let serving = async move {
+        router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(|e| Error::Internal(format!("serve NodeVolumes on {addr}: {}", chain(&e))))
+    };
+    Ok((addr, serving))
 }
 
 /// Lets a call through only when the client's certificate (already

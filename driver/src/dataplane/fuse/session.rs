@@ -124,14 +124,7 @@ impl FuseServer {
         if let Some(o) = observer {
             o.initialized(&init).map_err(|e| undo(FuseError::Observer(e)))?;
         }
-        let mut server = FuseServer {
-            mountpoint: mountpoint.to_owned(),
-            init,
-            workers: Vec::new(),
-            mounted: true,
-            fs: Arc::new(OneFile::new(backend)),
-        };
-        server.spawn_workers(fds)?;
+        let server = Self::start(backend, mountpoint, init, fds)?;
         tracing::info!(mountpoint = %mountpoint.display(), threads = config.threads, ?init, "FUSE file mounted");
         Ok(server)
     }
@@ -144,30 +137,37 @@ impl FuseServer {
             return Err(FuseError::NoFds);
         }
         let notify_fd = conn.fds[0].try_clone().map_err(FuseError::Notify)?;
-        let mut server = FuseServer {
-            mountpoint: mountpoint.to_owned(),
-            init: conn.init,
-            workers: Vec::new(),
-            mounted: true,
-            fs: Arc::new(OneFile::new(backend)),
-        };
-        server.spawn_workers(conn.fds)?;
+        let server = Self::start(backend, mountpoint, conn.init, conn.fds)?;
         notify_resend(notify_fd.as_fd())?;
         tracing::info!(mountpoint = %mountpoint.display(), init = ?conn.init, "FUSE connection resumed");
         Ok(server)
     }
 
-    fn spawn_workers(&mut self, fds: Vec<OwnedFd>) -> Result<(), FuseError> {
-        let bufsize = self.init.max_write as usize + 4096;
+    /// Serves `backend` on the connection mounted at `mountpoint` and set
+    /// up with `init`: a worker on each of `fds`.
+    fn start(
+        backend: Arc<dyn BlockBackend>,
+        mountpoint: &Path,
+        init: InitParams,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Self, FuseError> {
+        let mut server = FuseServer {
+            mountpoint: mountpoint.to_owned(),
+            init,
+            workers: Vec::new(),
+            mounted: true,
+            fs: Arc::new(OneFile::new(backend)),
+        };
+        let bufsize = init.max_write as usize + 4096;
         for (i, fd) in fds.into_iter().enumerate() {
-            let fs = Arc::clone(&self.fs);
+            let fs = Arc::clone(&server.fs);
             let handle = std::thread::Builder::new()
                 .name(format!("floe-fuse-{i}"))
                 .spawn(move || serve(fd, &fs, bufsize))
                 .map_err(FuseError::Spawn)?;
-            self.workers.push(handle);
+            server.workers.push(handle);
         }
-        Ok(())
+        Ok(server)
     }
 
     /// Path of the volume file.
@@ -184,11 +184,6 @@ impl FuseServer {
     /// whose `waiting` counts requests in flight and whose `abort` ends it.
     pub fn connection_dir(&self) -> Option<PathBuf> {
         connection_dir(&self.mountpoint)
-    }
-
-    /// What `INIT` settled.
-    pub fn init_params(&self) -> InitParams {
-        self.init
     }
 
     /// Leaves the mount and the worker threads as they are, for a process

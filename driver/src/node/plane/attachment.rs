@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use floe_engine::{Mode, Primary, VolumeStore};
 use serde::{Deserialize, Serialize};
@@ -13,10 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::error::{chain, PlaneError};
 use super::files::RunPaths;
 use super::types::{AttachState, AttachmentInfo};
-use crate::dataplane::cmd;
 use crate::dataplane::fuse::{abort_connection, FuseConfig, FuseServer};
 use crate::dataplane::handover::{self, HandoverError, HolderLink};
-use crate::dataplane::loopdev::{self, LoopError};
+use crate::dataplane::loopdev;
 use crate::dataplane::mounttable;
 use crate::dataplane::{mount, AttachedVolume, EngineBackend, SizedBackend};
 use crate::store::FileStore;
@@ -300,17 +298,23 @@ impl Attachment {
     /// retry resumes where this stopped.
     pub(crate) fn detach(&mut self) -> Result<(), PlaneError> {
         let volume = self.volume.clone();
+        let detach_loop = || {
+            loopdev::detach_device(&self.device).map_err(|source| PlaneError::Loop {
+                op: "detach the loop device",
+                volume: volume.clone(),
+                source,
+            })
+        };
         match &mut self.kind {
-            Kind::Serving(av) => av.detach().map_err(|source| PlaneError::Attach { volume, source })?,
+            Kind::Serving(av) => av.detach().map_err(|source| PlaneError::Attach {
+                volume: volume.clone(),
+                source,
+            })?,
             Kind::Resumed(fuse) => {
-                detach_loop(&self.device).map_err(|source| PlaneError::Loop {
-                    op: "detach the loop device",
-                    volume: volume.clone(),
-                    source,
-                })?;
+                detach_loop()?;
                 fuse.unmount().map_err(|source| PlaneError::Fuse {
                     op: "unmount the FUSE file",
-                    volume,
+                    volume: volume.clone(),
                     source,
                 })?;
             }
@@ -318,14 +322,8 @@ impl Attachment {
                 // Nobody serves the connection (or it is dead): end it so
                 // that nothing waits on it, then take everything down.
                 abort_connection(&self.fuse_dir);
-                detach_loop(&self.device).map_err(|source| PlaneError::Loop {
-                    op: "detach the loop device",
-                    volume,
-                    source,
-                })?;
-                if mount::unmount_path(&self.fuse_dir).is_err() {
-                    let _ = rustix::mount::unmount(&self.fuse_dir, rustix::mount::UnmountFlags::DETACH);
-                }
+                detach_loop()?;
+                unmount_fuse(&self.fuse_dir);
             }
         }
         if let Some(link) = &self.link {
@@ -377,7 +375,7 @@ fn clear_stale(volume: &str, fuse_dir: &Path, link: &HolderLink) -> Result<(), P
         }
         tracing::warn!(volume, device = %device.display(), "detaching a loop device left by an attach that did not finish");
         abort_connection(fuse_dir);
-        detach_loop(&device).map_err(|source| PlaneError::Loop {
+        loopdev::detach_device(&device).map_err(|source| PlaneError::Loop {
             op: "detach a stale loop device",
             volume: volume.to_owned(),
             source,
@@ -392,9 +390,14 @@ fn tear_down_fuse(fuse_dir: &Path) {
     if mounttable::is_mount_point(fuse_dir).unwrap_or(false) {
         tracing::warn!(dir = %fuse_dir.display(), "unmounting a FUSE mount nobody serves");
         abort_connection(fuse_dir);
-        if mount::unmount_path(fuse_dir).is_err() {
-            let _ = rustix::mount::unmount(fuse_dir, rustix::mount::UnmountFlags::DETACH);
-        }
+        unmount_fuse(fuse_dir);
+    }
+}
+
+/// Unmounts the FUSE mount at `fuse_dir`, lazily when it stays busy.
+fn unmount_fuse(fuse_dir: &Path) {
+    if mount::unmount_path(fuse_dir).is_err() {
+        let _ = rustix::mount::unmount(fuse_dir, rustix::mount::UnmountFlags::DETACH);
     }
 }
 
@@ -402,28 +405,4 @@ fn sysfs_dio(device: &Path) -> Option<bool> {
     let name = device.file_name()?;
     let dio = std::fs::read_to_string(Path::new("/sys/block").join(name).join("loop/dio")).ok()?;
     Some(dio.trim() == "1")
-}
-
-/// Detaches a loop device this process did not attach and waits until it
-/// let go of its file. Idempotent.
-fn detach_loop(device: &Path) -> Result<(), LoopError> {
-    let Some(name) = device.file_name() else {
-        return Ok(());
-    };
-    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
-    if backing.exists() {
-        match cmd::run("losetup", &["-d".as_ref(), device.as_os_str()]) {
-            Ok(_) => {}
-            Err(_) if !backing.exists() => {}
-            Err(e) => return Err(LoopError::Losetup(e)),
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while backing.exists() {
-        if Instant::now() > deadline {
-            return Err(LoopError::DetachTimeout(device.to_owned()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }

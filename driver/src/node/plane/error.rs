@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use floe_engine::EngineError;
 
-use super::types::{ErrorKind, RequestError};
+use tonic::Code;
+
+use super::types::RequestError;
 use crate::dataplane::fsfreeze::FreezeError;
 use crate::dataplane::fuse::FuseError;
 use crate::dataplane::handover::HandoverError;
@@ -227,13 +229,13 @@ pub enum PlaneError {
 }
 
 impl PlaneError {
-    /// The kind a caller branches on.
-    pub fn kind(&self) -> ErrorKind {
+    /// The gRPC code a caller answers with.
+    pub fn code(&self) -> Code {
         use PlaneError as E;
         match self {
-            E::Request(_) | E::NotWholeBlocks { .. } | E::NotMounted(_) => ErrorKind::InvalidArgument,
-            E::NotFound(_) | E::UnknownToken(_) => ErrorKind::NotFound,
-            E::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            E::Request(_) | E::NotWholeBlocks { .. } | E::NotMounted(_) => Code::InvalidArgument,
+            E::NotFound(_) | E::UnknownToken(_) => Code::NotFound,
+            E::AlreadyExists { .. } => Code::AlreadyExists,
             E::Unreadable(_)
             | E::AlreadyAttached { .. }
             | E::Attached { .. }
@@ -242,10 +244,10 @@ impl PlaneError {
             | E::NotServed(_)
             | E::NotAFloeVolume { .. }
             | E::AlreadyFrozen { .. }
-            | E::StillFreezing(_) => ErrorKind::FailedPrecondition,
-            E::CannotGrow { .. } => ErrorKind::Unimplemented,
-            E::HolderUnavailable { .. } => ErrorKind::Unavailable,
-            E::Expired { .. } | E::FreezeTooSlow { .. } => ErrorKind::DeadlineExceeded,
+            | E::StillFreezing(_) => Code::FailedPrecondition,
+            E::CannotGrow { .. } => Code::Unimplemented,
+            E::HolderUnavailable { .. } => Code::Unavailable,
+            E::Expired { .. } | E::FreezeTooSlow { .. } => Code::DeadlineExceeded,
             E::Store { .. }
             | E::Engine { .. }
             | E::Attach { .. }
@@ -253,7 +255,7 @@ impl PlaneError {
             | E::Loop { .. }
             | E::Handover { .. }
             | E::Freeze(_)
-            | E::Io { .. } => ErrorKind::Internal,
+            | E::Io { .. } => Code::Internal,
         }
     }
 

@@ -68,6 +68,20 @@ struct Table {
     stop: bool,
 }
 
+impl Table {
+    /// Why `token`, not in the table, cannot be thawed: the watchdog
+    /// thawed it, or no quiesce returned it.
+    fn gone(&self, token: &str) -> PlaneError {
+        match self.expired.iter().find(|(t, _)| t == token) {
+            Some((_, path)) => PlaneError::Expired {
+                token: token.to_owned(),
+                path: path.clone(),
+            },
+            None => PlaneError::UnknownToken(token.to_owned()),
+        }
+    }
+}
+
 /// Every frozen file system of this process.
 pub(crate) struct Freezer {
     dir: PathBuf,
@@ -181,15 +195,7 @@ impl Freezer {
             match t.entries.get(token).map(|e| matches!(e.state, State::Freezing)) {
                 Some(true) => return Err(PlaneError::StillFreezing(token.to_owned())),
                 Some(false) => t.entries.remove(token).expect("just looked up"),
-                None => {
-                    return Err(match t.expired.iter().find(|(t, _)| t == token) {
-                        Some((_, path)) => PlaneError::Expired {
-                            token: token.to_owned(),
-                            path: path.clone(),
-                        },
-                        None => PlaneError::UnknownToken(token.to_owned()),
-                    })
-                }
+                None => return Err(t.gone(token)),
             }
         };
         let path = entry.path.clone();
@@ -219,13 +225,7 @@ impl Freezer {
                 ..
             }) if Instant::now() < *deadline => Ok(f()),
             Some(_) => Err(PlaneError::StillFreezing(token.to_owned())),
-            None => Err(match t.expired.iter().find(|(t, _)| t == token) {
-                Some((_, path)) => PlaneError::Expired {
-                    token: token.to_owned(),
-                    path: path.clone(),
-                },
-                None => PlaneError::UnknownToken(token.to_owned()),
-            }),
+            None => Err(t.gone(token)),
         }
     }
 

@@ -98,55 +98,6 @@ pub struct Quiesced {
     pub timeout_ms: u64,
 }
 
-/// Kinds of failure, named after the gRPC codes the CSI server maps them to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The request is malformed or out of range.
-    InvalidArgument,
-    /// No such volume, snapshot or token.
-    NotFound,
-    /// A volume or snapshot of that name exists with other parameters.
-    AlreadyExists,
-    /// The request does not fit the current state (attached, mounted, frozen).
-    FailedPrecondition,
-    /// Not possible yet.
-    Unimplemented,
-    /// A dependency (the fd holder) is not there.
-    Unavailable,
-    /// A deadline passed (a quiesce thawed by the watchdog).
-    DeadlineExceeded,
-    /// Anything else: I/O, the kernel, the store.
-    Internal,
-    /// A size or range that cannot be met.
-    OutOfRange,
-    /// The node is full.
-    ResourceExhausted,
-    /// Another operation on the same object is in progress: retry.
-    Aborted,
-}
-
-impl ErrorKind {
-    /// The gRPC code of this kind.
-    pub fn code(self) -> tonic::Code {
-        use tonic::Code;
-        match self {
-            ErrorKind::InvalidArgument => Code::InvalidArgument,
-            ErrorKind::NotFound => Code::NotFound,
-            ErrorKind::AlreadyExists => Code::AlreadyExists,
-            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
-            ErrorKind::Unimplemented => Code::Unimplemented,
-            ErrorKind::Unavailable => Code::Unavailable,
-            ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
-            ErrorKind::Internal => Code::Internal,
-            ErrorKind::OutOfRange => Code::OutOfRange,
-            ErrorKind::ResourceExhausted => Code::ResourceExhausted,
-            ErrorKind::Aborted => Code::Aborted,
-        }
-    }
-}
-
 /// What is wrong with a request. Every message names what to fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

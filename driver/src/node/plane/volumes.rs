@@ -61,6 +61,29 @@ pub struct VolumeRecord {
     pub owner: Option<String>,
 }
 
+impl VolumeRecord {
+    /// The record of volume `id` of `shape`, made now; `sized`: its store's
+    /// bytes and its owner, when it is managed (`crate::node::local`).
+    fn new(id: &Name, shape: Shape, restored_from: Option<String>, sized: Option<(u64, &str)>) -> Self {
+        VolumeRecord {
+            volume: id.to_string(),
+            size_bytes: shape.size_bytes,
+            block_size: shape.block_size,
+            mode: shape.mode.name().to_owned(),
+            created_unix_ms: files::unix_ms(SystemTime::now()),
+            restored_from,
+            reserve_bytes: sized.map(|(r, _)| r).filter(|r| *r > shape.size_bytes),
+            owner: sized.map(|(_, o)| o.to_owned()),
+        }
+    }
+}
+
+/// Writes `record` as `dir/volume.json`.
+fn write_record(dir: &Path, record: &VolumeRecord) -> Result<(), PlaneError> {
+    let file = dir.join("volume.json");
+    files::write_json(&file, record).map_err(PlaneError::io("write the volume record", &file))
+}
+
 #[derive(Debug, Clone)]
 struct Spec {
     record: VolumeRecord,
@@ -194,18 +217,8 @@ impl Volumes {
                 existing: "a store of that name".into(),
             });
         }
-        let record = VolumeRecord {
-            volume: id.to_string(),
-            size_bytes: shape.size_bytes,
-            block_size: shape.block_size,
-            mode: shape.mode.name().to_owned(),
-            created_unix_ms: files::unix_ms(SystemTime::now()),
-            restored_from: None,
-            reserve_bytes: Some(reserve).filter(|r| *r > shape.size_bytes),
-            owner: Some(owner.to_owned()),
-        };
-        let file = from.join("volume.json");
-        files::write_json(&file, &record).map_err(PlaneError::io("write the volume record", &file))?;
+        let record = VolumeRecord::new(id, shape, None, Some((reserve, owner)));
+        write_record(from, &record)?;
         std::fs::rename(from, &target).map_err(PlaneError::io("move the promoted store to", &target))?;
         for dir in [target.parent(), from.parent()].into_iter().flatten() {
             files::sync_dir(dir).map_err(PlaneError::io("sync the directory", dir))?;
@@ -381,18 +394,8 @@ impl Volumes {
         restored_from: Option<String>,
         sized: Option<(u64, &str)>,
     ) -> Result<Spec, PlaneError> {
-        let record = VolumeRecord {
-            volume: id.to_string(),
-            size_bytes: shape.size_bytes,
-            block_size: shape.block_size,
-            mode: shape.mode.name().to_owned(),
-            created_unix_ms: files::unix_ms(SystemTime::now()),
-            restored_from,
-            reserve_bytes: sized.map(|(r, _)| r).filter(|r| *r > shape.size_bytes),
-            owner: sized.map(|(_, o)| o.to_owned()),
-        };
-        let file = self.volume_dir(id.as_str()).join("volume.json");
-        files::write_json(&file, &record).map_err(PlaneError::io("write the volume record", &file))?;
+        let record = VolumeRecord::new(id, shape, restored_from, sized);
+        write_record(&self.volume_dir(id.as_str()), &record)?;
         Ok(Spec {
             record,
             mode: shape.mode,
@@ -520,8 +523,7 @@ impl Volumes {
         }
         let mut next = spec.clone();
         next.record.size_bytes = size_bytes;
-        let file = self.volume_dir(id.as_str()).join("volume.json");
-        files::write_json(&file, &next.record).map_err(PlaneError::io("write the volume record", &file))?;
+        write_record(&self.volume_dir(id.as_str()), &next.record)?;
         slot.spec = Some(next);
         if let Some(a) = &slot.attached {
             a.grow(size_bytes)?;

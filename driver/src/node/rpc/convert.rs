@@ -74,16 +74,20 @@ impl From<VolumeParams> for wire::VolumeParams {
             FsType::Ext4 => wire::FsType::Ext4,
             FsType::Xfs => wire::FsType::Xfs,
         };
-        let mode = match p.mode {
-            Mode::Continuous => wire::ReplicationMode::Continuous,
-            Mode::Log => wire::ReplicationMode::Log,
-            Mode::Interval => wire::ReplicationMode::Interval,
-        };
         wire::VolumeParams {
             fs_type: fs_type.into(),
             block_size: p.block_size,
-            replication_mode: mode.into(),
+            replication_mode: mode_to_wire(p.mode).into(),
         }
+    }
+}
+
+/// A replication mode as it travels.
+pub(crate) fn mode_to_wire(mode: Mode) -> wire::ReplicationMode {
+    match mode {
+        Mode::Continuous => wire::ReplicationMode::Continuous,
+        Mode::Log => wire::ReplicationMode::Log,
+        Mode::Interval => wire::ReplicationMode::Interval,
     }
 }
 

@@ -1,16 +1,56 @@
-//! Per-object serialisation of the CSI handlers: a map of async mutexes.
+//! Per-object serialisation, of the CSI handlers and of the catalog
+//! ([`super::local`]): a map of mutexes, keyed by [`volume_key`],
+//! [`snapshot_key`] and [`group_key`].
 //!
-//! A handler takes the guards of every object it touches before it calls
-//! the node; a call that finds one taken returns `Aborted` at once (the spec's
-//! "operation pending"), and the CO retries. Nothing waits on a guard, so a
-//! guard held across a freeze can never deadlock another call.
+//! A call takes the guards of every object it touches before it does
+//! anything; a call that finds one taken returns `Aborted` at once (the
+//! spec's "operation pending"), and the CO retries. Nothing waits on a
+//! guard, so a guard held across a freeze can never deadlock another call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
 
-use crate::node::error::{Error, Result};
+use super::error::{Error, Result};
+use super::volumes::{GroupSpec, Source};
+
+/// Guard key of a volume.
+pub fn volume_key(id: &str) -> String {
+    format!("volume {id}")
+}
+
+/// Guard key of a snapshot.
+pub fn snapshot_key(id: &str) -> String {
+    format!("snapshot {id}")
+}
+
+/// Guard key of a group snapshot.
+pub fn group_key(id: &str) -> String {
+    format!("group {id}")
+}
+
+/// The guards a creation of volume `id` from `source` takes.
+pub fn creation_keys(id: &str, source: Option<&Source>) -> Vec<String> {
+    let mut keys = vec![volume_key(id)];
+    match source {
+        Some(Source::Snapshot(s)) => keys.push(snapshot_key(s)),
+        Some(Source::Volume(v)) => keys.push(volume_key(v)),
+        None => {}
+    }
+    keys
+}
+
+/// The guards a group snapshot's creation takes: the group, and each
+/// member snapshot with its volume.
+pub fn group_keys(spec: &GroupSpec) -> Vec<String> {
+    let mut keys = vec![group_key(&spec.id)];
+    for m in &spec.members {
+        keys.push(snapshot_key(&m.id));
+        keys.push(volume_key(&m.volume));
+    }
+    keys
+}
 
 type Map = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
 
