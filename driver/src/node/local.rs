@@ -592,7 +592,7 @@ impl LocalVolumes {
     /// sweep removes. Again once done is not an error.
     pub fn release_demoted(&self, volume: &str, to: &Path, prepare: impl FnOnce(&str) -> Result<()>) -> Result<()> {
         let i = &self.inner;
-        let _busy = i.busy(&[format!("volume {volume}")])?;
+        let _busy = i.locks.try_lock(&[volume_key(volume)])?;
         let Some(r) = i.read(|c| c.volumes.get(volume).cloned()) else {
             return if to.exists() {
                 Ok(())
