@@ -153,7 +153,10 @@ fn demo() -> Result<()> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let (acked_new, writers) = s.record_writers(&stop);
-    let fb = common::failback::fail_back(&mut s, epoch + 1, false, false, |p| println!("      {p}"));
+    let fb = common::failback::old_site_back(&mut s).and_then(|()| {
+        println!("      old site back: processes restarted, broken attachments cleared");
+        common::failback::fail_back(&mut s, epoch + 1, false, false, |p| println!("      {p}"))
+    });
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         let _ = w.join();

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use floe_driver::node::rpc::member::AdminClient;
+use floe_driver::replication::freeze::group_freeze;
 use floe_engine::Mode;
 use floe_proto::node as wire;
 
@@ -359,6 +360,7 @@ fn failover_and_back(mode: Mode) -> Result<()> {
         w.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?;
     }
     let discard = mode == Mode::Interval;
+    common::failback::old_site_back(&mut s)?;
     let fb = common::failback::fail_back(&mut s, epoch + 1, discard, true, |step| eprintln!("{mode:?}: {step}"))
         .with_context(|| {
             format!(
@@ -372,5 +374,58 @@ fn failover_and_back(mode: Mode) -> Result<()> {
         fb.differing > 0,
         "both sites wrote after the cut, yet no block differs: {fb:?}"
     );
+    Ok(())
+}
+
+/// A planned switchover: the application stops, a final epoch commits, the
+/// primary's volumes are unmounted and detached, the DR is promoted at
+/// that epoch (every acknowledged record there, none lost), and the old
+/// primary is demoted and resynced as the new DR.
+#[test]
+fn planned_switchover_loses_no_acknowledged_record() -> Result<()> {
+    if !ready("planned_switchover_loses_no_acknowledged_record") {
+        return Ok(());
+    }
+    let mut s = start("switchover", Mode::Log, Place::Namespaces)?;
+    let client = s.primary.client()?;
+    let dadmin = s.dr.admin();
+    let members = s.members();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, writers) = s.record_writers(&stop);
+    let freeze = |epoch: u64| -> Result<()> {
+        wait_until("the members are ready", Duration::from_secs(120), || {
+            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        })?;
+        let report = client.block_on(group_freeze(&members, epoch, Duration::from_secs(20)));
+        ensure!(report.committed_to_flip, "freeze {epoch}: {:?}", report.failures);
+        wait_until(
+            &format!("epoch {epoch} committed at the DR"),
+            Duration::from_secs(120),
+            || Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok()),
+        )
+    };
+    freeze(1)?;
+    freeze(2)?;
+    // The application stops: every record it wrote was acknowledged.
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?;
+    }
+    let written: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    let last = 3;
+    freeze(last)?;
+    for (m, mnt) in s.mounts.clone().iter().enumerate() {
+        s.primary.unmount(mnt)?;
+        client.detach(&volume(m))?;
+    }
+    let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
+    ensure!(epoch == last, "promoted at epoch {epoch}, not the final {last}");
+    let held = check_promoted(&mut s, &written)?;
+    ensure!(
+        held == written,
+        "after the switchover the volumes hold {held:?} records, the application wrote {written:?}"
+    );
+    let fb = common::failback::fail_back(&mut s, last + 1, false, true, |step| eprintln!("switchover: {step}"))?;
+    eprintln!("switchover: the old primary resynced as the DR: {fb:?}");
     Ok(())
 }

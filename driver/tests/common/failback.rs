@@ -130,20 +130,11 @@ fn thaw(rt: &PlaneClient, members: &[Arc<dyn FreezeMember>], token: &Token) {
     }
 }
 
-/// The failback of `s` after [`check_promoted`](super::sites::check_promoted):
-/// the old site (`s.dr` now, every process killed, its uplink down) comes
-/// back, its broken attachments are cleared, it is demoted (strays kept
-/// unless `discard`), the two images are compared block by block, the new
-/// primary streams to it again, and its first epoch after that (from
-/// `epoch` on; one frozen before the comparison began is given up) must
-/// reach the old site with the two images O_DIRECT-equal.
-///
-/// `quiet`: the new primary's file systems stay frozen from the comparison
-/// to that epoch, so nothing is written meanwhile and what was shipped can
-/// be held to the blocks that differed; otherwise its workload runs on and
-/// only the lower bound is checked.
-pub fn fail_back(s: &mut Sites, epoch: u64, discard: bool, quiet: bool, progress: impl Fn(&str)) -> Result<Failback> {
-    let t0 = Instant::now();
+/// After an unplanned failover: the old site (`s.dr` now, every process
+/// killed, its uplink down) comes back: its dead mounts dropped, its
+/// processes started again, its uplink up, the broken attachments of its
+/// volumes cleared.
+pub fn old_site_back(s: &mut Sites) -> Result<()> {
     let net = s.net.clone();
     s.dr.drop_dead_mounts();
     s.dr.start().context("restart the old primary site")?;
@@ -155,8 +146,24 @@ pub fn fail_back(s: &mut Sites, epoch: u64, discard: bool, quiet: bool, progress
         old.detach(&volume(m))
             .with_context(|| format!("clear the broken attachment of {} on the old site", volume(m)))?;
     }
-    progress("old site back: processes restarted, broken attachments cleared");
+    Ok(())
+}
 
+/// The failback of `s` after [`check_promoted`](super::sites::check_promoted)
+/// (and [`old_site_back`] after a loss): the old site (`s.dr` now, its
+/// members detached) is demoted (strays kept
+/// unless `discard`), the two images are compared block by block, the new
+/// primary streams to it again, and its first epoch after that (from
+/// `epoch` on; one frozen before the comparison began is given up) must
+/// reach the old site with the two images O_DIRECT-equal.
+///
+/// `quiet`: the new primary's file systems stay frozen from the comparison
+/// to that epoch, so nothing is written meanwhile and what was shipped can
+/// be held to the blocks that differed; otherwise its workload runs on and
+/// only the lower bound is checked.
+pub fn fail_back(s: &mut Sites, epoch: u64, discard: bool, quiet: bool, progress: impl Fn(&str)) -> Result<Failback> {
+    let t0 = Instant::now();
+    let old = s.dr.client()?;
     let new_admin = s.primary.admin();
     let old_admin = s.dr.admin();
     let generation = old
