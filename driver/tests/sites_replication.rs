@@ -429,3 +429,138 @@ fn planned_switchover_loses_no_acknowledged_record() -> Result<()> {
     eprintln!("switchover: the old primary resynced as the DR: {fb:?}");
     Ok(())
 }
+
+/// Both sites primary by mistake: after a failover the old site comes back
+/// and runs its application again instead of being demoted, and the new
+/// primary is told to stream to it. Each refuses the other's streams as a
+/// split brain (counted in `floe_receiver_rejected_total{reason="split_brain"}`)
+/// and nothing crosses: the new primary's images stay as they were. Demoting
+/// the old site ends it.
+#[test]
+fn split_brain_writes_nothing_across_and_is_counted() -> Result<()> {
+    if !ready("split_brain_writes_nothing_across_and_is_counted") {
+        return Ok(());
+    }
+    let mut s = start("split-brain", Mode::Continuous, Place::Namespaces)?;
+    let client = s.primary.client()?;
+    let dadmin = s.dr.admin();
+    let members = s.members();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, writers) = s.record_writers(&stop);
+    wait_until("records written", Duration::from_secs(60), || {
+        Ok(acked.iter().all(|a| a.load(Ordering::SeqCst) > 10))
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?;
+    }
+    let written: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    for epoch in 1..=2 {
+        wait_until("the members are ready", Duration::from_secs(120), || {
+            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        })?;
+        client.block_on(freeze_and_read(&s, &members, epoch))?;
+        wait_until("the epoch committed", Duration::from_secs(120), || {
+            Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok())
+        })?;
+    }
+    s.net.clone().context("namespaces")?.link_down(0)?;
+    s.primary.kill_all()?;
+    let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
+    check_promoted(&mut s, &written)?;
+    common::failback::old_site_back(&mut s)?;
+
+    // The old site takes its volumes back as if it were still the primary.
+    let old = s.dr.client()?;
+    let mut old_mounts = Vec::new();
+    for m in 0..MEMBERS {
+        let device = old.attach(&volume(m))?;
+        old_mounts.push(s.dr.mount_ext4(&device, &volume(m))?);
+    }
+    for mnt in &old_mounts {
+        std::fs::write(
+            mnt.join("split"),
+            b"written on the old site while the new one is primary",
+        )?;
+    }
+    // The new primary is told to stream to it, with its own file systems frozen.
+    let new_admin = s.primary.admin();
+    let token = floe_driver::replication::freeze::Token::fresh()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let new_members = s.members();
+    for m in &new_members {
+        client
+            .block_on(m.quiesce(&token, deadline))
+            .map_err(|e| anyhow::anyhow!("quiesce: {e}"))?;
+    }
+    let standoff = (|| -> Result<()> {
+        let before: Vec<Vec<u8>> = s
+            .devices
+            .iter()
+            .map(|d| device_digest(d, VOLUME_BYTES))
+            .collect::<Result<_>>()?;
+        client.block_on(
+            new_admin.pair(wire::PairRequest {
+                group: GROUP.into(),
+                role: wire::Role::Primary.into(),
+                members: (0..MEMBERS)
+                    .map(|m| wire::GroupMember {
+                        volume: volume(m),
+                        ..Default::default()
+                    })
+                    .collect(),
+                peer_address: s.listen[1].to_string(),
+                generation: None,
+            }),
+        )?;
+        let refused = |node: usize, m: usize| -> Result<u64> {
+            let text = s.scrape(node)?;
+            Ok(metric(
+                &text,
+                &format!(
+                    "floe_receiver_rejected_total{{reason=\"split_brain\",volume=\"{}\"}}",
+                    volume(m)
+                ),
+            )
+            .unwrap_or(0))
+        };
+        wait_until(
+            "both sites refuse each other's streams as a split brain",
+            Duration::from_secs(60),
+            || Ok((0..MEMBERS).all(|m| refused(0, m).is_ok_and(|n| n > 0) && refused(1, m).is_ok_and(|n| n > 0))),
+        )?;
+        for m in 0..MEMBERS {
+            let st = client.block_on(new_admin.status(&volume(m)))?;
+            ensure!(
+                st.link != "up",
+                "the new primary's stream of {} is up: {st:?}",
+                volume(m)
+            );
+            let st = client.block_on(s.dr.admin().status(&volume(m)))?;
+            ensure!(st.link != "up", "the old site's stream of {} is up: {st:?}", volume(m));
+        }
+        let after: Vec<Vec<u8>> = s
+            .devices
+            .iter()
+            .map(|d| device_digest(d, VOLUME_BYTES))
+            .collect::<Result<_>>()?;
+        ensure!(
+            before == after,
+            "the new primary's images changed during the split brain"
+        );
+        Ok(())
+    })();
+    for m in &new_members {
+        let _ = client.block_on(m.thaw(&token));
+    }
+    standoff?;
+
+    // Ended: the old site stops its application and is demoted.
+    for (m, mnt) in old_mounts.iter().enumerate() {
+        s.dr.unmount(mnt)?;
+        old.detach(&volume(m))?;
+    }
+    let fb = common::failback::fail_back(&mut s, epoch + 1, false, true, |step| eprintln!("split brain: {step}"))?;
+    eprintln!("split brain ended by a demotion: {fb:?}");
+    Ok(())
+}

@@ -84,16 +84,20 @@ pub enum Reason {
     Peer,
     /// The TLS handshake failed, or the certificate is for another name.
     Identity,
+    /// A stream for a volume this node is the primary of: two primaries
+    /// (split brain).
+    SplitBrain,
 }
 
 impl Reason {
-    const ALL: [Reason; 6] = [
+    const ALL: [Reason; 7] = [
         Reason::Mismatch,
         Reason::Malformed,
         Reason::Engine,
         Reason::Coordinator,
         Reason::Peer,
         Reason::Identity,
+        Reason::SplitBrain,
     ];
 
     fn label(self) -> &'static str {
@@ -104,6 +108,7 @@ impl Reason {
             Reason::Coordinator => "coordinator",
             Reason::Peer => "peer",
             Reason::Identity => "identity",
+            Reason::SplitBrain => "split_brain",
         }
     }
 }

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use floe_engine::RoleGeneration;
 use floe_proto::replication::{self as pb, frame::Kind, replication_server::Replication};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -54,6 +55,9 @@ struct Entry {
 #[derive(Clone)]
 pub struct Receivers {
     volumes: Arc<Mutex<HashMap<String, Entry>>>,
+    /// Volumes this node is the primary of, and under which generation: a
+    /// stream for one is another primary's (split brain), refused.
+    primaries: Arc<Mutex<HashMap<String, RoleGeneration>>>,
     metrics: LinkMetrics,
     /// Streams refused before they named a paired volume.
     pub unknown: LinkStats,
@@ -65,6 +69,7 @@ impl Receivers {
         let unknown = metrics.for_volume("-");
         Receivers {
             volumes: Arc::default(),
+            primaries: Arc::default(),
             metrics,
             unknown,
         }
@@ -100,6 +105,11 @@ impl Receivers {
         }
     }
 
+    /// The volumes this node is the primary of from now on.
+    pub fn set_primaries(&self, primaries: HashMap<String, RoleGeneration>) {
+        *self.primaries.lock().unwrap_or_else(|p| p.into_inner()) = primaries;
+    }
+
     /// The tonic service, with the message limit of the codec.
     pub fn service(self) -> pb::replication_server::ReplicationServer<Self> {
         pb::replication_server::ReplicationServer::new(self)
@@ -112,17 +122,44 @@ impl Receivers {
     }
 
     /// The entry `open` names, made the volume's current stream.
-    fn claim(&self, open: &pb::Open) -> Result<Claimed, Box<(Mismatch, LinkStats)>> {
+    fn claim(&self, open: &pb::Open) -> Result<Claimed, Box<(Mismatch, Reason, LinkStats)>> {
         let mut map = self.lock();
         let Some(entry) = map.get_mut(&open.volume) else {
+            let ours = self
+                .primaries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&open.volume)
+                .copied();
+            if let Some(ours) = ours {
+                let theirs = open.generation.clone().map(super::codec::generation_from_wire);
+                let lower = match theirs {
+                    Some(t) if t < ours => "the peer's is older",
+                    Some(_) => "the peer's is not older: demote one site",
+                    None => "the peer sent none",
+                };
+                let mismatch = Mismatch {
+                    field: "generation",
+                    ours: format!(
+                        "this site is the primary of this volume under generation ({}, {}) (two primaries: split brain; {lower})",
+                        ours.counter, ours.site
+                    ),
+                    theirs: theirs.map_or_else(|| "none".into(), |t| format!("({}, {})", t.counter, t.site)),
+                };
+                return Err(Box::new((
+                    mismatch,
+                    Reason::SplitBrain,
+                    self.metrics.for_volume(&open.volume),
+                )));
+            }
             let mismatch = Mismatch {
                 field: "volume",
                 ours: "no paired volume of that id".into(),
                 theirs: format!("{:?}", open.volume.chars().take(160).collect::<String>()),
             };
-            return Err(Box::new((mismatch, self.unknown.clone())));
+            return Err(Box::new((mismatch, Reason::Mismatch, self.unknown.clone())));
         };
-        check_open(&entry.paired.pairing, open).map_err(|m| Box::new((m, entry.stats.clone())))?;
+        check_open(&entry.paired.pairing, open).map_err(|m| Box::new((m, Reason::Mismatch, entry.stats.clone())))?;
         let token = CancellationToken::new();
         if let Some(old) = entry.current.replace(token.clone()) {
             old.cancel();
@@ -157,8 +194,8 @@ impl Replication for Receivers {
         };
         match self.claim(&open) {
             Err(refused) => {
-                let (mismatch, stats) = *refused;
-                stats.reject(Reason::Mismatch);
+                let (mismatch, reason, stats) = *refused;
+                stats.reject(reason);
                 tracing::warn!(volume = %mismatch.theirs, error = %mismatch, "replication stream refused");
                 let _ = tx.send(Ok(mismatch.refusal())).await;
             }

@@ -154,6 +154,7 @@ impl Replication {
                 (Side::Primary, _) => {}
             }
         }
+        hub.receivers.set_primaries(primaries(&pairings));
         hub.lock().pairings = pairings;
         for (name, site) in promotions {
             tracing::warn!(group = %name, "finishing a promotion the previous data plane did not");
@@ -175,6 +176,14 @@ impl Replication {
         }
         plane.observe(Arc::clone(&hub) as Arc<dyn AttachObserver>);
         Ok(hub)
+    }
+
+    /// Writes the pairings and tells the listener which volumes are
+    /// primary here (a stream for one of them is a split brain).
+    fn save(&self, st: &State) -> Result<()> {
+        st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+        self.receivers.set_primaries(primaries(&st.pairings));
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -213,8 +222,8 @@ impl Replication {
         {
             let st = self.lock();
             if let Some(existing) = st.pairings.groups.get(group) {
-                if *existing == record {
-                    return Ok(record);
+                if *existing == record || same_primary_pairing(existing, &record) {
+                    return Ok(existing.clone());
                 }
                 if resumes_failback(existing, &record) {
                     drop(st);
@@ -242,7 +251,7 @@ impl Replication {
         };
         let mut st = self.lock();
         st.pairings.groups.insert(group.to_owned(), record.clone());
-        st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+        self.save(&st)?;
         if let Some(dr) = dr {
             st.groups.insert(group.to_owned(), dr);
         }
@@ -265,7 +274,7 @@ impl Replication {
             .ok_or_else(|| Error::Internal(format!("group {group:?} vanished")))?;
         g.peer_address = record.peer_address.clone();
         let saved = g.clone();
-        st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+        self.save(&st)?;
         drop(st);
         self.start_streams(&record);
         tracing::info!(group, peer = ?record.peer_address, "failback: the group streams to its old primary site");
@@ -437,7 +446,7 @@ impl Replication {
                     }
                     let g = st.pairings.groups.get_mut(group).expect("looked up above");
                     g.promoting = Some(site);
-                    st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+                    self.save(&st)?;
                 }
                 let held: Vec<Weak<HostedReplica<FileStore>>> = st
                     .groups
@@ -505,7 +514,7 @@ impl Replication {
             g.promoting = None;
             g.promoted_at = Some(decision.committed);
         }
-        st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+        self.save(&st)?;
         tracing::info!(
             group,
             epoch = decision.committed,
@@ -568,7 +577,7 @@ impl Replication {
                         generation: (generation.counter, generation.site),
                         discard_strays,
                     });
-                    st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+                    self.save(&st)?;
                 }
             }
             st.pairings.groups[group].clone()
@@ -625,7 +634,7 @@ impl Replication {
         let mut st = self.lock();
         st.groups.insert(group.to_owned(), opened);
         st.pairings.groups.insert(group.to_owned(), dr.clone());
-        st.pairings.save(&self.dir).map_err(internal("write the pairings"))?;
+        self.save(&st)?;
         let out = demoted_state(st.groups.get(group), final_epoch);
         drop(st);
         tracing::info!(
@@ -844,6 +853,17 @@ pub(crate) struct MemberShape {
     pub fs_type: String,
 }
 
+/// Whether `requested` asks for the primary pairing `existing` is already
+/// (a promoted group streaming to its old site again, say).
+fn same_primary_pairing(existing: &GroupRecord, requested: &GroupRecord) -> bool {
+    existing.side == Side::Primary
+        && requested.side == Side::Primary
+        && existing.demoting.is_none()
+        && existing.members == requested.members
+        && existing.generation == requested.generation
+        && existing.peer_address == requested.peer_address
+}
+
 /// Whether pairing `requested` over `existing` starts a failback: the
 /// group was promoted here and streams nowhere, and the request names the
 /// same members and generation with the old site's listener.
@@ -899,6 +919,16 @@ pub(crate) struct VolumeStatus {
     pub link: Option<LinkState>,
     /// Primary: where a failback comparison stands.
     pub resync: ResyncPhase,
+}
+
+/// The volumes of the groups this node is the primary of, with their
+/// generation.
+fn primaries(p: &Pairings) -> HashMap<String, RoleGeneration> {
+    p.groups
+        .values()
+        .filter(|g| g.side == Side::Primary)
+        .flat_map(|g| g.members.iter().map(|m| (m.volume.clone(), g.generation())))
+        .collect()
 }
 
 /// What a demotion answers.
