@@ -132,7 +132,7 @@ impl Receivers {
                 .get(&open.volume)
                 .copied();
             if let Some(ours) = ours {
-                let theirs = open.generation.clone().map(super::codec::generation_from_wire);
+                let theirs = open.generation.map(super::codec::generation_from_wire);
                 let lower = match theirs {
                     Some(t) if t < ours => "the peer's is older",
                     Some(_) => "the peer's is not older: demote one site",
