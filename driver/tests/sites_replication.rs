@@ -21,6 +21,7 @@ use floe_proto::node as wire;
 
 mod common;
 
+use common::failback::Kill;
 use common::sites::*;
 
 /// What happens to the sites between two epochs.
@@ -359,16 +360,27 @@ fn failover_and_back(mode: Mode) -> Result<()> {
     for w in writers {
         w.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?;
     }
+    // Strays discarded in interval mode; a SIGKILL mid-resync of the old
+    // site in log mode, of the new primary in interval mode (not quiet
+    // then: its freeze would end with its data plane).
     let discard = mode == Mode::Interval;
+    let kill = match mode {
+        Mode::Continuous => None,
+        Mode::Log => Some(Kill::OldSite),
+        Mode::Interval => Some(Kill::NewPrimary),
+    };
     common::failback::old_site_back(&mut s)?;
-    let fb = common::failback::fail_back(&mut s, epoch + 1, discard, true, |step| eprintln!("{mode:?}: {step}"))
-        .with_context(|| {
-            format!(
-                "new primary's log:\n{}\nold site's log:\n{}",
-                std::fs::read_to_string(s.primary.dir.join("serve.log")).unwrap_or_default(),
-                std::fs::read_to_string(s.dr.dir.join("serve.log")).unwrap_or_default()
-            )
-        })?;
+    let quiet = kill != Some(Kill::NewPrimary);
+    let fb = common::failback::fail_back_with(&mut s, epoch + 1, discard, quiet, kill, |step| {
+        eprintln!("{mode:?}: {step}")
+    })
+    .with_context(|| {
+        format!(
+            "new primary's log:\n{}\nold site's log:\n{}",
+            std::fs::read_to_string(s.primary.dir.join("serve.log")).unwrap_or_default(),
+            std::fs::read_to_string(s.dr.dir.join("serve.log")).unwrap_or_default()
+        )
+    })?;
     eprintln!("{mode:?}: failback {fb:?}");
     ensure!(
         fb.differing > 0,

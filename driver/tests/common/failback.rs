@@ -162,6 +162,33 @@ pub fn old_site_back(s: &mut Sites) -> Result<()> {
 /// be held to the blocks that differed; otherwise its workload runs on and
 /// only the lower bound is checked.
 pub fn fail_back(s: &mut Sites, epoch: u64, discard: bool, quiet: bool, progress: impl Fn(&str)) -> Result<Failback> {
+    fail_back_with(s, epoch, discard, quiet, None, progress)
+}
+
+/// Which data plane a failback kills mid-resync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kill {
+    /// The new primary's `serve` (its holder keeps the volumes served).
+    NewPrimary,
+    /// The old site's `serve` (its replicas and their candidates on disk).
+    OldSite,
+}
+
+/// [`fail_back`], with `kill`'s `serve` SIGKILLed once the comparison has
+/// begun (and before the epoch that carries the resync), then started
+/// again: the resync must resume.
+pub fn fail_back_with(
+    s: &mut Sites,
+    epoch: u64,
+    discard: bool,
+    quiet: bool,
+    kill: Option<Kill>,
+    progress: impl Fn(&str),
+) -> Result<Failback> {
+    ensure!(
+        !(quiet && kill == Some(Kill::NewPrimary)),
+        "a quiet failback holds the new primary's freeze: its data plane cannot be killed meanwhile"
+    );
     let t0 = Instant::now();
     let old = s.dr.client()?;
     let new_admin = s.primary.admin();
@@ -184,16 +211,18 @@ pub fn fail_back(s: &mut Sites, epoch: u64, discard: bool, quiet: bool, progress
     let members = s.members();
     let token = Token::fresh()?;
     quiesce(&old, &members, &token)?;
-    let checked = (|| {
+    let checked = (|s: &mut Sites| {
         let before = old.block_on(read_devices(s))?;
         if !quiet {
             thaw(&old, &members, &token);
         }
         let mut differing = Vec::new();
+        let mut old_images = Vec::new();
         for (m, image_now) in before.iter().enumerate() {
             let image = Image::read(&replica_image(&s.dr.dir, &volume(m)), VOLUME_BYTES)?;
             differing.push(image.differing(image_now));
             check_strays(s, &demoted.strays_snapshots, m, &image, discard)?;
+            old_images.push(image);
         }
         let paired = old.block_on(
             new_admin.pair(wire::PairRequest {
@@ -210,16 +239,37 @@ pub fn fail_back(s: &mut Sites, epoch: u64, discard: bool, quiet: bool, progress
             }),
         )?;
         ensure!(paired.generation == Some(generation), "failback pair: {paired:?}");
-        wait_until("the failback comparison begun", Duration::from_secs(60), || {
-            Ok((0..MEMBERS).all(|m| {
-                old.block_on(new_admin.status(&volume(m)))
-                    .is_ok_and(|st| st.failback.starts_with("comparing"))
-            }))
-        })?;
+        let comparing = || {
+            wait_until("the failback comparison begun", Duration::from_secs(60), || {
+                Ok((0..MEMBERS).all(|m| {
+                    old.block_on(new_admin.status(&volume(m)))
+                        .is_ok_and(|st| st.failback.starts_with("comparing"))
+                }))
+            })
+        };
+        comparing()?;
+        if let Some(kill) = kill {
+            let node = match kill {
+                Kill::NewPrimary => &mut s.primary,
+                Kill::OldSite => &mut s.dr,
+            };
+            node.stop_serve(rustix::process::Signal::KILL)?;
+            node.start_serve()?;
+            progress(&format!("{kill:?}: serve SIGKILLed mid-resync and started again"));
+            // Until the resync folds, the old site keeps the image it had.
+            for (m, image) in old_images.iter().enumerate() {
+                ensure!(
+                    Image::read(&replica_image(&s.dr.dir, &volume(m)), VOLUME_BYTES)? == *image,
+                    "{}: the old site's image changed before the resync folded",
+                    volume(m)
+                );
+            }
+            comparing()?;
+        }
         progress("the new primary streams to the old site: candidates hashed, compared, the differing ones sent");
         let (epoch, after) = first_epoch(s, &old, &members, &token, epoch, quiet)?;
         anyhow::Ok((before, differing, epoch, after))
-    })();
+    })(s);
     if quiet || checked.is_err() {
         thaw(&old, &members, &token);
     }
@@ -272,19 +322,25 @@ pub fn fail_back(s: &mut Sites, epoch: u64, discard: bool, quiet: bool, progress
         .unwrap_or(0);
         out.shipped += shipped_m;
     }
-    ensure!(
-        out.shipped >= out.differing as u64,
-        "the resync shipped {} blocks, fewer than the {} that differed",
-        out.shipped,
-        out.differing
-    );
+    // A new primary killed mid-resync counts afresh from its restart.
+    if kill != Some(Kill::NewPrimary) {
+        ensure!(
+            out.shipped >= out.differing as u64,
+            "the resync shipped {} blocks, fewer than the {} that differed",
+            out.shipped,
+            out.differing
+        );
+    }
     if quiet {
         // Each differing block once, and a block written since (in quiet
-        // mode: the superblock a thaw rewrites) once more per write.
-        let bound = (out.differing + out.written_since) as u64;
+        // mode: the superblock a thaw rewrites) once more per write; an
+        // old site killed mid-resync loses what it had not made durable,
+        // compares again and takes each differing block at most once more.
+        let resent = if kill == Some(Kill::OldSite) { out.differing } else { 0 };
+        let bound = (out.differing + resent + out.written_since) as u64;
         ensure!(
             out.shipped <= bound,
-            "the resync shipped {} blocks, more than the {} that differed plus the {} written since",
+            "the resync shipped {} blocks, more than the {} that differed (+{resent} re-sent after a kill) plus the {} written since",
             out.shipped,
             out.differing,
             out.written_since
