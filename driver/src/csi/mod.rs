@@ -89,12 +89,12 @@ impl Plugin {
             .find(|s| s.id == id)
             .ok_or_else(|| Error::SnapshotNotFound(id.to_owned()))
     }
+}
 
-    /// This node's topology segment.
-    pub fn topology(&self) -> csi::Topology {
-        csi::Topology {
-            segments: [(TOPOLOGY_KEY.to_owned(), self.node_id.clone())].into(),
-        }
+/// The topology segment of `node`.
+pub fn topology(node: &str) -> csi::Topology {
+    csi::Topology {
+        segments: [(TOPOLOGY_KEY.to_owned(), node.to_owned())].into(),
     }
 }
 
