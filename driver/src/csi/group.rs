@@ -9,7 +9,7 @@ use floe_proto::csi::group_controller_server::GroupController;
 
 use super::identity::group_capabilities;
 use super::params::{self, Rpc};
-use super::{csi_snapshot, timestamp, Plugin};
+use super::{csi_snapshot, Plugin};
 use crate::node::error::{grpc_service, Error, Result};
 use crate::node::locks::{group_key, group_keys};
 use crate::node::volumes::{GroupSnapshot, GroupSpec, SnapshotSpec};
@@ -42,7 +42,7 @@ impl GroupService {
         Ok(csi::VolumeGroupSnapshot {
             group_snapshot_id: g.id.clone(),
             snapshots,
-            creation_time: Some(timestamp(g.created)),
+            creation_time: Some(g.created.into()),
             ready_to_use: true,
         })
     }

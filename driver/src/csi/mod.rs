@@ -98,21 +98,13 @@ pub fn topology(node: &str) -> csi::Topology {
     }
 }
 
-/// A CSI timestamp.
-pub fn timestamp(t: volumes::Time) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.secs,
-        nanos: t.nanos,
-    }
-}
-
 /// A snapshot as CSI shows it (always ready: the cut is durable when taken).
 pub fn csi_snapshot(s: &Snapshot) -> csi::Snapshot {
     csi::Snapshot {
         size_bytes: s.size_bytes as i64,
         snapshot_id: s.id.clone(),
         source_volume_id: s.source_volume.clone(),
-        creation_time: Some(timestamp(s.created)),
+        creation_time: Some(s.created.into()),
         ready_to_use: true,
         group_snapshot_id: s.group.clone().unwrap_or_default(),
     }
