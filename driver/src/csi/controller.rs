@@ -14,13 +14,12 @@ use std::sync::Arc;
 
 use floe_proto::csi;
 use floe_proto::csi::controller_server::Controller;
-use tonic::{Request, Response, Status};
 
 use super::identity::controller_capabilities;
 use super::params::{self, Access, Capability, Rpc, VolumeParams, XFS_MIN_BYTES};
-use super::{csi_snapshot, Plugin, TOPOLOGY_KEY};
+use super::{csi_snapshot, topology, Plugin, TOPOLOGY_KEY};
 use crate::dataplane::mount::FsType;
-use crate::node::error::{Error, Result};
+use crate::node::error::{grpc_service, Error, Result};
 use crate::node::locks::{creation_keys, snapshot_key, volume_key};
 use crate::node::volumes::{Snapshot, SnapshotSpec, Source, Volume, VolumeSpec};
 
@@ -38,10 +37,8 @@ impl ControllerService {
 
     /// The topology segment of the node holding volume `id`.
     async fn topology_of(&self, id: &str) -> Result<csi::Topology> {
-        Ok(match self.plugin.volumes.volume_node(id).await? {
-            Some(node) => node_topology(&node),
-            None => self.plugin.topology(),
-        })
+        let node = self.plugin.volumes.volume_node(id).await?;
+        Ok(topology(node.as_deref().unwrap_or(&self.plugin.node_id)))
     }
 
     async fn csi_volume(&self, v: &Volume) -> Result<csi::Volume> {
@@ -69,25 +66,27 @@ impl ControllerService {
             return Ok(());
         };
         let known = self.plugin.volumes.nodes();
-        if !known.is_empty() {
-            if known.iter().any(|n| req.requisite.iter().any(|t| fits(t, n))) {
-                return Ok(());
-            }
-            return Err(Error::ResourceExhausted(format!(
+        let nodes = if known.is_empty() {
+            std::slice::from_ref(&self.plugin.node_id)
+        } else {
+            &known
+        };
+        if nodes.iter().any(|n| req.requisite.iter().any(|t| fits(t, n))) {
+            return Ok(());
+        }
+        Err(Error::ResourceExhausted(if known.is_empty() {
+            format!(
+                "floe volumes live on the node that creates them, {TOPOLOGY_KEY}={}, which no requisite topology \
+                 allows",
+                self.plugin.node_id
+            )
+        } else {
+            format!(
                 "floe volumes live on one node, and no requisite topology allows any of the nodes this controller \
                  reaches ({TOPOLOGY_KEY} = {})",
                 known.join(", ")
-            )));
-        }
-        let ours = self.plugin.topology().segments;
-        let fits = |t: &csi::Topology| t.segments.iter().all(|(k, v)| ours.get(k) == Some(v));
-        if req.requisite.iter().any(fits) {
-            return Ok(());
-        }
-        Err(Error::ResourceExhausted(format!(
-            "floe volumes live on the node that creates them, {TOPOLOGY_KEY}={}, which no requisite topology allows",
-            self.plugin.node_id
-        )))
+            )
+        }))
     }
 
     /// Split mode: the node a new volume goes to. The node holding its
@@ -127,7 +126,7 @@ impl ControllerService {
             .cloned())
     }
 
-    async fn create(&self, req: csi::CreateVolumeRequest) -> Result<csi::Volume> {
+    async fn create(&self, req: csi::CreateVolumeRequest) -> Result<csi::CreateVolumeResponse> {
         let rpc = Rpc("CreateVolume");
         let id = rpc.name(&req.name)?;
         if req.volume_capabilities.is_empty() {
@@ -210,39 +209,49 @@ impl ControllerService {
             .placement(req.accessibility_requirements.as_ref(), source.as_ref())
             .await?;
         let _guard = self.plugin.locks.try_lock(&creation_keys(&id, source.as_ref()))?;
-        if let Some(v) = self.plugin.volumes.volume(&id).await? {
-            let (required, limit) = range
-                .map(|r| (r.required_bytes as u64, r.limit_bytes as u64))
-                .unwrap_or((0, 0));
-            let fits = v.size_bytes >= required && (limit == 0 || v.size_bytes <= limit);
-            if fits && v.params == vp && v.source == source {
-                return self.csi_volume(&v).await;
+        let (required, limit) = range
+            .map(|r| (r.required_bytes as u64, r.limit_bytes as u64))
+            .unwrap_or((0, 0));
+        let v = match self.plugin.volumes.volume(&id).await? {
+            Some(v)
+                if v.size_bytes >= required
+                    && (limit == 0 || v.size_bytes <= limit)
+                    && v.params == vp
+                    && v.source == source =>
+            {
+                v
             }
-            return Err(Error::AlreadyExists {
-                kind: "volume",
-                name: req.name,
-                existing: v.describe(),
-                requested: VolumeSpec {
+            Some(v) => {
+                return Err(Error::AlreadyExists {
+                    kind: "volume",
+                    name: req.name,
+                    existing: v.describe(),
+                    requested: VolumeSpec {
+                        id,
+                        name: v.name.clone(),
+                        size_bytes: size,
+                        params: vp,
+                        source,
+                        node: None,
+                    }
+                    .describe(),
+                })
+            }
+            None => {
+                let spec = VolumeSpec {
                     id,
-                    name: v.name.clone(),
+                    name: req.name,
                     size_bytes: size,
                     params: vp,
                     source,
-                    node: None,
-                }
-                .describe(),
-            });
-        }
-        let spec = VolumeSpec {
-            id,
-            name: req.name,
-            size_bytes: size,
-            params: vp,
-            source,
-            node,
+                    node,
+                };
+                self.plugin.volumes.create(spec).await?
+            }
         };
-        let v = self.plugin.volumes.create(spec).await?;
-        self.csi_volume(&v).await
+        Ok(csi::CreateVolumeResponse {
+            volume: Some(self.csi_volume(&v).await?),
+        })
     }
 
     async fn validate(
@@ -321,20 +330,106 @@ impl ControllerService {
         })
     }
 
-    async fn create_snapshot(&self, req: csi::CreateSnapshotRequest) -> Result<Snapshot> {
+    async fn delete(&self, req: csi::DeleteVolumeRequest) -> Result<csi::DeleteVolumeResponse> {
+        let id = Rpc("DeleteVolume").required("volume_id", &req.volume_id, "the volume to delete")?;
+        let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
+        self.plugin.volumes.delete(id).await?;
+        Ok(csi::DeleteVolumeResponse {})
+    }
+
+    async fn publish(&self, _: csi::ControllerPublishVolumeRequest) -> Result<csi::ControllerPublishVolumeResponse> {
+        Err(Error::Unimplemented(
+            "floe volumes are node-local and need no ControllerPublishVolume (attachRequired: false)",
+        ))
+    }
+
+    async fn unpublish(
+        &self,
+        _: csi::ControllerUnpublishVolumeRequest,
+    ) -> Result<csi::ControllerUnpublishVolumeResponse> {
+        Err(Error::Unimplemented(
+            "floe volumes are node-local and need no ControllerUnpublishVolume (attachRequired: false)",
+        ))
+    }
+
+    async fn list_volumes(&self, req: csi::ListVolumesRequest) -> Result<csi::ListVolumesResponse> {
+        let start = params::decode_token("v", &req.starting_token)?;
+        let items: BTreeMap<String, Volume> = self
+            .plugin
+            .volumes
+            .volumes()
+            .await?
+            .into_iter()
+            .map(|v| (v.id.clone(), v))
+            .collect();
+        let (page, next_token) = params::page(&items, start.as_deref(), req.max_entries, "v")?;
+        let mut entries = Vec::with_capacity(page.len());
+        for v in &page {
+            entries.push(csi::list_volumes_response::Entry {
+                volume: Some(self.csi_volume(v).await?),
+                status: None,
+            });
+        }
+        Ok(csi::ListVolumesResponse { entries, next_token })
+    }
+
+    async fn capacity(&self, req: csi::GetCapacityRequest) -> Result<csi::GetCapacityResponse> {
+        VolumeParams::parse(&req.parameters)?;
+        let usable = req.volume_capabilities.iter().all(|c| Capability::parse(c).is_ok());
+        let known = self.plugin.volumes.nodes();
+        // Split mode: the node the topology names, or the whole cluster.
+        let cap = match req.accessible_topology.as_ref() {
+            None => Some(self.plugin.volumes.capacity().await?),
+            Some(t) if known.is_empty() => {
+                fits(t, &self.plugin.node_id).then_some(self.plugin.volumes.capacity().await?)
+            }
+            Some(t) => match known.iter().find(|n| fits(t, n)) {
+                Some(n) => Some(self.plugin.volumes.capacity_of(n).await?),
+                None => None,
+            },
+        };
+        let (available, max) = match cap {
+            Some(cap) if usable => (cap.available_bytes, cap.max_volume_bytes),
+            _ => (0, 0),
+        };
+        Ok(csi::GetCapacityResponse {
+            available_capacity: available.min(i64::MAX as u64) as i64,
+            maximum_volume_size: Some(max.min(i64::MAX as u64) as i64),
+            minimum_volume_size: None,
+        })
+    }
+
+    async fn capabilities(
+        &self,
+        _: csi::ControllerGetCapabilitiesRequest,
+    ) -> Result<csi::ControllerGetCapabilitiesResponse> {
+        Ok(csi::ControllerGetCapabilitiesResponse {
+            capabilities: controller_capabilities(),
+        })
+    }
+
+    async fn create_snapshot(&self, req: csi::CreateSnapshotRequest) -> Result<csi::CreateSnapshotResponse> {
         let rpc = Rpc("CreateSnapshot");
         let id = rpc.name(&req.name)?;
         let volume = rpc.required("source_volume_id", &req.source_volume_id, "the volume to copy")?;
         params::no_parameters(&req.parameters)?;
         let _guard = self.plugin.locks.try_lock(&[snapshot_key(&id), volume_key(volume)])?;
-        self.plugin
-            .volumes
-            .snapshot(SnapshotSpec {
-                id,
-                name: req.name.clone(),
-                volume: volume.to_owned(),
-            })
-            .await
+        let spec = SnapshotSpec {
+            id,
+            name: req.name.clone(),
+            volume: volume.to_owned(),
+        };
+        let snap = self.plugin.volumes.snapshot(spec).await?;
+        Ok(csi::CreateSnapshotResponse {
+            snapshot: Some(csi_snapshot(&snap)),
+        })
+    }
+
+    async fn delete_snapshot(&self, req: csi::DeleteSnapshotRequest) -> Result<csi::DeleteSnapshotResponse> {
+        let id = Rpc("DeleteSnapshot").required("snapshot_id", &req.snapshot_id, "the snapshot to delete")?;
+        let _guard = self.plugin.locks.try_lock(&[snapshot_key(id)])?;
+        self.plugin.volumes.delete_snapshot(id).await?;
+        Ok(csi::DeleteSnapshotResponse {})
     }
 
     async fn list_snapshots(&self, req: csi::ListSnapshotsRequest) -> Result<csi::ListSnapshotsResponse> {
@@ -360,12 +455,25 @@ impl ControllerService {
             next_token,
         })
     }
-}
 
-/// The topology segment of `node`.
-fn node_topology(node: &str) -> csi::Topology {
-    csi::Topology {
-        segments: [(TOPOLOGY_KEY.to_owned(), node.to_owned())].into(),
+    async fn get_snapshot(&self, req: csi::GetSnapshotRequest) -> Result<csi::GetSnapshotResponse> {
+        let id = Rpc("GetSnapshot").object_id("snapshot_id", &req.snapshot_id, "the snapshot to show")?;
+        let snap = self.plugin.snapshot(id).await?;
+        Ok(csi::GetSnapshotResponse {
+            snapshot: Some(csi_snapshot(&snap)),
+        })
+    }
+
+    async fn get_volume(&self, _: csi::ControllerGetVolumeRequest) -> Result<csi::ControllerGetVolumeResponse> {
+        Err(Error::Unimplemented(
+            "floe.csi.dev does not advertise GET_VOLUME: use ListVolumes",
+        ))
+    }
+
+    async fn modify(&self, _: csi::ControllerModifyVolumeRequest) -> Result<csi::ControllerModifyVolumeResponse> {
+        Err(Error::Unimplemented(
+            "floe.csi.dev has no mutable parameters (no MODIFY_VOLUME)",
+        ))
     }
 }
 
@@ -375,189 +483,28 @@ fn fits(t: &csi::Topology, node: &str) -> bool {
     t.segments.iter().all(|(k, v)| k == TOPOLOGY_KEY && v == node)
 }
 
-fn unimplemented<T>(what: &'static str) -> Result<T> {
-    Err(Error::Unimplemented(what))
-}
-
-#[tonic::async_trait]
-impl Controller for ControllerService {
-    async fn create_volume(
-        &self,
-        request: Request<csi::CreateVolumeRequest>,
-    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
-        let volume = self.create(request.into_inner()).await?;
-        Ok(Response::new(csi::CreateVolumeResponse { volume: Some(volume) }))
-    }
-
-    async fn delete_volume(
-        &self,
-        request: Request<csi::DeleteVolumeRequest>,
-    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
-        let req = request.into_inner();
-        let id = Rpc("DeleteVolume").required("volume_id", &req.volume_id, "the volume to delete")?;
-        let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
-        self.plugin.volumes.delete(id).await?;
-        Ok(Response::new(csi::DeleteVolumeResponse {}))
-    }
-
-    async fn controller_publish_volume(
-        &self,
-        _: Request<csi::ControllerPublishVolumeRequest>,
-    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        Ok(unimplemented(
-            "floe volumes are node-local and need no ControllerPublishVolume (attachRequired: false)",
-        )?)
-    }
-
-    async fn controller_unpublish_volume(
-        &self,
-        _: Request<csi::ControllerUnpublishVolumeRequest>,
-    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        Ok(unimplemented(
-            "floe volumes are node-local and need no ControllerUnpublishVolume (attachRequired: false)",
-        )?)
-    }
-
-    async fn validate_volume_capabilities(
-        &self,
-        request: Request<csi::ValidateVolumeCapabilitiesRequest>,
-    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
-        Ok(Response::new(self.validate(request.into_inner()).await?))
-    }
-
-    async fn list_volumes(
-        &self,
-        request: Request<csi::ListVolumesRequest>,
-    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        let req = request.into_inner();
-        let start = params::decode_token("v", &req.starting_token)?;
-        let items: BTreeMap<String, Volume> = self
-            .plugin
-            .volumes
-            .volumes()
-            .await?
-            .into_iter()
-            .map(|v| (v.id.clone(), v))
-            .collect();
-        let (page, next_token) = params::page(&items, start.as_deref(), req.max_entries, "v")?;
-        let mut entries = Vec::with_capacity(page.len());
-        for v in &page {
-            entries.push(csi::list_volumes_response::Entry {
-                volume: Some(self.csi_volume(v).await?),
-                status: None,
-            });
-        }
-        Ok(Response::new(csi::ListVolumesResponse { entries, next_token }))
-    }
-
-    async fn get_capacity(
-        &self,
-        request: Request<csi::GetCapacityRequest>,
-    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
-        let req = request.into_inner();
-        VolumeParams::parse(&req.parameters)?;
-        let usable = req.volume_capabilities.iter().all(|c| Capability::parse(c).is_ok());
-        let known = self.plugin.volumes.nodes();
-        let cap = if !known.is_empty() {
-            // Split mode: the node the topology names, or the whole cluster.
-            match req.accessible_topology.as_ref() {
-                None => Some(self.plugin.volumes.capacity().await?),
-                Some(t) => match known.iter().find(|n| fits(t, n)) {
-                    Some(n) => Some(self.plugin.volumes.capacity_of(n).await?),
-                    None => None,
-                },
-            }
-        } else {
-            let ours = self.plugin.topology().segments;
-            let here = req
-                .accessible_topology
-                .as_ref()
-                .is_none_or(|t| t.segments.iter().all(|(k, v)| ours.get(k) == Some(v)));
-            let cap = self.plugin.volumes.capacity().await?;
-            here.then_some(cap)
-        };
-        let (available, max) = match cap {
-            Some(cap) if usable => (cap.available_bytes, cap.max_volume_bytes),
-            _ => (0, 0),
-        };
-        Ok(Response::new(csi::GetCapacityResponse {
-            available_capacity: available.min(i64::MAX as u64) as i64,
-            maximum_volume_size: Some(max.min(i64::MAX as u64) as i64),
-            minimum_volume_size: None,
-        }))
-    }
-
-    async fn controller_get_capabilities(
-        &self,
-        _: Request<csi::ControllerGetCapabilitiesRequest>,
-    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
-        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
-            capabilities: controller_capabilities(),
-        }))
-    }
-
-    async fn create_snapshot(
-        &self,
-        request: Request<csi::CreateSnapshotRequest>,
-    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        let snap = self.create_snapshot(request.into_inner()).await?;
-        Ok(Response::new(csi::CreateSnapshotResponse {
-            snapshot: Some(csi_snapshot(&snap)),
-        }))
-    }
-
-    async fn delete_snapshot(
-        &self,
-        request: Request<csi::DeleteSnapshotRequest>,
-    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        let req = request.into_inner();
-        let id = Rpc("DeleteSnapshot").required("snapshot_id", &req.snapshot_id, "the snapshot to delete")?;
-        let _guard = self.plugin.locks.try_lock(&[snapshot_key(id)])?;
-        self.plugin.volumes.delete_snapshot(id).await?;
-        Ok(Response::new(csi::DeleteSnapshotResponse {}))
-    }
-
-    async fn list_snapshots(
-        &self,
-        request: Request<csi::ListSnapshotsRequest>,
-    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        Ok(Response::new(self.list_snapshots(request.into_inner()).await?))
-    }
-
-    async fn get_snapshot(
-        &self,
-        request: Request<csi::GetSnapshotRequest>,
-    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
-        let req = request.into_inner();
-        let id = Rpc("GetSnapshot").object_id("snapshot_id", &req.snapshot_id, "the snapshot to show")?;
-        let snap = self.plugin.snapshot(id).await?;
-        Ok(Response::new(csi::GetSnapshotResponse {
-            snapshot: Some(csi_snapshot(&snap)),
-        }))
-    }
-
-    async fn controller_expand_volume(
-        &self,
-        request: Request<csi::ControllerExpandVolumeRequest>,
-    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        Ok(Response::new(self.expand(request.into_inner()).await?))
-    }
-
-    async fn controller_get_volume(
-        &self,
-        _: Request<csi::ControllerGetVolumeRequest>,
-    ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        Ok(unimplemented(
-            "floe.csi.dev does not advertise GET_VOLUME: use ListVolumes",
-        )?)
-    }
-
-    async fn controller_modify_volume(
-        &self,
-        _: Request<csi::ControllerModifyVolumeRequest>,
-    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        Ok(unimplemented(
-            "floe.csi.dev has no mutable parameters (no MODIFY_VOLUME)",
-        )?)
+grpc_service! {
+    Controller for ControllerService {
+        create_volume(csi::CreateVolumeRequest) -> csi::CreateVolumeResponse => create;
+        delete_volume(csi::DeleteVolumeRequest) -> csi::DeleteVolumeResponse => delete;
+        controller_publish_volume(csi::ControllerPublishVolumeRequest)
+            -> csi::ControllerPublishVolumeResponse => publish;
+        controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest)
+            -> csi::ControllerUnpublishVolumeResponse => unpublish;
+        validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest)
+            -> csi::ValidateVolumeCapabilitiesResponse => validate;
+        list_volumes(csi::ListVolumesRequest) -> csi::ListVolumesResponse => list_volumes;
+        get_capacity(csi::GetCapacityRequest) -> csi::GetCapacityResponse => capacity;
+        controller_get_capabilities(csi::ControllerGetCapabilitiesRequest)
+            -> csi::ControllerGetCapabilitiesResponse => capabilities;
+        create_snapshot(csi::CreateSnapshotRequest) -> csi::CreateSnapshotResponse => create_snapshot;
+        delete_snapshot(csi::DeleteSnapshotRequest) -> csi::DeleteSnapshotResponse => delete_snapshot;
+        list_snapshots(csi::ListSnapshotsRequest) -> csi::ListSnapshotsResponse => list_snapshots;
+        get_snapshot(csi::GetSnapshotRequest) -> csi::GetSnapshotResponse => get_snapshot;
+        controller_expand_volume(csi::ControllerExpandVolumeRequest)
+            -> csi::ControllerExpandVolumeResponse => expand;
+        controller_get_volume(csi::ControllerGetVolumeRequest) -> csi::ControllerGetVolumeResponse => get_volume;
+        controller_modify_volume(csi::ControllerModifyVolumeRequest)
+            -> csi::ControllerModifyVolumeResponse => modify;
     }
 }

@@ -6,12 +6,11 @@ use std::sync::Arc;
 
 use floe_proto::csi;
 use floe_proto::csi::group_controller_server::GroupController;
-use tonic::{Request, Response, Status};
 
 use super::identity::group_capabilities;
 use super::params::{self, Rpc};
-use super::{csi_snapshot, timestamp, Plugin};
-use crate::node::error::{Error, Result};
+use super::{csi_snapshot, Plugin};
+use crate::node::error::{grpc_service, Error, Result};
 use crate::node::locks::{group_key, group_keys};
 use crate::node::volumes::{GroupSnapshot, GroupSpec, SnapshotSpec};
 
@@ -43,7 +42,7 @@ impl GroupService {
         Ok(csi::VolumeGroupSnapshot {
             group_snapshot_id: g.id.clone(),
             snapshots,
-            creation_time: Some(timestamp(g.created)),
+            creation_time: Some(g.created.into()),
             ready_to_use: true,
         })
     }
@@ -64,7 +63,19 @@ impl GroupService {
         Ok(())
     }
 
-    async fn create(&self, req: csi::CreateVolumeGroupSnapshotRequest) -> Result<GroupSnapshot> {
+    async fn capabilities(
+        &self,
+        _: csi::GroupControllerGetCapabilitiesRequest,
+    ) -> Result<csi::GroupControllerGetCapabilitiesResponse> {
+        Ok(csi::GroupControllerGetCapabilitiesResponse {
+            capabilities: group_capabilities(),
+        })
+    }
+
+    async fn create(
+        &self,
+        req: csi::CreateVolumeGroupSnapshotRequest,
+    ) -> Result<csi::CreateVolumeGroupSnapshotResponse> {
         let rpc = Rpc("CreateVolumeGroupSnapshot");
         let id = rpc.name(&req.name)?;
         if req.source_volume_ids.is_empty() {
@@ -93,36 +104,16 @@ impl GroupService {
             members,
         };
         let _guard = self.plugin.locks.try_lock(&group_keys(&spec))?;
-        self.plugin.volumes.create_group(spec).await
-    }
-}
-
-#[tonic::async_trait]
-impl GroupController for GroupService {
-    async fn group_controller_get_capabilities(
-        &self,
-        _: Request<csi::GroupControllerGetCapabilitiesRequest>,
-    ) -> Result<Response<csi::GroupControllerGetCapabilitiesResponse>, Status> {
-        Ok(Response::new(csi::GroupControllerGetCapabilitiesResponse {
-            capabilities: group_capabilities(),
-        }))
-    }
-
-    async fn create_volume_group_snapshot(
-        &self,
-        request: Request<csi::CreateVolumeGroupSnapshotRequest>,
-    ) -> Result<Response<csi::CreateVolumeGroupSnapshotResponse>, Status> {
-        let g = self.create(request.into_inner()).await?;
-        Ok(Response::new(csi::CreateVolumeGroupSnapshotResponse {
+        let g = self.plugin.volumes.create_group(spec).await?;
+        Ok(csi::CreateVolumeGroupSnapshotResponse {
             group_snapshot: Some(self.csi_group(&g).await?),
-        }))
+        })
     }
 
-    async fn delete_volume_group_snapshot(
+    async fn delete(
         &self,
-        request: Request<csi::DeleteVolumeGroupSnapshotRequest>,
-    ) -> Result<Response<csi::DeleteVolumeGroupSnapshotResponse>, Status> {
-        let req = request.into_inner();
+        req: csi::DeleteVolumeGroupSnapshotRequest,
+    ) -> Result<csi::DeleteVolumeGroupSnapshotResponse> {
         let rpc = Rpc("DeleteVolumeGroupSnapshot");
         let hint = "the group snapshot to delete";
         let id = rpc.required("group_snapshot_id", &req.group_snapshot_id, hint)?;
@@ -131,14 +122,10 @@ impl GroupController for GroupService {
             Self::check_members(&g, &req.snapshot_ids)?;
         }
         self.plugin.volumes.delete_group(id).await?;
-        Ok(Response::new(csi::DeleteVolumeGroupSnapshotResponse {}))
+        Ok(csi::DeleteVolumeGroupSnapshotResponse {})
     }
 
-    async fn get_volume_group_snapshot(
-        &self,
-        request: Request<csi::GetVolumeGroupSnapshotRequest>,
-    ) -> Result<Response<csi::GetVolumeGroupSnapshotResponse>, Status> {
-        let req = request.into_inner();
+    async fn get(&self, req: csi::GetVolumeGroupSnapshotRequest) -> Result<csi::GetVolumeGroupSnapshotResponse> {
         let rpc = Rpc("GetVolumeGroupSnapshot");
         let hint = "the group snapshot to show";
         let id = rpc.required("group_snapshot_id", &req.group_snapshot_id, hint)?;
@@ -149,8 +136,21 @@ impl GroupController for GroupService {
             .await?
             .ok_or_else(|| Error::GroupNotFound(id.to_owned()))?;
         Self::check_members(&g, &req.snapshot_ids)?;
-        Ok(Response::new(csi::GetVolumeGroupSnapshotResponse {
+        Ok(csi::GetVolumeGroupSnapshotResponse {
             group_snapshot: Some(self.csi_group(&g).await?),
-        }))
+        })
+    }
+}
+
+grpc_service! {
+    GroupController for GroupService {
+        group_controller_get_capabilities(csi::GroupControllerGetCapabilitiesRequest)
+            -> csi::GroupControllerGetCapabilitiesResponse => capabilities;
+        create_volume_group_snapshot(csi::CreateVolumeGroupSnapshotRequest)
+            -> csi::CreateVolumeGroupSnapshotResponse => create;
+        delete_volume_group_snapshot(csi::DeleteVolumeGroupSnapshotRequest)
+            -> csi::DeleteVolumeGroupSnapshotResponse => delete;
+        get_volume_group_snapshot(csi::GetVolumeGroupSnapshotRequest)
+            -> csi::GetVolumeGroupSnapshotResponse => get;
     }
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use floe_proto::csi;
 use floe_proto::csi::identity_server::Identity;
-use tonic::{Request, Response, Status};
 
 use super::Plugin;
+use crate::node::error::{grpc_service, Result};
 
 /// Plugin capabilities: controller, topology, group controller, online expansion.
 pub fn plugin_capabilities() -> Vec<csi::PluginCapability> {
@@ -92,31 +92,30 @@ impl IdentityService {
     pub fn new(plugin: Arc<Plugin>) -> Self {
         IdentityService { plugin }
     }
-}
 
-#[tonic::async_trait]
-impl Identity for IdentityService {
-    async fn get_plugin_info(
-        &self,
-        _: Request<csi::GetPluginInfoRequest>,
-    ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
-        Ok(Response::new(csi::GetPluginInfoResponse {
+    async fn info(&self, _: csi::GetPluginInfoRequest) -> Result<csi::GetPluginInfoResponse> {
+        Ok(csi::GetPluginInfoResponse {
             name: self.plugin.driver.clone(),
             vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
             manifest: [("mode".to_owned(), format!("{:?}", self.plugin.mode).to_lowercase())].into(),
-        }))
+        })
     }
 
-    async fn get_plugin_capabilities(
-        &self,
-        _: Request<csi::GetPluginCapabilitiesRequest>,
-    ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
-        Ok(Response::new(csi::GetPluginCapabilitiesResponse {
+    async fn capabilities(&self, _: csi::GetPluginCapabilitiesRequest) -> Result<csi::GetPluginCapabilitiesResponse> {
+        Ok(csi::GetPluginCapabilitiesResponse {
             capabilities: plugin_capabilities(),
-        }))
+        })
     }
 
-    async fn probe(&self, _: Request<csi::ProbeRequest>) -> Result<Response<csi::ProbeResponse>, Status> {
-        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+    async fn probe(&self, _: csi::ProbeRequest) -> Result<csi::ProbeResponse> {
+        Ok(csi::ProbeResponse { ready: Some(true) })
+    }
+}
+
+grpc_service! {
+    Identity for IdentityService {
+        get_plugin_info(csi::GetPluginInfoRequest) -> csi::GetPluginInfoResponse => info;
+        get_plugin_capabilities(csi::GetPluginCapabilitiesRequest) -> csi::GetPluginCapabilitiesResponse => capabilities;
+        probe(csi::ProbeRequest) -> csi::ProbeResponse => probe;
     }
 }

@@ -89,20 +89,12 @@ impl Plugin {
             .find(|s| s.id == id)
             .ok_or_else(|| Error::SnapshotNotFound(id.to_owned()))
     }
-
-    /// This node's topology segment.
-    pub fn topology(&self) -> csi::Topology {
-        csi::Topology {
-            segments: [(TOPOLOGY_KEY.to_owned(), self.node_id.clone())].into(),
-        }
-    }
 }
 
-/// A CSI timestamp.
-pub fn timestamp(t: volumes::Time) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.secs,
-        nanos: t.nanos,
+/// The topology segment of `node`.
+pub fn topology(node: &str) -> csi::Topology {
+    csi::Topology {
+        segments: [(TOPOLOGY_KEY.to_owned(), node.to_owned())].into(),
     }
 }
 
@@ -112,7 +104,7 @@ pub fn csi_snapshot(s: &Snapshot) -> csi::Snapshot {
         size_bytes: s.size_bytes as i64,
         snapshot_id: s.id.clone(),
         source_volume_id: s.source_volume.clone(),
-        creation_time: Some(timestamp(s.created)),
+        creation_time: Some(s.created.into()),
         ready_to_use: true,
         group_snapshot_id: s.group.clone().unwrap_or_default(),
     }

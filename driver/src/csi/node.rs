@@ -11,14 +11,13 @@ use std::sync::Arc;
 use floe_proto::csi;
 use floe_proto::csi::node_server::Node;
 use rustix::mount::MountFlags;
-use tonic::{Request, Response, Status};
 
 use super::identity::node_capabilities;
 use super::params::{self, Access, Capability, Rpc};
 use super::Plugin;
 use crate::dataplane::mount::{format_once, unmount_path, MountError};
 use crate::model::HostPath;
-use crate::node::error::{Error, Result};
+use crate::node::error::{grpc_service, Error, Result};
 use crate::node::locks::volume_key;
 use crate::node::mounts::{self, MountEntry};
 use crate::node::volumes::Volume;
@@ -121,7 +120,7 @@ impl NodeService {
         Ok(self.plugin.volumes.attach(&v.id).await?.device)
     }
 
-    async fn stage(&self, req: csi::NodeStageVolumeRequest) -> Result<()> {
+    async fn stage(&self, req: csi::NodeStageVolumeRequest) -> Result<csi::NodeStageVolumeResponse> {
         let rpc = Rpc("NodeStageVolume");
         let id = rpc.required("volume_id", &req.volume_id, "the volume to stage")?;
         let hint = "the global mount path kubelet chose";
@@ -137,7 +136,7 @@ impl NodeService {
         let Access::Mount { fs_type, options } = &cap.access else {
             // Block: the device is the product; publish binds it.
             self.attach(&v).await?;
-            return Ok(());
+            return Ok(csi::NodeStageVolumeResponse {});
         };
         std::fs::create_dir_all(staging).map_err(Error::io("create the staging path", staging))?;
         let table = mounts::mount_table()?;
@@ -145,7 +144,7 @@ impl NodeService {
             AtPath::Fs(_) => {
                 // Staged already, if its device still works.
                 self.attach(&v).await?;
-                return Ok(());
+                return Ok(csi::NodeStageVolumeResponse {});
             }
             AtPath::Nothing => {}
             AtPath::Device(m) | AtPath::Other(m) => {
@@ -180,10 +179,10 @@ impl NodeService {
         }
         mounts::mount_fs(&device, staging, fs, flags, &options.data_string())?;
         tracing::info!(volume = %id, staging = %staging.display(), fs = fs.name(), "volume staged");
-        Ok(())
+        Ok(csi::NodeStageVolumeResponse {})
     }
 
-    async fn unstage(&self, req: csi::NodeUnstageVolumeRequest) -> Result<()> {
+    async fn unstage(&self, req: csi::NodeUnstageVolumeRequest) -> Result<csi::NodeUnstageVolumeResponse> {
         let rpc = Rpc("NodeUnstageVolume");
         let id = rpc.required("volume_id", &req.volume_id, "the volume to unstage")?;
         let hint = "the path given to NodeStageVolume";
@@ -191,7 +190,7 @@ impl NodeService {
         let staging = staging.as_path();
         let _guard = self.plugin.locks.try_lock(&[volume_key(id)])?;
         let Some(v) = self.plugin.volumes.volume(id).await? else {
-            return Ok(());
+            return Ok(csi::NodeUnstageVolumeResponse {});
         };
         let table = mounts::mount_table()?;
         if let AtPath::Fs(_) = at_path(&table, staging, v.attachment.as_ref().map(|a| a.device.as_path()))? {
@@ -199,10 +198,10 @@ impl NodeService {
         }
         self.plugin.volumes.detach(id).await?;
         tracing::info!(volume = %id, staging = %staging.display(), "volume unstaged");
-        Ok(())
+        Ok(csi::NodeUnstageVolumeResponse {})
     }
 
-    async fn publish(&self, req: csi::NodePublishVolumeRequest) -> Result<()> {
+    async fn publish(&self, req: csi::NodePublishVolumeRequest) -> Result<csi::NodePublishVolumeResponse> {
         let rpc = Rpc("NodePublishVolume");
         let id = rpc.required("volume_id", &req.volume_id, "the volume to publish")?;
         let target = host_path(rpc, "target_path", &req.target_path, "where the pod sees the volume")?;
@@ -239,7 +238,7 @@ impl NodeService {
             AtPath::Fs(m) | AtPath::Device(m)
                 if m.read_only() == read_only && (cap.is_block() == (m.fs_type == "devtmpfs")) =>
             {
-                return Ok(())
+                return Ok(csi::NodePublishVolumeResponse {})
             }
             AtPath::Nothing => {}
             AtPath::Fs(m) | AtPath::Device(m) | AtPath::Other(m) => {
@@ -293,10 +292,10 @@ impl NodeService {
         }
         mounts::bind(&source, target, read_only, flags)?;
         tracing::info!(volume = %id, target = %target.display(), read_only, "volume published");
-        Ok(())
+        Ok(csi::NodePublishVolumeResponse {})
     }
 
-    async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<()> {
+    async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<csi::NodeUnpublishVolumeResponse> {
         let rpc = Rpc("NodeUnpublishVolume");
         let id = rpc.required("volume_id", &req.volume_id, "the volume to unpublish")?;
         let hint = "the path given to NodePublishVolume";
@@ -344,7 +343,7 @@ impl NodeService {
             Err(e) => return Err(Error::io("look at the target", target)(e)),
         }
         tracing::info!(volume = %id, target = %target.display(), "volume unpublished");
-        Ok(())
+        Ok(csi::NodeUnpublishVolumeResponse {})
     }
 
     async fn stats(&self, req: csi::NodeGetVolumeStatsRequest) -> Result<csi::NodeGetVolumeStatsResponse> {
@@ -462,73 +461,31 @@ impl NodeService {
             capacity_bytes: v.size_bytes as i64,
         })
     }
-}
 
-#[tonic::async_trait]
-impl Node for NodeService {
-    async fn node_stage_volume(
-        &self,
-        request: Request<csi::NodeStageVolumeRequest>,
-    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
-        self.stage(request.into_inner()).await?;
-        Ok(Response::new(csi::NodeStageVolumeResponse {}))
-    }
-
-    async fn node_unstage_volume(
-        &self,
-        request: Request<csi::NodeUnstageVolumeRequest>,
-    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
-        self.unstage(request.into_inner()).await?;
-        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
-    }
-
-    async fn node_publish_volume(
-        &self,
-        request: Request<csi::NodePublishVolumeRequest>,
-    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
-        self.publish(request.into_inner()).await?;
-        Ok(Response::new(csi::NodePublishVolumeResponse {}))
-    }
-
-    async fn node_unpublish_volume(
-        &self,
-        request: Request<csi::NodeUnpublishVolumeRequest>,
-    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
-        self.unpublish(request.into_inner()).await?;
-        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
-    }
-
-    async fn node_get_volume_stats(
-        &self,
-        request: Request<csi::NodeGetVolumeStatsRequest>,
-    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
-        Ok(Response::new(self.stats(request.into_inner()).await?))
-    }
-
-    async fn node_expand_volume(
-        &self,
-        request: Request<csi::NodeExpandVolumeRequest>,
-    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
-        Ok(Response::new(self.expand(request.into_inner()).await?))
-    }
-
-    async fn node_get_capabilities(
-        &self,
-        _: Request<csi::NodeGetCapabilitiesRequest>,
-    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
-        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+    async fn capabilities(&self, _: csi::NodeGetCapabilitiesRequest) -> Result<csi::NodeGetCapabilitiesResponse> {
+        Ok(csi::NodeGetCapabilitiesResponse {
             capabilities: node_capabilities(),
-        }))
+        })
     }
 
-    async fn node_get_info(
-        &self,
-        _: Request<csi::NodeGetInfoRequest>,
-    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
-        Ok(Response::new(csi::NodeGetInfoResponse {
+    async fn info(&self, _: csi::NodeGetInfoRequest) -> Result<csi::NodeGetInfoResponse> {
+        Ok(csi::NodeGetInfoResponse {
             node_id: self.plugin.node_id.clone(),
             max_volumes_per_node: self.plugin.max_volumes,
-            accessible_topology: Some(self.plugin.topology()),
-        }))
+            accessible_topology: Some(super::topology(&self.plugin.node_id)),
+        })
+    }
+}
+
+grpc_service! {
+    Node for NodeService {
+        node_stage_volume(csi::NodeStageVolumeRequest) -> csi::NodeStageVolumeResponse => stage;
+        node_unstage_volume(csi::NodeUnstageVolumeRequest) -> csi::NodeUnstageVolumeResponse => unstage;
+        node_publish_volume(csi::NodePublishVolumeRequest) -> csi::NodePublishVolumeResponse => publish;
+        node_unpublish_volume(csi::NodeUnpublishVolumeRequest) -> csi::NodeUnpublishVolumeResponse => unpublish;
+        node_get_volume_stats(csi::NodeGetVolumeStatsRequest) -> csi::NodeGetVolumeStatsResponse => stats;
+        node_expand_volume(csi::NodeExpandVolumeRequest) -> csi::NodeExpandVolumeResponse => expand;
+        node_get_capabilities(csi::NodeGetCapabilitiesRequest) -> csi::NodeGetCapabilitiesResponse => capabilities;
+        node_get_info(csi::NodeGetInfoRequest) -> csi::NodeGetInfoResponse => info;
     }
 }

@@ -206,6 +206,28 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// Implements the tonic service trait `$service` (a name in scope) for `$ty`
+/// as a table of its rpcs: each one unwraps its request, calls the method
+/// of `$ty` named after `=>` (which takes the message and returns
+/// `Result<response>`), and maps a refusal to a `Status` through the one
+/// `From<Error>` above.
+macro_rules! grpc_service {
+    ($service:ident for $ty:ty { $($rpc:ident($request:ty) -> $response:ty => $method:ident;)* }) => {
+        #[tonic::async_trait]
+        impl $service for $ty {
+            $(
+                async fn $rpc(
+                    &self,
+                    request: tonic::Request<$request>,
+                ) -> std::result::Result<tonic::Response<$response>, tonic::Status> {
+                    Ok(tonic::Response::new(self.$method(request.into_inner()).await?))
+                }
+            )*
+        }
+    };
+}
+pub(crate) use grpc_service;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,6 +169,15 @@ impl Time {
     }
 }
 
+impl From<Time> for prost_types::Timestamp {
+    fn from(t: Time) -> Self {
+        prost_types::Timestamp {
+            seconds: t.secs,
+            nanos: t.nanos,
+        }
+    }
+}
+
 /// A snapshot: a retained local point-in-time copy of a volume.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {

@@ -192,12 +192,7 @@ impl Cluster {
                     .ok_or_else(|| Error::SnapshotNotFound(s.clone()))?
                     .0,
             ),
-            Some(Source::Volume(v)) => Some(
-                self.find_volume(v)
-                    .await?
-                    .ok_or_else(|| Error::VolumeNotFound(v.clone()))?
-                    .0,
-            ),
+            Some(Source::Volume(v)) => Some(self.volume_home(v).await?),
             None => None,
         };
         let hint = spec.node.as_deref().map(|n| self.index_of(n)).transpose()?;
@@ -221,15 +216,10 @@ impl Cluster {
         }
     }
 
-    /// Runs `op` on the node holding volume `id`; `None` when none does.
-    async fn on_volume<T, Fut>(&self, id: &str, op: impl FnOnce(RemoteVolumes) -> Fut) -> Result<Option<T>>
-    where
-        Fut: Future<Output = Result<T>>,
-    {
-        match self.find_volume(id).await? {
-            Some((i, _)) => Ok(Some(op(self.nodes[i].clone()).await?)),
-            None => Ok(None),
-        }
+    /// The node holding volume `id`; NOT_FOUND when none does.
+    async fn volume_home(&self, id: &str) -> Result<usize> {
+        let found = self.find_volume(id).await?;
+        Ok(found.ok_or_else(|| Error::VolumeNotFound(id.to_owned()))?.0)
     }
 }
 
@@ -252,7 +242,9 @@ impl NodeVolumes for Cluster {
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
-        self.on_volume(id, |n| async move { n.delete(id).await }).await?;
+        if let Some((i, _)) = self.find_volume(id).await? {
+            self.nodes[i].delete(id).await?;
+        }
         self.forget(Kind::Volume, id);
         Ok(())
     }
@@ -273,31 +265,24 @@ impl NodeVolumes for Cluster {
     }
 
     async fn expand(&self, id: &str, size_bytes: u64) -> Result<Volume> {
-        self.on_volume(id, |n| async move { n.expand(id, size_bytes).await })
-            .await?
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
+        self.nodes[self.volume_home(id).await?].expand(id, size_bytes).await
     }
 
     async fn attach(&self, id: &str) -> Result<Attachment> {
-        self.on_volume(id, |n| async move { n.attach(id).await })
-            .await?
-            .ok_or_else(|| Error::VolumeNotFound(id.to_owned()))
+        self.nodes[self.volume_home(id).await?].attach(id).await
     }
 
     async fn detach(&self, id: &str) -> Result<()> {
-        self.on_volume(id, |n| async move { n.detach(id).await }).await?;
-        Ok(())
+        match self.find_volume(id).await? {
+            Some((i, _)) => self.nodes[i].detach(id).await,
+            None => Ok(()),
+        }
     }
 
     async fn snapshot(&self, spec: SnapshotSpec) -> Result<Snapshot> {
         let i = match self.find_snapshot(&spec.id).await? {
             Some((i, _)) => i,
-            None => {
-                self.find_volume(&spec.volume)
-                    .await?
-                    .ok_or_else(|| Error::VolumeNotFound(spec.volume.clone()))?
-                    .0
-            }
+            None => self.volume_home(&spec.volume).await?,
         };
         let s = self.nodes[i].snapshot(spec).await?;
         self.remember(Kind::Snapshot, &s.id, i);
@@ -329,10 +314,7 @@ impl NodeVolumes for Cluster {
             None => {
                 let mut by_node: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
                 for m in &spec.members {
-                    let (i, _) = self
-                        .find_volume(&m.volume)
-                        .await?
-                        .ok_or_else(|| Error::VolumeNotFound(m.volume.clone()))?;
+                    let i = self.volume_home(&m.volume).await?;
                     by_node.entry(i).or_default().push(&m.volume);
                 }
                 if by_node.len() > 1 {

@@ -22,6 +22,7 @@ use super::abi::{self, init_flags, InHeader, InitIn, InitParams};
 use super::ops::{OneFile, Outcome, FILE_NAME};
 use super::{FuseConfig, FuseError};
 use crate::dataplane::backend::BlockBackend;
+use crate::dataplane::mounttable::parse_mountinfo;
 use crate::dataplane::sys;
 
 /// How long [`FuseServer::unmount`] waits for the workers to see the
@@ -304,20 +305,11 @@ pub fn connection_dir(mountpoint: &Path) -> Option<PathBuf> {
 /// The device number (`major << 20 | minor`, as fusectl names connections)
 /// of the last mount at `mountpoint` in a `mountinfo` listing.
 fn mount_dev(mountinfo: &str, mountpoint: &Path) -> Option<u64> {
-    let want = mountpoint.to_str()?;
-    mountinfo
-        .lines()
+    let m = parse_mountinfo(mountinfo)
+        .into_iter()
         .rev()
-        .find_map(|l| {
-            let mut f = l.split(' ');
-            let dev = f.nth(2)?;
-            let target = f.nth(1)?.replace("\\040", " ");
-            (target == want).then_some(dev)
-        })
-        .and_then(|dev| {
-            let (major, minor) = dev.split_once(':')?;
-            Some((major.parse::<u64>().ok()? << 20) | minor.parse::<u64>().ok()?)
-        })
+        .find(|m| m.mount_point == mountpoint)?;
+    Some((u64::from(m.major) << 20) | u64::from(m.minor))
 }
 
 /// Aborts the FUSE connection mounted at `mountpoint`: every request in
@@ -445,5 +437,11 @@ mod tests {
         assert_eq!(mount_dev(info, Path::new("/tmp/floe-x/fuse")), Some(78));
         assert_eq!(mount_dev(info, Path::new("/tmp/floe-x/mnt")), Some((7 << 20) | 3));
         assert_eq!(mount_dev(info, Path::new("/nowhere")), None);
+    }
+
+    #[test]
+    fn mount_dev_unescapes_every_octal_escape_of_mountinfo() {
+        let info = "90 22 0:77 / /tmp/a\\011b\\134c\\040d rw - fuse.floe floe rw\n";
+        assert_eq!(mount_dev(info, Path::new("/tmp/a\tb\\c d")), Some(77));
     }
 }

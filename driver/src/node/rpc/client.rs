@@ -118,11 +118,8 @@ impl NodeVolumes for RemoteVolumes {
     }
 
     async fn volumes(&self) -> Result<Vec<Volume>> {
-        let r = self
-            .client()
-            .list_volumes(wire::ListVolumesRequest {})
-            .await
-            .map_err(|s| self.refused(s))?;
+        let req = wire::ListVolumesRequest {};
+        let r = self.client().list_volumes(req).await.map_err(|s| self.refused(s))?;
         self.parse_all("volume", r.into_inner().volumes)
     }
 
@@ -162,11 +159,8 @@ impl NodeVolumes for RemoteVolumes {
     }
 
     async fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let r = self
-            .client()
-            .list_snapshots(wire::ListSnapshotsRequest {})
-            .await
-            .map_err(|s| self.refused(s))?;
+        let req = wire::ListSnapshotsRequest {};
+        let r = self.client().list_snapshots(req).await.map_err(|s| self.refused(s))?;
         self.parse_all("snapshot", r.into_inner().snapshots)
     }
 
@@ -232,11 +226,8 @@ impl NodeVolumes for RemoteVolumes {
     }
 
     async fn capacity(&self) -> Result<Capacity> {
-        let r = self
-            .client()
-            .get_capacity(wire::GetCapacityRequest {})
-            .await
-            .map_err(|s| self.refused(s))?;
+        let req = wire::GetCapacityRequest {};
+        let r = self.client().get_capacity(req).await.map_err(|s| self.refused(s))?;
         let c = r
             .into_inner()
             .capacity

@@ -61,13 +61,6 @@ fn time(field: &'static str, t: Option<prost_types::Timestamp>) -> Result<Time> 
     })
 }
 
-fn timestamp(t: Time) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.secs,
-        nanos: t.nanos,
-    }
-}
-
 impl From<VolumeParams> for wire::VolumeParams {
     fn from(p: VolumeParams) -> Self {
         let fs_type = match p.fs_type {
@@ -247,7 +240,7 @@ impl From<&Snapshot> for wire::Snapshot {
             name: s.name.clone(),
             source_volume: s.source_volume.clone(),
             size_bytes: s.size_bytes,
-            created: Some(timestamp(s.created)),
+            created: Some(s.created.into()),
             group: s.group.clone().unwrap_or_default(),
         }
     }
@@ -295,7 +288,7 @@ impl From<&GroupSnapshot> for wire::GroupSnapshot {
             name: g.name.clone(),
             members: g.members.clone(),
             volumes: g.volumes.clone(),
-            created: Some(timestamp(g.created)),
+            created: Some(g.created.into()),
         }
     }
 }
