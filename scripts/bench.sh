@@ -86,4 +86,8 @@ section driver/benches/datapath.rs "about 12 minutes" "root, /dev/fuse, loop dev
 # snapshot under a fsync-per-record writer, at 1 and 64 GiB (issue #13).
 section driver/benches/snapshot.rs "about 10 minutes" "root, /dev/fuse, loop devices and mkfs.ext4" \
     cargo bench -p floe-driver --locked --bench snapshot
+# Failback: blocks the delta resync ships vs blocks that differ vs a full
+# copy, per mode, two sites in network namespaces (issue #11).
+section driver/benches/failback.rs "about 2 minutes" "root, /dev/fuse, loop devices, network namespaces and mkfs.ext4" \
+    cargo bench -p floe-driver --locked --bench failback
 echo "bench: wrote $out"

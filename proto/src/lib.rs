@@ -125,7 +125,7 @@ mod tests {
             group: "orders".into(),
             link: "down: connection refused".into(),
             closing_epoch: 13,
-            failback: "comparing: 3 candidates left".into(),
+            step: "comparing: 3 candidates left".into(),
         };
         round_trip(&status);
     }

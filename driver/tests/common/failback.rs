@@ -243,7 +243,7 @@ pub fn fail_back_with(
             wait_until("the failback comparison begun", Duration::from_secs(60), || {
                 Ok((0..MEMBERS).all(|m| {
                     old.block_on(new_admin.status(&volume(m)))
-                        .is_ok_and(|st| st.failback.starts_with("comparing"))
+                        .is_ok_and(|st| st.step.starts_with("comparing"))
                 }))
             })
         };

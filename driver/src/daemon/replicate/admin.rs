@@ -399,10 +399,11 @@ impl NodeAdmin for AdminService {
             group: s.group,
             link,
             closing_epoch: s.closing.unwrap_or(0),
-            failback: match s.resync {
-                ResyncPhase::Idle => String::new(),
-                ResyncPhase::AwaitingHashes => "awaiting hashes".into(),
-                ResyncPhase::Comparing { left } => format!("comparing: {left} candidates left"),
+            step: match (s.role_change, s.resync) {
+                (Some(step), _) => step.into(),
+                (None, ResyncPhase::Idle) => String::new(),
+                (None, ResyncPhase::AwaitingHashes) => "awaiting hashes".into(),
+                (None, ResyncPhase::Comparing { left }) => format!("comparing: {left} candidates left"),
             },
         }))
     }

@@ -679,6 +679,13 @@ impl Replication {
             pending_bytes: 0,
             link: None,
             resync: ResyncPhase::Idle,
+            role_change: if g.promoting.is_some() {
+                Some("promoting")
+            } else if g.demoting.is_some() {
+                Some("demoting")
+            } else {
+                None
+            },
         };
         match g.side {
             Side::Primary => {
@@ -919,6 +926,8 @@ pub(crate) struct VolumeStatus {
     pub link: Option<LinkState>,
     /// Primary: where a failback comparison stands.
     pub resync: ResyncPhase,
+    /// A promotion or demotion under way (`promoting`, `demoting`).
+    pub role_change: Option<&'static str>,
 }
 
 /// The volumes of the groups this node is the primary of, with their
