@@ -511,20 +511,7 @@ fn split_brain_writes_nothing_across_and_is_counted() -> Result<()> {
             .iter()
             .map(|d| device_digest(d, VOLUME_BYTES))
             .collect::<Result<_>>()?;
-        client.block_on(
-            new_admin.pair(wire::PairRequest {
-                group: GROUP.into(),
-                role: wire::Role::Primary.into(),
-                members: (0..MEMBERS)
-                    .map(|m| wire::GroupMember {
-                        volume: volume(m),
-                        ..Default::default()
-                    })
-                    .collect(),
-                peer_address: s.listen[1].to_string(),
-                generation: None,
-            }),
-        )?;
+        client.block_on(new_admin.pair(common::failback::stream_to_old_site(&s)))?;
         let refused = |node: usize, m: usize| -> Result<u64> {
             let text = s.scrape(node)?;
             Ok(metric(

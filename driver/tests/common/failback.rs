@@ -224,20 +224,7 @@ pub fn fail_back_with(
             check_strays(s, &demoted.strays_snapshots, m, &image, discard)?;
             old_images.push(image);
         }
-        let paired = old.block_on(
-            new_admin.pair(wire::PairRequest {
-                group: GROUP.into(),
-                role: wire::Role::Primary.into(),
-                members: (0..MEMBERS)
-                    .map(|m| wire::GroupMember {
-                        volume: volume(m),
-                        ..Default::default()
-                    })
-                    .collect(),
-                peer_address: s.listen[1].to_string(),
-                generation: None,
-            }),
-        )?;
+        let paired = old.block_on(new_admin.pair(stream_to_old_site(s)))?;
         ensure!(paired.generation == Some(generation), "failback pair: {paired:?}");
         let comparing = || {
             wait_until("the failback comparison begun", Duration::from_secs(60), || {
@@ -347,6 +334,23 @@ pub fn fail_back_with(
         );
     }
     Ok(out)
+}
+
+/// The `Pair` that makes the new primary (`s.primary`) stream its group
+/// to the old site's listener.
+pub fn stream_to_old_site(s: &Sites) -> wire::PairRequest {
+    wire::PairRequest {
+        group: GROUP.into(),
+        role: wire::Role::Primary.into(),
+        members: (0..MEMBERS)
+            .map(|m| wire::GroupMember {
+                volume: volume(m),
+                ..Default::default()
+            })
+            .collect(),
+        peer_address: s.listen[1].to_string(),
+        generation: None,
+    }
 }
 
 /// Member `m`'s strays snapshot on the old site holds `image` (or none
