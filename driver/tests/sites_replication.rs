@@ -454,6 +454,11 @@ fn split_brain_writes_nothing_across_and_is_counted() -> Result<()> {
         return Ok(());
     }
     let mut s = start("split-brain", Mode::Continuous, Place::Namespaces)?;
+    let result = split_brain(&mut s);
+    result.with_context(|| s.logs())
+}
+
+fn split_brain(s: &mut Sites) -> Result<()> {
     let client = s.primary.client()?;
     let dadmin = s.dr.admin();
     let members = s.members();
@@ -471,7 +476,7 @@ fn split_brain_writes_nothing_across_and_is_counted() -> Result<()> {
         wait_until("the members are ready", Duration::from_secs(120), || {
             Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
         })?;
-        client.block_on(freeze_and_read(&s, &members, epoch))?;
+        client.block_on(freeze_and_read(s, &members, epoch))?;
         wait_until("the epoch committed", Duration::from_secs(120), || {
             Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok())
         })?;
@@ -479,8 +484,8 @@ fn split_brain_writes_nothing_across_and_is_counted() -> Result<()> {
     s.net.clone().context("namespaces")?.link_down(0)?;
     s.primary.kill_all()?;
     let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
-    check_promoted(&mut s, &written)?;
-    common::failback::old_site_back(&mut s)?;
+    check_promoted(s, &written)?;
+    common::failback::old_site_back(s)?;
 
     // The old site takes its volumes back as if it were still the primary.
     let old = s.dr.client()?;
@@ -511,7 +516,7 @@ fn split_brain_writes_nothing_across_and_is_counted() -> Result<()> {
             .iter()
             .map(|d| device_digest(d, VOLUME_BYTES))
             .collect::<Result<_>>()?;
-        client.block_on(new_admin.pair(common::failback::stream_to_old_site(&s)))?;
+        client.block_on(new_admin.pair(common::failback::stream_to_old_site(s)))?;
         let refused = |node: usize, m: usize| -> Result<u64> {
             let text = s.scrape(node)?;
             Ok(metric(
@@ -525,7 +530,7 @@ fn split_brain_writes_nothing_across_and_is_counted() -> Result<()> {
         };
         wait_until(
             "both sites refuse each other's streams as a split brain",
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             || Ok((0..MEMBERS).all(|m| refused(0, m).is_ok_and(|n| n > 0) && refused(1, m).is_ok_and(|n| n > 0))),
         )?;
         for m in 0..MEMBERS {
@@ -559,7 +564,96 @@ fn split_brain_writes_nothing_across_and_is_counted() -> Result<()> {
         s.dr.unmount(mnt)?;
         old.detach(&volume(m))?;
     }
-    let fb = common::failback::fail_back(&mut s, epoch + 1, false, true, |step| eprintln!("split brain: {step}"))?;
+    let fb = common::failback::fail_back(s, epoch + 1, false, true, |step| eprintln!("split brain: {step}"))?;
     eprintln!("split brain ended by a demotion: {fb:?}");
     Ok(())
+}
+
+/// Test failover (a rehearsal) under a writing workload: the DR clones the
+/// group at its committed epoch; the clones attach on the DR node, are
+/// clean ext4 holding every record acknowledged before that epoch's freeze,
+/// and take writes; meanwhile epochs keep committing and the replicas stay
+/// equal to the primary's frozen images; deleting the clones leaves the
+/// replicas untouched.
+#[test]
+fn test_failover_clones_the_group_while_replication_goes_on() -> Result<()> {
+    if !ready("test_failover_clones_the_group_while_replication_goes_on") {
+        return Ok(());
+    }
+    let mut s = start("rehearsal", Mode::Continuous, Place::Loopback)?;
+    let client = s.primary.client()?;
+    let dadmin = s.dr.admin();
+    let members = s.members();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, writers) = s.record_writers(&stop);
+    let mut acked_at = Vec::new();
+    let epoch_checked = |s: &Sites, epoch: u64, acked_at: &mut Vec<Vec<u64>>| -> Result<()> {
+        wait_until("the members are ready", Duration::from_secs(120), || {
+            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        })?;
+        acked_at.push(acked.iter().map(|a| a.load(Ordering::SeqCst)).collect());
+        let digests = client.block_on(freeze_and_read(s, &members, epoch))?;
+        wait_until(
+            &format!("epoch {epoch} committed at the DR"),
+            Duration::from_secs(120),
+            || Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok()),
+        )?;
+        for (m, want) in digests.iter().enumerate() {
+            let got = client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES))?;
+            ensure!(
+                got.hash == *want,
+                "epoch {epoch}: the replica of {} is not the primary's image",
+                volume(m)
+            );
+        }
+        Ok(())
+    };
+    let result = (|s: &mut Sites| -> Result<()> {
+        epoch_checked(s, 1, &mut acked_at)?;
+        epoch_checked(s, 2, &mut acked_at)?;
+        let rehearsal = client.block_on(dadmin.rehearse(GROUP))?;
+        ensure!(
+            rehearsal.epoch == 2 && rehearsal.clones.len() == MEMBERS,
+            "{rehearsal:?}"
+        );
+        let again = client.block_on(dadmin.rehearse(GROUP))?;
+        ensure!(
+            again == rehearsal,
+            "a second Rehearse at the same epoch differs: {again:?}"
+        );
+        let dr = s.dr.client()?;
+        let mut mounts = Vec::new();
+        for (m, clone) in rehearsal.clones.iter().enumerate() {
+            let device = dr.attach(clone)?;
+            let out = std::process::Command::new("e2fsck").arg("-fn").arg(&device).output()?;
+            ensure!(
+                out.status.success(),
+                "e2fsck -fn of clone {clone}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            let mnt = s.dr.mount_ext4(&device, clone)?;
+            let n = gap_free_records(&mnt.join("log"))?;
+            ensure!(
+                n >= acked_at[1][m],
+                "clone {clone}: {n} records, but {} were acknowledged before epoch 2's freeze",
+                acked_at[1][m]
+            );
+            std::fs::write(mnt.join("rehearsal"), vec![0x5a; 1 << 20])?;
+            mounts.push(mnt);
+        }
+        // Replication goes on, the clones' writes nowhere in the replicas.
+        epoch_checked(s, 3, &mut acked_at)?;
+        epoch_checked(s, 4, &mut acked_at)?;
+        for (mnt, clone) in mounts.iter().zip(&rehearsal.clones) {
+            s.dr.unmount(mnt)?;
+            dr.detach(clone)?;
+            dr.delete(clone)?;
+        }
+        epoch_checked(s, 5, &mut acked_at)
+    })(&mut s);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+    result
 }

@@ -224,6 +224,12 @@ impl FileStore {
         &self.paths.dir
     }
 
+    /// The image file (a copy of it made while nothing folds is the image
+    /// at one epoch).
+    pub fn image_file(&self) -> &Path {
+        &self.paths.image
+    }
+
     pub(crate) fn offset(&self, b: BlockIndex) -> u64 {
         b * self.geo.block_size() as u64
     }

@@ -227,7 +227,7 @@ pub fn fail_back_with(
         let paired = old.block_on(new_admin.pair(stream_to_old_site(s)))?;
         ensure!(paired.generation == Some(generation), "failback pair: {paired:?}");
         let comparing = || {
-            wait_until("the failback comparison begun", Duration::from_secs(60), || {
+            wait_until("the failback comparison begun", Duration::from_secs(120), || {
                 Ok((0..MEMBERS).all(|m| {
                     old.block_on(new_admin.status(&volume(m)))
                         .is_ok_and(|st| st.step.starts_with("comparing"))

@@ -314,6 +314,17 @@ impl Sites {
         scrape(conn)
     }
 
+    /// The last lines of both nodes' `serve` logs, for a failure's context.
+    pub fn logs(&self) -> String {
+        format!(
+            "{} (primary) log:\n{}\n{} (DR) log:\n{}",
+            self.primary.name,
+            self.primary.log_tail(),
+            self.dr.name,
+            self.dr.log_tail()
+        )
+    }
+
     /// After a failover: the promoted DR node is `primary` from now on,
     /// with `devices` and `mounts` its members', and the old primary `dr`.
     pub fn swap_roles(&mut self, devices: Vec<PathBuf>, mounts: Vec<PathBuf>) {

@@ -458,6 +458,13 @@ impl NodeAdmin for AdminService {
         }))
     }
 
+    /// Test failover: clones of a DR group's members at its committed epoch.
+    async fn rehearse(&self, request: Request<wire::RehearseRequest>) -> Answer<wire::RehearseResponse> {
+        let group = volume_id("group", &request.into_inner().group)?;
+        let (epoch, clones) = self.blocking(move |hub, _, _| hub.rehearse(&group)).await?;
+        Ok(Response::new(wire::RehearseResponse { epoch, clones }))
+    }
+
     /// The BLAKE3 digest of a DR replica's consistent image at its committed
     /// epoch (`epoch` 0: whatever it is), read at one cut of the group.
     async fn verify(&self, request: Request<wire::VerifyRequest>) -> Answer<wire::VerifyResponse> {

@@ -489,22 +489,8 @@ impl Replication {
                     generation = meta.generation;
                 }
             }
-            let fs_type =
-                crate::dataplane::mount::FsType::parse(&m.fs_type).unwrap_or(crate::dataplane::mount::FsType::Ext4);
-            let size = if m.size_bytes == 0 { geo.bytes() } else { m.size_bytes };
-            let volume = crate::node::volumes::Volume {
-                id: m.volume.clone(),
-                name: m.volume.clone(),
-                size_bytes: size,
-                params: crate::node::params::VolumeParams {
-                    fs_type,
-                    block_size: m.block_size,
-                    mode,
-                },
-                source: None,
-                attachment: None,
-            };
-            self.catalog.adopt_promoted(volume, &from, geo.bytes())?;
+            self.catalog
+                .adopt_promoted(csi_volume(&m.volume, m, geo, mode), &from, geo.bytes())?;
         }
         let mut st = self.lock();
         if let Some(g) = st.pairings.groups.get_mut(group) {
@@ -644,6 +630,83 @@ impl Replication {
             "group demoted: its volumes are replicas of the new primary"
         );
         Ok(out)
+    }
+
+    /// Test failover (a rehearsal) of DR group `group`: a writable clone of
+    /// every member at the group's committed epoch, each made a CSI volume
+    /// of this node named `<volume>-rehearsal-<epoch>`, ready to stage. The
+    /// images are copied while no decision is delivered (one cut of the
+    /// group; commits wait for the copies, which skip the images' holes);
+    /// the replicas and their streams are not touched, and a clone shares
+    /// nothing with its replica. Again at the same epoch answers the same
+    /// clones; a clone left half made by a crash is made again.
+    pub(crate) fn rehearse(&self, group: &str) -> Result<(u64, Vec<String>)> {
+        let (coordinator, replicas, record) = {
+            let st = self.lock();
+            let g = st
+                .pairings
+                .groups
+                .get(group)
+                .filter(|g| g.side == Side::Dr)
+                .ok_or_else(|| Error::FailedPrecondition(format!("group {group:?} is not a DR group of this node")))?;
+            let dr = st
+                .groups
+                .get(group)
+                .ok_or_else(|| Error::Internal(format!("DR group {group:?} is not open")))?;
+            (Arc::clone(&dr.coordinator), dr.replicas.clone(), g.clone())
+        };
+        let work = self.dir.join("rehearsal");
+        for dir in [work.clone(), work.join("volumes")] {
+            crate::dataplane::localsock::private_dir(&dir).map_err(internal("create the rehearsal directory"))?;
+        }
+        let epoch = coordinator.with_decisions_held(|decisions| -> Result<u64> {
+            let epoch = decisions.committed;
+            if epoch == 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "group {group:?} has not committed a first epoch: there is nothing consistent to clone"
+                )));
+            }
+            for ((volume, replica), m) in replicas.iter().zip(&record.members) {
+                let clone = rehearsal_id(volume, epoch);
+                if self.catalog.store_of(&clone).is_some() {
+                    continue;
+                }
+                let (geo, mode) = m.shape().map_err(Error::Internal)?;
+                let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("clone {volume:?} as {clone:?}: {e}"));
+                let dir = work.join("volumes").join(&clone);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(|e| fail(&e))?;
+                }
+                replica.with(|r| -> Result<()> {
+                    let src = std::fs::File::open(r.store().image_file()).map_err(|e| fail(&e))?;
+                    let store = FileStore::create(&work, &clone, geo).map_err(|e| fail(&chain(&e)))?;
+                    let mut primary = floe_engine::Primary::create(store, geo, mode, RoleGeneration::default())
+                        .map_err(|e| fail(&e))?;
+                    crate::store::for_each_data_chunk(&src, geo.bytes(), |at, chunk| {
+                        primary.write(at, chunk).map_err(std::io::Error::other)
+                    })
+                    .map_err(|e| fail(&e))?;
+                    primary.flush().map_err(|e| fail(&e))
+                })?;
+            }
+            Ok(epoch)
+        })?;
+        let mut clones = Vec::new();
+        for (volume, m) in record.members.iter().map(|m| (&m.volume, m)) {
+            let clone = rehearsal_id(volume, epoch);
+            let (geo, mode) = m.shape().map_err(Error::Internal)?;
+            let from = work.join("volumes").join(&clone);
+            self.catalog
+                .adopt_promoted(csi_volume(&clone, m, geo, mode), &from, geo.bytes())?;
+            clones.push(clone);
+        }
+        tracing::info!(
+            group,
+            epoch,
+            ?clones,
+            "failover rehearsal: clones of the committed epoch made"
+        );
+        Ok((epoch, clones))
     }
 
     /// Stops the sender of `store`, if any, and waits until it let go of
@@ -930,6 +993,23 @@ pub(crate) struct VolumeStatus {
     pub role_change: Option<&'static str>,
 }
 
+/// The CSI volume `id` of this node with member `m`'s shape.
+fn csi_volume(id: &str, m: &MemberRecord, geo: Geometry, mode: Mode) -> crate::node::volumes::Volume {
+    let fs_type = crate::dataplane::mount::FsType::parse(&m.fs_type).unwrap_or(crate::dataplane::mount::FsType::Ext4);
+    crate::node::volumes::Volume {
+        id: id.to_owned(),
+        name: id.to_owned(),
+        size_bytes: if m.size_bytes == 0 { geo.bytes() } else { m.size_bytes },
+        params: crate::node::params::VolumeParams {
+            fs_type,
+            block_size: m.block_size,
+            mode,
+        },
+        source: None,
+        attachment: None,
+    }
+}
+
 /// The volumes of the groups this node is the primary of, with their
 /// generation.
 fn primaries(p: &Pairings) -> HashMap<String, RoleGeneration> {
@@ -938,6 +1018,11 @@ fn primaries(p: &Pairings) -> HashMap<String, RoleGeneration> {
         .filter(|g| g.side == Side::Primary)
         .flat_map(|g| g.members.iter().map(|m| (m.volume.clone(), g.generation())))
         .collect()
+}
+
+/// The id of `volume`'s rehearsal clone at `epoch`.
+fn rehearsal_id(volume: &str, epoch: u64) -> String {
+    format!("{volume}-rehearsal-{epoch}")
 }
 
 /// What a demotion answers.

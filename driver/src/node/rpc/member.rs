@@ -101,6 +101,13 @@ impl AdminClient {
         Ok(r.into_inner())
     }
 
+    /// `Rehearse` of DR group `group`: the epoch and the clones' ids.
+    pub async fn rehearse(&self, group: &str) -> Result<wire::RehearseResponse> {
+        let req = wire::RehearseRequest { group: group.into() };
+        let r = self.client().rehearse(req).await.map_err(|s| self.refused(s))?;
+        Ok(r.into_inner())
+    }
+
     /// Volume `volume` of this node as a group-freeze member.
     pub fn member(&self, volume: &str) -> RemoteMember {
         RemoteMember {
