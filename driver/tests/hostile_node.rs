@@ -1341,3 +1341,167 @@ fn defect5_idle_connections_time_out_and_the_longest_idle_makes_room() -> Result
     sweep(dir.path());
     result
 }
+
+/// Every id, name and token field of every `NodeAdmin` RPC (pairing, the
+/// group freeze's steps, status, promote, demote, verify, rehearse) refuses
+/// a path with INVALID_ARGUMENT, before anything is looked up or made.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_id_field_of_every_node_admin_rpc_refuses_a_path() -> Result<()> {
+    use floe_proto::node as wire;
+    use floe_proto::replication::RoleGeneration;
+    if !ready("every_id_field_of_every_node_admin_rpc_refuses_a_path") {
+        return Ok(());
+    }
+    let h = Harness::new("hostile-admin")?;
+    let channel = floe_driver::node::rpc::LocalChannel::new(&h.path("run/dataplane.sock")).get();
+    let mut a = wire::node_admin_client::NodeAdminClient::new(channel);
+    let bad = TRAVERSAL.to_owned();
+    let generation = Some(RoleGeneration { counter: 9, site_id: 9 });
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64
+        + 10_000;
+    let member = |volume: &str| wire::GroupMember {
+        volume: volume.into(),
+        ..Default::default()
+    };
+    let pair = |group: &str, volume: &str| wire::PairRequest {
+        group: group.into(),
+        role: wire::Role::Primary.into(),
+        members: vec![member(volume)],
+        peer_address: "198.18.0.1:7443".into(),
+        generation: None,
+    };
+    let code = |e: Option<tonic::Status>| e.map(|s| s.code());
+    let results: Vec<(&str, Option<Code>)> = vec![
+        ("Pair.group", code(a.pair(pair(&bad, "v")).await.err())),
+        ("Pair.members.volume", code(a.pair(pair("g", &bad)).await.err())),
+        (
+            "Ready.volume",
+            code(
+                a.ready(wire::ReadyRequest {
+                    volume: bad.clone(),
+                    epoch: 1,
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Quiesce.volumes",
+            code(
+                a.quiesce(wire::QuiesceRequest {
+                    volumes: vec![bad.clone()],
+                    token: "t1".into(),
+                    deadline_unix_ms: deadline,
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Quiesce.token",
+            code(
+                a.quiesce(wire::QuiesceRequest {
+                    volumes: vec!["v".into()],
+                    token: bad.clone(),
+                    deadline_unix_ms: deadline,
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Freeze.volume",
+            code(
+                a.freeze(wire::FreezeRequest {
+                    volume: bad.clone(),
+                    epoch: 1,
+                    token: "t1".into(),
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Freeze.token",
+            code(
+                a.freeze(wire::FreezeRequest {
+                    volume: "v".into(),
+                    epoch: 1,
+                    token: bad.clone(),
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Thaw.token",
+            code(a.thaw(wire::ThawRequest { token: bad.clone() }).await.err()),
+        ),
+        (
+            "Abort.volume",
+            code(
+                a.abort(wire::AbortRequest {
+                    volume: bad.clone(),
+                    epoch: 1,
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Status.volume",
+            code(a.status(wire::StatusRequest { volume: bad.clone() }).await.err()),
+        ),
+        (
+            "Promote.group",
+            code(
+                a.promote(wire::PromoteRequest {
+                    group: bad.clone(),
+                    generation,
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Demote.group",
+            code(
+                a.demote(wire::DemoteRequest {
+                    group: bad.clone(),
+                    generation,
+                    discard_strays: false,
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Verify.volume",
+            code(
+                a.verify(wire::VerifyRequest {
+                    volume: bad.clone(),
+                    epoch: 0,
+                    bytes: 0,
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Rehearse.group",
+            code(a.rehearse(wire::RehearseRequest { group: bad.clone() }).await.err()),
+        ),
+    ];
+    let wrong: Vec<&(&str, Option<Code>)> = results
+        .iter()
+        .filter(|(_, c)| *c != Some(Code::InvalidArgument))
+        .collect();
+    ensure!(wrong.is_empty(), "not refused as INVALID_ARGUMENT: {wrong:?}");
+    ensure!(
+        !Path::new("/tmp/floe-hostile-traversal").exists() && !Path::new(VICTIM).exists(),
+        "a NodeAdmin call wrote outside the data dir"
+    );
+    Ok(())
+}
