@@ -25,9 +25,6 @@
 mod common;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::failback::{fail_back, old_site_back, Failback, BLOCK};
@@ -116,43 +113,10 @@ fn one(mode: Mode) -> Result<Failback> {
     let mut s = start(&format!("bench-failback-{}", mode.name()), mode, Place::Namespaces)?;
     let client = s.primary.client()?;
     let dadmin = s.dr.admin();
-    let members = s.members();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (acked, writers) = s.record_writers(&stop);
-    let mut acked_at = Vec::new();
-    let epochs = 3;
-    for epoch in 1..=epochs {
-        wait_until("the members are ready", Duration::from_secs(120), || {
-            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
-        })?;
-        acked_at.push(acked.iter().map(|a| a.load(Ordering::SeqCst)).collect::<Vec<u64>>());
-        client.block_on(freeze_and_read(&s, &members, epoch))?;
-        wait_until("the epoch committed", Duration::from_secs(120), || {
-            Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok())
-        })?;
-    }
-    let more = acked[0].load(Ordering::SeqCst) + 50;
-    wait_until("more records written", Duration::from_secs(60), || {
-        Ok(acked[0].load(Ordering::SeqCst) >= more)
-    })?;
-    s.net.clone().context("namespaces")?.link_down(0)?;
-    s.primary.kill_all()?;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        let _ = w.join();
-    }
+    let acked_at = commit_then_lose_the_primary(&mut s, 3)?;
     let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
     check_promoted(&mut s, &acked_at[(epoch - 1) as usize])?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (acked, writers) = s.record_writers(&stop);
-    let more = acked[1].load(Ordering::SeqCst) + 50;
-    wait_until("records written on the new primary", Duration::from_secs(60), || {
-        Ok(acked[1].load(Ordering::SeqCst) >= more)
-    })?;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        let _ = w.join();
-    }
+    write_records(&s, 50)?;
     old_site_back(&mut s)?;
     fail_back(&mut s, epoch + 1, false, true, |step| {
         eprintln!("failback bench: {step}")

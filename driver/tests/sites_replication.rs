@@ -287,42 +287,13 @@ fn unplanned_failover_then_failback_with_a_delta_resync() -> Result<()> {
 fn failover_and_back(mode: Mode) -> Result<()> {
     let mut s = start(&format!("failover-{}", mode.name()), mode, Place::Namespaces)?;
     let client = s.primary.client()?;
-    let (padmin, dadmin) = (s.primary.admin(), s.dr.admin());
-    let members = s.members();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (acked, writers) = s.record_writers(&stop);
-    // Records acknowledged before each epoch's freeze, per member.
-    let mut acked_at = Vec::new();
-    let epochs = 4;
-    for epoch in 1..=epochs {
-        wait_until("the members are ready", Duration::from_secs(120), || {
-            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
-        })?;
-        let before: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
-        client.block_on(freeze_and_read(&s, &members, epoch))?;
-        acked_at.push(before);
-        wait_until(
-            &format!("epoch {epoch} committed at the DR"),
-            Duration::from_secs(120),
-            || Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok()),
-        )?;
-    }
-    // Mid-epoch: writes of the next epoch streaming, then the site is gone.
-    let more = acked[0].load(Ordering::SeqCst) + 50;
-    wait_until("more records written", Duration::from_secs(60), || {
-        Ok(acked[0].load(Ordering::SeqCst) >= more)
-    })?;
+    let dadmin = s.dr.admin();
     let old = client
-        .block_on(padmin.status(&volume(0)))?
+        .block_on(s.primary.admin().status(&volume(0)))?
         .generation
         .context("the primary's generation")?;
-    let net = s.net.clone().context("namespaces")?;
-    net.link_down(0)?;
-    s.primary.kill_all()?;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        let _ = w.join();
-    }
+    let epochs = 4;
+    let acked_at = commit_then_lose_the_primary(&mut s, epochs)?;
 
     let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
     ensure!(
@@ -350,16 +321,7 @@ fn failover_and_back(mode: Mode) -> Result<()> {
 
     // The new primary writes records of its own, then pauses while the old
     // site fails back (so that what the resync ships can be bounded).
-    let stop = Arc::new(AtomicBool::new(false));
-    let (acked, writers) = s.record_writers(&stop);
-    let more = acked[1].load(Ordering::SeqCst) + 30;
-    wait_until("records written on the new primary", Duration::from_secs(60), || {
-        Ok(acked[1].load(Ordering::SeqCst) >= more)
-    })?;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?;
-    }
+    write_records(&s, 30)?;
     // Strays discarded in interval mode; a SIGKILL mid-resync of the old
     // site in log mode, of the new primary in interval mode (not quiet
     // then: its freeze would end with its data plane).

@@ -451,6 +451,60 @@ pub fn gap_free_records(log: &Path) -> Result<u64> {
     Ok(n)
 }
 
+/// The failover scenario's first half: under record writers, `epochs`
+/// group epochs each frozen (the devices read while frozen) and waited for
+/// at the DR; then records of the next epoch streaming; then the primary
+/// site lost, its uplink down and every process killed. The records each
+/// member had acknowledged before each epoch's freeze.
+pub fn commit_then_lose_the_primary(s: &mut Sites, epochs: u64) -> Result<Vec<Vec<u64>>> {
+    let client = s.primary.client()?;
+    let dadmin = s.dr.admin();
+    let members = s.members();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, writers) = s.record_writers(&stop);
+    let mut acked_at = Vec::new();
+    for epoch in 1..=epochs {
+        wait_until("the members are ready", Duration::from_secs(120), || {
+            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        })?;
+        acked_at.push(acked.iter().map(|a| a.load(Ordering::SeqCst)).collect());
+        client.block_on(freeze_and_read(s, &members, epoch))?;
+        wait_until(
+            &format!("epoch {epoch} committed at the DR"),
+            Duration::from_secs(120),
+            || Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok()),
+        )?;
+    }
+    // Mid-epoch: writes of the next epoch streaming, then the site is gone.
+    let more = acked[0].load(Ordering::SeqCst) + 50;
+    wait_until("more records written", Duration::from_secs(60), || {
+        Ok(acked[0].load(Ordering::SeqCst) >= more)
+    })?;
+    s.net.clone().context("namespaces")?.link_down(0)?;
+    s.primary.kill_all()?;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+    Ok(acked_at)
+}
+
+/// Record writers on `s`'s primary until each member's log holds `n` more
+/// records, then stopped.
+pub fn write_records(s: &Sites, n: u64) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, writers) = s.record_writers(&stop);
+    let start: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    let written = wait_until("records written", Duration::from_secs(60), || {
+        Ok(acked.iter().zip(&start).all(|(a, s)| a.load(Ordering::SeqCst) >= s + n))
+    });
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?;
+    }
+    written
+}
+
 /// After a promotion: each member's volume attached on the DR node, its
 /// file system `e2fsck -fn` clean, mounted, its records a gap-free prefix
 /// holding the `acked[m]` acknowledged before the promoted cut's freeze,
