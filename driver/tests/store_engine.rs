@@ -361,3 +361,78 @@ fn a_snapshot_copied_after_its_mark_is_the_host_view_at_the_mark_on_real_files()
         );
     }
 }
+
+#[test]
+fn retained_points_outlive_a_restart_and_promote_returns_to_one_on_real_files() {
+    let primary_dir = tempfile::tempdir().expect("tempdir");
+    let dr_dir = tempfile::tempdir().expect("tempdir");
+    let pstore = FileStore::create(primary_dir.path(), VOLUME, geo()).expect("create primary store");
+    let rstore = FileStore::create(dr_dir.path(), VOLUME, geo()).expect("create replica store");
+    let log = FileDecisionLog::open(dr_dir.path(), GROUP).expect("decision log");
+    let mut replica = Replica::create(rstore, geo(), 0, GENERATION).expect("replica");
+    replica.set_retention(2);
+    let mut pair = Pair {
+        primary: Primary::create(pstore, geo(), Mode::Continuous, GENERATION).expect("primary"),
+        replica,
+        coord: Coordinator::open(log, 1).expect("coordinator"),
+        events: Vec::new(),
+        hold_coordinator: false,
+    };
+    pair.connect().expect("connect");
+    let frozen: Vec<Vec<u8>> = (1..=4u8)
+        .map(|g| epoch_through_fold(&mut pair, u64::from(g), g * 0x10))
+        .collect();
+    // K = 2: the two epochs before the last committed one.
+    assert_eq!(pair.replica.retained_points(), vec![2, 3]);
+    let (p, r, log) = pair.into_stores();
+    drop((p, r));
+    let record = log.load().expect("decisions");
+
+    let reopen = || {
+        let mut replica =
+            Replica::open(FileStore::open(dr_dir.path(), VOLUME).expect("store"), geo(), 0).expect("reopen replica");
+        replica.set_retention(2);
+        replica
+    };
+    let replica = reopen();
+    assert!(
+        store_image(replica.store()) == frozen[3],
+        "the image is the last committed epoch's"
+    );
+    assert_eq!(replica.retained_points(), vec![2, 3], "the points outlive a restart");
+    let Err(e) = replica.promote_at(&record, 2, Mode::Continuous, Some(1)) else {
+        panic!("promote to a point not retained must be refused")
+    };
+    assert!(
+        matches!(
+            e,
+            EngineError::NotRetained {
+                wanted: 1,
+                committed: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    let replica = reopen();
+    assert_eq!(
+        replica.retained_points(),
+        vec![2, 3],
+        "a refused promote changes nothing"
+    );
+    let mut promoted = replica
+        .promote_at(&record, 2, Mode::Continuous, Some(2))
+        .expect("promote to retained point 2");
+    assert!(
+        host_image(&mut promoted) == frozen[1],
+        "promote to point 2 yields epoch 2's image"
+    );
+    let store = promoted.into_store();
+    assert!(store_image(&store) == frozen[1], "and so does the image on disk");
+    assert!(store.undo_epochs().expect("undo").is_empty(), "the undo sets are gone");
+    assert!(
+        !store.intent_regions().expect("intent").is_empty(),
+        "the blocks rolled back are in the write-intent record, for a failback"
+    );
+}

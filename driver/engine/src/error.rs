@@ -68,6 +68,18 @@ pub enum EngineError {
         /// Blocks still to be compared and re-sent.
         blocks: usize,
     },
+    /// Promote to a group epoch the replica does not retain.
+    #[error(
+        "group epoch {wanted} is not a retained point of this replica (committed {committed}, retained {retained:?}); promote refused"
+    )]
+    NotRetained {
+        /// The point asked for.
+        wanted: GroupEpoch,
+        /// The replica's committed group epoch.
+        committed: GroupEpoch,
+        /// The older points it can return to.
+        retained: Vec<GroupEpoch>,
+    },
     /// A snapshot while another one is still being copied.
     #[error("snapshot {pending:?} is still being copied; one snapshot at a time")]
     SnapshotBusy {

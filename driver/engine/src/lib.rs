@@ -60,5 +60,5 @@ pub use primary::{
     AbortOutcome, ClosingState, Primary, PrimaryEvent, PrimaryStats, ResyncPhase, SnapshotMark, SnapshotStep,
 };
 pub use replica::{Replica, ReplicaStats};
-pub use store::{HeldVersion, Role, StagedRecord, VolumeMeta, VolumeStore};
+pub use store::{HeldVersion, RetainedPoint, Role, StagedRecord, VolumeMeta, VolumeStore};
 pub use types::{BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq};

@@ -93,6 +93,19 @@ pub trait VolumeStore {
     /// copies it interrupted).
     fn snapshots_pending(&self) -> Result<Vec<String>, StoreError>;
 
+    /// Keep `data` as block `b`'s version before the fold of local epoch
+    /// `epoch`: the fold's undo set, which returns the image to the point
+    /// before it (a retained point of a replica).
+    fn undo_put(&mut self, epoch: LocalEpoch, b: BlockIndex, data: &[u8]) -> Result<(), StoreError>;
+    /// Read block `b` of the undo set of `epoch`; false if it holds none.
+    fn undo_get(&self, epoch: LocalEpoch, b: BlockIndex, buf: &mut [u8]) -> Result<bool, StoreError>;
+    /// The blocks the undo set of `epoch` holds, ascending.
+    fn undo_blocks(&self, epoch: LocalEpoch) -> Result<Vec<BlockIndex>, StoreError>;
+    /// Forget the undo set of `epoch`.
+    fn undo_drop(&mut self, epoch: LocalEpoch) -> Result<(), StoreError>;
+    /// Epochs that have an undo set, ascending.
+    fn undo_epochs(&self) -> Result<Vec<LocalEpoch>, StoreError>;
+
     /// Make every earlier mutation durable.
     fn sync(&mut self) -> Result<(), StoreError>;
 }
@@ -115,6 +128,19 @@ pub struct StagedRecord {
     pub group: GroupEpoch,
     /// The seal's manifest: exactly the blocks a fold applies.
     pub manifest: Vec<ManifestEntry>,
+}
+
+/// A committed epoch a replica can still return its image to: the image
+/// then, before the fold of local epoch `undo`, whose undo set (with those
+/// of every later retained point) holds the versions that fold replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetainedPoint {
+    /// The point's local epoch.
+    pub local: LocalEpoch,
+    /// The point's group epoch.
+    pub group: GroupEpoch,
+    /// The fold that left the point, keying its undo set.
+    pub undo: LocalEpoch,
 }
 
 /// The durable metadata record of a volume.
@@ -146,6 +172,12 @@ pub struct VolumeMeta {
     /// was written, as (local epoch, block, send sequence), ascending; at
     /// most the two newest unsealed epochs.
     pub resume: Vec<HeldVersion>,
+    /// Replica: the retained points, oldest first (at most the pairing's K).
+    pub retained: Vec<RetainedPoint>,
+    /// Replica: the fold whose undo set is complete and durable while its
+    /// blocks are being written into the image (a redo must not capture
+    /// them again: the image may already hold the new versions).
+    pub undo_captured: Option<LocalEpoch>,
 }
 
 /// A block version a replica holds durably staged: (local epoch, block,
@@ -167,6 +199,8 @@ impl VolumeMeta {
             peer_incarnation: 0,
             resync_candidates: None,
             resume: Vec::new(),
+            retained: Vec::new(),
+            undo_captured: None,
         }
     }
 }

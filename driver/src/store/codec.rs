@@ -134,6 +134,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Whether every byte is consumed (an optional trailer is absent).
+    pub(crate) fn at_end(&self) -> bool {
+        self.at == self.buf.len()
+    }
+
     /// Every byte consumed.
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         match self.buf.len() - self.at {

@@ -40,6 +40,7 @@ pub(crate) struct Paths {
     pub(crate) side_map: PathBuf,
     pub(crate) intent: PathBuf,
     pub(crate) stage: PathBuf,
+    pub(crate) undo: PathBuf,
     pub(crate) snapshots: PathBuf,
 }
 
@@ -54,6 +55,7 @@ impl Paths {
             side_map: dir.join("side.map"),
             intent: dir.join("intent"),
             stage: dir.join("stage"),
+            undo: dir.join("undo"),
             snapshots: dir.join("snapshots"),
             dir,
         }

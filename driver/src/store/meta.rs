@@ -1,5 +1,6 @@
 //! The codec of [`VolumeMeta`], format version 2 (version 1 had no resume
-//! point).
+//! point). The retained points are an optional trailer: a record written
+//! before they existed ends after `resume` and reads as retaining none.
 //!
 //! ```text
 //! role u8 (0 primary, 1 replica) | generation.counter u64 | generation.site u64
@@ -9,11 +10,13 @@
 //! peer_incarnation u64
 //! resync_candidates: tag u8 [n u64 | n × block u64]
 //! resume: n u64 | n × (local u64 | block u64 | seq.generation u64 | seq.incarnation u64 | seq.counter u64)
+//! [retained: n u64 | n × (local u64 | group u64 | undo u64)
+//!  undo_captured: tag u8 [local u64]]
 //! ```
 //! All integers little endian; the record around it carries the version and
 //! the checksum ([`super::record`]).
 
-use floe_engine::{ManifestEntry, Role, RoleGeneration, SendSeq, StagedRecord, VolumeMeta};
+use floe_engine::{ManifestEntry, RetainedPoint, Role, RoleGeneration, SendSeq, StagedRecord, VolumeMeta};
 
 use super::codec::{DecodeError, Reader, Writer};
 
@@ -22,13 +25,17 @@ pub(crate) const META_VERSION: u32 = 2;
 
 const ENTRY_BYTES: usize = 8 + 3 * 8 + 32;
 const HELD_BYTES: usize = 5 * 8;
-const FIXED_BYTES: u64 = 136;
+const FIXED_BYTES: u64 = 136 + 17;
+const POINT_BYTES: u64 = 3 * 8;
+
+/// The most retained points a replica keeps (K of a pairing is at most this).
+pub const MAX_RETAINED: u64 = 64;
 
 /// The largest encoding of a record for a volume of `blocks` blocks: a
 /// manifest and a candidate list name each block at most once, the resume
 /// point each block at most once in each of two epochs.
 pub(crate) fn max_encoded_len(blocks: u64) -> u64 {
-    FIXED_BYTES + blocks.saturating_mul(ENTRY_BYTES as u64 + 8 + 2 * HELD_BYTES as u64)
+    FIXED_BYTES + MAX_RETAINED * POINT_BYTES + blocks.saturating_mul(ENTRY_BYTES as u64 + 8 + 2 * HELD_BYTES as u64)
 }
 
 pub(crate) fn encode(m: &VolumeMeta) -> Vec<u8> {
@@ -78,6 +85,18 @@ pub(crate) fn encode(m: &VolumeMeta) -> Vec<u8> {
             .u64(seq.generation)
             .u64(seq.incarnation)
             .u64(seq.counter);
+    }
+    w.count(m.retained.len());
+    for p in &m.retained {
+        w.u64(p.local).u64(p.group).u64(p.undo);
+    }
+    match m.undo_captured {
+        None => {
+            w.u8(0);
+        }
+        Some(local) => {
+            w.u8(1).u64(local);
+        }
     }
     w.finish()
 }
@@ -143,6 +162,21 @@ pub(crate) fn decode(payload: &[u8]) -> Result<VolumeMeta, DecodeError> {
             },
         ));
     }
+    let mut retained = Vec::new();
+    let mut undo_captured = None;
+    if !r.at_end() {
+        let n = r.count("retained points", POINT_BYTES as usize)?;
+        for _ in 0..n {
+            retained.push(RetainedPoint {
+                local: r.u64()?,
+                group: r.u64()?,
+                undo: r.u64()?,
+            });
+        }
+        if r.option("undo captured")? {
+            undo_captured = Some(r.u64()?);
+        }
+    }
     r.finish()?;
     Ok(VolumeMeta {
         role,
@@ -156,6 +190,8 @@ pub(crate) fn decode(payload: &[u8]) -> Result<VolumeMeta, DecodeError> {
         peer_incarnation,
         resync_candidates,
         resume,
+        retained,
+        undo_captured,
     })
 }
 
@@ -195,6 +231,14 @@ mod tests {
             counter: u64::MAX,
         };
         m.resume = (0..2 * blocks).map(|i| (u64::MAX - i % 2, i / 2, seq)).collect();
+        m.retained = (0..MAX_RETAINED)
+            .map(|i| RetainedPoint {
+                local: u64::MAX - i,
+                group: u64::MAX - i,
+                undo: u64::MAX - i,
+            })
+            .collect();
+        m.undo_captured = Some(u64::MAX);
         m
     }
 
@@ -215,9 +259,20 @@ mod tests {
 
     #[test]
     fn every_truncation_is_refused() {
-        let bytes = encode(&full(3));
+        let m = full(3);
+        let bytes = encode(&m);
+        let mut without_points = m.clone();
+        without_points.retained.clear();
+        without_points.undo_captured = None;
+        // The record as written before retained points existed: the one
+        // prefix that decodes, as retaining none.
+        let trailer = 8 + m.retained.len() * 24 + 9;
         for n in 0..bytes.len() {
-            assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+            if n == bytes.len() - trailer {
+                assert_eq!(decode(&bytes[..n]), Ok(without_points.clone()));
+            } else {
+                assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+            }
         }
         let mut longer = bytes.clone();
         longer.push(0);
@@ -242,33 +297,46 @@ mod tests {
             staged,
             proptest::option::of(proptest::collection::vec(any::<u64>(), 0..8)),
             proptest::collection::vec(any::<[u64; 5]>(), 0..8),
+            proptest::collection::vec(any::<[u64; 3]>(), 0..4),
+            proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(primary, n, staged, resync_candidates, resume)| VolumeMeta {
-                role: if primary { Role::Primary } else { Role::Replica },
-                generation: RoleGeneration {
-                    counter: n[0],
-                    site: n[1],
+            .prop_map(
+                |(primary, n, staged, resync_candidates, resume, points, undo_captured)| VolumeMeta {
+                    role: if primary { Role::Primary } else { Role::Replica },
+                    generation: RoleGeneration {
+                        counter: n[0],
+                        site: n[1],
+                    },
+                    incarnation: n[2],
+                    last_sealed: n[3],
+                    last_sealed_group: n[4],
+                    committed: n[5],
+                    committed_group: n[6],
+                    staged,
+                    peer_incarnation: n[7],
+                    resync_candidates,
+                    resume: resume
+                        .into_iter()
+                        .map(|v| {
+                            let seq = SendSeq {
+                                generation: v[2],
+                                incarnation: v[3],
+                                counter: v[4],
+                            };
+                            (v[0], v[1], seq)
+                        })
+                        .collect(),
+                    retained: points
+                        .into_iter()
+                        .map(|p| RetainedPoint {
+                            local: p[0],
+                            group: p[1],
+                            undo: p[2],
+                        })
+                        .collect(),
+                    undo_captured,
                 },
-                incarnation: n[2],
-                last_sealed: n[3],
-                last_sealed_group: n[4],
-                committed: n[5],
-                committed_group: n[6],
-                staged,
-                peer_incarnation: n[7],
-                resync_candidates,
-                resume: resume
-                    .into_iter()
-                    .map(|v| {
-                        let seq = SendSeq {
-                            generation: v[2],
-                            incarnation: v[3],
-                            counter: v[4],
-                        };
-                        (v[0], v[1], seq)
-                    })
-                    .collect(),
-            })
+            )
     }
 
     proptest! {

@@ -6,6 +6,7 @@
 //! ```text
 //! <data_dir>/volumes/<volume-id>/
 //!     layout  meta  image  side  side.map  intent  stage/<epoch>.{data,map}
+//!     undo/<epoch>.{data,map}   (a replica's retained points)
 //!     snapshots/<name>.img  snapshots/.<name>.img.part  snapshots/.<name>.progress
 //! <data_dir>/groups/<group>/decisions
 //! ```
@@ -15,13 +16,14 @@
 //! durable after [`VolumeStore::sync`], as the engine's contract says; a
 //! power cut keeps an arbitrary part of what was not synced. `sync` fsyncs
 //! only what changed since the last one, in this order:
-//! 1. data: `image`, `side`, the staged data files, snapshots whose copy
+//! 1. data: `image`, `side`, the staged and undo data files, snapshots whose copy
 //!    is finished (a snapshot still being copied is never fsynced: a crash
 //!    fails it, `store/snapshots.rs`);
-//! 2. directory entries: new or removed staging files; finished snapshots
+//! 2. directory entries: new or removed staging and undo files; finished snapshots
 //!    renamed to their names, then the directory fsynced;
 //! 3. indexes: the dirty 4 KiB pages of `side.map`, the staging maps and
-//!    `intent`, written only now, so a durable bit always names durable data;
+//!    the undo maps and `intent`, written only now, so a durable bit always
+//!    names durable data;
 //! 4. the metadata record, into the slot not holding the newest valid one.
 //!
 //! Two mutations sync early, because the next step could not be undone by a
@@ -88,6 +90,7 @@ pub struct FileStore {
     /// Whether `side.map` on disk may hold a set bit.
     side_map_on_disk: bool,
     stage: Staging,
+    undo: Staging,
     intent: BitFile,
     meta: Slots,
     /// Put but not yet synced: the record and its encoding.
@@ -122,16 +125,15 @@ impl FileStore {
         }
         // A creation that did not finish is started over.
         ensure_dir(fs.as_ref(), &p.dir).map_err(Error::io("create volume directory", &p.dir))?;
-        for dir in [&p.stage, &p.snapshots] {
+        for dir in [&p.stage, &p.undo, &p.snapshots] {
             fs.create_dir(dir).map_err(Error::io("create volume directory", dir))?;
         }
-        for name in fs
-            .list_dir(&p.stage)
-            .map_err(Error::io("list staging directory", &p.stage))?
-        {
-            let path = p.stage.join(name);
-            fs.remove_file(&path)
-                .map_err(Error::io("remove leftover staging file", &path))?;
+        for dir in [&p.stage, &p.undo] {
+            for name in fs.list_dir(dir).map_err(Error::io("list staging directory", dir))? {
+                let path = dir.join(name);
+                fs.remove_file(&path)
+                    .map_err(Error::io("remove leftover staging file", &path))?;
+            }
         }
         if fs
             .exists(&p.meta)
@@ -151,7 +153,7 @@ impl FileStore {
             f.set_len(len).map_err(Error::io("size volume file", path))?;
             f.sync().map_err(Error::io("sync volume file", path))?;
         }
-        for dir in [&p.stage, &p.snapshots, &p.dir] {
+        for dir in [&p.stage, &p.undo, &p.snapshots, &p.dir] {
             fs.sync_dir(dir).map_err(Error::io("sync volume directory", dir))?;
         }
         // Last: the layout record says the volume exists.
@@ -188,6 +190,17 @@ impl FileStore {
             .map_err(Error::io("open write-intent record", &p.intent))?;
         let intent = BitFile::load(intent, geo.regions()).map_err(Error::io("read write-intent record", &p.intent))?;
         let stage = Staging::load(fs.as_ref(), p.stage.clone(), geo.blocks(), geo.block_size() as u64)?;
+        // Stores created before retained points have no undo directory.
+        if !fs
+            .exists(&p.undo)
+            .map_err(Error::io("look for undo directory", &p.undo))?
+        {
+            fs.create_dir(&p.undo)
+                .map_err(Error::io("create volume directory", &p.undo))?;
+            fs.sync_dir(&p.dir)
+                .map_err(Error::io("sync volume directory", &p.dir))?;
+        }
+        let undo = Staging::load(fs.as_ref(), p.undo.clone(), geo.blocks(), geo.block_size() as u64)?;
         let meta = Slots::open(
             fs.as_ref(),
             p.meta.clone(),
@@ -204,6 +217,7 @@ impl FileStore {
             side,
             side_map,
             stage,
+            undo,
             intent,
             meta,
             meta_pending: None,
@@ -356,9 +370,11 @@ impl FileStore {
             self.side_dirty = false;
         }
         self.stage.sync_data()?;
+        self.undo.sync_data()?;
         self.sync_finished_snapshots()?;
         // 2. Directory entries.
         self.stage.sync_dir(self.fs.as_ref())?;
+        self.undo.sync_dir(self.fs.as_ref())?;
         self.name_finished_snapshots()?;
         if self.snapshots_dirty {
             let dir = &self.paths.snapshots;
@@ -374,6 +390,7 @@ impl FileStore {
             self.side_map_on_disk = true;
         }
         self.stage.persist_maps()?;
+        self.undo.persist_maps()?;
         self.intent.persist().map_err(Error::io("write", &self.paths.intent))?;
         // 4. The metadata record.
         if let Some((_, bytes)) = &self.meta_pending {
@@ -429,6 +446,32 @@ impl VolumeStore for FileStore {
 
     fn stage_epochs(&self) -> Result<Vec<LocalEpoch>, StoreError> {
         Ok(self.stage.epochs())
+    }
+
+    fn undo_put(&mut self, epoch: LocalEpoch, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
+        self.check(b, data.len())
+            .and_then(|()| self.undo.put(self.fs.as_ref(), epoch, b, data))
+            .map_err(|e| e.at("keep block for a retained point"))
+    }
+
+    fn undo_get(&self, epoch: LocalEpoch, b: BlockIndex, buf: &mut [u8]) -> Result<bool, StoreError> {
+        self.check(b, buf.len())
+            .and_then(|()| self.undo.get(epoch, b, buf))
+            .map_err(|e| e.at("read block of a retained point"))
+    }
+
+    fn undo_blocks(&self, epoch: LocalEpoch) -> Result<Vec<BlockIndex>, StoreError> {
+        Ok(self.undo.blocks(epoch))
+    }
+
+    fn undo_drop(&mut self, epoch: LocalEpoch) -> Result<(), StoreError> {
+        self.undo
+            .drop_epoch(self.fs.as_ref(), epoch)
+            .map_err(|e| e.at("drop a retained point's blocks"))
+    }
+
+    fn undo_epochs(&self) -> Result<Vec<LocalEpoch>, StoreError> {
+        Ok(self.undo.epochs())
     }
 
     fn intent_set(&mut self, region: u64, on: bool) -> Result<(), StoreError> {

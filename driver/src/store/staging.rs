@@ -1,6 +1,8 @@
 //! The staging area of a DR replica: per local epoch a sparse data file
 //! `stage/<epoch>.data` (block `b` at `b * block_size`) and a bitmap
-//! `stage/<epoch>.map` of the blocks staged.
+//! `stage/<epoch>.map` of the blocks staged. The undo sets of retained
+//! points (`undo/<epoch>.{data,map}`, the image's versions a fold replaced)
+//! are kept the same way.
 //!
 //! A map bit reaches the disk only in [`Staging::persist_maps`], after the
 //! data files and the directory were synced, so a durable bit always names
@@ -171,6 +173,11 @@ impl Staging {
         self.unlinked.insert(e);
         self.dir_dirty = true;
         Ok(())
+    }
+
+    /// The blocks held for epoch `e`, ascending.
+    pub(crate) fn blocks(&self, e: LocalEpoch) -> Vec<u64> {
+        self.epochs.get(&e).map_or_else(Vec::new, |ep| ep.map.ones())
     }
 
     pub(crate) fn epochs(&self) -> Vec<LocalEpoch> {

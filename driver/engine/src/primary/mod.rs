@@ -196,12 +196,35 @@ impl<S: VolumeStore> Primary<S> {
         me.recover_side()?;
         me.recover_intent()?;
         me.recover_snapshots()?;
+        // Undo sets left by a promotion cut short after its record.
+        for e in me.store.undo_epochs()? {
+            me.store.undo_drop(e)?;
+        }
         Ok(me)
     }
 
     /// A primary made from a promoted replica's store (see `Replica::promote`).
-    pub(crate) fn from_promotion(store: S, geo: Geometry, mode: Mode, meta: VolumeMeta) -> Self {
-        Self::assemble(store, geo, mode, meta, Some(Bitmap::new(geo.blocks())))
+    /// Blocks `rolled_back` to a retained point count as written since the
+    /// promotion (their write-intent bits are already durable): a failback
+    /// compares them.
+    pub(crate) fn from_promotion(
+        store: S,
+        geo: Geometry,
+        mode: Mode,
+        meta: VolumeMeta,
+        rolled_back: &[BlockIndex],
+    ) -> Self {
+        let mut since = Bitmap::new(geo.blocks());
+        for &b in rolled_back {
+            since.set(b, true);
+        }
+        let mut me = Self::assemble(store, geo, mode, meta, Some(since));
+        for &b in rolled_back {
+            let r = geo.region_of(b);
+            me.intent.regions.set(r, true);
+            me.intent.note_epoch(r, me.open.local);
+        }
+        me
     }
 
     fn assemble(store: S, geo: Geometry, mode: Mode, meta: VolumeMeta, since_promote: Option<Bitmap>) -> Self {

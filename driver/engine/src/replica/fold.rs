@@ -52,6 +52,13 @@ impl<S: VolumeStore> Replica<S> {
             self.refuse_fold(st)?;
             return Ok(false);
         }
+        // Retaining points: the versions this fold replaces are kept first,
+        // durable before the image changes.
+        let keeps_point = self.keeps_point();
+        let captured = self.meta.undo_captured == Some(st.local) && !cfg!(feature = "bug-undo-recaptured");
+        if keeps_point && !captured {
+            self.capture_undo(st)?;
+        }
         for e in &st.manifest {
             self.read_staged(st.local, e.index)?;
             self.store.write_image(e.index, &self.buf)?;
@@ -60,6 +67,16 @@ impl<S: VolumeStore> Replica<S> {
         if !cfg!(feature = "bug-fold-skips-sync") {
             self.store.sync()?;
         }
+        if keeps_point {
+            self.meta.retained.push(RetainedPoint {
+                local: self.meta.committed,
+                group: self.meta.committed_group,
+                undo: st.local,
+            });
+        }
+        let trimmed = self.meta.retained.len().saturating_sub(self.retain);
+        let expired: Vec<RetainedPoint> = self.meta.retained.drain(..trimmed).collect();
+        self.meta.undo_captured = None;
         self.meta.committed = st.local;
         self.meta.committed_group = st.group;
         self.meta.staged = None;
@@ -69,9 +86,35 @@ impl<S: VolumeStore> Replica<S> {
         self.store.put_meta(&self.meta)?;
         self.store.sync()?;
         self.store.stage_drop(st.local)?;
+        for p in expired {
+            self.store.undo_drop(p.undo)?;
+        }
         self.floor = self.floor.max(st.local);
         self.stats.folds += 1;
         Ok(true)
+    }
+
+    /// Whether the fold about to happen leaves a point to retain: K > 0 and
+    /// the image is a committed freeze point (not a new replica's zeroes, nor
+    /// a failback's or a refused fold's image awaiting its resync).
+    fn keeps_point(&self) -> bool {
+        self.retain > 0 && self.meta.committed_group > 0 && self.meta.resync_candidates.is_none()
+    }
+
+    /// Keep the image's versions of the blocks `st` folds as its undo set,
+    /// durable, and record that before any of them is overwritten. A capture
+    /// cut short is taken again whole (its blocks may be torn).
+    fn capture_undo(&mut self, st: &StagedRecord) -> Result<(), EngineError> {
+        self.store.undo_drop(st.local)?;
+        for e in &st.manifest {
+            self.store.read_image(e.index, &mut self.buf)?;
+            self.store.undo_put(st.local, e.index, &self.buf)?;
+        }
+        self.store.sync()?;
+        self.meta.undo_captured = Some(st.local);
+        self.store.put_meta(&self.meta)?;
+        self.store.sync()?;
+        Ok(())
     }
 
     fn read_staged(&mut self, local: LocalEpoch, b: BlockIndex) -> Result<(), EngineError> {
@@ -90,8 +133,12 @@ impl<S: VolumeStore> Replica<S> {
     /// every block of its manifest still to resync, and the session closes
     /// so the primary's next Welcome compares and re-sends those blocks.
     /// Until an epoch that carries them folds, promote refuses.
+    /// The retained points go too: the image no longer is the committed
+    /// epoch's, so no chain of undo sets starts from a known point.
     fn refuse_fold(&mut self, st: &StagedRecord) -> Result<(), EngineError> {
         self.stats.folds_refused += 1;
+        self.meta.retained.clear();
+        self.meta.undo_captured = None;
         let mut pending = self.meta.resync_candidates.take().unwrap_or_default();
         pending.extend(st.manifest.iter().map(|e| e.index));
         pending.sort_unstable();
@@ -105,6 +152,9 @@ impl<S: VolumeStore> Replica<S> {
         self.store.put_meta(&self.meta)?;
         self.store.sync()?;
         self.store.stage_drop(st.local)?;
+        for e in self.store.undo_epochs()? {
+            self.store.undo_drop(e)?;
+        }
         self.floor = self.floor.max(st.local);
         self.session_closed = true;
         self.link_reset = true;

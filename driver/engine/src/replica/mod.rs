@@ -10,13 +10,24 @@
 //!   replica, promote) and what the shell reads;
 //! - `stream.rs`: frames from the primary: sessions, blocks into staging,
 //!   seals checked against their manifest, the staged-ack, failback hashes;
-//! - `fold.rs`: the coordinator's decisions: verified folds, refused folds
-//!   (fail closed until a resync), drops.
+//! - `fold.rs`: the coordinator's decisions: verified folds (each keeping an
+//!   undo set when points are retained), refused folds (fail closed until a
+//!   resync), drops.
+//!
+//! # Retained points
+//! With K > 0 ([`Replica::set_retention`]) a fold first keeps the image's
+//! versions of the blocks it replaces (its undo set, durable before the image
+//! changes), so the replica can return to each of its last K committed
+//! epochs: applying the undo sets newest first. A promote may choose such a
+//! point ([`Replica::promote_at`]); the blocks it rolls back join the new
+//! primary's failback candidates, since neither side's write record covers
+//! them. The cost is one read and one write per folded block, and the space
+//! of K epochs' blocks.
 
 mod fold;
 mod stream;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::mem::size_of;
 
 use crate::coordinator::DecisionRecord;
@@ -24,7 +35,7 @@ use crate::error::{EngineError, StoreError};
 use crate::frame::{FromCoordinator, MemberIndex, Payload, Reply, ToCoordinator, ToPrimary, ToReplica};
 use crate::mem;
 use crate::primary::Primary;
-use crate::store::{HeldVersion, Role, StagedRecord, VolumeMeta, VolumeStore};
+use crate::store::{HeldVersion, RetainedPoint, Role, StagedRecord, VolumeMeta, VolumeStore};
 use crate::types::{
     hash_block, BlockHash, BlockIndex, Geometry, GroupEpoch, LocalEpoch, ManifestEntry, Mode, RoleGeneration, SendSeq,
 };
@@ -90,6 +101,8 @@ pub struct Replica<S: VolumeStore> {
     to_coordinator: Vec<ToCoordinator>,
     buf: Vec<u8>,
     stats: ReplicaStats,
+    /// Points to retain (K of the pairing; not durable: the shell sets it).
+    retain: usize,
 }
 
 impl<S: VolumeStore> Replica<S> {
@@ -137,6 +150,14 @@ impl<S: VolumeStore> Replica<S> {
                 store.stage_drop(e)?;
             }
         }
+        // Undo sets of points no longer retained (a crash between the record
+        // and their removal), or of a capture that never reached the record.
+        for e in store.undo_epochs()? {
+            let named = meta.retained.iter().any(|p| p.undo == e) || meta.undo_captured == Some(e) || keep == Some(e);
+            if !named {
+                store.undo_drop(e)?;
+            }
+        }
         let mut me = Self::assemble(store, geo, member, meta);
         for &(e, b, seq) in &me.meta.resume {
             me.stream.entry(e).or_default().insert(b, seq);
@@ -168,6 +189,7 @@ impl<S: VolumeStore> Replica<S> {
             to_coordinator: Vec::new(),
             buf: vec![0; geo.block_size()],
             stats: ReplicaStats::default(),
+            retain: 0,
         }
     }
 
@@ -213,15 +235,34 @@ impl<S: VolumeStore> Replica<S> {
         meta.peer_incarnation = 0;
         meta.resync_candidates = Some(candidates);
         meta.resume.clear();
+        meta.retained.clear();
+        meta.undo_captured = None;
         store.put_meta(&meta)?;
         store.sync()?;
         Ok(Self::assemble(store, geo, member, meta))
     }
 
+    /// Promote this replica (failover) at its last committed epoch; see
+    /// [`Replica::promote_at`].
+    pub fn promote(self, decision: &DecisionRecord, site: u64, mode: Mode) -> Result<Primary<S>, EngineError> {
+        self.promote_at(decision, site, mode, None)
+    }
+
     /// Promote this replica (failover): finish the staged epoch if the group
-    /// decided it, drop it otherwise, and become primary under a generation
-    /// newer than any the old primary can hold.
-    pub fn promote(mut self, decision: &DecisionRecord, site: u64, mode: Mode) -> Result<Primary<S>, EngineError> {
+    /// decided it, drop it otherwise, return the image to retained point
+    /// `point` if one is named (and not the last committed epoch), and
+    /// become primary under a generation newer than any the old primary can
+    /// hold. Redo-able: a crash before the new record leaves the replica as
+    /// it was, and the undo sets applied again give the same image.
+    pub fn promote_at(
+        mut self,
+        decision: &DecisionRecord,
+        site: u64,
+        mode: Mode,
+        point: Option<GroupEpoch>,
+    ) -> Result<Primary<S>, EngineError> {
+        // The fold below must not trim away the point asked for.
+        self.retain = self.retain.max(self.meta.retained.len() + 1);
         if let Some(st) = self.meta.staged.clone() {
             if decision.committed == st.group {
                 self.fold_staged(&st)?;
@@ -232,6 +273,10 @@ impl<S: VolumeStore> Replica<S> {
         if let Some(pending) = &self.meta.resync_candidates {
             return Err(EngineError::NotConsistent { blocks: pending.len() });
         }
+        let rolled_back = match point.filter(|&p| p != self.meta.committed_group) {
+            Some(p) => self.roll_back_to(p)?,
+            None => Vec::new(),
+        };
         for e in self.store.stage_epochs()? {
             self.store.stage_drop(e)?;
         }
@@ -242,9 +287,66 @@ impl<S: VolumeStore> Replica<S> {
         meta.last_sealed_group = meta.committed_group;
         meta.resync_candidates = None;
         meta.resume.clear();
+        meta.retained.clear();
+        meta.undo_captured = None;
         self.store.put_meta(&meta)?;
         self.store.sync()?;
-        Ok(Primary::from_promotion(self.store, self.geo, mode, meta))
+        for e in self.store.undo_epochs()? {
+            self.store.undo_drop(e)?;
+        }
+        let candidates = if cfg!(feature = "bug-rollback-not-candidates") {
+            &[][..]
+        } else {
+            &rolled_back[..]
+        };
+        Ok(Primary::from_promotion(self.store, self.geo, mode, meta, candidates))
+    }
+
+    /// Return the image to retained point `p`: apply the undo sets of every
+    /// fold after it, newest first; the write-intent record then names every
+    /// block rolled back (durable before the caller's record), and the
+    /// record in memory becomes the point's. The blocks rolled back, ascending.
+    fn roll_back_to(&mut self, p: GroupEpoch) -> Result<Vec<BlockIndex>, EngineError> {
+        let Some(at) = self.meta.retained.iter().position(|r| r.group == p) else {
+            return Err(EngineError::NotRetained {
+                wanted: p,
+                committed: self.meta.committed_group,
+                retained: self.retained_points(),
+            });
+        };
+        let mut rolled = BTreeSet::new();
+        for point in self.meta.retained[at..].iter().rev() {
+            for b in self.store.undo_blocks(point.undo)? {
+                if b >= self.geo.blocks() || !self.store.undo_get(point.undo, b, &mut self.buf)? {
+                    continue;
+                }
+                self.store.write_image(b, &self.buf)?;
+                rolled.insert(b);
+            }
+        }
+        self.store.sync()?;
+        let regions: BTreeSet<u64> = rolled.iter().map(|&b| self.geo.region_of(b)).collect();
+        for r in regions {
+            self.store.intent_set(r, true)?;
+        }
+        self.store.sync()?;
+        let point = self.meta.retained[at];
+        self.meta.committed = point.local;
+        self.meta.committed_group = point.group;
+        self.meta.retained.truncate(at);
+        Ok(rolled.into_iter().collect())
+    }
+
+    /// Keep the last `k` committed epochs as retained points (the pairing's
+    /// K). Fewer are kept from the next fold on; more start accruing from it.
+    pub fn set_retention(&mut self, k: usize) {
+        self.retain = k;
+    }
+
+    /// The group epochs this replica can still return its image to, oldest
+    /// first (its last committed epoch aside).
+    pub fn retained_points(&self) -> Vec<GroupEpoch> {
+        self.meta.retained.iter().map(|p| p.group).collect()
     }
 
     /// Make the received stream durable and record it as the resume point.

@@ -53,6 +53,22 @@ impl VolumeStore for NullStore {
         epochs.dedup();
         Ok(epochs)
     }
+    // Retained points are not measured on this store: it keeps no undo set.
+    fn undo_put(&mut self, _epoch: LocalEpoch, _b: BlockIndex, _data: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn undo_get(&self, _epoch: LocalEpoch, _b: BlockIndex, _buf: &mut [u8]) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    fn undo_blocks(&self, _epoch: LocalEpoch) -> Result<Vec<BlockIndex>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn undo_drop(&mut self, _epoch: LocalEpoch) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn undo_epochs(&self) -> Result<Vec<LocalEpoch>, StoreError> {
+        Ok(Vec::new())
+    }
     fn intent_set(&mut self, _region: u64, _on: bool) -> Result<(), StoreError> {
         Ok(())
     }

@@ -17,6 +17,7 @@ pub struct Layer {
     pub image: BTreeMap<BlockIndex, Vec<u8>>,
     pub side: BTreeMap<BlockIndex, Vec<u8>>,
     pub stage: BTreeMap<(LocalEpoch, BlockIndex), Vec<u8>>,
+    pub undo: BTreeMap<(LocalEpoch, BlockIndex), Vec<u8>>,
     pub intent: BTreeSet<u64>,
     pub meta: Option<VolumeMeta>,
     pub snapshots: BTreeMap<String, BTreeMap<BlockIndex, Vec<u8>>>,
@@ -31,6 +32,8 @@ enum Op {
     SideClear,
     StagePut(LocalEpoch, BlockIndex, Vec<u8>),
     StageDrop(LocalEpoch),
+    UndoPut(LocalEpoch, BlockIndex, Vec<u8>),
+    UndoDrop(LocalEpoch),
     Intent(u64, bool),
     Meta(VolumeMeta),
     Snapshot(String),
@@ -56,6 +59,10 @@ impl Layer {
                 self.stage.insert((*e, *b), d.clone());
             }
             Op::StageDrop(e) => self.stage.retain(|(ee, _), _| ee != e),
+            Op::UndoPut(e, b, d) => {
+                self.undo.insert((*e, *b), d.clone());
+            }
+            Op::UndoDrop(e) => self.undo.retain(|(ee, _), _| ee != e),
             Op::Intent(r, on) => {
                 if *on {
                     self.intent.insert(*r);
@@ -211,6 +218,11 @@ impl SimStore {
                     let old = self.durable.stage.get(&(e, b)).cloned();
                     Self::tear(&mut d, old, tear);
                     Op::StagePut(e, b, d)
+                }
+                Op::UndoPut(e, b, mut d) if tear.chance(0.3) => {
+                    let old = self.durable.undo.get(&(e, b)).cloned();
+                    Self::tear(&mut d, old, tear);
+                    Op::UndoPut(e, b, d)
                 }
                 Op::SidePut(b, mut d) if tear.chance(0.3) => {
                     let old = self.durable.side.get(&b).cloned();
@@ -368,6 +380,35 @@ impl VolumeStore for SimStore {
     fn stage_epochs(&self) -> Result<Vec<LocalEpoch>, StoreError> {
         self.alive()?;
         let set: BTreeSet<LocalEpoch> = self.view.stage.keys().map(|(e, _)| *e).collect();
+        Ok(set.into_iter().collect())
+    }
+    fn undo_put(&mut self, epoch: LocalEpoch, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
+        self.push(Op::UndoPut(epoch, b, data.to_vec()))
+    }
+    fn undo_get(&self, epoch: LocalEpoch, b: BlockIndex, buf: &mut [u8]) -> Result<bool, StoreError> {
+        self.alive()?;
+        Ok(self
+            .view
+            .undo
+            .get(&(epoch, b))
+            .map(|d| buf.copy_from_slice(d))
+            .is_some())
+    }
+    fn undo_blocks(&self, epoch: LocalEpoch) -> Result<Vec<BlockIndex>, StoreError> {
+        self.alive()?;
+        Ok(self
+            .view
+            .undo
+            .range((epoch, 0)..=(epoch, BlockIndex::MAX))
+            .map(|((_, b), _)| *b)
+            .collect())
+    }
+    fn undo_drop(&mut self, epoch: LocalEpoch) -> Result<(), StoreError> {
+        self.push(Op::UndoDrop(epoch))
+    }
+    fn undo_epochs(&self) -> Result<Vec<LocalEpoch>, StoreError> {
+        self.alive()?;
+        let set: BTreeSet<LocalEpoch> = self.view.undo.keys().map(|(e, _)| *e).collect();
         Ok(set.into_iter().collect())
     }
     fn intent_set(&mut self, region: u64, on: bool) -> Result<(), StoreError> {

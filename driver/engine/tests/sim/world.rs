@@ -142,6 +142,8 @@ const BATCH: u64 = 4;
 pub struct World {
     cfg: Config,
     geo: Geometry,
+    /// Points each replica retains (K), from the seed: 0, 1 or 2.
+    retain: usize,
     rng: Rng,
     sites: [Vec<Vol>; 2],
     coords: [Option<Coord>; 2],
@@ -259,6 +261,10 @@ pub struct RunStats {
     pub resume_missing: u64,
     /// Versions shipped again after those Welcomes.
     pub resume_resent: u64,
+    /// Failovers that promoted to a retained point older than the last commit.
+    pub retained_promotes: u64,
+    /// Retained points promoted (on copies) and checked against the model.
+    pub retained_checks: u64,
 }
 
 impl RunStats {
@@ -287,6 +293,8 @@ impl RunStats {
         self.resume_held += o.resume_held;
         self.resume_missing += o.resume_missing;
         self.resume_resent += o.resume_resent;
+        self.retained_promotes += o.retained_promotes;
+        self.retained_checks += o.retained_checks;
     }
 }
 
@@ -303,13 +311,15 @@ impl World {
         for m in 0..cfg.members {
             let p = Primary::create(SimStore::new(cfg.block_size), geo, cfg.mode, gen0).expect("create primary");
             prim.push(Vol::Primary(Box::new(p)));
-            let r = Replica::create(SimStore::new(cfg.block_size), geo, m as u32, gen0).expect("create replica");
+            let mut r = Replica::create(SimStore::new(cfg.block_size), geo, m as u32, gen0).expect("create replica");
+            r.set_retention((seed % 3) as usize);
             repl.push(Vol::Replica(Box::new(r)));
         }
         let coord = Coordinator::open(SimLog::default(), cfg.members as u32).expect("open coordinator");
         World {
             cfg,
             geo,
+            retain: (seed % 3) as usize,
             rng: Rng::new(seed),
             sites: [prim, repl],
             coords: [None, Some(Coord::Up(coord))],
@@ -1348,6 +1358,7 @@ impl World {
                 unreachable!("checked above")
             };
             let mut r = Replica::open(store, self.geo, m as u32).map_err(|e| format!("reopen replica: {e}"))?;
+            r.set_retention(self.retain);
             self.to_coord.extend(r.take_to_coordinator());
             self.sites[dr][m] = Vol::Replica(Box::new(r));
             self.note(format!("restart replica m{m}"));
@@ -1402,9 +1413,23 @@ impl World {
             Some(c) => c.log().record,
             None => return err("no coordinator at the DR site"),
         };
-        let k = record.committed;
+        // With points retained, the promote may go back to one of them.
+        let point = self.choose_retained_point();
+        let k = point.unwrap_or(record.committed);
+        if let Some(r) = point {
+            self.note(format!(
+                "promote to retained point {r} (committed {})",
+                record.committed
+            ));
+            self.stats.retained_promotes += 1;
+        }
         // The old primary's write-intent record covers every write after the
-        // DR's committed epoch: none of its regions was cleared past it.
+        // DR's committed epoch: none of its regions was cleared past it. A
+        // point retained before it rolls back blocks that neither side's
+        // write record covers: the candidates must still include them.
+        for (m, o) in o_written.iter_mut().enumerate() {
+            o.extend((0..self.cfg.blocks).filter(|&b| self.reference.write_group[m][b as usize] > k));
+        }
         let o_required: Vec<BTreeSet<u64>> = (0..self.cfg.members)
             .map(|m| {
                 (0..self.cfg.blocks)
@@ -1423,7 +1448,7 @@ impl World {
                 return err("DR member not a replica at failover");
             };
             let mut p = r
-                .promote(&record, site_id, self.cfg.mode)
+                .promote_at(&record, site_id, self.cfg.mode, point)
                 .map_err(|e| format!("promote: {e}"))?;
             let mut img = vec![0; want.len()];
             p.read(0, &mut img).map_err(|e| format!("read: {e}"))?;
@@ -1459,6 +1484,29 @@ impl World {
             o_required,
         });
         Ok(())
+    }
+
+    /// A point every DR member retains, drawn at random, or none (promote
+    /// to the last committed epoch) when none is retained.
+    fn choose_retained_point(&mut self) -> Option<GroupEpoch> {
+        if self.retain == 0 {
+            return None;
+        }
+        let dr = self.dr();
+        let mut common: Option<BTreeSet<GroupEpoch>> = None;
+        for vol in &self.sites[dr] {
+            let Vol::Replica(r) = vol else { return None };
+            let points: BTreeSet<GroupEpoch> = r.retained_points().into_iter().collect();
+            common = Some(match common {
+                None => points,
+                Some(c) => c.intersection(&points).copied().collect(),
+            });
+        }
+        let common: Vec<GroupEpoch> = common?.into_iter().collect();
+        if common.is_empty() {
+            return None;
+        }
+        Some(common[self.rot.below(common.len() as u64) as usize])
     }
 
     /// Would promote refuse on some DR member (a dry run on copies)?
@@ -1503,7 +1551,8 @@ impl World {
                 return err("old member not a primary at failback");
             };
             let discard = self.rng.chance(0.3);
-            let r = Replica::from_demotion(*p, m as u32, discard).map_err(|e| format!("demote: {e}"))?;
+            let mut r = Replica::from_demotion(*p, m as u32, discard).map_err(|e| format!("demote: {e}"))?;
+            r.set_retention(self.retain);
             self.demoted[m] = Some(r.store().image_bytes(self.cfg.blocks));
             if !discard && r.store().snapshots() == 0 {
                 return err(format!("I5: member {m}'s stray writes were not kept as a snapshot"));
@@ -1674,7 +1723,9 @@ impl World {
                 Vol::Down(s, false) => s.durable_copy(),
                 _ => return err("DR member in an unexpected role"),
             };
-            replicas.push(Replica::open(store, self.geo, m as u32).map_err(|e| format!("reopen replica: {e}"))?);
+            let mut r = Replica::open(store, self.geo, m as u32).map_err(|e| format!("reopen replica: {e}"))?;
+            r.set_retention(self.retain);
+            replicas.push(r);
         }
         let mut c = Coordinator::open(log, self.cfg.members as u32).map_err(|e| format!("coordinator: {e}"))?;
         let mut queue: Vec<ToCoordinator> = replicas.iter_mut().flat_map(|r| r.take_to_coordinator()).collect();
@@ -1710,6 +1761,7 @@ impl World {
                     Ok(_) => return err(format!("I1: member {m} awaits a resync, yet promote served its image")),
                 }
             }
+            self.check_retained_point(m, &r, &record)?;
             let mut p = r
                 .promote(&record, 99, self.cfg.mode)
                 .map_err(|e| format!("promote: {e}"))?;
@@ -1831,6 +1883,33 @@ impl World {
                 "liveness: group epoch {g} pending through {steps} healthy steps in a row, and still neither committed nor aborted after an in-order delivery of every frame"
             ));
         }
+        Ok(())
+    }
+
+    /// A promote to one of the replica's retained points (a different one at
+    /// each check) yields that group epoch's image, byte for byte.
+    fn check_retained_point(&mut self, m: usize, r: &Replica<SimStore>, record: &DecisionRecord) -> Outcome {
+        let points = r.retained_points();
+        if points.is_empty() {
+            return Ok(());
+        }
+        let point = points[self.stats.dr_checks as usize % points.len()];
+        let want = self
+            .reference
+            .image_at(point)
+            .ok_or(format!("retained point {point} was never frozen in the model"))?;
+        let mut p = r
+            .clone()
+            .promote_at(record, 99, self.cfg.mode, Some(point))
+            .map_err(|e| format!("promote to retained point {point}: {e}"))?;
+        let mut img = vec![0; want[m].len()];
+        p.read(0, &mut img).map_err(|e| format!("read: {e}"))?;
+        if img != want[m] {
+            return err(format!(
+                "retained point: member {m} promoted to group epoch {point} is not that epoch's image"
+            ));
+        }
+        self.stats.retained_checks += 1;
         Ok(())
     }
 
