@@ -113,9 +113,9 @@ fn one(mode: Mode) -> Result<Failback> {
     let mut s = start(&format!("bench-failback-{}", mode.name()), mode, Place::Namespaces)?;
     let client = s.primary.client()?;
     let dadmin = s.dr.admin();
-    let acked_at = commit_then_lose_the_primary(&mut s, 3)?;
+    let committed = commit_then_lose_the_primary(&mut s, 3)?;
     let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
-    check_promoted(&mut s, &acked_at[(epoch - 1) as usize])?;
+    check_promoted(&mut s, &committed.acked[(epoch - 1) as usize])?;
     write_records(&s, 50)?;
     old_site_back(&mut s)?;
     fail_back(&mut s, epoch + 1, false, true, |step| {

@@ -1371,6 +1371,7 @@ async fn every_id_field_of_every_node_admin_rpc_refuses_a_path() -> Result<()> {
         members: vec![member(volume)],
         peer_address: "198.18.0.1:7443".into(),
         generation: None,
+        retained_points: 0,
     };
     let code = |e: Option<tonic::Status>| e.map(|s| s.code());
     let results: Vec<(&str, Option<Code>)> = vec![
@@ -1460,6 +1461,7 @@ async fn every_id_field_of_every_node_admin_rpc_refuses_a_path() -> Result<()> {
                 a.promote(wire::PromoteRequest {
                     group: bad.clone(),
                     generation,
+                    point: 0,
                 })
                 .await
                 .err(),

@@ -293,7 +293,7 @@ fn failover_and_back(mode: Mode) -> Result<()> {
         .generation
         .context("the primary's generation")?;
     let epochs = 4;
-    let acked_at = commit_then_lose_the_primary(&mut s, epochs)?;
+    let acked_at = commit_then_lose_the_primary(&mut s, epochs)?.acked;
 
     let epoch = client.block_on(dadmin.promote(GROUP, 2))?;
     ensure!(
@@ -618,4 +618,73 @@ fn test_failover_clones_the_group_while_replication_goes_on() -> Result<()> {
         let _ = w.join();
     }
     result
+}
+
+/// The DR keeps three committed epochs besides the last. After the primary
+/// site is lost past epoch 5, a point no member retains is refused, and the
+/// group is promoted back at epoch 3: every member exactly the primary's
+/// image frozen at epoch 3 (O_DIRECT digests), clean ext4, holding every
+/// record acknowledged before that freeze. The failback from there leaves
+/// the sites O_DIRECT-equal: the blocks epochs 4 and 5 changed, which
+/// neither side's write record holds, are compared and resent too.
+#[test]
+fn promote_to_a_retained_point_then_fail_back() -> Result<()> {
+    if !ready("promote_to_a_retained_point_then_fail_back") {
+        return Ok(());
+    }
+    let mut s = start_retaining("retained", Mode::Continuous, Place::Namespaces, 3)?;
+    let client = s.primary.client()?;
+    let dadmin = s.dr.admin();
+    let epochs = 5;
+    let committed = commit_then_lose_the_primary(&mut s, epochs)?;
+    let status = client.block_on(dadmin.status(&volume(0)))?;
+    ensure!(
+        status.committed_epoch == epochs && status.retained_epochs == [2, 3, 4],
+        "the DR should retain epochs 2 to 4 besides {epochs}: {status:?}"
+    );
+
+    let refused = client.block_on(dadmin.promote_at(GROUP, 2, 1));
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("retains only")),
+        "promote at epoch 1, not retained: {refused:?}"
+    );
+    let point = 3;
+    ensure!(
+        client.block_on(dadmin.promote_at(GROUP, 2, point))? == point,
+        "promote at retained point {point}"
+    );
+    ensure!(
+        client.block_on(dadmin.promote(GROUP, 2))? == point,
+        "a second promote answers another epoch"
+    );
+    let dr = s.dr.client()?;
+    for m in 0..MEMBERS {
+        let device = dr.attach(&volume(m))?;
+        let image = common::failback::Image::read(&device, VOLUME_BYTES)?;
+        dr.detach(&volume(m))?;
+        let at = |e: u64| &committed.digests[(e - 1) as usize][m];
+        ensure!(
+            image.digest == *at(point),
+            "{} promoted at epoch {point} is not the primary's image frozen at {point}",
+            volume(m)
+        );
+        ensure!(
+            at(point) != at(epochs),
+            "{}: epochs {point} and {epochs} froze the same image, so this test proves nothing",
+            volume(m)
+        );
+    }
+    check_promoted(&mut s, &committed.acked[(point - 1) as usize])?;
+
+    write_records(&s, 30)?;
+    common::failback::old_site_back(&mut s)?;
+    let fb = common::failback::fail_back(&mut s, point + 1, false, true, |step| {
+        eprintln!("retained point: {step}")
+    })
+    .with_context(|| s.logs())?;
+    eprintln!("retained point: failback {fb:?}");
+    ensure!(fb.differing > 0, "no block differs after the rollback: {fb:?}");
+    Ok(())
 }

@@ -64,6 +64,7 @@ pub use codec::DecodeError;
 pub use crash::CrashingBackend;
 pub use decisions::FileDecisionLog;
 pub use error::{Error, SlotState};
+pub use meta::MAX_RETAINED;
 
 /// The file, in a volume's `snapshots/`, that snapshot `name` is copied into
 /// until its copy is done.

@@ -340,6 +340,7 @@ pub fn fail_back_with(
 /// to the old site's listener.
 pub fn stream_to_old_site(s: &Sites) -> wire::PairRequest {
     wire::PairRequest {
+        retained_points: 0,
         group: GROUP.into(),
         role: wire::Role::Primary.into(),
         members: (0..MEMBERS)

@@ -146,6 +146,11 @@ pub enum Place {
 
 /// Both sites started, the group's volumes made, mounted and paired.
 pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
+    start_retaining(name, mode, place, 0)
+}
+
+/// [`start`], the DR keeping `retained` committed epochs besides the last.
+pub fn start_retaining(name: &str, mode: Mode, place: Place, retained: u32) -> Result<Sites> {
     let dir = super::scratch(&format!("sites-{name}"))?;
     let pki = tls::pki(&dir.path().join("tls"))?;
     let net = match place {
@@ -231,6 +236,7 @@ pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
                     .collect(),
                 peer_address: listen_dr.to_string(),
                 generation: None,
+                retained_points: 0,
             }),
         )?;
         ensure!(
@@ -248,6 +254,7 @@ pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
         members,
         peer_address: String::new(),
         generation,
+        retained_points: retained,
     }))?;
     Ok(Sites {
         metrics,
@@ -451,24 +458,38 @@ pub fn gap_free_records(log: &Path) -> Result<u64> {
     Ok(n)
 }
 
+/// What the primary site committed before it was lost, per epoch from 1.
+pub struct Committed {
+    /// The records each member had acknowledged before the epoch's freeze.
+    pub acked: Vec<Vec<u64>>,
+    /// Each member's device digest, read while the epoch was frozen.
+    pub digests: Vec<Vec<Vec<u8>>>,
+}
+
 /// The failover scenario's first half: under record writers, `epochs`
 /// group epochs each frozen (the devices read while frozen) and waited for
 /// at the DR; then records of the next epoch streaming; then the primary
-/// site lost, its uplink down and every process killed. The records each
-/// member had acknowledged before each epoch's freeze.
-pub fn commit_then_lose_the_primary(s: &mut Sites, epochs: u64) -> Result<Vec<Vec<u64>>> {
+/// site lost, its uplink down and every process killed.
+pub fn commit_then_lose_the_primary(s: &mut Sites, epochs: u64) -> Result<Committed> {
     let client = s.primary.client()?;
     let dadmin = s.dr.admin();
     let members = s.members();
     let stop = Arc::new(AtomicBool::new(false));
     let (acked, writers) = s.record_writers(&stop);
-    let mut acked_at = Vec::new();
+    let mut committed = Committed {
+        acked: Vec::new(),
+        digests: Vec::new(),
+    };
     for epoch in 1..=epochs {
         wait_until("the members are ready", Duration::from_secs(120), || {
             Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
         })?;
-        acked_at.push(acked.iter().map(|a| a.load(Ordering::SeqCst)).collect());
-        client.block_on(freeze_and_read(s, &members, epoch))?;
+        committed
+            .acked
+            .push(acked.iter().map(|a| a.load(Ordering::SeqCst)).collect());
+        committed
+            .digests
+            .push(client.block_on(freeze_and_read(s, &members, epoch))?);
         wait_until(
             &format!("epoch {epoch} committed at the DR"),
             Duration::from_secs(120),
@@ -486,7 +507,7 @@ pub fn commit_then_lose_the_primary(s: &mut Sites, epochs: u64) -> Result<Vec<Ve
     for w in writers {
         let _ = w.join();
     }
-    Ok(acked_at)
+    Ok(committed)
 }
 
 /// Record writers on `s`'s primary until each member's log holds `n` more

@@ -26,6 +26,7 @@ use crate::model::ObjectId;
 use crate::node::error::{Error, Result};
 use crate::node::plane::freeze::Freezer;
 use crate::node::plane::types::MAX_QUIESCE_TIMEOUT;
+use crate::store::MAX_RETAINED;
 
 /// What one caller's token froze: per volume, the freezer's token of its
 /// file system (none for a volume without one).
@@ -200,9 +201,18 @@ impl NodeAdmin for AdminService {
         if !req.peer_address.is_empty() {
             peer_address(&req.peer_address)?;
         }
+        if u64::from(req.retained_points) > MAX_RETAINED {
+            return Err(Error::Invalid {
+                field: "retained_points",
+                value: req.retained_points.to_string(),
+                expected: format!("at most {MAX_RETAINED} committed epochs kept"),
+            }
+            .into());
+        }
         let mut args = PairArgs {
             peer_address: (!req.peer_address.is_empty()).then_some(req.peer_address),
             generation: generation_of(req.generation),
+            retained_points: req.retained_points,
             ..PairArgs::default()
         };
         for m in req.members {
@@ -399,6 +409,7 @@ impl NodeAdmin for AdminService {
             group: s.group,
             link,
             closing_epoch: s.closing.unwrap_or(0),
+            retained_epochs: s.retained,
             step: match (s.role_change, s.resync) {
                 (Some(step), _) => step.into(),
                 (None, ResyncPhase::Idle) => String::new(),
@@ -413,9 +424,9 @@ impl NodeAdmin for AdminService {
     }
 
     /// Failover: this DR node's group becomes the primary, its volumes
-    /// this node's, at the group's last committed epoch. `generation`
-    /// names the promoting site (its `site_id`); the counter is the old
-    /// one plus one.
+    /// this node's, at the group's last committed epoch or at the retained
+    /// point `point` names. `generation` names the promoting site (its
+    /// `site_id`); the counter is the old one plus one.
     async fn promote(&self, request: Request<wire::PromoteRequest>) -> Answer<wire::PromoteResponse> {
         let req = request.into_inner();
         let group = volume_id("group", &req.group)?;
@@ -428,7 +439,8 @@ impl NodeAdmin for AdminService {
                 field: "generation.site_id",
                 hint: "the id of the site taking the primary role (not 0)",
             })?;
-        let epoch = self.blocking(move |hub, _, _| hub.promote(&group, site)).await?;
+        let point = (req.point != 0).then_some(req.point);
+        let epoch = self.blocking(move |hub, _, _| hub.promote(&group, site, point)).await?;
         Ok(Response::new(wire::PromoteResponse {
             consistent_epoch: epoch,
         }))

@@ -29,7 +29,7 @@
 pub mod admin;
 pub mod pairings;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -75,6 +75,26 @@ struct DrGroup {
     coordinator: Arc<LocalCoordinator<FileDecisionLog>>,
     /// Replicas in member order, by volume.
     replicas: Vec<(String, Arc<HostedReplica<FileStore>>)>,
+}
+
+impl DrGroup {
+    /// The group epochs every member can still be promoted at: its retained
+    /// points and its last fold (a point once a decided epoch folds), ascending.
+    fn retained_points(&self) -> Vec<u64> {
+        let mut common: Option<BTreeSet<u64>> = None;
+        for (_, r) in &self.replicas {
+            let points: BTreeSet<u64> = r.with(|r| {
+                let mut p = r.retained_points();
+                p.push(r.committed_group());
+                p.into_iter().filter(|&e| e > 0).collect()
+            });
+            common = Some(match common {
+                None => points,
+                Some(c) => c.intersection(&points).copied().collect(),
+            });
+        }
+        common.unwrap_or_default().into_iter().collect()
+    }
 }
 
 #[derive(Default)]
@@ -158,7 +178,7 @@ impl Replication {
         hub.lock().pairings = pairings;
         for (name, site) in promotions {
             tracing::warn!(group = %name, "finishing a promotion the previous data plane did not");
-            if let Err(e) = hub.promote(&name, site) {
+            if let Err(e) = hub.promote(&name, site, None) {
                 tracing::error!(group = %name, error = %chain(&e), "finish the promotion (call Promote again)");
             }
         }
@@ -350,7 +370,9 @@ impl Replication {
             generation: (gen.counter, gen.site),
             peer_address: Some(peer),
             promoting: None,
+            promoting_point: None,
             promoted_at: None,
+            retained_points: req.retained_points,
             demoting: None,
         })
     }
@@ -378,6 +400,8 @@ impl Replication {
                 Replica::open(store, geo, member)
             }
             .map_err(|e| Error::Internal(format!("the replica engine of {:?}: {e}", m.volume)))?;
+            let mut engine = engine;
+            engine.set_retention(g.retained_points as usize);
             replicas.push((m.volume.clone(), Arc::new(HostedReplica::new(engine))));
         }
         let ends: Vec<Arc<dyn ReplicaEnd>> = replicas
@@ -409,52 +433,70 @@ impl Replication {
 
     /// Promotes DR group `group` on this node (failover): every member at
     /// the group's last committed epoch (a staged epoch the group decided
-    /// is folded, any other dropped), under a generation newer than the
-    /// old primary's (`site` the promoting site's id), and made a CSI
-    /// volume of this node, ready to stage. Refused before the group's
-    /// first commit. The intent is recorded first, so a crash in the middle
-    /// is finished at the next start (or by calling again); calling again
+    /// is folded, any other dropped) or at retained point `point`, under a
+    /// generation newer than the old primary's (`site` the promoting site's
+    /// id), and made a CSI volume of this node, ready to stage. Refused
+    /// before the group's first commit, and for a point not every member
+    /// retains. The intent is recorded first, so a crash in the middle is
+    /// finished at the next start (or by calling again); calling again
     /// after it finished answers the same epoch.
-    pub(crate) fn promote(&self, group: &str, site: u64) -> Result<u64> {
+    pub(crate) fn promote(&self, group: &str, site: u64, point: Option<u64>) -> Result<u64> {
         let dr_dir = self.dir.join("dr");
-        let record =
-            {
-                let mut st = self.lock();
-                let g =
-                    st.pairings.groups.get(group).cloned().ok_or_else(|| {
-                        Error::FailedPrecondition(format!("group {group:?} is not paired on this node"))
-                    })?;
-                match (g.side, g.promoted_at) {
-                    (Side::Primary, Some(epoch)) => return Ok(epoch),
-                    (Side::Primary, None) => {
-                        return Err(Error::FailedPrecondition(format!(
-                            "this node is the primary of group {group:?}: promote its DR node"
-                        )))
-                    }
-                    (Side::Dr, _) => {}
+        let record = {
+            let mut st = self.lock();
+            let g = st
+                .pairings
+                .groups
+                .get(group)
+                .cloned()
+                .ok_or_else(|| Error::FailedPrecondition(format!("group {group:?} is not paired on this node")))?;
+            match (g.side, g.promoted_at) {
+                (Side::Primary, Some(epoch)) if point.is_none_or(|p| p == epoch) => return Ok(epoch),
+                (Side::Primary, Some(epoch)) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "group {group:?} was promoted at epoch {epoch} already; it cannot go back to {}",
+                        point.unwrap_or(0)
+                    )))
                 }
-                if g.promoting.is_none() {
-                    let committed = st
-                        .groups
-                        .get(group)
-                        .map(|dr| dr.coordinator.with_decisions_held(|r| r.committed))
-                        .unwrap_or(0);
-                    if committed == 0 {
-                        return Err(Error::FailedPrecondition(format!(
+                (Side::Primary, None) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "this node is the primary of group {group:?}: promote its DR node"
+                    )))
+                }
+                (Side::Dr, _) => {}
+            }
+            if g.promoting.is_none() {
+                let dr = st.groups.get(group);
+                let committed = dr
+                    .map(|dr| dr.coordinator.with_decisions_held(|r| r.committed))
+                    .unwrap_or(0);
+                if committed == 0 {
+                    return Err(Error::FailedPrecondition(format!(
                         "group {group:?} has not committed a first epoch: the DR holds no consistent image to promote"
                     )));
-                    }
-                    let g = st.pairings.groups.get_mut(group).expect("looked up above");
-                    g.promoting = Some(site);
-                    self.save(&st)?;
                 }
-                let held: Vec<Weak<HostedReplica<FileStore>>> = st
-                    .groups
-                    .remove(group)
-                    .map(|dr| dr.replicas.iter().map(|(_, r)| Arc::downgrade(r)).collect())
-                    .unwrap_or_default();
-                (g, held)
-            };
+                let point = point.filter(|&p| p != committed);
+                if let (Some(p), Some(dr)) = (point, dr) {
+                    let points = dr.retained_points();
+                    if !points.contains(&p) {
+                        return Err(Error::FailedPrecondition(format!(
+                                "group {group:?} cannot be promoted at epoch {p}: every member retains only {points:?} besides the last committed epoch, {committed}"
+                            )));
+                    }
+                }
+                let g = st.pairings.groups.get_mut(group).expect("looked up above");
+                g.promoting = Some(site);
+                g.promoting_point = point;
+                self.save(&st)?;
+            }
+            let g = st.pairings.groups.get(group).cloned().expect("looked up above");
+            let held: Vec<Weak<HostedReplica<FileStore>>> = st
+                .groups
+                .remove(group)
+                .map(|dr| dr.replicas.iter().map(|(_, r)| Arc::downgrade(r)).collect())
+                .unwrap_or_default();
+            (g, held)
+        };
         let (record, held) = record;
         // No stream, no coordinator: then nothing holds the replicas.
         for m in &record.members {
@@ -467,6 +509,12 @@ impl Replication {
             .map_err(|e| Error::Internal(format!("read the decisions of {group:?}: {}", chain(&e))))?
             .record()
             .clone();
+        let epoch = record.promoting_point.unwrap_or(decision.committed);
+        if let Some(p) = point.filter(|&p| p != epoch) {
+            return Err(Error::FailedPrecondition(format!(
+                "group {group:?} is being promoted at epoch {epoch} already, not {p}: call Promote with that point (or none)"
+            )));
+        }
         let mut generation = record.generation();
         for (i, m) in record.members.iter().enumerate() {
             let from = dr_dir.join("volumes").join(&m.volume);
@@ -482,7 +530,7 @@ impl Replication {
                     .is_some_and(|meta| meta.role == floe_engine::store::Role::Replica)
                 {
                     let primary = Replica::open(store, geo, i as u32)
-                        .and_then(|r| r.promote(&decision, site, mode))
+                        .and_then(|r| r.promote_at(&decision, site, mode, record.promoting_point))
                         .map_err(|e| Error::FailedPrecondition(format!("promote {:?}: {e}", m.volume)))?;
                     generation = primary.generation();
                 } else if let Some(meta) = meta {
@@ -498,16 +546,18 @@ impl Replication {
             g.peer_address = None;
             g.generation = (generation.counter, generation.site);
             g.promoting = None;
-            g.promoted_at = Some(decision.committed);
+            g.promoting_point = None;
+            g.promoted_at = Some(epoch);
         }
         self.save(&st)?;
         tracing::info!(
             group,
-            epoch = decision.committed,
+            epoch,
+            committed = decision.committed,
             ?generation,
             "group promoted: its volumes are this node's"
         );
-        Ok(decision.committed)
+        Ok(epoch)
     }
 
     /// Demotes primary group `group` on this node (the first step of a
@@ -742,6 +792,7 @@ impl Replication {
             pending_bytes: 0,
             link: None,
             resync: ResyncPhase::Idle,
+            retained: Vec::new(),
             role_change: if g.promoting.is_some() {
                 Some("promoting")
             } else if g.demoting.is_some() {
@@ -773,6 +824,7 @@ impl Replication {
                         out.committed = r.committed_group();
                         out.staged = r.staged_group();
                         out.generation = r.generation();
+                        out.retained = r.retained_points();
                     });
                 }
             }
@@ -896,6 +948,8 @@ pub(crate) struct PairArgs {
     pub peer_address: Option<String>,
     /// DR: the primary's generation.
     pub generation: Option<RoleGeneration>,
+    /// The committed epochs kept while this node is the DR (K).
+    pub retained_points: u32,
 }
 
 fn member_record(volume: &str, shape: &MemberShape) -> MemberRecord {
@@ -971,7 +1025,9 @@ fn dr_record(req: &PairArgs) -> Result<GroupRecord> {
         generation: (generation.counter, generation.site),
         peer_address: None,
         promoting: None,
+        promoting_point: None,
         promoted_at: None,
+        retained_points: req.retained_points,
         demoting: None,
     })
 }
@@ -991,6 +1047,8 @@ pub(crate) struct VolumeStatus {
     pub resync: ResyncPhase,
     /// A promotion or demotion under way (`promoting`, `demoting`).
     pub role_change: Option<&'static str>,
+    /// DR: the retained points, oldest first.
+    pub retained: Vec<u64>,
 }
 
 /// The CSI volume `id` of this node with member `m`'s shape.

@@ -70,13 +70,25 @@ pub struct GroupRecord {
     /// start if the process dies in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoting: Option<u64>,
+    /// DR: the retained point the promotion under way goes back to (none:
+    /// the last committed epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoting_point: Option<u64>,
     /// The group epoch the promotion brought every member to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_at: Option<u64>,
+    /// The committed epochs kept, while this node is the group's DR,
+    /// besides the last one (K).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retained_points: u32,
     /// Primary: a demotion under way (finished at the next start if the
     /// process dies in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demoting: Option<Demoting>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A demotion under way: to whom, and whether the strays are kept.
@@ -165,7 +177,9 @@ mod tests {
                 generation: (3, 2),
                 peer_address: None,
                 promoting: Some(2),
+                promoting_point: Some(3),
                 promoted_at: None,
+                retained_points: 4,
                 demoting: None,
             },
         );

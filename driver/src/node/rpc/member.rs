@@ -74,12 +74,19 @@ impl AdminClient {
     /// `Promote` of `group` by site `site`: the group's last committed
     /// epoch, which every member now stands at.
     pub async fn promote(&self, group: &str, site: u64) -> Result<u64> {
+        self.promote_at(group, site, 0).await
+    }
+
+    /// `Promote` of `group` by site `site` at retained point `point` (0: the
+    /// last committed epoch): the epoch every member now stands at.
+    pub async fn promote_at(&self, group: &str, site: u64, point: u64) -> Result<u64> {
         let req = wire::PromoteRequest {
             group: group.into(),
             generation: Some(floe_proto::replication::RoleGeneration {
                 counter: 0,
                 site_id: site,
             }),
+            point,
         };
         let r = self.client().promote(req).await.map_err(|s| self.refused(s))?;
         Ok(r.into_inner().consistent_epoch)
