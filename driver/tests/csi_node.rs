@@ -398,3 +398,95 @@ async fn a_volume_mounted_through_another_device_node_is_still_found_mounted() -
         .await?;
     Ok(())
 }
+
+/// A clone of an xfs volume (restored from its snapshot) carries the same
+/// file-system UUID, which xfs refuses to mount twice on one kernel: the
+/// node stages xfs with `nouuid`, so the clone stages beside its source
+/// (as a DR rehearsal's clones stage beside each other, and a snapshot's
+/// restore beside the volume).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_xfs_clone_stages_beside_the_volume_it_was_copied_from() -> Result<()> {
+    if !common::privileged("csi node xfs clone") {
+        return Ok(());
+    }
+    if !common::tool_present("mkfs.xfs") {
+        common::skip_or_fail("csi node xfs clone: needs mkfs.xfs");
+        return Ok(());
+    }
+    let h = Harness::new("csi-node-xfs-clone")?;
+    let source = h
+        .controller
+        .create_volume(Request::new(create_req("pvc-xfs-source", 300 * MIB, mount_cap("xfs"))))
+        .await?
+        .into_inner()
+        .volume
+        .context("volume")?;
+    let (staging_a, staging_b) = (h.path("staging-a"), h.path("staging-b"));
+    h.node
+        .node_stage_volume(Request::new(stage_req(&source.volume_id, &staging_a, mount_cap("xfs"))))
+        .await?;
+    std::fs::write(staging_a.join("before-the-snapshot"), b"kept")?;
+    let snapshot = h
+        .controller
+        .create_snapshot(Request::new(csi::CreateSnapshotRequest {
+            source_volume_id: source.volume_id.clone(),
+            name: "snap-xfs".into(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner()
+        .snapshot
+        .context("snapshot")?;
+    let mut req = create_req("pvc-xfs-clone", 300 * MIB, mount_cap("xfs"));
+    req.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Snapshot(
+            csi::volume_content_source::SnapshotSource {
+                snapshot_id: snapshot.snapshot_id.clone(),
+            },
+        )),
+    });
+    let clone = h
+        .controller
+        .create_volume(Request::new(req))
+        .await?
+        .into_inner()
+        .volume
+        .context("clone")?;
+    h.node
+        .node_stage_volume(Request::new(stage_req(&clone.volume_id, &staging_b, mount_cap("xfs"))))
+        .await
+        .context("stage the xfs clone while its source is staged")?;
+    ensure!(
+        std::fs::read(staging_b.join("before-the-snapshot"))? == b"kept",
+        "the clone holds the source's file"
+    );
+    std::fs::write(staging_b.join("clone-only"), b"x")?;
+    ensure!(
+        !staging_a.join("clone-only").exists(),
+        "a write to the clone reached its source"
+    );
+    for (id, staging) in [(&clone.volume_id, &staging_b), (&source.volume_id, &staging_a)] {
+        h.node
+            .node_unstage_volume(Request::new(unstage_req(id, staging)))
+            .await?;
+    }
+    h.controller
+        .delete_volume(Request::new(csi::DeleteVolumeRequest {
+            volume_id: clone.volume_id.clone(),
+            ..Default::default()
+        }))
+        .await?;
+    h.controller
+        .delete_snapshot(Request::new(csi::DeleteSnapshotRequest {
+            snapshot_id: snapshot.snapshot_id,
+            ..Default::default()
+        }))
+        .await?;
+    h.controller
+        .delete_volume(Request::new(csi::DeleteVolumeRequest {
+            volume_id: source.volume_id,
+            ..Default::default()
+        }))
+        .await?;
+    Ok(())
+}

@@ -126,6 +126,7 @@ mod tests {
             link: "down: connection refused".into(),
             closing_epoch: 13,
             step: "comparing: 3 candidates left".into(),
+            retained_epochs: vec![7, 8, 9],
         };
         round_trip(&status);
     }

@@ -177,7 +177,7 @@ impl NodeService {
         if cap.reader_only {
             flags |= MountFlags::RDONLY;
         }
-        mounts::mount_fs(&device, staging, fs, flags, &options.data_string())?;
+        mounts::mount_fs(&device, staging, fs, flags, &options.data_string(fs))?;
         tracing::info!(volume = %id, staging = %staging.display(), fs = fs.name(), "volume staged");
         Ok(csi::NodeStageVolumeResponse {})
     }

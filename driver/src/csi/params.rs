@@ -143,9 +143,17 @@ impl MountOptions {
         }
     }
 
-    /// The data string for `mount(2)`.
-    pub fn data_string(&self) -> String {
-        self.data.join(",")
+    /// The data string for `mount(2)` of file system `fs`. An xfs volume
+    /// is always mounted with `nouuid`: a clone (a snapshot's restore, a
+    /// DR rehearsal's clone, a promoted replica) carries the UUID of the
+    /// file system it was copied from, and xfs refuses a second mount of
+    /// one UUID on a kernel.
+    pub fn data_string(&self, fs: FsType) -> String {
+        let mut data = self.data.clone();
+        if fs == FsType::Xfs && !data.iter().any(|o| o == "nouuid") {
+            data.push("nouuid".into());
+        }
+        data.join(",")
     }
 }
 
@@ -551,7 +559,11 @@ mod tests {
     fn mount_options_split_flags_from_data() {
         let o = MountOptions::parse(&["noatime,discard".into(), "ro".into()]).expect("valid");
         assert_eq!(o.flags, MountFlags::NOATIME | MountFlags::RDONLY);
-        assert_eq!(o.data_string(), "discard");
+        assert_eq!(o.data_string(FsType::Ext4), "discard");
+        // xfs always with nouuid, once.
+        assert_eq!(o.data_string(FsType::Xfs), "discard,nouuid");
+        let o = MountOptions::parse(&["nouuid".into()]).expect("valid");
+        assert_eq!(o.data_string(FsType::Xfs), "nouuid");
         assert!(MountOptions::parse(&["bind".into()]).is_err());
         for bad in [
             "nosuchoption",

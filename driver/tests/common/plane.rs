@@ -76,13 +76,25 @@ impl PlaneClient {
 
     /// An empty ext4 volume `id` (its name too).
     pub fn create(&self, id: &str, size_bytes: u64, block_size: Option<u64>, mode: Option<Mode>) -> Result<Volume> {
+        self.create_fs(id, size_bytes, block_size, mode, FsType::Ext4)
+    }
+
+    /// [`Self::create`] of a volume for file system `fs`.
+    pub fn create_fs(
+        &self,
+        id: &str,
+        size_bytes: u64,
+        block_size: Option<u64>,
+        mode: Option<Mode>,
+        fs_type: FsType,
+    ) -> Result<Volume> {
         let defaults = VolumeParams::default();
         let spec = VolumeSpec {
             id: id.into(),
             name: id.into(),
             size_bytes,
             params: VolumeParams {
-                fs_type: FsType::Ext4,
+                fs_type,
                 block_size: block_size.unwrap_or(defaults.block_size),
                 mode: mode.unwrap_or(defaults.mode),
             },

@@ -166,9 +166,16 @@ impl Node {
 
     /// Formats ext4 on `device` and mounts it at `<dir>/mnt-<name>`.
     pub fn mount_ext4(&mut self, device: &Path, name: &str) -> Result<PathBuf> {
-        mount::format_if_empty(device, FsType::Ext4)?;
+        self.mount_fs(device, name, FsType::Ext4)
+    }
+
+    /// [`Node::mount_ext4`] for file system `fs` (xfs with `nouuid`, as
+    /// the node plugin stages it: a clone beside its source shares its UUID).
+    pub fn mount_fs(&mut self, device: &Path, name: &str, fs: FsType) -> Result<PathBuf> {
+        mount::format_if_empty(device, fs)?;
         let target = self.dir.join(format!("mnt-{name}"));
-        let fs = mount::MountedFs::mount(device, &target, FsType::Ext4, rustix::mount::MountFlags::NOATIME, "")?;
+        let data = if fs == FsType::Xfs { "nouuid" } else { "" };
+        let fs = mount::MountedFs::mount(device, &target, fs, rustix::mount::MountFlags::NOATIME, data)?;
         // Unmounted by the teardown, never by the guard.
         std::mem::forget(fs);
         self.mounts.push(target.clone());

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+pub use floe_driver::dataplane::mount::FsType;
 use floe_driver::replication::freeze::{FreezeMember, Token};
 use floe_engine::Mode;
 use floe_proto::node as wire;
@@ -130,6 +131,8 @@ pub struct Sites {
     pub _dir: tempfile::TempDir,
     pub devices: Vec<PathBuf>,
     pub mounts: Vec<PathBuf>,
+    /// Each volume's size.
+    pub volume_bytes: u64,
 }
 
 /// Where the sites run.
@@ -144,13 +147,34 @@ pub enum Place {
     Spread,
 }
 
-/// Both sites started, the group's volumes made, mounted and paired.
-pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
-    start_retaining(name, mode, place, 0)
+/// How [`start_with`] sets the sites up beyond [`start`]'s defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Committed epochs the DR keeps besides the last (`Pair`'s K).
+    pub retained: u32,
+    /// The volumes' file system.
+    pub fs: FsType,
+    /// Each volume's size (xfs needs at least 300 MiB).
+    pub volume_bytes: u64,
 }
 
-/// [`start`], the DR keeping `retained` committed epochs besides the last.
-pub fn start_retaining(name: &str, mode: Mode, place: Place, retained: u32) -> Result<Sites> {
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            retained: 0,
+            fs: FsType::Ext4,
+            volume_bytes: VOLUME_BYTES,
+        }
+    }
+}
+
+/// Both sites started, the group's ext4 volumes made, mounted and paired.
+pub fn start(name: &str, mode: Mode, place: Place) -> Result<Sites> {
+    start_with(name, mode, place, Options::default())
+}
+
+/// [`start`], set up as `opts` says.
+pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result<Sites> {
     let dir = super::scratch(&format!("sites-{name}"))?;
     let pki = tls::pki(&dir.path().join("tls"))?;
     let net = match place {
@@ -212,9 +236,9 @@ pub fn start_retaining(name: &str, mode: Mode, place: Place, retained: u32) -> R
     for (m, &o) in owner.iter().enumerate() {
         let node = if o == 0 { &mut primary } else { &mut others[o - 1] };
         let c = node.client()?;
-        c.create(&volume(m), VOLUME_BYTES, Some(4096), Some(mode))?;
+        c.create_fs(&volume(m), opts.volume_bytes, Some(4096), Some(mode), opts.fs)?;
         let dev = c.attach(&volume(m))?;
-        mounts.push(node.mount_ext4(&dev, &volume(m))?);
+        mounts.push(node.mount_fs(&dev, &volume(m), opts.fs)?);
         devices.push(dev);
     }
     let c = primary.client()?;
@@ -254,7 +278,7 @@ pub fn start_retaining(name: &str, mode: Mode, place: Place, retained: u32) -> R
         members,
         peer_address: String::new(),
         generation,
-        retained_points: retained,
+        retained_points: opts.retained,
     }))?;
     Ok(Sites {
         metrics,
@@ -268,6 +292,7 @@ pub fn start_retaining(name: &str, mode: Mode, place: Place, retained: u32) -> R
         dr,
         devices,
         mounts,
+        volume_bytes: opts.volume_bytes,
     })
 }
 
@@ -399,7 +424,8 @@ pub async fn freeze_and_read(s: &Sites, members: &[Arc<dyn FreezeMember>], epoch
         let mut digests = Vec::new();
         for dev in &s.devices {
             let dev = dev.clone();
-            digests.push(tokio::task::spawn_blocking(move || device_digest(&dev, VOLUME_BYTES)).await??);
+            let bytes = s.volume_bytes;
+            digests.push(tokio::task::spawn_blocking(move || device_digest(&dev, bytes)).await??);
         }
         anyhow::Ok(digests)
     }
@@ -471,6 +497,16 @@ pub struct Committed {
 /// at the DR; then records of the next epoch streaming; then the primary
 /// site lost, its uplink down and every process killed.
 pub fn commit_then_lose_the_primary(s: &mut Sites, epochs: u64) -> Result<Committed> {
+    commit_then_lose_the_primary_with(s, epochs, |_, _| Ok(()))
+}
+
+/// [`commit_then_lose_the_primary`], calling `after(s, epoch)` once each
+/// epoch has committed (before the next one is frozen).
+pub fn commit_then_lose_the_primary_with(
+    s: &mut Sites,
+    epochs: u64,
+    mut after: impl FnMut(&Sites, u64) -> Result<()>,
+) -> Result<Committed> {
     let client = s.primary.client()?;
     let dadmin = s.dr.admin();
     let members = s.members();
@@ -495,6 +531,7 @@ pub fn commit_then_lose_the_primary(s: &mut Sites, epochs: u64) -> Result<Commit
             Duration::from_secs(120),
             || Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok()),
         )?;
+        after(s, epoch)?;
     }
     // Mid-epoch: writes of the next epoch streaming, then the site is gone.
     let more = acked[0].load(Ordering::SeqCst) + 50;

@@ -394,7 +394,9 @@ impl NodeAdmin for AdminService {
             Some(crate::replication::link::LinkState::Connecting) => "connecting".into(),
             Some(crate::replication::link::LinkState::Down { error }) => format!("down: {error}"),
         };
+        let step = s.step();
         Ok(Response::new(wire::StatusResponse {
+            step,
             role: match s.side {
                 Side::Primary => wire::Role::Primary,
                 Side::Dr => wire::Role::Secondary,
@@ -410,12 +412,6 @@ impl NodeAdmin for AdminService {
             link,
             closing_epoch: s.closing.unwrap_or(0),
             retained_epochs: s.retained,
-            step: match (s.role_change, s.resync) {
-                (Some(step), _) => step.into(),
-                (None, ResyncPhase::Idle) => String::new(),
-                (None, ResyncPhase::AwaitingHashes) => "awaiting hashes".into(),
-                (None, ResyncPhase::Comparing { left }) => format!("comparing: {left} candidates left"),
-            },
         }))
     }
 

@@ -7,6 +7,7 @@
 //!
 //! - [`pairings`]: the groups this node is paired in, on disk;
 //! - [`admin`]: the `NodeAdmin` service over [`Replication`];
+//! - `steps`: the role-change steps as metrics, read at each scrape;
 //! - here: [`Replication`], which owns the streams and the DR groups.
 //!
 //! # Lifecycle
@@ -28,6 +29,7 @@
 
 pub mod admin;
 pub mod pairings;
+mod steps;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -103,6 +105,8 @@ struct State {
     /// Senders by store.
     streams: HashMap<String, Stream>,
     groups: HashMap<String, DrGroup>,
+    /// DR groups a `Rehearse` is cloning.
+    rehearsing: BTreeSet<String>,
 }
 
 /// The node's replication, hosted by the data plane.
@@ -161,6 +165,9 @@ impl Replication {
             incarnation,
             state: Mutex::default(),
         });
+        steps::StepCollector::new(Arc::downgrade(&hub))
+            .and_then(|c| registry.register(Box::new(c)))
+            .map_err(|e| Error::Internal(format!("register the role-change metrics: {e}")))?;
         let pairings = Pairings::load(&dir).map_err(internal("read the pairings"))?;
         let (mut promotions, mut demotions) = (Vec::new(), Vec::new());
         for (name, g) in &pairings.groups {
@@ -705,6 +712,8 @@ impl Replication {
                 .ok_or_else(|| Error::Internal(format!("DR group {group:?} is not open")))?;
             (Arc::clone(&dr.coordinator), dr.replicas.clone(), g.clone())
         };
+        self.lock().rehearsing.insert(group.to_owned());
+        let _rehearsing = Rehearsing { hub: self, group };
         let work = self.dir.join("rehearsal");
         for dir in [work.clone(), work.join("volumes")] {
             crate::dataplane::localsock::private_dir(&dir).map_err(internal("create the rehearsal directory"))?;
@@ -775,6 +784,16 @@ impl Replication {
         tracing::info!(volume = %stream.volume, "replication sender stopped");
     }
 
+    /// Every volume paired on this node, with its group.
+    pub(crate) fn paired_volumes(&self) -> Vec<(String, String)> {
+        let st = self.lock();
+        st.pairings
+            .groups
+            .iter()
+            .flat_map(|(g, r)| r.members.iter().map(move |m| (g.clone(), m.volume.clone())))
+            .collect()
+    }
+
     /// The replication state of `volume` on this node.
     pub(crate) fn status(&self, volume: &str) -> Result<VolumeStatus> {
         let st = self.lock();
@@ -797,6 +816,8 @@ impl Replication {
                 Some("promoting")
             } else if g.demoting.is_some() {
                 Some("demoting")
+            } else if st.rehearsing.contains(group) {
+                Some("rehearsing")
             } else {
                 None
             },
@@ -1045,10 +1066,37 @@ pub(crate) struct VolumeStatus {
     pub link: Option<LinkState>,
     /// Primary: where a failback comparison stands.
     pub resync: ResyncPhase,
-    /// A promotion or demotion under way (`promoting`, `demoting`).
+    /// A role change under way (`promoting`, `demoting`, `rehearsing`).
     pub role_change: Option<&'static str>,
     /// DR: the retained points, oldest first.
     pub retained: Vec<u64>,
+}
+
+/// Marks a DR group as rehearsing (its `Status.step`) while it lives.
+struct Rehearsing<'a> {
+    hub: &'a Replication,
+    group: &'a str,
+}
+
+impl Drop for Rehearsing<'_> {
+    fn drop(&mut self) {
+        self.hub.lock().rehearsing.remove(self.group);
+    }
+}
+
+impl VolumeStatus {
+    /// The step of a role change under way, as `Status.step` says it:
+    /// `promoting`, `demoting`, `rehearsing`, and on a promoted primary
+    /// failing back `awaiting hashes` then `comparing: N candidates left`;
+    /// empty when none.
+    pub(crate) fn step(&self) -> String {
+        match (self.role_change, self.resync) {
+            (Some(step), _) => step.into(),
+            (None, ResyncPhase::Idle) => String::new(),
+            (None, ResyncPhase::AwaitingHashes) => "awaiting hashes".into(),
+            (None, ResyncPhase::Comparing { left }) => format!("comparing: {left} candidates left"),
+        }
+    }
 }
 
 /// The CSI volume `id` of this node with member `m`'s shape.

@@ -1,0 +1,99 @@
+//! The role-change steps as metrics, read from [`Replication::status`] at
+//! each scrape (so they never drift from `Status.step`):
+//!
+//! - `floe_replication_step{group, volume, step}` is 1 for each paired
+//!   volume with a role change under way (`promoting`, `demoting`,
+//!   `rehearsing`, `awaiting hashes`, `comparing`); absent otherwise;
+//! - `floe_replication_resync_candidates_left_blocks{volume}`: on a promoted
+//!   primary failing back, the candidates not compared yet;
+//! - `floe_replication_retained_points{volume}`: on a DR, the committed
+//!   epochs it can still be promoted back to.
+
+use std::sync::{Mutex, PoisonError, Weak};
+
+use floe_engine::ResyncPhase;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntGaugeVec, Opts};
+
+use super::Replication;
+
+/// Reads the hub's status of every paired volume when scraped.
+pub(super) struct StepCollector {
+    hub: Weak<Replication>,
+    step: IntGaugeVec,
+    left: IntGaugeVec,
+    retained: IntGaugeVec,
+    /// One scrape at a time: each resets the gauges and fills them again.
+    scrape: Mutex<()>,
+}
+
+impl StepCollector {
+    pub(super) fn new(hub: Weak<Replication>) -> prometheus::Result<Self> {
+        Ok(StepCollector {
+            hub,
+            step: IntGaugeVec::new(
+                Opts::new(
+                    "floe_replication_step",
+                    "1 for a paired volume with a role change under way, labelled with its step",
+                ),
+                &["group", "volume", "step"],
+            )?,
+            left: IntGaugeVec::new(
+                Opts::new(
+                    "floe_replication_resync_candidates_left_blocks",
+                    "Failback candidates a promoted primary has not compared yet",
+                ),
+                &["volume"],
+            )?,
+            retained: IntGaugeVec::new(
+                Opts::new(
+                    "floe_replication_retained_points",
+                    "Committed epochs a DR volume can still be promoted back to",
+                ),
+                &["volume"],
+            )?,
+            scrape: Mutex::new(()),
+        })
+    }
+}
+
+impl Collector for StepCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        [&self.step, &self.left, &self.retained]
+            .into_iter()
+            .flat_map(|m| m.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        self.step.reset();
+        self.left.reset();
+        self.retained.reset();
+        if let Some(hub) = self.hub.upgrade() {
+            for (group, volume) in hub.paired_volumes() {
+                let Ok(s) = hub.status(&volume) else { continue };
+                let step = s.step();
+                if !step.is_empty() {
+                    // The step's name, without its progress (a label that
+                    // changed at every scrape would make a new series).
+                    let name = step.split(':').next().unwrap_or_default();
+                    self.step.with_label_values(&[&group, &volume, name]).set(1);
+                }
+                if let ResyncPhase::Comparing { left } = s.resync {
+                    self.left
+                        .with_label_values(&[&volume])
+                        .set(i64::try_from(left).unwrap_or(i64::MAX));
+                }
+                if !s.retained.is_empty() {
+                    self.retained.with_label_values(&[&volume]).set(s.retained.len() as i64);
+                }
+            }
+        }
+        [&self.step, &self.left, &self.retained]
+            .into_iter()
+            .flat_map(|m| m.collect())
+            .collect()
+    }
+}
