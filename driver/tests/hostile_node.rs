@@ -1344,7 +1344,8 @@ fn defect5_idle_connections_time_out_and_the_longest_idle_makes_room() -> Result
 
 /// Every id, name and token field of every `NodeAdmin` RPC (pairing, the
 /// group freeze's steps, status, promote, demote, verify, rehearse) refuses
-/// a path with INVALID_ARGUMENT, before anything is looked up or made.
+/// a path with INVALID_ARGUMENT, before anything is looked up or made; so
+/// does a pairing that would retain more than 64 epochs.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_id_field_of_every_node_admin_rpc_refuses_a_path() -> Result<()> {
     use floe_proto::node as wire;
@@ -1377,6 +1378,17 @@ async fn every_id_field_of_every_node_admin_rpc_refuses_a_path() -> Result<()> {
     let results: Vec<(&str, Option<Code>)> = vec![
         ("Pair.group", code(a.pair(pair(&bad, "v")).await.err())),
         ("Pair.members.volume", code(a.pair(pair("g", &bad)).await.err())),
+        (
+            "Pair.retained_points past 64",
+            code(
+                a.pair(wire::PairRequest {
+                    retained_points: 65,
+                    ..pair("g", "v")
+                })
+                .await
+                .err(),
+            ),
+        ),
         (
             "Ready.volume",
             code(

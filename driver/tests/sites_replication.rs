@@ -692,7 +692,7 @@ fn promote_to_a_retained_point_then_fail_back() -> Result<()> {
         if epoch == 3 {
             for mnt in &s.mounts {
                 let mut f = std::fs::File::create(mnt.join("only-in-epoch-4"))?;
-                std::io::Write::write_all(&mut f, &vec![0xe4; 8 << 20])?;
+                std::io::Write::write_all(&mut f, &vec![0xe4; 32 << 20])?;
                 f.sync_all()?;
             }
         }
@@ -703,6 +703,11 @@ fn promote_to_a_retained_point_then_fail_back() -> Result<()> {
         status.committed_epoch == epochs && status.retained_epochs == [2, 3, 4],
         "the DR should retain epochs 2 to 4 besides {epochs}: {status:?}"
     );
+    let text = s.scrape(1)?;
+    for m in 0..MEMBERS {
+        let line = format!("floe_replication_retained_points{{volume=\"{}\"}}", volume(m));
+        ensure!(metric(&text, &line) == Some(3), "{line} should be 3:\n{text}");
+    }
 
     let refused = client.block_on(dadmin.promote_at(GROUP, 2, 1));
     ensure!(

@@ -235,6 +235,20 @@ pub fn fail_back_with(
             })
         };
         comparing()?;
+        // The step is a metric too, read from the same status.
+        let text = s.scrape(0)?;
+        for m in 0..MEMBERS {
+            let step = format!(
+                "floe_replication_step{{group=\"{GROUP}\",step=\"comparing\",volume=\"{}\"}}",
+                volume(m)
+            );
+            ensure!(metric(&text, &step) == Some(1), "no {step} 1 while comparing:\n{text}");
+            let left = format!(
+                "floe_replication_resync_candidates_left_blocks{{volume=\"{}\"}}",
+                volume(m)
+            );
+            ensure!(metric(&text, &left).is_some(), "no {left} while comparing");
+        }
         if let Some(kill) = kill {
             let node = match kill {
                 Kill::NewPrimary => &mut s.primary,

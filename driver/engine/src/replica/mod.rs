@@ -294,12 +294,7 @@ impl<S: VolumeStore> Replica<S> {
         for e in self.store.undo_epochs()? {
             self.store.undo_drop(e)?;
         }
-        let candidates = if cfg!(feature = "bug-rollback-not-candidates") {
-            &[][..]
-        } else {
-            &rolled_back[..]
-        };
-        Ok(Primary::from_promotion(self.store, self.geo, mode, meta, candidates))
+        Ok(Primary::from_promotion(self.store, self.geo, mode, meta, &rolled_back))
     }
 
     /// Return the image to retained point `p`: apply the undo sets of every
@@ -325,6 +320,9 @@ impl<S: VolumeStore> Replica<S> {
             }
         }
         self.store.sync()?;
+        if cfg!(feature = "bug-rollback-not-candidates") {
+            rolled.clear();
+        }
         let regions: BTreeSet<u64> = rolled.iter().map(|&b| self.geo.region_of(b)).collect();
         for r in regions {
             self.store.intent_set(r, true)?;
