@@ -505,6 +505,24 @@ fn split_brain(s: &mut Sites) -> Result<()> {
             let st = client.block_on(s.dr.admin().status(&volume(m)))?;
             ensure!(st.link != "up", "the old site's stream of {} is up: {st:?}", volume(m));
         }
+        // Both sites say so in their status and their metrics.
+        for (node, admin) in [(0, new_admin.clone()), (1, s.dr.admin())] {
+            let line = |m: usize| {
+                format!(
+                    "floe_replication_step{{group=\"{GROUP}\",step=\"split brain\",volume=\"{}\"}}",
+                    volume(m)
+                )
+            };
+            wait_until("both sites show the split brain", Duration::from_secs(60), || {
+                let text = s.scrape(node)?;
+                Ok((0..MEMBERS).all(|m| {
+                    client
+                        .block_on(admin.status(&volume(m)))
+                        .is_ok_and(|st| st.step == "split brain")
+                        && metric(&text, &line(m)) == Some(1)
+                }))
+            })?;
+        }
         let after: Vec<Vec<u8>> = s
             .devices
             .iter()

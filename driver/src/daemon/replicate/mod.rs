@@ -812,6 +812,7 @@ impl Replication {
             link: None,
             resync: ResyncPhase::Idle,
             retained: Vec::new(),
+            standoff: None,
             role_change: if g.promoting.is_some() {
                 Some("promoting")
             } else if g.demoting.is_some() {
@@ -826,7 +827,13 @@ impl Replication {
             Side::Primary => {
                 let store = self.catalog.store_of(volume);
                 if let Some(s) = store.as_ref().and_then(|s| st.streams.get(s)) {
-                    out.link = Some(s.link.state.borrow().clone());
+                    let link = s.link.state.borrow().clone();
+                    // The peer's listener refused this stream because its
+                    // node is this volume's primary too (its words).
+                    if matches!(&link, LinkState::Down { error } if error.contains("split brain")) {
+                        out.standoff = Some("split brain");
+                    }
+                    out.link = Some(link);
                 }
                 let bs = g.members[member as usize].block_size;
                 if let Some((_, p)) = store.and_then(|s| self.plane.hosted().into_iter().find(|(h, _)| *h == s)) {
@@ -835,6 +842,9 @@ impl Replication {
                         out.closing = p.closing().map(|(e, _)| e);
                         out.generation = p.generation();
                         out.resync = p.resync_phase();
+                        if p.fenced_by().is_some() {
+                            out.standoff = Some("fenced");
+                        }
                     });
                 }
             }
@@ -1070,6 +1080,9 @@ pub(crate) struct VolumeStatus {
     pub role_change: Option<&'static str>,
     /// DR: the retained points, oldest first.
     pub retained: Vec<u64>,
+    /// Primary: `fenced` (a replica answered with a newer generation) or
+    /// `split brain` (the peer is this volume's primary too).
+    pub standoff: Option<&'static str>,
 }
 
 /// Marks a DR group as rehearsing (its `Status.step`) while it lives.
@@ -1086,13 +1099,13 @@ impl Drop for Rehearsing<'_> {
 
 impl VolumeStatus {
     /// The step of a role change under way, as `Status.step` says it:
-    /// `promoting`, `demoting`, `rehearsing`, and on a promoted primary
-    /// failing back `awaiting hashes` then `comparing: N candidates left`;
-    /// empty when none.
+    /// `promoting`, `demoting`, `rehearsing`, on a promoted primary failing
+    /// back `awaiting hashes` then `comparing: N candidates left`, and on a
+    /// primary that may not stream `fenced` or `split brain`; empty when none.
     pub(crate) fn step(&self) -> String {
         match (self.role_change, self.resync) {
             (Some(step), _) => step.into(),
-            (None, ResyncPhase::Idle) => String::new(),
+            (None, ResyncPhase::Idle) => self.standoff.unwrap_or_default().into(),
             (None, ResyncPhase::AwaitingHashes) => "awaiting hashes".into(),
             (None, ResyncPhase::Comparing { left }) => format!("comparing: {left} candidates left"),
         }

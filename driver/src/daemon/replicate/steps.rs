@@ -3,7 +3,8 @@
 //!
 //! - `floe_replication_step{group, volume, step}` is 1 for each paired
 //!   volume with a role change under way (`promoting`, `demoting`,
-//!   `rehearsing`, `awaiting hashes`, `comparing`); absent otherwise;
+//!   `rehearsing`, `awaiting hashes`, `comparing`) or a primary that may
+//!   not stream (`fenced`, `split brain`); absent otherwise;
 //! - `floe_replication_resync_candidates_left_blocks{volume}`: on a promoted
 //!   primary failing back, the candidates not compared yet;
 //! - `floe_replication_retained_points{volume}`: on a DR, the committed
