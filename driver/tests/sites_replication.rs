@@ -36,18 +36,28 @@ enum Fault {
     /// The primary site's link goes down while the epoch's writes stream,
     /// the epoch is frozen with the link down, and the link comes back.
     LinkCuts,
+    /// The primary reaches the DR through a userspace proxy that, epoch by
+    /// epoch in turn, adds 30 ms ± 20 ms of latency, holds every byte
+    /// while the epoch is frozen and sealed (then lets them go), and resets
+    /// every connection while the epoch's writes stream.
+    BadLink,
 }
 
 fn run_epochs(name: &str, mode: Mode, epochs: u64, fault: Fault) -> Result<()> {
     let place = match fault {
         Fault::LinkCuts => Place::Namespaces,
-        Fault::None | Fault::Restarts => Place::Loopback,
+        Fault::None | Fault::Restarts | Fault::BadLink => Place::Loopback,
     };
     run_epochs_at(name, mode, epochs, fault, place)
 }
 
 fn run_epochs_at(name: &str, mode: Mode, epochs: u64, fault: Fault, place: Place) -> Result<()> {
-    let mut s = start(name, mode, place)?;
+    let opts = Options {
+        proxy: fault == Fault::BadLink,
+        ..Options::default()
+    };
+    let mut s = start_with(name, mode, place, opts)?;
+    let mut resets = 0;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = s
@@ -71,7 +81,19 @@ fn run_epochs_at(name: &str, mode: Mode, epochs: u64, fault: Fault, place: Place
                 }
                 _ => None,
             };
+            let stalled = match (&s.proxy, fault) {
+                (Some(proxy), Fault::BadLink) => bad_link(proxy, epoch, &mut resets)?,
+                _ => false,
+            };
             let digests = client.block_on(freeze_and_read(&s, &members, epoch))?;
+            if let (true, Some(proxy)) = (stalled, &s.proxy) {
+                // Sealed with every byte held: the DR cannot have it yet.
+                ensure!(
+                    client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_err(),
+                    "epoch {epoch} committed at the DR while the link was stalled"
+                );
+                proxy.resume();
+            }
             if let Some(net) = cut {
                 // Frozen and thawed with the link down: the DR cannot have
                 // the epoch yet.
@@ -123,6 +145,19 @@ fn run_epochs_at(name: &str, mode: Mode, epochs: u64, fault: Fault, place: Place
     result?;
     ensure!(written.load(Ordering::Relaxed) > 0, "the writers wrote nothing");
     let text = s.scrape_primary()?;
+    if resets > 0 {
+        let proxy = s.proxy.as_ref().context("the proxy")?;
+        ensure!(
+            proxy.connections() > resets,
+            "{} connections through the proxy for {resets} resets",
+            proxy.connections()
+        );
+        for m in 0..MEMBERS {
+            let line = format!("floe_sender_reconnects_total{{volume=\"{}\"}}", volume(m));
+            let n = metric(&text, &line).unwrap_or(0);
+            ensure!(n >= resets, "{line} is {n} after {resets} resets");
+        }
+    }
     // The first primary node's members (the others have metrics of their own).
     for m in (0..MEMBERS).filter(|m| s.owner[*m] == 0) {
         let line = format!("floe_sender_sent_blocks_total{{volume=\"{}\"}}", volume(m));
@@ -149,8 +184,50 @@ fn run_epochs_at(name: &str, mode: Mode, epochs: u64, fault: Fault, place: Place
     Ok(())
 }
 
+/// The bad link of epoch `epoch` ([`Fault::BadLink`]), before its freeze:
+/// whether the proxy now holds every byte (to be let go after the freeze).
+fn bad_link(proxy: &common::proxy::Proxy, epoch: u64, resets: &mut u64) -> Result<bool> {
+    match epoch % 3 {
+        1 => {
+            proxy.set_latency(Duration::from_millis(30), Duration::from_millis(20));
+            Ok(false)
+        }
+        2 => {
+            proxy.set_latency(Duration::ZERO, Duration::ZERO);
+            proxy.stall();
+            // HTTP/2 flow control caps what a stalled link can hold (the
+            // window may be spent already): any byte held will do.
+            wait_until("the stalled link holds bytes", Duration::from_secs(60), || {
+                Ok(proxy.queued() > 0)
+            })?;
+            Ok(true)
+        }
+        _ => {
+            let from = proxy.forwarded();
+            wait_until("the epoch's writes stream", Duration::from_secs(60), || {
+                Ok(proxy.forwarded() >= from + (256 << 10))
+            })?;
+            proxy.reset();
+            *resets += 1;
+            Ok(false)
+        }
+    }
+}
+
 /// Committed epochs per mode (the acceptance asks for at least 20).
 const EPOCHS: u64 = 20;
+
+/// A bad link between the sites (latency with jitter, stalls, connection
+/// resets, through a userspace proxy), 21 epochs: the stream converges at
+/// every epoch, each DR image equal to the primary's frozen one, and the
+/// senders reconnected after every reset.
+#[test]
+fn a_slow_stalling_resetting_link_keeps_the_dr_exact() -> Result<()> {
+    if !ready("a_slow_stalling_resetting_link_keeps_the_dr_exact") {
+        return Ok(());
+    }
+    run_epochs("bad-link", Mode::Continuous, 21, Fault::BadLink)
+}
 
 /// The primary site cut off from the DR at every epoch (20 cycles), the
 /// sites in network namespaces of their own: the stream resumes and every

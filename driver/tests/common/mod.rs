@@ -9,6 +9,7 @@ pub mod failback;
 pub mod link;
 pub mod netns;
 pub mod plane;
+pub mod proxy;
 pub mod site;
 pub mod sites;
 pub mod split;

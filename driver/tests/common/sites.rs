@@ -18,6 +18,7 @@ use floe_engine::Mode;
 use floe_proto::node as wire;
 
 use super::netns::Net;
+use super::proxy::Proxy;
 use super::site::Node;
 use super::tls::{self, SITE_DNS};
 
@@ -128,6 +129,8 @@ pub struct Sites {
     pub primary: Node,
     pub dr: Node,
     pub net: Option<Arc<Net>>,
+    /// Between the primary and the DR's listener, if asked for.
+    pub proxy: Option<Proxy>,
     pub _dir: tempfile::TempDir,
     pub devices: Vec<PathBuf>,
     pub mounts: Vec<PathBuf>,
@@ -156,6 +159,9 @@ pub struct Options {
     pub fs: FsType,
     /// Each volume's size (xfs needs at least 300 MiB).
     pub volume_bytes: u64,
+    /// The primary reaches the DR's listener through a [`Proxy`] (loopback
+    /// sites only).
+    pub proxy: bool,
 }
 
 impl Default for Options {
@@ -164,6 +170,7 @@ impl Default for Options {
             retained: 0,
             fs: FsType::Ext4,
             volume_bytes: VOLUME_BYTES,
+            proxy: false,
         }
     }
 }
@@ -202,7 +209,12 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
     };
     let primary_args = site_args(&pki.sites[0], SITE_DNS[1], 0);
     let dr_args = site_args(&pki.sites[1], SITE_DNS[0], 1);
-    let listen_dr = listen[1];
+    let proxy = match (opts.proxy, place) {
+        (false, _) => None,
+        (true, Place::Loopback) => Some(Proxy::start(listen[1])?),
+        (true, _) => bail!("the proxy runs between loopback sites only"),
+    };
+    let listen_dr = proxy.as_ref().map_or(listen[1], |p| p.addr);
     let mut primary = Node::new(dir.path(), "primary", primary_args.clone())?;
     let mut dr = Node::new(dir.path(), "dr", dr_args)?;
     let mut others = Vec::new();
@@ -288,6 +300,7 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
         owner,
         _dir: dir,
         net,
+        proxy,
         primary,
         dr,
         devices,
