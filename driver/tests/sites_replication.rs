@@ -218,26 +218,42 @@ fn bad_link(proxy: &common::proxy::Proxy, epoch: u64, resets: &mut u64) -> Resul
 const EPOCHS: u64 = 20;
 
 /// A bad link between the sites (latency with jitter, stalls, connection
-/// resets, through a userspace proxy), 21 epochs: the stream converges at
-/// every epoch, each DR image equal to the primary's frozen one, and the
-/// senders reconnected after every reset.
+/// resets, through a userspace proxy), 21 epochs (99 in `make test-full`,
+/// `FLOE_BAD_LINK_EPOCHS`): the stream converges at every epoch, each DR
+/// image equal to the primary's frozen one, and the senders reconnected
+/// after every reset.
 #[test]
 fn a_slow_stalling_resetting_link_keeps_the_dr_exact() -> Result<()> {
     if !ready("a_slow_stalling_resetting_link_keeps_the_dr_exact") {
         return Ok(());
     }
-    run_epochs("bad-link", Mode::Continuous, 21, Fault::BadLink)
+    run_epochs(
+        "bad-link",
+        Mode::Continuous,
+        cycles("BAD_LINK_EPOCHS", 21),
+        Fault::BadLink,
+    )
 }
 
-/// The primary site cut off from the DR at every epoch (20 cycles), the
-/// sites in network namespaces of their own: the stream resumes and every
-/// epoch still reaches the DR byte for byte.
+/// `FLOE_<name>` from the environment (`make test-full` raises the fault
+/// cycles), else `default`.
+fn cycles(name: &str, default: u64) -> u64 {
+    std::env::var(format!("FLOE_{name}"))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The primary site cut off from the DR at every epoch (20 cycles; 100 in
+/// `make test-full`, `FLOE_LINK_CUTS`), the sites in network namespaces of
+/// their own: the stream resumes and every epoch still reaches the DR byte
+/// for byte.
 #[test]
 fn link_cuts_between_network_namespaces_keep_the_dr_exact() -> Result<()> {
     if !ready("link_cuts_between_network_namespaces_keep_the_dr_exact") {
         return Ok(());
     }
-    run_epochs("cuts", Mode::Continuous, EPOCHS, Fault::LinkCuts)
+    run_epochs("cuts", Mode::Continuous, cycles("LINK_CUTS", EPOCHS), Fault::LinkCuts)
 }
 
 /// Two nodes per site, the group's members on different primary nodes:
