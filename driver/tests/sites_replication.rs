@@ -865,3 +865,229 @@ fn promote_to_a_retained_point_then_fail_back() -> Result<()> {
     ensure!(fb.differing > 0, "no block differs after the rollback: {fb:?}");
     Ok(())
 }
+
+/// Where in the group freeze `handover_in_every_freeze_phase` stops a
+/// data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FreezePhase {
+    /// Every file system frozen under the token, no epoch flipped yet.
+    Quiesced,
+    /// Every member flipped (the devices read), not yet thawed.
+    Flipped,
+    /// Thawed, the epoch not yet committed at the DR.
+    Thawed,
+}
+
+/// A graceful restart (SIGTERM: a handover) and a SIGKILL of either site's
+/// data plane in each phase of the group freeze, under fsynced writers, in
+/// every mode: each epoch ends committed (every member at the DR equal to
+/// the primary's frozen image) or aborted on every member (never
+/// committed, and the next epoch goes on), no file system stays frozen,
+/// and no writer ever sees an I/O error. The primary's restarts after the
+/// flip run only with `FLOE_FREEZE_PHASE_ALL=1` (a known defect, below).
+#[test]
+fn handover_in_every_freeze_phase_ends_committed_or_aborted() -> Result<()> {
+    if !ready("handover_in_every_freeze_phase_ends_committed_or_aborted") {
+        return Ok(());
+    }
+    for mode in [Mode::Continuous, Mode::Log, Mode::Interval] {
+        handover_in_every_freeze_phase(mode).with_context(|| format!("{mode:?} mode"))?;
+    }
+    Ok(())
+}
+
+fn handover_in_every_freeze_phase(mode: Mode) -> Result<()> {
+    use rustix::process::Signal;
+    let mut s = start(&format!("phase-handover-{}", mode.name()), mode, Place::Loopback)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = s
+        .mounts
+        .iter()
+        .map(|m| writer(m.clone(), Arc::clone(&stop), Arc::clone(&written)))
+        .collect();
+    let client = s.primary.client()?;
+    let dadmin = s.dr.admin();
+    let members = s.members();
+    // A primary restarted after its flip, the epoch aborted by the
+    // controller, and then a DR restart: the DR has been seen to commit a
+    // later epoch whose image is not the primary's (docs/replication.md,
+    // "Known defect"). Those cases run only with FLOE_FREEZE_PHASE_ALL=1
+    // until it is fixed.
+    let all = std::env::var_os("FLOE_FREEZE_PHASE_ALL").is_some();
+    let mut cases = Vec::new();
+    for phase in [FreezePhase::Quiesced, FreezePhase::Flipped, FreezePhase::Thawed] {
+        for dr in [false, true] {
+            for signal in [Signal::TERM, Signal::KILL] {
+                if all || dr || phase == FreezePhase::Quiesced {
+                    cases.push((phase, dr, signal));
+                }
+            }
+        }
+    }
+    let (mut committed, mut aborted) = (0, 0);
+    let result = (|s: &mut Sites| -> Result<()> {
+        for (i, &(phase, dr, signal)) in cases.iter().enumerate() {
+            let epoch = i as u64 + 1;
+            let case = format!(
+                "epoch {epoch}: {signal:?} to the {} in phase {phase:?}",
+                if dr { "DR" } else { "primary" }
+            );
+            eprintln!("{case}");
+            wait_until("the members are ready", Duration::from_secs(120), || {
+                Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+            })
+            .with_context(|| case.clone())?;
+            let disrupt = |s: &mut Sites| -> Result<()> {
+                let node = if dr { &mut s.dr } else { &mut s.primary };
+                node.stop_serve(signal)?;
+                node.start_serve()
+            };
+            let token = floe_driver::replication::freeze::Token::fresh()?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut failed = false;
+            for m in &members {
+                failed |= client.block_on(m.quiesce(&token, deadline)).is_err();
+            }
+            if phase == FreezePhase::Quiesced {
+                disrupt(s)?;
+            }
+            for m in &members {
+                failed |= failed || client.block_on(m.freeze(epoch, &token)).is_err();
+            }
+            let mut digests = None;
+            if !failed {
+                let mut d = Vec::new();
+                for dev in &s.devices {
+                    d.push(device_digest(dev, VOLUME_BYTES)?);
+                }
+                digests = Some(d);
+            }
+            if phase == FreezePhase::Flipped {
+                disrupt(s)?;
+            }
+            // Thaw on every path; a restarted member has nothing frozen.
+            for m in &members {
+                wait_until("the thaw answered", Duration::from_secs(60), || {
+                    Ok(client.block_on(m.thaw(&token)).is_ok())
+                })
+                .with_context(|| case.clone())?;
+            }
+            if phase == FreezePhase::Thawed {
+                disrupt(s)?;
+            }
+            // The controller's part: a failed freeze is aborted everywhere,
+            // and so is an epoch whose primary restarted after its flip (the
+            // restart gave up the closing epoch; the abort answers that it
+            // committed, if it did).
+            if failed || (!dr && phase != FreezePhase::Quiesced) {
+                for m in &members {
+                    wait_until("the abort answered", Duration::from_secs(60), || {
+                        Ok(client.block_on(m.abort(epoch)).is_ok())
+                    })
+                    .with_context(|| case.clone())?;
+                }
+            }
+            // Nothing stays frozen: a file written and fsynced on every
+            // member's file system comes back.
+            for mnt in &s.mounts {
+                let path = mnt.join("not-frozen");
+                let done = Arc::new(AtomicBool::new(false));
+                let d = Arc::clone(&done);
+                let p = path.clone();
+                std::thread::spawn(move || {
+                    if std::fs::File::create(&p)
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x").and_then(|()| f.sync_all()))
+                        .is_ok()
+                    {
+                        d.store(true, Ordering::SeqCst);
+                    }
+                });
+                wait_until(
+                    &format!("{} written (not frozen)", path.display()),
+                    Duration::from_secs(60),
+                    || Ok(done.load(Ordering::SeqCst)),
+                )
+                .with_context(|| case.clone())?;
+            }
+            match digests {
+                Some(want) => {
+                    // Every flip went in: the epoch commits, or the
+                    // disruption made the group drop it — then nowhere.
+                    let mut outcome = None;
+                    wait_until("the epoch committed or dropped", Duration::from_secs(120), || {
+                        if client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok() {
+                            outcome = Some(true);
+                        } else if members.iter().all(|m| client.block_on(m.ready(epoch + 1)).is_ok()) {
+                            outcome = Some(false);
+                        }
+                        Ok(outcome.is_some())
+                    })
+                    .with_context(|| {
+                        let mut st = String::new();
+                        for m in 0..MEMBERS {
+                            st += &format!(
+                                "\nprimary {}: {:?}\nDR {}: {:?}",
+                                volume(m),
+                                client.block_on(s.primary.admin().status(&volume(m))),
+                                volume(m),
+                                client.block_on(dadmin.status(&volume(m)))
+                            );
+                        }
+                        format!("{case}{st}")
+                    })?;
+                    if outcome == Some(true) {
+                        for (m, want) in want.iter().enumerate() {
+                            let got = client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES))?;
+                            ensure!(
+                                got.epoch == epoch && got.hash == *want,
+                                "{case}: the DR's {} differs from the primary's frozen image",
+                                volume(m)
+                            );
+                        }
+                        committed += 1;
+                    } else {
+                        ensure!(
+                            (0..MEMBERS)
+                                .all(|m| client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).is_err()),
+                            "{case}: the epoch was dropped, yet a member committed it"
+                        );
+                        aborted += 1;
+                    }
+                }
+                None => {
+                    ensure!(
+                        (0..MEMBERS).all(|m| client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).is_err()),
+                        "{case}: the freeze failed, yet a member committed the epoch"
+                    );
+                    aborted += 1;
+                }
+            }
+        }
+        // Nothing is left pending anywhere: one more epoch commits, exact.
+        let epoch = cases.len() as u64 + 1;
+        wait_until("the members are ready", Duration::from_secs(120), || {
+            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        })?;
+        let digests = client.block_on(freeze_and_read(s, &members, epoch))?;
+        wait_until("the last epoch committed", Duration::from_secs(120), || {
+            Ok(client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok())
+        })
+        .with_context(|| s.logs())?;
+        for (m, want) in digests.iter().enumerate() {
+            let got = client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES))?;
+            ensure!(got.hash == *want, "last epoch: the DR's {} differs", volume(m));
+        }
+        Ok(())
+    })(&mut s);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))?
+            .context("a writer saw an I/O error")?;
+    }
+    result?;
+    eprintln!("{mode:?}: freeze-phase handovers: {committed} epochs committed, {aborted} aborted");
+    ensure!(written.load(Ordering::Relaxed) > 0, "the writers wrote nothing");
+    Ok(())
+}
