@@ -487,6 +487,15 @@ impl NodeAdmin for AdminService {
                             record.committed, req.epoch
                         )));
                     }
+                    // The image read below must be the record's epoch.
+                    if r.committed_group() != record.committed || r.resync_candidates().is_some() {
+                        return Err(Error::FailedPrecondition(format!(
+                            "the group committed epoch {}, but this member's image is not that epoch's yet (folded {}{})",
+                            record.committed,
+                            r.committed_group(),
+                            if r.resync_candidates().is_some() { ", awaiting a resync" } else { "" }
+                        )));
+                    }
                     let geo = r.store().geometry();
                     let bs = geo.block_size() as u64;
                     let blocks = match req.bytes {

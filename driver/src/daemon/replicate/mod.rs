@@ -44,7 +44,7 @@ use self::pairings::{GroupRecord, MemberRecord, Pairings, Side};
 use crate::node::error::{chain, Error, Result};
 use crate::node::local::LocalVolumes;
 use crate::node::plane::volumes::{AttachObserver, Volumes};
-use crate::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
+use crate::replication::endpoint::{CoordinatorPort, HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
 use crate::replication::handshake::Pairing;
 use crate::replication::link::{LinkHandle, LinkMetrics, LinkState};
 use crate::replication::listener;
@@ -421,6 +421,17 @@ impl Replication {
             LocalCoordinator::open(log, ends)
                 .map_err(|e| Error::Internal(format!("open the coordinator of {name:?}: {}", chain(&e))))?,
         );
+        // The redo, now: an epoch a replica staged before the restart is
+        // folded (or dropped) as the record decided, not at its primary's
+        // next frame. Until then the record would name an epoch whose image
+        // that replica does not hold yet (Verify and Rehearse read it).
+        for (volume, r) in &replicas {
+            for msg in r.with(|r| r.take_to_coordinator()) {
+                coordinator.report(msg).map_err(|e| {
+                    Error::Internal(format!("redo the decisions of {name:?} for {volume:?}: {}", chain(&e)))
+                })?;
+            }
+        }
         for (m, (volume, r)) in g.members.iter().zip(&replicas) {
             let (geometry, mode) = m.shape().map_err(Error::Internal)?;
             self.receivers.add(Paired {
@@ -724,6 +735,16 @@ impl Replication {
                 return Err(Error::FailedPrecondition(format!(
                     "group {group:?} has not committed a first epoch: there is nothing consistent to clone"
                 )));
+            }
+            // Every image must be the record's epoch before any is copied.
+            for (volume, replica) in &replicas {
+                let (folded, resync) = replica.with(|r| (r.committed_group(), r.resync_candidates().is_some()));
+                if folded != epoch || resync {
+                    return Err(Error::FailedPrecondition(format!(
+                        "group {group:?} committed epoch {epoch}, but the image of {volume:?} is not that epoch's yet (folded {folded}{}): try again",
+                        if resync { ", awaiting a resync" } else { "" }
+                    )));
+                }
             }
             for ((volume, replica), m) in replicas.iter().zip(&record.members) {
                 let clone = rehearsal_id(volume, epoch);
