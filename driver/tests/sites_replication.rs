@@ -24,6 +24,14 @@ mod common;
 use common::failback::Kill;
 use common::sites::*;
 
+/// `scenario` in each mode in turn, a failure naming its mode.
+fn in_every_mode(scenario: impl Fn(Mode) -> Result<()>) -> Result<()> {
+    for mode in [Mode::Continuous, Mode::Log, Mode::Interval] {
+        scenario(mode).with_context(|| format!("{mode:?} mode"))?;
+    }
+    Ok(())
+}
+
 /// What happens to the sites between two epochs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
@@ -371,10 +379,7 @@ fn unplanned_failover_then_failback_with_a_delta_resync() -> Result<()> {
     if !ready("unplanned_failover_then_failback_with_a_delta_resync") {
         return Ok(());
     }
-    for mode in [Mode::Continuous, Mode::Log, Mode::Interval] {
-        failover_and_back(mode).with_context(|| format!("{mode:?} mode"))?;
-    }
-    Ok(())
+    in_every_mode(failover_and_back)
 }
 
 fn failover_and_back(mode: Mode) -> Result<()> {
@@ -893,10 +898,7 @@ fn handover_in_every_freeze_phase_ends_committed_or_aborted() -> Result<()> {
     if !ready("handover_in_every_freeze_phase_ends_committed_or_aborted") {
         return Ok(());
     }
-    for mode in [Mode::Continuous, Mode::Log, Mode::Interval] {
-        handover_in_every_freeze_phase(mode).with_context(|| format!("{mode:?} mode"))?;
-    }
-    Ok(())
+    in_every_mode(handover_in_every_freeze_phase)
 }
 
 fn handover_in_every_freeze_phase(mode: Mode) -> Result<()> {
