@@ -37,6 +37,8 @@
 //!   DR's `Replication` service, the group freeze, the link's metrics.
 //!   Imports nothing of this crate (`floe-engine` and `floe-proto` only).
 //! - [`store`]: the engine's store on files. Imports `floe-engine` only.
+//! - [`failpoint`]: named points where a test build kills itself. Imports
+//!   nothing of this crate; any module may call it.
 //! - [`model`]: validated values from outside (ids, host paths, peer
 //!   names). Imports nothing of this crate.
 //! - [`cli`]: the binaries' flags. Imports `model`.
@@ -51,6 +53,7 @@ pub mod cli;
 pub mod csi;
 pub mod daemon;
 pub mod dataplane;
+pub mod failpoint;
 pub mod model;
 pub mod node;
 pub mod replication;

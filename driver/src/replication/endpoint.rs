@@ -248,8 +248,14 @@ impl<L: DecisionLog + Send + 'static> LocalCoordinator<L> {
 impl<L: DecisionLog + Send + 'static> CoordinatorPort for LocalCoordinator<L> {
     fn report(&self, msg: ToCoordinator) -> Result<(), CoordinatorError> {
         let mut c = lock(&self.inner);
+        let staged = matches!(msg, ToCoordinator::Staged { .. });
         c.on_message(msg).map_err(CoordinatorError::Log)?;
         let out = c.take_out();
+        if !out.is_empty() {
+            crate::failpoint::hit(crate::failpoint::DECIDED);
+        } else if staged {
+            crate::failpoint::hit(crate::failpoint::BETWEEN_STAGED);
+        }
         for (member, decision) in out {
             let end = self
                 .members

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use floe_engine::RoleGeneration;
+use floe_engine::{RoleGeneration, ToCoordinator};
 use floe_proto::replication::{self as pb, frame::Kind, replication_server::Replication};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -256,6 +256,13 @@ async fn pump(
         let p = Arc::clone(&paired);
         let effects = blocking(move || {
             let effects = p.end.on_frame(msg).map_err(LinkError::Engine)?;
+            if effects
+                .to_coordinator
+                .iter()
+                .any(|r| matches!(r, ToCoordinator::Staged { .. }))
+            {
+                crate::failpoint::hit(crate::failpoint::STAGED_UNREPORTED);
+            }
             for report in &effects.to_coordinator {
                 p.coordinator.report(report.clone()).map_err(LinkError::Coordinator)?;
             }

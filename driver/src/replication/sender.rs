@@ -16,12 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use floe_engine::{Geometry, RoleGeneration, ToReplica};
+use floe_engine::{Geometry, Reply, RoleGeneration, ToReplica};
 use floe_proto::replication::{self as pb, frame::Kind, replication_client::ReplicationClient};
 use leaky_bucket::RateLimiter;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::failpoint;
 
 use super::codec::{encode_to_replica, PrimaryInbox, MAX_FRAME_BYTES};
 use super::endpoint::PrimaryEnd;
@@ -234,6 +236,14 @@ impl<P: PrimaryEnd> Sender<P> {
             let end = Arc::clone(&self.end);
             let max = self.cfg.max_blocks;
             match blocking(move || end.poll_send(max)).await?.map_err(LinkError::Engine)? {
+                Some(frame @ ToReplica::Blocks { .. }) => {
+                    failpoint::hit(failpoint::BATCH_IN_FLIGHT);
+                    self.send(tx, frame).await?;
+                }
+                Some(frame @ ToReplica::Sealed { .. }) => {
+                    self.send(tx, frame).await?;
+                    failpoint::hit(failpoint::SEALED);
+                }
                 Some(frame) => self.send(tx, frame).await?,
                 None => changed.await,
             }
@@ -279,8 +289,16 @@ async fn read_replies<P: PrimaryEnd>(
             });
         }
         if let Some(reply) = inbox.push(frame).map_err(LinkError::Malformed)? {
+            let point = match reply.reply {
+                Reply::StagedAck { .. } => Some(failpoint::STAGED_ACKED),
+                Reply::Consistent { .. } => Some(failpoint::CONSISTENT),
+                _ => None,
+            };
             let e = Arc::clone(&end);
             blocking(move || e.on_frame(reply)).await?.map_err(LinkError::Engine)?;
+            if let Some(point) = point {
+                failpoint::hit(point);
+            }
             // A reply may let the engine send more (an ack frees a seal).
             end.changed().notify_one();
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use floe_engine::{DecisionLog, DecisionRecord, StoreError};
 
-use super::backend::{ensure_dir, Backend, RealBackend};
+use super::backend::{ensure_dir, Backend};
 use super::codec::{DecodeError, Reader, Writer};
 use super::error::{check_name, Error};
 use super::layout;
@@ -50,7 +50,7 @@ fn decode(payload: &[u8]) -> Result<DecisionRecord, DecodeError> {
 impl FileDecisionLog {
     /// Open (creating its directory) the decision record of `group` under `data_dir`.
     pub fn open(data_dir: &Path, group: &str) -> Result<Self, Error> {
-        Self::open_with(Arc::new(RealBackend), data_dir, group)
+        Self::open_with(super::default_backend(), data_dir, group)
     }
 
     /// [`FileDecisionLog::open`] on another backend.

@@ -51,6 +51,8 @@ mod meta;
 mod record;
 mod snapshots;
 mod staging;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod volatile;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -65,6 +67,26 @@ pub use crash::CrashingBackend;
 pub use decisions::FileDecisionLog;
 pub use error::{Error, SlotState};
 pub use meta::MAX_RETAINED;
+
+/// The backend of [`FileStore::open`], [`FileStore::create`] and
+/// [`FileDecisionLog::open`]: the real filesystem, or in a test build run
+/// with `FLOE_POWER_CUT=1` the one that holds unsynced writes in memory
+/// (`store/volatile.rs`).
+pub(crate) fn default_backend() -> Arc<dyn Backend> {
+    #[cfg(any(test, feature = "test-hooks"))]
+    if let Some(v) = volatile::from_env() {
+        return v;
+    }
+    Arc::new(RealBackend)
+}
+
+/// At a graceful exit of `serve`: what the store holds in memory in a
+/// power-cut test build goes to the page cache, as a real exit leaves it.
+/// Does nothing otherwise.
+pub fn exiting() {
+    #[cfg(any(test, feature = "test-hooks"))]
+    volatile::spill();
+}
 
 /// The file, in a volume's `snapshots/`, that snapshot `name` is copied into
 /// until its copy is done.
@@ -106,12 +128,12 @@ pub struct FileStore {
 impl FileStore {
     /// Create volume `volume` under `data_dir` with an empty (sparse) image.
     pub fn create(data_dir: &Path, volume: &str, geo: Geometry) -> Result<Self, Error> {
-        Self::create_with(Arc::new(RealBackend), data_dir, volume, geo)
+        Self::create_with(default_backend(), data_dir, volume, geo)
     }
 
     /// Open volume `volume` under `data_dir`; its geometry is the one it was created with.
     pub fn open(data_dir: &Path, volume: &str) -> Result<Self, Error> {
-        Self::open_with(Arc::new(RealBackend), data_dir, volume)
+        Self::open_with(default_backend(), data_dir, volume)
     }
 
     /// [`FileStore::create`] on another backend.
@@ -274,6 +296,7 @@ impl FileStore {
 
     fn write_image_block(&mut self, b: BlockIndex, data: &[u8]) -> Result<(), Error> {
         self.check(b, data.len())?;
+        crate::failpoint::hit(crate::failpoint::IMAGE_WRITE);
         let at = self.offset(b);
         let done = if data.iter().all(|&x| x == 0) {
             self.image.punch_hole(at, data.len() as u64)
@@ -370,6 +393,9 @@ impl FileStore {
             self.side.sync().map_err(Error::io("sync", &self.paths.side))?;
             self.side_dirty = false;
         }
+        // The deliberate bug of `make test-bugs`: the staged data is never
+        // fsynced, though its map is (the power-cut matrix must see it).
+        #[cfg(not(feature = "bug-skip-staging-sync"))]
         self.stage.sync_data()?;
         self.undo.sync_data()?;
         self.sync_finished_snapshots()?;
@@ -428,6 +454,7 @@ impl VolumeStore for FileStore {
     }
 
     fn stage_put(&mut self, epoch: LocalEpoch, b: BlockIndex, data: &[u8]) -> Result<(), StoreError> {
+        crate::failpoint::hit(crate::failpoint::STAGE_WRITE);
         self.check(b, data.len())
             .and_then(|()| self.stage.put(self.fs.as_ref(), epoch, b, data))
             .map_err(|e| e.at("stage block"))

@@ -174,7 +174,10 @@ impl Attachment {
             })
         };
         let conn = match handover::take(&holder, volume) {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                crate::failpoint::hit(crate::failpoint::HANDOVER_TAKEN);
+                conn
+            }
             Err(e @ (HandoverError::Unknown(_) | HandoverError::Socket { .. })) => {
                 return broken(format!(
                     "its FUSE connection could not be taken over ({}): the holder lost it, so the connection ended with the previous data plane and I/O on {} fails; unmount the file system on it, then detach",

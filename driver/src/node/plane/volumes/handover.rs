@@ -67,10 +67,12 @@ impl Volumes {
                     a.abandon();
                 }
                 tracing::info!(volumes = n, "volumes left to the successor; exiting");
+                crate::store::exiting();
                 std::process::exit(0)
             }),
         );
         drop(guards);
+        crate::store::exiting();
         std::process::exit(0)
     }
 }
