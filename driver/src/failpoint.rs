@@ -12,7 +12,8 @@
 //! - a DR's receiver and group: [`STAGE_WRITE`], [`STAGED_UNREPORTED`],
 //!   [`BETWEEN_STAGED`], [`DECIDED`];
 //! - either side's store and restart: [`IMAGE_WRITE`] (a primary's host
-//!   write, a DR's fold), [`HANDOVER_TAKEN`].
+//!   write, a DR's fold), [`HANDOVER_LEAVING`], [`HANDOVER_TAKEN`] (a DR
+//!   has no FUSE connection to take).
 
 /// The sender took a batch of blocks from the engine and has not sent it.
 pub const BATCH_IN_FLIGHT: &str = "batch-in-flight";
@@ -33,12 +34,15 @@ pub const DECIDED: &str = "decided";
 /// The store wrote one block of the image (a primary's host write, a
 /// DR's fold).
 pub const IMAGE_WRITE: &str = "image-write";
+/// A data plane handing over (SIGTERM) has flushed its engines and left
+/// its connections to the holder; it has not exited.
+pub const HANDOVER_LEAVING: &str = "handover-leaving";
 /// A restarted data plane took a volume's FUSE connection from the holder
 /// and has not served it yet.
 pub const HANDOVER_TAKEN: &str = "handover-taken";
 
 /// Every point, for tests that iterate them.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     BATCH_IN_FLIGHT,
     SEALED,
     STAGED_ACKED,
@@ -48,8 +52,36 @@ pub const ALL: [&str; 10] = [
     BETWEEN_STAGED,
     DECIDED,
     IMAGE_WRITE,
+    HANDOVER_LEAVING,
     HANDOVER_TAKEN,
 ];
+
+/// A call of this process that waits on its own FUSE server: `syncfs` or
+/// `FIFREEZE` of a floe volume's file system. A process killed inside one
+/// cannot exit until the call returns, and only a successor serving the
+/// connection makes it return, so a kill there is not a power cut but a
+/// process that never ends (`docs/replication.md`, "Power cuts"). A point
+/// reached during such a call kills when the last one returns (waiting in
+/// place could deadlock: the call may wait on the very thread that reached
+/// the point). Without the feature, entering costs nothing.
+#[must_use = "the call is under way while the guard lives"]
+pub struct OwnIo(());
+
+impl OwnIo {
+    /// A call on this process's own file system starts.
+    pub fn enter() -> Self {
+        #[cfg(feature = "test-hooks")]
+        armed::own_io(1);
+        OwnIo(())
+    }
+}
+
+impl Drop for OwnIo {
+    fn drop(&mut self) {
+        #[cfg(feature = "test-hooks")]
+        armed::own_io(-1);
+    }
+}
 
 /// The environment variable that arms a point: `<name>@<n>`.
 pub const ENV: &str = "FLOE_FAILPOINT";
@@ -67,7 +99,30 @@ pub fn hit(name: &'static str) {
 #[cfg(feature = "test-hooks")]
 mod armed {
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
+    use std::sync::{Mutex, OnceLock};
+
+    /// Calls of [`super::OwnIo`] under way, and whether a point was
+    /// reached during one (the kill is due when the last returns).
+    static OWN_IO: Mutex<(i64, Option<&'static str>)> = Mutex::new((0, None));
+
+    pub(super) fn own_io(delta: i64) {
+        let mut g = OWN_IO.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += delta;
+        if let (0, Some(name)) = *g {
+            kill(name);
+        }
+    }
+
+    /// SIGKILLs this process; never returns. Called with `OWN_IO` held, so
+    /// no call on our own file system starts before the signal lands.
+    fn kill(name: &str) -> ! {
+        eprintln!("failpoint {name} reached: power cut (SIGKILL)");
+        let me = rustix::process::getpid();
+        let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+        loop {
+            std::thread::park();
+        }
+    }
 
     struct Armed {
         name: String,
@@ -103,13 +158,11 @@ mod armed {
             return;
         }
         if a.left.fetch_sub(1, Ordering::SeqCst) == 1 {
-            eprintln!("failpoint {name} reached: power cut (SIGKILL)");
-            let me = rustix::process::getpid();
-            let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
-            // The signal is on its way; never go on past the point.
-            loop {
-                std::thread::park();
+            let mut g = OWN_IO.lock().unwrap_or_else(|p| p.into_inner());
+            if g.0 == 0 {
+                kill(name);
             }
+            g.1 = Some(name);
         }
     }
 }

@@ -46,6 +46,7 @@ fn open_root(path: &Path) -> Result<OwnedFd, FreezeError> {
 /// Writes back everything dirty of the file system mounted at `path`.
 pub fn syncfs(path: &Path) -> Result<(), FreezeError> {
     let root = open_root(path)?;
+    let _own = crate::failpoint::OwnIo::enter();
     rustix::fs::syncfs(&root).map_err(|e| FreezeError::Call {
         op: "syncfs",
         path: path.to_owned(),
@@ -85,8 +86,10 @@ impl FrozenFs {
                 source: e.into(),
             }
         };
+        let own = crate::failpoint::OwnIo::enter();
         rustix::fs::syncfs(&root).map_err(err("syncfs"))?;
         sys::fifreeze(&root).map_err(err("FIFREEZE"))?;
+        drop(own);
         Ok(Self {
             path: path.to_owned(),
             root: Some(root),

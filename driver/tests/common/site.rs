@@ -27,6 +27,8 @@ pub struct Node {
     pub dir: PathBuf,
     /// `serve`'s extra flags (replication).
     pub serve_args: Vec<String>,
+    /// `serve`'s extra environment (`FLOE_POWER_CUT`).
+    pub serve_env: Vec<(String, String)>,
     launch: Option<Launch>,
     holder: Option<Child>,
     serve: Option<Child>,
@@ -42,6 +44,7 @@ impl Node {
             name: name.into(),
             dir,
             serve_args,
+            serve_env: Vec::new(),
             launch: None,
             holder: None,
             serve: None,
@@ -102,6 +105,17 @@ impl Node {
 
     /// Starts `serve` (again) and waits until this one answers.
     pub fn start_serve(&mut self) -> Result<()> {
+        match self.start_serve_armed(None)? {
+            None => Ok(()),
+            Some(status) => bail!("serve of {} exited with {status}:\n{}", self.name, self.log_tail()),
+        }
+    }
+
+    /// Starts `serve` (again), with failpoint `point` (`<name>@<n>`,
+    /// `floe_driver::failpoint`) armed if given, and waits until this one
+    /// answers (`None`) or has exited (its status: an armed point may be
+    /// reached before it answers).
+    pub fn start_serve_armed(&mut self, point: Option<&str>) -> Result<Option<std::process::ExitStatus>> {
         let mut serve = Command::new(DATAPLANE);
         serve
             .arg("serve")
@@ -111,9 +125,13 @@ impl Node {
             .arg(self.dir.join("data"))
             .args(&self.serve_args)
             .env("RUST_LOG", "info")
+            .envs(self.serve_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log("serve.log")?);
+        if let Some(point) = point {
+            serve.env(floe_driver::failpoint::ENV, point);
+        }
         let child = self.spawn(&mut serve).context("start serve")?;
         let pid = child.id();
         self.serve = Some(child);
@@ -121,10 +139,10 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if client.status().is_ok_and(|s| s.pid == pid) {
-                return Ok(());
+                return Ok(None);
             }
-            if let Some(status) = self.serve.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("serve of {} exited with {status}:\n{}", self.name, self.log_tail());
+            if let Some(status) = self.serve_exited()? {
+                return Ok(Some(status));
             }
             if Instant::now() > deadline {
                 bail!(
@@ -139,11 +157,23 @@ impl Node {
 
     /// Stops `serve` with `signal` (SIGTERM: a handover; SIGKILL: a crash)
     /// and waits for it to exit.
-    pub fn stop_serve(&mut self, signal: rustix::process::Signal) -> Result<()> {
+    pub fn stop_serve(&mut self, signal: rustix::process::Signal) -> Result<std::process::ExitStatus> {
         let mut s = self.serve.take().context("serve is not running")?;
         rustix::process::kill_process(rustix::process::Pid::from_child(&s), signal)?;
-        s.wait()?;
-        Ok(())
+        Ok(s.wait()?)
+    }
+
+    /// Whether `serve` has exited, with its status (it is then no longer
+    /// this node's `serve`).
+    pub fn serve_exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        let Some(s) = self.serve.as_mut() else {
+            bail!("serve of {} is not running", self.name)
+        };
+        let status = s.try_wait()?;
+        if status.is_some() {
+            self.serve = None;
+        }
+        Ok(status)
     }
 
     /// SIGKILLs `serve` and the holder at once (the site is gone): the

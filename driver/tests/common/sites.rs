@@ -162,6 +162,9 @@ pub struct Options {
     /// The primary reaches the DR's listener through a [`Proxy`] (loopback
     /// sites only).
     pub proxy: bool,
+    /// Every data plane holds its store's unsynced writes in memory, so a
+    /// SIGKILL loses what a power cut loses (`FLOE_POWER_CUT`).
+    pub power_cut: bool,
 }
 
 impl Default for Options {
@@ -171,6 +174,7 @@ impl Default for Options {
             fs: FsType::Ext4,
             volume_bytes: VOLUME_BYTES,
             proxy: false,
+            power_cut: false,
         }
     }
 }
@@ -224,6 +228,12 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
             "primary-2",
             tls_args(&pki.sites[0], SITE_DNS[1]),
         )?);
+    }
+    if opts.power_cut {
+        for node in [&mut primary, &mut dr].into_iter().chain(others.iter_mut()) {
+            node.serve_env
+                .push((floe_driver::store::volatile::ENV.into(), "1".into()));
+        }
     }
     if let Some(net) = &net {
         let placed = [(&mut primary, 0, 0), (&mut dr, 1, 0)].into_iter();

@@ -67,11 +67,13 @@ impl Volumes {
                     a.abandon();
                 }
                 tracing::info!(volumes = n, "volumes left to the successor; exiting");
+                crate::failpoint::hit(crate::failpoint::HANDOVER_LEAVING);
                 crate::store::exiting();
                 std::process::exit(0)
             }),
         );
         drop(guards);
+        crate::failpoint::hit(crate::failpoint::HANDOVER_LEAVING);
         crate::store::exiting();
         std::process::exit(0)
     }
