@@ -7,8 +7,10 @@
 #   make test        deps, lint, workspace tests, model, test-bugs, csi-sanity (all, split), e2e, check-leftovers
 #   make test-full   the same with every model matrix in full (100,000 schedules
 #                    per mode from today's seed base and a second derived one),
-#                    100 link cuts and 99 epochs over a bad link between the sites
-#   make test-bugs   the model tests must catch each injected engine bug
+#                    100 link cuts and 99 epochs over a bad link between the sites,
+#                    1,008 power cuts (every failpoint x mode x side, 28 times)
+#   make test-bugs   the model tests must catch each injected engine bug, the
+#                    power-cut matrix each injected driver bug
 #   make bench       write docs/benchmarks.md
 #   make demo        two sites, a replicated group, freezes, a failover, a report (root)
 #   make e2e         real Kubernetes clusters with floe (root), the e2e stage of make test alone: e2e/run-tests.sh
@@ -67,7 +69,7 @@ test: deps lint
 	$(call run-tests,,$(FLOE_MODEL_SEED_BASE))
 
 test-full: deps lint
-	$(call run-tests,FLOE_MODEL_SCHEDULES=100000 FLOE_LINK_CUTS=100 FLOE_BAD_LINK_EPOCHS=99,$(FLOE_MODEL_SEED_BASE) $(FLOE_MODEL_SEED_BASE_2))
+	$(call run-tests,FLOE_MODEL_SCHEDULES=100000 FLOE_LINK_CUTS=100 FLOE_BAD_LINK_EPOCHS=99 FLOE_POWER_CUTS=1008,$(FLOE_MODEL_SEED_BASE) $(FLOE_MODEL_SEED_BASE_2))
 
 test-bugs: deps
 	@FLOE_MODEL_SEED_BASE=$(FLOE_MODEL_SEED_BASE) $(STAGE) test-bugs scripts/test-bugs.sh

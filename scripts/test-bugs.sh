@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Proves the model tests catch each deliberate bug of floe-engine: builds the
 # engine with one `bug-*` feature at a time and expects
-# `cargo test -p floe-engine --test model` to FAIL. A bug the tests let
+# `cargo test -p floe-engine --test model` to FAIL; and that the power-cut
+# matrix between real processes catches each bug of floe-driver's
+# (`tests/sites_powercut.rs`, as root). A bug the tests let
 # through fails this script. Each run's output is kept in
 # <target>/test-bugs/<feature>.log and shown (last 15 lines) only when the
 # bug was not caught or the test could not be built.
@@ -37,6 +39,34 @@ for bug in "${BUGS[@]}"; do
         failed=$((failed + 1))
     else
         echo "injected bug $bug: caught"
+        passed=$((passed + 1))
+    fi
+    echo "== stage test-bugs/$bug: $(seconds_since "$start") s"
+done
+
+# Bugs of the shells, caught between real processes: the power-cut matrix
+# (every cell, a fixed seed) must fail with each. Needs root, like the test.
+DRIVER_BUGS=(bug-skip-staging-sync)
+for bug in "${DRIVER_BUGS[@]}"; do
+    log=$logdir/$bug.log
+    start=$(date +%s%N)
+    cargo=(cargo test -p floe-driver --locked --features "$bug" --test sites_powercut)
+    if ! "${cargo[@]}" --no-run >"$log" 2>&1; then
+        echo "injected bug $bug: the power-cut test does not build with it (log: $log)"
+        tail -n 15 "$log"
+        failed=$((failed + 1))
+    elif FLOE_POWER_CUTS=36 FLOE_POWER_CUT_SEED=1 "${cargo[@]}" power_cuts -- --nocapture >>"$log" 2>&1; then
+        echo "injected bug $bug was NOT caught by the power-cut matrix (log: $log)"
+        tail -n 15 "$log"
+        failed=$((failed + 1))
+    elif ! grep -q "^trial " "$log"; then
+        # A failure before any trial ran (no root, the sites did not start)
+        # proves nothing.
+        echo "injected bug $bug: the power-cut matrix failed before its first trial (log: $log)"
+        tail -n 15 "$log"
+        failed=$((failed + 1))
+    else
+        echo "injected bug $bug: caught ($(grep -m1 -o 'lost its committed image\|differs from the primary[^"]*\|behind its committed epoch' "$log" || echo "see $log"))"
         passed=$((passed + 1))
     fi
     echo "== stage test-bugs/$bug: $(seconds_since "$start") s"

@@ -35,8 +35,10 @@
 //! - [`replication`]: the site-to-site stream — the codec of
 //!   `replication.proto`, the handshake, a sender per primary volume, the
 //!   DR's `Replication` service, the group freeze, the link's metrics.
-//!   Imports nothing of this crate (`floe-engine` and `floe-proto` only).
-//! - [`store`]: the engine's store on files. Imports `floe-engine` only.
+//!   Imports `failpoint` only of this crate (and `floe-engine`,
+//!   `floe-proto`).
+//! - [`store`]: the engine's store on files. Imports `failpoint` and
+//!   `floe-engine` only.
 //! - [`failpoint`]: named points where a test build kills itself. Imports
 //!   nothing of this crate; any module may call it.
 //! - [`model`]: validated values from outside (ids, host paths, peer

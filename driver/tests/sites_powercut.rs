@@ -112,7 +112,8 @@ impl std::str::FromStr for Trial {
     fn from_str(s: &str) -> Result<Self> {
         let (cell, n) = s.split_once('@').context("expected <mode>/<side>/<point>@<n>")?;
         let mut parts = cell.split('/');
-        let (Some(mode), Some(side), Some(point), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(mode), Some(side), Some(point), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             bail!("{s:?}: expected <mode>/<side>/<point>@<n>");
         };
         let mode = MODES
@@ -124,10 +125,12 @@ impl std::str::FromStr for Trial {
             "dr" => (Side::Dr, DR_POINTS),
             other => bail!("{s:?}: no side {other:?} (primary, dr)"),
         };
-        let point = points
-            .into_iter()
-            .find(|p| *p == point)
-            .with_context(|| format!("{s:?}: the {} side has no point {point:?} (it has {points:?})", side.name()))?;
+        let point = points.into_iter().find(|p| *p == point).with_context(|| {
+            format!(
+                "{s:?}: the {} side has no point {point:?} (it has {points:?})",
+                side.name()
+            )
+        })?;
         let n: u64 = n.parse().with_context(|| format!("{s:?}: hit count"))?;
         ensure!(n >= 1, "{s:?}: hit counts start at 1");
         Ok(Trial { mode, side, point, n })
@@ -365,7 +368,7 @@ fn dr_not_behind(s: &Sites, seen: &Seen) -> Result<()> {
     for m in 0..MEMBERS {
         let mut got = None;
         wait_until("the DR answers Verify", Duration::from_secs(60), || {
-            got = client.block_on(dadmin.verify(&volume(m), 0, VOLUME_BYTES)).ok();
+            got = exact_or_lost(client.block_on(dadmin.verify(&volume(m), 0, VOLUME_BYTES)), m)?;
             Ok(got.is_some())
         })?;
         let got = got.context("verified")?;
@@ -386,6 +389,24 @@ fn dr_not_behind(s: &Sites, seen: &Seen) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A `Verify` answer, `None` while the member is not ready to answer (a
+/// fold under way); an error when the member lost its committed image (it
+/// folded a staged epoch it found corrupt and awaits a resync from the
+/// primary): the group then cannot produce its committed point, which I1
+/// forbids.
+fn exact_or_lost(
+    answer: floe_driver::node::error::Result<floe_proto::node::VerifyResponse>,
+    m: usize,
+) -> Result<Option<floe_proto::node::VerifyResponse>> {
+    match answer {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if format!("{e:#}").contains("awaiting a resync") => {
+            bail!("{} lost its committed image: {e:#}", volume(m))
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 /// Restarts the armed process if it has died.
@@ -476,7 +497,9 @@ fn epoch_step(s: &mut Sites, seen: &mut Seen) -> Result<bool> {
         seen.digests.insert(epoch, digests);
     }
     for m in &members {
-        wait_reaping(s, seen, "the thaw answered", |_| Ok(client.block_on(m.thaw(&token)).is_ok()))?;
+        wait_reaping(s, seen, "the thaw answered", |_| {
+            Ok(client.block_on(m.thaw(&token)).is_ok())
+        })?;
     }
     // The controller's part: a failed step, or a primary restarted during
     // the epoch (its restart gave up the closing epoch), is aborted on
@@ -488,12 +511,14 @@ fn epoch_step(s: &mut Sites, seen: &mut Seen) -> Result<bool> {
         reap(s, seen)?;
         if (failed || seen.primary_restarted) && !aborted {
             for m in &members {
-                wait_reaping(s, seen, "the abort answered", |_| Ok(client.block_on(m.abort(epoch)).is_ok()))?;
+                wait_reaping(s, seen, "the abort answered", |_| {
+                    Ok(client.block_on(m.abort(epoch)).is_ok())
+                })?;
             }
             aborted = true;
             continue;
         }
-        let committed = client.block_on(dadmin.verify(&volume(0), epoch, VOLUME_BYTES)).is_ok();
+        let committed = (0..MEMBERS).any(|m| client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).is_ok());
         if committed || members.iter().all(|m| client.block_on(m.ready(epoch + 1)).is_ok()) {
             break committed;
         }
@@ -513,7 +538,7 @@ fn epoch_step(s: &mut Sites, seen: &mut Seen) -> Result<bool> {
         for (m, want) in want.iter().enumerate() {
             let mut got = None;
             wait_reaping(s, seen, &format!("{} at epoch {epoch}", volume(m)), |_| {
-                got = client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).ok();
+                got = exact_or_lost(client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)), m)?;
                 Ok(got.is_some())
             })?;
             let got = got.context("verified")?;
@@ -554,7 +579,10 @@ fn the_plan_covers_every_cell_and_names_replay() -> Result<()> {
         let back: Trial = t.to_string().parse()?;
         ensure!(back == *t, "{t} reads back as {back}");
     }
-    ensure!("log/dr/sealed@1".parse::<Trial>().is_err(), "the DR has no sealed point");
+    ensure!(
+        "log/dr/sealed@1".parse::<Trial>().is_err(),
+        "the DR has no sealed point"
+    );
     ensure!("log/dr/decided@0".parse::<Trial>().is_err(), "hit counts start at 1");
     Ok(())
 }

@@ -145,7 +145,7 @@ impl Shared {
 
     fn set_len(&self, held: &mut Held, len: u64) -> io::Result<()> {
         if len < self.view_len(held)? {
-            if len % PAGE != 0 {
+            if !len.is_multiple_of(PAGE) {
                 let p = len / PAGE;
                 let page = self.page(held, p)?;
                 page[(len % PAGE) as usize..].fill(0);
