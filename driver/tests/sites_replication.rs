@@ -166,6 +166,9 @@ fn run_epochs_at(name: &str, mode: Mode, epochs: u64, fault: Fault, place: Place
             ensure!(n >= resets, "{line} is {n} after {resets} resets");
         }
     }
+    if matches!(fault, Fault::LinkCuts | Fault::BadLink) {
+        resent_within_bound(&s, &text)?;
+    }
     // The first primary node's members (the others have metrics of their own).
     for m in (0..MEMBERS).filter(|m| s.owner[*m] == 0) {
         let line = format!("floe_sender_sent_blocks_total{{volume=\"{}\"}}", volume(m));
@@ -189,6 +192,37 @@ fn run_epochs_at(name: &str, mode: Mode, epochs: u64, fault: Fault, place: Place
         );
     }
     let _ = client;
+    Ok(())
+}
+
+/// The resume bound, from both sites' metrics: after reconnects (no
+/// restart), a primary ships again at most the versions the DR never
+/// received (sent − received) plus one batch per reconnect.
+fn resent_within_bound(s: &Sites, primary: &str) -> Result<()> {
+    /// The sender's batch (`SenderConfig::max_blocks`).
+    const BATCH: u64 = 256;
+    let dr = s.scrape(1)?;
+    for m in (0..MEMBERS).filter(|m| s.owner[*m] == 0) {
+        let get = |text: &str, name: &str| {
+            let line = format!("{name}{{volume=\"{}\"}}", volume(m));
+            metric(text, &line).with_context(|| format!("no {line} in the metrics"))
+        };
+        let resent = get(primary, "floe_sender_resent_blocks_total")?;
+        let sent = get(primary, "floe_sender_sent_blocks_total")?;
+        let reconnects = get(primary, "floe_sender_reconnects_total")?;
+        let received = get(&dr, "floe_receiver_received_blocks_total")?;
+        let bound = sent.saturating_sub(received) + reconnects * BATCH;
+        eprintln!(
+            "{}: {resent} versions re-sent after {reconnects} reconnects; {sent} sent, {received} received; bound {bound}",
+            volume(m)
+        );
+        ensure!(
+            resent <= bound,
+            "{}: {resent} versions re-sent, more than the {} never received plus one batch per reconnect ({reconnects})",
+            volume(m),
+            sent.saturating_sub(received)
+        );
+    }
     Ok(())
 }
 

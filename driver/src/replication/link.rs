@@ -36,6 +36,8 @@ pub struct LinkStats {
     pub blocks_sent: IntCounter,
     /// Wire frames received.
     pub frames_received: IntCounter,
+    /// Block versions received (zero ranges counted block by block).
+    pub blocks_received: IntCounter,
     /// 1 while the peer has accepted the stream.
     pub up: IntGauge,
     rejected: IntCounterVec,
@@ -122,6 +124,7 @@ pub struct LinkMetrics {
     bytes_sent: IntCounterVec,
     blocks_sent: IntCounterVec,
     frames_received: IntCounterVec,
+    blocks_received: IntCounterVec,
     up: IntGaugeVec,
     rejected: IntCounterVec,
 }
@@ -136,6 +139,7 @@ impl LinkMetrics {
             bytes_sent: counter("sent_bytes_total", "Encoded bytes sent.")?,
             blocks_sent: counter("sent_blocks_total", "Block versions sent.")?,
             frames_received: counter("received_frames_total", "Wire frames received.")?,
+            blocks_received: counter("received_blocks_total", "Block versions received.")?,
             up: IntGaugeVec::new(
                 Opts::new(
                     format!("floe_{end}_link_up"),
@@ -161,6 +165,7 @@ impl LinkMetrics {
         registry.register(Box::new(m.bytes_sent.clone()))?;
         registry.register(Box::new(m.blocks_sent.clone()))?;
         registry.register(Box::new(m.frames_received.clone()))?;
+        registry.register(Box::new(m.blocks_received.clone()))?;
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.rejected.clone()))?;
         Ok(m)
@@ -176,6 +181,7 @@ impl LinkMetrics {
             bytes_sent: self.bytes_sent.with_label_values(&v),
             blocks_sent: self.blocks_sent.with_label_values(&v),
             frames_received: self.frames_received.with_label_values(&v),
+            blocks_received: self.blocks_received.with_label_values(&v),
             up: self.up.with_label_values(&v),
             rejected: self.rejected.clone(),
             volume: volume.to_owned(),

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use floe_engine::{RoleGeneration, ToCoordinator};
+use floe_engine::{RoleGeneration, ToCoordinator, ToReplica};
 use floe_proto::replication::{self as pb, frame::Kind, replication_server::Replication};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -253,6 +253,9 @@ async fn pump(
         let Some(msg) = inbox.push(frame).map_err(LinkError::Malformed)? else {
             continue;
         };
+        if let ToReplica::Blocks { blocks, .. } = &msg {
+            stats.blocks_received.inc_by(blocks.len() as u64);
+        }
         let p = Arc::clone(&paired);
         let effects = blocking(move || {
             let effects = p.end.on_frame(msg).map_err(LinkError::Engine)?;

@@ -109,6 +109,10 @@ pub struct PrimaryStats {
     pub snapshot_copies: u64,
     /// Snapshots given up: a version could not be kept, or a crash cut the copy short.
     pub snapshot_failures: u64,
+    /// Block versions shipped again because a Welcome did not name them as
+    /// held durably (the resume bound: what the DR had not made durable,
+    /// or never received).
+    pub blocks_resent: u64,
 }
 
 /// Where a local snapshot falls in the epoch sequence.

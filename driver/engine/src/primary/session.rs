@@ -134,6 +134,7 @@ impl<S: VolumeStore> Primary<S> {
         // shipments, those it does not hold at exactly their sequence go again.
         let me = (self.meta.generation.counter, self.meta.incarnation);
         let lost = not_held(me, self.open.local, &self.open.shipped, held);
+        self.stats.blocks_resent += lost.len() as u64;
         for b in lost {
             self.open.shipped.remove(&b);
             self.open.shipped_blocks.set(b, false);
@@ -153,6 +154,7 @@ impl<S: VolumeStore> Primary<S> {
                     // Every member sent whose version the replica does not
                     // hold durably ships again, and the seal after it.
                     let lost = not_held(me, c.local, &c.shipped, held);
+                    self.stats.blocks_resent += lost.len() as u64;
                     for &b in &lost {
                         c.shipped.remove(&b);
                     }

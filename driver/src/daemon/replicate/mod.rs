@@ -834,6 +834,7 @@ impl Replication {
             resync: ResyncPhase::Idle,
             retained: Vec::new(),
             standoff: None,
+            resent_blocks: 0,
             role_change: if g.promoting.is_some() {
                 Some("promoting")
             } else if g.demoting.is_some() {
@@ -863,6 +864,7 @@ impl Replication {
                         out.closing = p.closing().map(|(e, _)| e);
                         out.generation = p.generation();
                         out.resync = p.resync_phase();
+                        out.resent_blocks = p.stats().blocks_resent;
                         if p.fenced_by().is_some() {
                             out.standoff = Some("fenced");
                         }
@@ -1104,6 +1106,9 @@ pub(crate) struct VolumeStatus {
     /// Primary: `fenced` (a replica answered with a newer generation) or
     /// `split brain` (the peer is this volume's primary too).
     pub standoff: Option<&'static str>,
+    /// Primary: block versions shipped again after a reconnect
+    /// (`PrimaryStats::blocks_resent`, since this process started).
+    pub resent_blocks: u64,
 }
 
 /// Marks a DR group as rehearsing (its `Status.step`) while it lives.

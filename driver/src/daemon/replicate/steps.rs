@@ -8,14 +8,17 @@
 //! - `floe_replication_resync_candidates_left_blocks{volume}`: on a promoted
 //!   primary failing back, the candidates not compared yet;
 //! - `floe_replication_retained_points{volume}`: on a DR, the committed
-//!   epochs it can still be promoted back to.
+//!   epochs it can still be promoted back to;
+//! - `floe_sender_resent_blocks_total{volume}`: on a primary, the block
+//!   versions its engine shipped again after a reconnect because the DR
+//!   did not hold them durably (since the process started).
 
 use std::sync::{Mutex, PoisonError, Weak};
 
 use floe_engine::ResyncPhase;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
 use super::Replication;
 
@@ -25,6 +28,7 @@ pub(super) struct StepCollector {
     step: IntGaugeVec,
     left: IntGaugeVec,
     retained: IntGaugeVec,
+    resent: IntCounterVec,
     /// One scrape at a time: each resets the gauges and fills them again.
     scrape: Mutex<()>,
 }
@@ -54,6 +58,13 @@ impl StepCollector {
                 ),
                 &["volume"],
             )?,
+            resent: IntCounterVec::new(
+                Opts::new(
+                    "floe_sender_resent_blocks_total",
+                    "Block versions a primary shipped again after a reconnect (not held durably by the DR)",
+                ),
+                &["volume"],
+            )?,
             scrape: Mutex::new(()),
         })
     }
@@ -61,10 +72,12 @@ impl StepCollector {
 
 impl Collector for StepCollector {
     fn desc(&self) -> Vec<&Desc> {
-        [&self.step, &self.left, &self.retained]
+        let mut d: Vec<&Desc> = [&self.step, &self.left, &self.retained]
             .into_iter()
             .flat_map(|m| m.desc())
-            .collect()
+            .collect();
+        d.extend(self.resent.desc());
+        d
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -72,6 +85,7 @@ impl Collector for StepCollector {
         self.step.reset();
         self.left.reset();
         self.retained.reset();
+        self.resent.reset();
         if let Some(hub) = self.hub.upgrade() {
             for (group, volume) in hub.paired_volumes() {
                 let Ok(s) = hub.status(&volume) else { continue };
@@ -87,14 +101,19 @@ impl Collector for StepCollector {
                         .with_label_values(&[&volume])
                         .set(i64::try_from(left).unwrap_or(i64::MAX));
                 }
+                if s.side == super::Side::Primary {
+                    self.resent.with_label_values(&[&volume]).inc_by(s.resent_blocks);
+                }
                 if !s.retained.is_empty() {
                     self.retained.with_label_values(&[&volume]).set(s.retained.len() as i64);
                 }
             }
         }
-        [&self.step, &self.left, &self.retained]
+        let mut out: Vec<MetricFamily> = [&self.step, &self.left, &self.retained]
             .into_iter()
             .flat_map(|m| m.collect())
-            .collect()
+            .collect();
+        out.extend(self.resent.collect());
+        out
     }
 }
