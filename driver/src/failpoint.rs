@@ -4,7 +4,8 @@
 //! Together with the store's volatile backend (`FLOE_POWER_CUT=1`,
 //! `store/volatile.rs`) that loses exactly what a power cut at that step
 //! loses. Without the feature, [`hit`] is empty and the names are all that
-//! is compiled.
+//! is compiled. (`node::local::Failpoints` is another thing: delays a test
+//! injects into an in-process catalog.)
 //!
 //! The points, by where they sit (`sites_powercut` kills at each):
 //! - a primary's sender: [`BATCH_IN_FLIGHT`], [`SEALED`], [`STAGED_ACKED`],

@@ -29,7 +29,7 @@ use tonic::Request;
 
 mod common;
 
-use common::csi::{block_cap, create_req, mount_cap, unstage_req, Harness};
+use common::csi::{block_cap, create_req, mount_cap, restore_req, unstage_req, Harness};
 
 const SIZE: i64 = 64 << 20;
 const VOLUMES: usize = 3;
@@ -106,14 +106,12 @@ fn gap_free_prefix(logs: &[Vec<u64>]) -> Result<u64, String> {
 async fn restore_and_read(h: &Harness, label: &str, snaps: &[csi::Snapshot]) -> Result<Vec<Vec<u64>>> {
     let mut logs = Vec::new();
     for (i, s) in snaps.iter().enumerate() {
-        let mut req = create_req(&format!("{label}-restore-{i}"), s.size_bytes, block_cap());
-        req.volume_content_source = Some(csi::VolumeContentSource {
-            r#type: Some(csi::volume_content_source::Type::Snapshot(
-                csi::volume_content_source::SnapshotSource {
-                    snapshot_id: s.snapshot_id.clone(),
-                },
-            )),
-        });
+        let req = restore_req(
+            &format!("{label}-restore-{i}"),
+            s.size_bytes,
+            block_cap(),
+            &s.snapshot_id,
+        );
         let vol = h
             .controller
             .create_volume(Request::new(req))

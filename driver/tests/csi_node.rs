@@ -16,7 +16,7 @@ use tonic::{Code, Request};
 
 mod common;
 
-use common::csi::{block_cap, create_req, mount_cap, unpublish_req, unstage_req, Harness};
+use common::csi::{block_cap, create_req, mount_cap, restore_req, unpublish_req, unstage_req, Harness};
 
 const MIB: i64 = 1 << 20;
 
@@ -437,14 +437,7 @@ async fn an_xfs_clone_stages_beside_the_volume_it_was_copied_from() -> Result<()
         .into_inner()
         .snapshot
         .context("snapshot")?;
-    let mut req = create_req("pvc-xfs-clone", 300 * MIB, mount_cap("xfs"));
-    req.volume_content_source = Some(csi::VolumeContentSource {
-        r#type: Some(csi::volume_content_source::Type::Snapshot(
-            csi::volume_content_source::SnapshotSource {
-                snapshot_id: snapshot.snapshot_id.clone(),
-            },
-        )),
-    });
+    let req = restore_req("pvc-xfs-clone", 300 * MIB, mount_cap("xfs"), &snapshot.snapshot_id);
     let clone = h
         .controller
         .create_volume(Request::new(req))

@@ -49,7 +49,9 @@ use tonic::Request;
 
 mod common;
 
-use common::csi::{block_cap, create_req, mount_cap, start_holder, sweep, unstage_req, wait_for_socket, DATAPLANE};
+use common::csi::{
+    block_cap, create_req, mount_cap, restore_req, start_holder, sweep, unstage_req, wait_for_socket, DATAPLANE,
+};
 
 const SIZE: i64 = 1 << 30;
 /// Data written before the snapshot, so that its copy lasts.
@@ -276,14 +278,7 @@ impl Csi {
     /// Restores `s` into a new volume, checks its file system, and returns
     /// its records.
     async fn restore_records(&self, node: &Node, s: &csi::Snapshot) -> Result<Vec<u64>> {
-        let mut req = create_req("restored", s.size_bytes, block_cap());
-        req.volume_content_source = Some(csi::VolumeContentSource {
-            r#type: Some(csi::volume_content_source::Type::Snapshot(
-                csi::volume_content_source::SnapshotSource {
-                    snapshot_id: s.snapshot_id.clone(),
-                },
-            )),
-        });
+        let req = restore_req("restored", s.size_bytes, block_cap(), &s.snapshot_id);
         let vol = self
             .controller
             .create_volume(Request::new(req))

@@ -212,6 +212,20 @@ pub fn create_req(name: &str, size: i64, cap: csi::VolumeCapability) -> csi::Cre
     }
 }
 
+/// [`create_req`] for a volume restored from snapshot `snapshot_id`.
+pub fn restore_req(name: &str, size: i64, cap: csi::VolumeCapability, snapshot_id: &str) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        volume_content_source: Some(csi::VolumeContentSource {
+            r#type: Some(csi::volume_content_source::Type::Snapshot(
+                csi::volume_content_source::SnapshotSource {
+                    snapshot_id: snapshot_id.into(),
+                },
+            )),
+        }),
+        ..create_req(name, size, cap)
+    }
+}
+
 /// A NodeUnpublishVolume request.
 pub fn unpublish_req(id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
     csi::NodeUnpublishVolumeRequest {
