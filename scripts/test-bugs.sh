@@ -47,6 +47,15 @@ done
 # Bugs of the shells, caught between real processes: the power-cut matrix
 # (every cell, a fixed seed) must fail with each. Needs root, like the test.
 DRIVER_BUGS=(bug-skip-staging-sync)
+dr_cells() {
+    local out=() mode point
+    for mode in continuous log interval; do
+        for point in stage-write staged-unreported between-staged decided image-write handover-leaving; do
+            out+=("$mode/dr/$point@1")
+        done
+    done
+    (IFS=,; echo "${out[*]}")
+}
 for bug in "${DRIVER_BUGS[@]}"; do
     log=$logdir/$bug.log
     start=$(date +%s%N)
@@ -55,7 +64,8 @@ for bug in "${DRIVER_BUGS[@]}"; do
         echo "injected bug $bug: the power-cut test does not build with it (log: $log)"
         tail -n 15 "$log"
         failed=$((failed + 1))
-    elif FLOE_POWER_CUTS=36 FLOE_POWER_CUT_SEED=1 "${cargo[@]}" power_cuts -- --nocapture >>"$log" 2>&1; then
+    # The DR's cells (the bug is the DR's): every DR point in every mode.
+    elif FLOE_POWER_CUT_CASES=$(dr_cells) "${cargo[@]}" power_cuts -- --nocapture >>"$log" 2>&1; then
         echo "injected bug $bug was NOT caught by the power-cut matrix (log: $log)"
         tail -n 15 "$log"
         failed=$((failed + 1))
