@@ -368,7 +368,7 @@ fn dr_not_behind(s: &Sites, seen: &Seen) -> Result<()> {
     for m in 0..MEMBERS {
         let mut got = None;
         wait_until("the DR answers Verify", Duration::from_secs(60), || {
-            got = exact_or_lost(client.block_on(dadmin.verify(&volume(m), 0, VOLUME_BYTES)), m)?;
+            got = exact_or_lost(bounded(&client, dadmin.verify(&volume(m), 0, VOLUME_BYTES)), m)?;
             Ok(got.is_some())
         })?;
         let got = got.context("verified")?;
@@ -391,13 +391,26 @@ fn dr_not_behind(s: &Sites, seen: &Seen) -> Result<()> {
     Ok(())
 }
 
+/// `f` on `client`'s runtime, given up after 20 s: a call to a data plane
+/// killed mid-call must fail, never hang the test.
+fn bounded<T: Send, E: std::fmt::Display + Send>(
+    client: &common::plane::PlaneClient,
+    f: impl std::future::Future<Output = std::result::Result<T, E>> + Send,
+) -> Result<T> {
+    match client.block_on(async move { tokio::time::timeout(Duration::from_secs(20), f).await }) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
+        Err(_) => bail!("no answer in 20 s"),
+    }
+}
+
 /// A `Verify` answer, `None` while the member is not ready to answer (a
 /// fold under way); an error when the member lost its committed image (it
 /// folded a staged epoch it found corrupt and awaits a resync from the
 /// primary): the group then cannot produce its committed point, which I1
 /// forbids.
 fn exact_or_lost(
-    answer: floe_driver::node::error::Result<floe_proto::node::VerifyResponse>,
+    answer: Result<floe_proto::node::VerifyResponse>,
     m: usize,
 ) -> Result<Option<floe_proto::node::VerifyResponse>> {
     match answer {
@@ -451,9 +464,9 @@ fn statuses(s: &Sites) -> String {
         out += &format!(
             "\nprimary {}: {:?}\nDR {}: {:?}",
             volume(m),
-            client.block_on(s.primary.admin().status(&volume(m))),
+            bounded(&client, s.primary.admin().status(&volume(m))),
             volume(m),
-            client.block_on(s.dr.admin().status(&volume(m)))
+            bounded(&client, s.dr.admin().status(&volume(m)))
         );
     }
     out
@@ -471,16 +484,16 @@ fn epoch_step(s: &mut Sites, seen: &mut Seen) -> Result<bool> {
     let client = s.primary.client()?;
     let members: Vec<Arc<dyn FreezeMember>> = s.members();
     wait_reaping(s, seen, &format!("the members are ready for epoch {epoch}"), |_| {
-        Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        Ok(members.iter().all(|m| bounded(&client, m.ready(epoch)).is_ok()))
     })?;
     let token = Token::fresh()?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut failed = false;
     for m in &members {
-        failed |= client.block_on(m.quiesce(&token, deadline)).is_err();
+        failed |= bounded(&client, m.quiesce(&token, deadline)).is_err();
     }
     for m in &members {
-        failed = failed || client.block_on(m.freeze(epoch, &token)).is_err();
+        failed = failed || bounded(&client, m.freeze(epoch, &token)).is_err();
     }
     if !failed {
         // Read in a thread: a primary killed now leaves its devices'
@@ -498,7 +511,7 @@ fn epoch_step(s: &mut Sites, seen: &mut Seen) -> Result<bool> {
     }
     for m in &members {
         wait_reaping(s, seen, "the thaw answered", |_| {
-            Ok(client.block_on(m.thaw(&token)).is_ok())
+            Ok(bounded(&client, m.thaw(&token)).is_ok())
         })?;
     }
     // The controller's part: a failed step, or a primary restarted during
@@ -512,14 +525,14 @@ fn epoch_step(s: &mut Sites, seen: &mut Seen) -> Result<bool> {
         if (failed || seen.primary_restarted) && !aborted {
             for m in &members {
                 wait_reaping(s, seen, "the abort answered", |_| {
-                    Ok(client.block_on(m.abort(epoch)).is_ok())
+                    Ok(bounded(&client, m.abort(epoch)).is_ok())
                 })?;
             }
             aborted = true;
             continue;
         }
-        let committed = (0..MEMBERS).any(|m| client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).is_ok());
-        if committed || members.iter().all(|m| client.block_on(m.ready(epoch + 1)).is_ok()) {
+        let committed = (0..MEMBERS).any(|m| bounded(&client, dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).is_ok());
+        if committed || members.iter().all(|m| bounded(&client, m.ready(epoch + 1)).is_ok()) {
             break committed;
         }
         ensure!(
@@ -538,7 +551,7 @@ fn epoch_step(s: &mut Sites, seen: &mut Seen) -> Result<bool> {
         for (m, want) in want.iter().enumerate() {
             let mut got = None;
             wait_reaping(s, seen, &format!("{} at epoch {epoch}", volume(m)), |_| {
-                got = exact_or_lost(client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)), m)?;
+                got = exact_or_lost(bounded(&client, dadmin.verify(&volume(m), epoch, VOLUME_BYTES)), m)?;
                 Ok(got.is_some())
             })?;
             let got = got.context("verified")?;
@@ -552,7 +565,7 @@ fn epoch_step(s: &mut Sites, seen: &mut Seen) -> Result<bool> {
     } else {
         for m in 0..MEMBERS {
             ensure!(
-                client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).is_err(),
+                bounded(&client, dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).is_err(),
                 "epoch {epoch} was dropped, yet {} committed it",
                 volume(m)
             );
