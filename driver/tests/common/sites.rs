@@ -36,9 +36,20 @@ pub fn volume(m: usize) -> String {
     format!("pvc-{m}")
 }
 
-/// A free TCP port on loopback (the DR binds it right after).
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A loopback address with a port free on it, for a listener a data plane
+/// binds a moment later. The address is one of 127.0.0.0/8 that only this
+/// test process uses: the port is released before the data plane binds it,
+/// and on 127.0.0.1 any outgoing connection of a test running beside this
+/// one may take it as its source port in between (loopback connections
+/// leave from 127.0.0.1, never from this address).
+pub fn free_loopback() -> Result<std::net::SocketAddr> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // 16 bits of the pid, 8 of a counter; 127.0.0.x is left to others.
+    let pid = std::process::id() & 0xffff;
+    let host = ((pid.max(1) << 8) | (n & 0xff)).to_be_bytes();
+    let ip = std::net::Ipv4Addr::new(127, host[1], host[2], host[3]);
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?)
 }
 
 pub fn tls_args(files: &floe_driver::csi::remote::TlsFiles, peer: &str) -> Vec<String> {
@@ -199,7 +210,7 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
     // failback) and serves its metrics.
     let addr = |site: usize, port: u16| -> Result<std::net::SocketAddr> {
         Ok(match &net {
-            None => std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            None => free_loopback()?,
             Some(net) => net.socket(site, 0, port),
         })
     };
