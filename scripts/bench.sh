@@ -90,4 +90,9 @@ section driver/benches/snapshot.rs "about 10 minutes" "root, /dev/fuse, loop dev
 # copy, per mode, two sites in network namespaces (issue #11).
 section driver/benches/failback.rs "about 2 minutes" "root, /dev/fuse, loop devices, network namespaces and mkfs.ext4" \
     cargo bench -p floe-driver --locked --bench failback
+# Replication between real processes: bytes on the wire per byte written,
+# the writers' stall under a group freeze of 1, 4 and 16 volumes, the RPO
+# under a tbf-limited link (issue #10).
+section driver/benches/sites.rs "about 8 minutes" "root, /dev/fuse, loop devices, network namespaces and mkfs.ext4" \
+    cargo bench -p floe-driver --locked --bench sites
 echo "bench: wrote $out"

@@ -23,29 +23,52 @@ seconds_since() {
 
 passed=0
 failed=0
-for bug in "${BUGS[@]}"; do
-    log=$logdir/$bug.log
-    start=$(date +%s%N)
-    cargo=(cargo test -p floe-engine --locked --features "$bug" --test model)
 
+# expect_caught BUG WHAT RAN WHY VAR=VALUE CARGO...
+# Builds CARGO... (a `cargo test` command line) with `--no-run`, then runs
+# it with VAR=VALUE in its environment and expects it to FAIL: the
+# deliberate bug BUG is caught by WHAT (named in the messages). RAN, when
+# not empty, is a pattern the log must hold (a failure before any case ran
+# proves nothing); WHY, when not empty, picks the reason shown.
+expect_caught() {
+    local bug=$1 what=$2 ran=$3 why=$4 var=$5
+    shift 5
+    local log=$logdir/$bug.log start build=()
+    start=$(date +%s%N)
     # Build first: a compile error must not pass for a caught bug.
-    if ! "${cargo[@]}" --no-run >"$log" 2>&1; then
-        echo "injected bug $bug: the model test does not build with it (log: $log)"
+    for arg in "$@"; do
+        [[ $arg == -- ]] && break
+        build+=("$arg")
+    done
+    if ! "${build[@]}" --no-run >"$log" 2>&1; then
+        echo "injected bug $bug: $what does not build with it (log: $log)"
         tail -n 15 "$log"
         failed=$((failed + 1))
-    elif FLOE_MODEL_SCHEDULES=$SCHEDULES "${cargo[@]}" >>"$log" 2>&1; then
-        echo "injected bug $bug was NOT caught by the model tests (log: $log)"
+    elif env "$var" "$@" >>"$log" 2>&1; then
+        echo "injected bug $bug was NOT caught by $what (log: $log)"
+        tail -n 15 "$log"
+        failed=$((failed + 1))
+    elif [[ -n $ran ]] && ! grep -q "$ran" "$log"; then
+        echo "injected bug $bug: $what failed before its first case ran (log: $log)"
         tail -n 15 "$log"
         failed=$((failed + 1))
     else
-        echo "injected bug $bug: caught"
+        local reason=""
+        [[ -n $why ]] && reason=" ($(grep -m1 -o "$why" "$log" || echo "see $log"))"
+        echo "injected bug $bug: caught$reason"
         passed=$((passed + 1))
     fi
     echo "== stage test-bugs/$bug: $(seconds_since "$start") s"
+}
+
+for bug in "${BUGS[@]}"; do
+    expect_caught "$bug" "the model tests" "" "" "FLOE_MODEL_SCHEDULES=$SCHEDULES" \
+        cargo test -p floe-engine --locked --features "$bug" --test model
 done
 
 # Bugs of the shells, caught between real processes: the power-cut matrix
-# (every cell, a fixed seed) must fail with each. Needs root, like the test.
+# must fail with each, on the DR's cells (the bugs are the DR's): every DR
+# point in every mode. Needs root, like the test.
 DRIVER_BUGS=(bug-skip-staging-sync)
 dr_cells() {
     local out=() mode point
@@ -57,29 +80,10 @@ dr_cells() {
     (IFS=,; echo "${out[*]}")
 }
 for bug in "${DRIVER_BUGS[@]}"; do
-    log=$logdir/$bug.log
-    start=$(date +%s%N)
-    cargo=(cargo test -p floe-driver --locked --features "$bug" --test sites_powercut)
-    if ! "${cargo[@]}" --no-run >"$log" 2>&1; then
-        echo "injected bug $bug: the power-cut test does not build with it (log: $log)"
-        tail -n 15 "$log"
-        failed=$((failed + 1))
-    # The DR's cells (the bug is the DR's): every DR point in every mode.
-    elif FLOE_POWER_CUT_CASES=$(dr_cells) "${cargo[@]}" power_cuts -- --nocapture >>"$log" 2>&1; then
-        echo "injected bug $bug was NOT caught by the power-cut matrix (log: $log)"
-        tail -n 15 "$log"
-        failed=$((failed + 1))
-    elif ! grep -q "^trial " "$log"; then
-        # A failure before any trial ran (no root, the sites did not start)
-        # proves nothing.
-        echo "injected bug $bug: the power-cut matrix failed before its first trial (log: $log)"
-        tail -n 15 "$log"
-        failed=$((failed + 1))
-    else
-        echo "injected bug $bug: caught ($(grep -m1 -o 'lost its committed image\|differs from the primary[^"]*\|behind its committed epoch' "$log" || echo "see $log"))"
-        passed=$((passed + 1))
-    fi
-    echo "== stage test-bugs/$bug: $(seconds_since "$start") s"
+    expect_caught "$bug" "the power-cut matrix" "^trial " \
+        'lost its committed image\|differs from the primary[^"]*\|behind its committed epoch' \
+        "FLOE_POWER_CUT_CASES=$(dr_cells)" \
+        cargo test -p floe-driver --locked --features "$bug" --test sites_powercut power_cuts -- --nocapture
 done
 
 echo "$passed passed, $failed failed"

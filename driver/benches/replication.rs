@@ -18,33 +18,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use common::link::{pattern, start, Rng, BS, MEMBERS};
+use common::link::{pattern, start, Rng, Zipf, BS, MEMBERS};
 use floe_driver::replication::freeze::group_freeze;
 use floe_engine::Mode;
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Block k drawn with weight 1/(k+1)^1.1 (inverse CDF over a table).
-struct Zipf(Vec<f64>);
-
-impl Zipf {
-    fn new(n: u64) -> Self {
-        let mut acc = 0.0;
-        let mut cdf: Vec<f64> = (0..n)
-            .map(|k| {
-                acc += 1.0 / ((k + 1) as f64).powf(1.1);
-                acc
-            })
-            .collect();
-        cdf.iter_mut().for_each(|c| *c /= acc);
-        Zipf(cdf)
-    }
-    fn sample(&self, rng: &mut Rng) -> u64 {
-        let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
-        self.0.partition_point(|&c| c < u) as u64
-    }
 }
 
 struct Row {

@@ -357,14 +357,7 @@ fn ext4() -> csi::VolumeCapability {
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    // Nearest rank: with fewer than 100 samples p99 is the largest.
-    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
+    common::percentile(v, p)
 }
 
 async fn run() -> Result<()> {

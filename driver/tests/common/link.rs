@@ -56,6 +56,27 @@ impl Rng {
     }
 }
 
+/// Block k drawn with weight 1/(k+1)^1.1 (inverse CDF over a table).
+pub struct Zipf(Vec<f64>);
+
+impl Zipf {
+    pub fn new(n: u64) -> Self {
+        let mut acc = 0.0;
+        let mut cdf: Vec<f64> = (0..n)
+            .map(|k| {
+                acc += 1.0 / ((k + 1) as f64).powf(1.1);
+                acc
+            })
+            .collect();
+        cdf.iter_mut().for_each(|c| *c /= acc);
+        Zipf(cdf)
+    }
+    pub fn sample(&self, rng: &mut Rng) -> u64 {
+        let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        self.0.partition_point(|&c| c < u) as u64
+    }
+}
+
 pub fn seed(var: &str) -> u64 {
     std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now()

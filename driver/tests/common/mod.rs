@@ -54,3 +54,15 @@ pub fn scratch(prefix: &str) -> std::io::Result<tempfile::TempDir> {
         .prefix(&format!("floe-{prefix}-"))
         .tempdir_in("/tmp")
 }
+
+/// The `p` quantile of `v` by nearest rank (with fewer than 100 samples,
+/// p99 is the largest); NaN for no samples.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}

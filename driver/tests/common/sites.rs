@@ -87,6 +87,49 @@ pub fn writer(dir: PathBuf, stop: Arc<AtomicBool>, written: Arc<AtomicU64>) -> s
     })
 }
 
+/// The test's own writes to the members' raw devices, one 4 KiB block at a
+/// time with O_DIRECT (loop devices with direct I/O over FUSE): a write is
+/// in the primary's engine when it returns.
+pub struct RawWriter {
+    files: Vec<std::fs::File>,
+    raw: Vec<u8>,
+    at: usize,
+}
+
+impl RawWriter {
+    /// Block size of the writes.
+    pub const BLOCK: u64 = 4096;
+
+    /// Opens every device of `devices` for writing.
+    pub fn open(devices: &[PathBuf]) -> Result<Self> {
+        let files = devices
+            .iter()
+            .map(|d| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                    .open(d)
+                    .with_context(|| format!("open {}", d.display()))
+            })
+            .collect::<Result<_>>()?;
+        let raw = vec![0u8; 2 * Self::BLOCK as usize];
+        let at = raw.as_ptr().align_offset(Self::BLOCK as usize);
+        Ok(RawWriter { files, raw, at })
+    }
+
+    /// Writes block `block` of member `m`, its bytes drawn from `stamp`
+    /// (distinct stamps give distinct blocks).
+    pub fn write(&mut self, m: usize, block: u64, stamp: u64) -> Result<()> {
+        let buf = &mut self.raw[self.at..self.at + Self::BLOCK as usize];
+        for (n, word) in buf.chunks_mut(8).enumerate() {
+            let v = stamp.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (n as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            word.copy_from_slice(&v.to_le_bytes());
+        }
+        std::os::unix::fs::FileExt::write_all_at(&self.files[m], buf, block * Self::BLOCK)
+            .with_context(|| format!("write block {block} of member {m}"))
+    }
+}
+
 /// BLAKE3 of `device` (of `total` bytes) read with O_DIRECT.
 pub fn device_digest(device: &Path, total: u64) -> Result<Vec<u8>> {
     const CHUNK: usize = 1 << 20;
@@ -176,6 +219,13 @@ pub struct Options {
     /// Every data plane holds its store's unsynced writes in memory, so a
     /// SIGKILL loses what a power cut loses (`FLOE_POWER_CUT`).
     pub power_cut: bool,
+    /// The volumes stay raw block devices: no file system, no mount (the
+    /// test writes the blocks itself).
+    pub raw: bool,
+    /// The primary's replication bandwidth (`--replication-limit-bytes`).
+    pub limit_bytes_per_second: Option<u64>,
+    /// Volumes in the group.
+    pub members: usize,
 }
 
 impl Default for Options {
@@ -186,6 +236,9 @@ impl Default for Options {
             volume_bytes: VOLUME_BYTES,
             proxy: false,
             power_cut: false,
+            raw: false,
+            limit_bytes_per_second: None,
+            members: MEMBERS,
         }
     }
 }
@@ -222,7 +275,10 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
         args.extend(["--metrics-listen".into(), metrics[site].to_string()]);
         args
     };
-    let primary_args = site_args(&pki.sites[0], SITE_DNS[1], 0);
+    let mut primary_args = site_args(&pki.sites[0], SITE_DNS[1], 0);
+    if let Some(limit) = opts.limit_bytes_per_second {
+        primary_args.extend(["--replication-limit-bytes".into(), limit.to_string()]);
+    }
     let dr_args = site_args(&pki.sites[1], SITE_DNS[0], 1);
     let proxy = match (opts.proxy, place) {
         (false, _) => None,
@@ -264,22 +320,24 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
 
     // Member m lives on primary node m % (nodes): each node makes, mounts
     // and pairs its own.
-    let owner: Vec<usize> = (0..MEMBERS).map(|m| m % (1 + others.len())).collect();
+    let owner: Vec<usize> = (0..opts.members).map(|m| m % (1 + others.len())).collect();
     let (mut devices, mut mounts) = (Vec::new(), Vec::new());
     for (m, &o) in owner.iter().enumerate() {
         let node = if o == 0 { &mut primary } else { &mut others[o - 1] };
         let c = node.client()?;
         c.create_fs(&volume(m), opts.volume_bytes, Some(4096), Some(mode), opts.fs)?;
         let dev = c.attach(&volume(m))?;
-        mounts.push(node.mount_fs(&dev, &volume(m), opts.fs)?);
+        if !opts.raw {
+            mounts.push(node.mount_fs(&dev, &volume(m), opts.fs)?);
+        }
         devices.push(dev);
     }
     let c = primary.client()?;
-    let mut members = vec![wire::GroupMember::default(); MEMBERS];
+    let mut members = vec![wire::GroupMember::default(); opts.members];
     let mut generation = None;
     for o in 0..=others.len() {
         let node = if o == 0 { &primary } else { &others[o - 1] };
-        let mine: Vec<usize> = (0..MEMBERS).filter(|m| owner[*m] == o).collect();
+        let mine: Vec<usize> = (0..opts.members).filter(|m| owner[*m] == o).collect();
         let paired = c.block_on(
             node.admin().pair(wire::PairRequest {
                 group: GROUP.into(),
@@ -354,7 +412,7 @@ impl Sites {
 
     /// Every member as a group-freeze member, in member order.
     pub fn members(&self) -> Vec<Arc<dyn FreezeMember>> {
-        (0..MEMBERS)
+        (0..self.owner.len())
             .map(|m| Arc::new(self.admin_of(m).member(&volume(m))) as Arc<dyn FreezeMember>)
             .collect()
     }
