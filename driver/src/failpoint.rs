@@ -57,8 +57,9 @@ pub const ALL: [&str; 11] = [
     HANDOVER_TAKEN,
 ];
 
-/// A call of this process that waits on its own FUSE server: `syncfs` or
-/// `FIFREEZE` of a floe volume's file system. A process killed inside one
+/// A call of this process that waits on its own FUSE server: `syncfs`,
+/// `FIFREEZE` or `FITHAW` (ext4 writes its superblock as it thaws) of a
+/// floe volume's file system. A process killed inside one
 /// cannot exit until the call returns, and only a successor serving the
 /// connection makes it return, so a kill there is not a power cut but a
 /// process that never ends (`docs/replication.md`, "Power cuts"). A point

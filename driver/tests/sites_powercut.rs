@@ -274,9 +274,20 @@ fn run_mode(mode: Mode, trials: &[&Trial]) -> Result<usize> {
         Ok(())
     })();
     stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        let _ = w.join();
+    // A writer blocked on a file system left frozen never stops: reported,
+    // not waited for.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while writers.iter().any(|w| !w.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let stuck = writers.iter().filter(|w| !w.is_finished()).count();
+    let blocked = || format!("{stuck} record writers still blocked 60 s after the end");
+    let result = match (result, stuck) {
+        (Ok(()), 0) => Ok(()),
+        (Ok(()), _) => Err(anyhow::anyhow!(blocked())),
+        (Err(e), 0) => Err(e),
+        (Err(e), _) => Err(e.context(blocked())),
+    };
     if let Err(e) = result {
         // The whole logs outlive the sites' directory, for the post-mortem.
         let mut kept = Vec::new();
@@ -447,8 +458,10 @@ fn wait_reaping(
         }
         ensure!(
             std::time::Instant::now() < deadline,
-            "{what}: not after 120 s{}",
-            statuses(s)
+            "{what}: not after 120 s{}{}{}",
+            statuses(s),
+            s.primary.serve_blocked_threads(),
+            s.dr.serve_blocked_threads()
         );
         std::thread::sleep(Duration::from_millis(20));
     }

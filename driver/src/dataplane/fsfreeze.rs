@@ -58,6 +58,8 @@ pub fn syncfs(path: &Path) -> Result<(), FreezeError> {
 /// is not an error (the kernel says `EINVAL`).
 pub fn thaw(path: &Path) -> Result<(), FreezeError> {
     let root = open_root(path)?;
+    // ext4 writes its superblock while it thaws: through this process too.
+    let _own = crate::failpoint::OwnIo::enter();
     match sys::fithaw(&root) {
         Ok(()) | Err(Errno::INVAL) => Ok(()),
         Err(e) => Err(FreezeError::Call {
@@ -104,6 +106,7 @@ impl FrozenFs {
     /// Thaws. Idempotent.
     pub fn thaw(&mut self) -> Result<(), FreezeError> {
         let Some(root) = self.root.take() else { return Ok(()) };
+        let _own = crate::failpoint::OwnIo::enter();
         match sys::fithaw(&root) {
             Ok(()) | Err(Errno::INVAL) => Ok(()),
             Err(e) => Err(FreezeError::Call {

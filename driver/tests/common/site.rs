@@ -163,6 +163,52 @@ impl Node {
         Ok(s.wait()?)
     }
 
+    /// The threads of `serve` blocked in the kernel (state `D`), with their
+    /// kernel stacks: what keeps a killed `serve` from exiting.
+    pub fn serve_blocked_threads(&self) -> String {
+        let Some(s) = self.serve.as_ref() else {
+            return String::new();
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", s.id())) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the parenthesised name.
+            let state = stat
+                .rsplit_once(") ")
+                .map_or("", |(_, rest)| &rest[..1.min(rest.len())]);
+            if state == "D" {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+                out += &format!("\n{} thread {:?} blocked in:\n{stack}", self.name, comm.trim());
+            }
+        }
+        out
+    }
+
+    /// If `serve` was killed but cannot exit (a thread of its waits in the
+    /// kernel on its own FUSE server: `docs/replication.md`, "Power
+    /// cuts"), aborts this node's FUSE connections so every waiting call
+    /// fails and the teardown can go on.
+    fn abort_fuse_if_wedged(&self) {
+        let Some(s) = self.serve.as_ref() else { return };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.id())).unwrap_or_default();
+        if stat.rsplit_once(") ").is_none_or(|(_, rest)| !rest.starts_with('Z')) {
+            return;
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let ours = fields.get(4).is_some_and(|m| Path::new(m).starts_with(&self.dir));
+            let fuse = line.contains(" - fuse.floe ");
+            if let (true, true, Some((_, minor))) = (ours, fuse, fields.get(2).and_then(|d| d.split_once(':'))) {
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
+        }
+    }
+
     /// Whether `serve` has exited, with its status (it is then no longer
     /// this node's `serve`).
     pub fn serve_exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
@@ -230,6 +276,7 @@ impl Node {
     /// Stops everything: thaws and unmounts the file systems, stops
     /// `serve` (SIGTERM, then SIGKILL), the holder, and sweeps what is left.
     pub fn teardown(&mut self) {
+        self.abort_fuse_if_wedged();
         for m in &self.mounts {
             let _ = fsfreeze::thaw(m);
         }
