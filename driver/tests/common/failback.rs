@@ -110,6 +110,16 @@ async fn read_devices(s: &Sites) -> Result<Vec<Image>> {
     Ok(out)
 }
 
+/// Each member's `floe_sender_written_blocks_total` in `metrics`.
+fn written_blocks(metrics: &str) -> Vec<u64> {
+    (0..MEMBERS)
+        .map(|m| {
+            let line = format!("floe_sender_written_blocks_total{{volume=\"{}\"}}", volume(m));
+            metric(metrics, &line).unwrap_or(0)
+        })
+        .collect()
+}
+
 /// Quiesces every member of `s`'s primary under `token`.
 fn quiesce(rt: &PlaneClient, members: &[Arc<dyn FreezeMember>], token: &Token) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -213,6 +223,9 @@ pub fn fail_back_with(
     quiesce(&old, &members, &token)?;
     let checked = (|s: &mut Sites| {
         let before = old.block_on(read_devices(s))?;
+        // The host's block writes so far, by the new primary's count: each
+        // write from now on may ship its block once more.
+        let written_before = written_blocks(&s.scrape(0)?);
         if !quiet {
             thaw(&old, &members, &token);
         }
@@ -269,12 +282,12 @@ pub fn fail_back_with(
         }
         progress("the new primary streams to the old site: candidates hashed, compared, the differing ones sent");
         let (epoch, after) = first_epoch(s, &old, &members, &token, epoch, quiet)?;
-        anyhow::Ok((before, differing, epoch, after))
+        anyhow::Ok((before, differing, epoch, after, written_before))
     })(s);
     if quiet || checked.is_err() {
         thaw(&old, &members, &token);
     }
-    let (before, differing, epoch, after) = checked?;
+    let (before, differing, epoch, after, written_before) = checked?;
     if quiet {
         ensure!(
             before == after,
@@ -334,14 +347,21 @@ pub fn fail_back_with(
     }
     if quiet {
         // Each differing block once, and a block written since (in quiet
-        // mode: the superblock a thaw rewrites) once more per write; an
-        // old site killed mid-resync loses what it had not made durable,
-        // compares again and takes each differing block at most once more.
+        // mode: the superblock and what else a freeze or a thaw rewrites)
+        // once more per write, counted by the new primary (a restarted one
+        // counts afresh); an old site killed mid-resync loses what it had
+        // not made durable, compares again and takes each differing block
+        // at most once more.
         let resent = if kill == Some(Kill::OldSite) { out.differing } else { 0 };
-        let bound = (out.differing + resent + out.written_since) as u64;
+        let written: u64 = written_blocks(&metrics)
+            .iter()
+            .zip(&written_before)
+            .map(|(now, then)| if now >= then { now - then } else { *now })
+            .sum();
+        let bound = (out.differing + resent) as u64 + written;
         ensure!(
             out.shipped <= bound,
-            "the resync shipped {} blocks, more than the {} that differed (+{resent} re-sent after a kill) plus the {} written since",
+            "the resync shipped {} blocks, more than the {} that differed (+{resent} re-sent after a kill) plus {written} block writes since ({} distinct blocks)",
             out.shipped,
             out.differing,
             out.written_since

@@ -835,6 +835,7 @@ impl Replication {
             retained: Vec::new(),
             standoff: None,
             resent_blocks: 0,
+            written_blocks: 0,
             role_change: if g.promoting.is_some() {
                 Some("promoting")
             } else if g.demoting.is_some() {
@@ -865,6 +866,7 @@ impl Replication {
                         out.generation = p.generation();
                         out.resync = p.resync_phase();
                         out.resent_blocks = p.stats().blocks_resent;
+                        out.written_blocks = p.stats().blocks_written;
                         if p.fenced_by().is_some() {
                             out.standoff = Some("fenced");
                         }
@@ -1109,6 +1111,9 @@ pub(crate) struct VolumeStatus {
     /// Primary: block versions shipped again after a reconnect
     /// (`PrimaryStats::blocks_resent`, since this process started).
     pub resent_blocks: u64,
+    /// Primary: block writes of the host (`PrimaryStats::blocks_written`,
+    /// since this process started).
+    pub written_blocks: u64,
 }
 
 /// Marks a DR group as rehearsing (its `Status.step`) while it lives.

@@ -11,7 +11,9 @@
 //!   epochs it can still be promoted back to;
 //! - `floe_sender_resent_blocks_total{volume}`: on a primary, the block
 //!   versions its engine shipped again after a reconnect because the DR
-//!   did not hold them durably (since the process started).
+//!   did not hold them durably (since the process started);
+//! - `floe_sender_written_blocks_total{volume}`: on a primary, the block
+//!   writes of the host (since the process started).
 
 use std::sync::{Mutex, PoisonError, Weak};
 
@@ -29,6 +31,7 @@ pub(super) struct StepCollector {
     left: IntGaugeVec,
     retained: IntGaugeVec,
     resent: IntCounterVec,
+    written: IntCounterVec,
     /// One scrape at a time: each resets the gauges and fills them again.
     scrape: Mutex<()>,
 }
@@ -65,6 +68,13 @@ impl StepCollector {
                 ),
                 &["volume"],
             )?,
+            written: IntCounterVec::new(
+                Opts::new(
+                    "floe_sender_written_blocks_total",
+                    "Block writes of the host on a primary volume",
+                ),
+                &["volume"],
+            )?,
             scrape: Mutex::new(()),
         })
     }
@@ -77,6 +87,7 @@ impl Collector for StepCollector {
             .flat_map(|m| m.desc())
             .collect();
         d.extend(self.resent.desc());
+        d.extend(self.written.desc());
         d
     }
 
@@ -86,6 +97,7 @@ impl Collector for StepCollector {
         self.left.reset();
         self.retained.reset();
         self.resent.reset();
+        self.written.reset();
         if let Some(hub) = self.hub.upgrade() {
             for (group, volume) in hub.paired_volumes() {
                 let Ok(s) = hub.status(&volume) else { continue };
@@ -103,6 +115,7 @@ impl Collector for StepCollector {
                 }
                 if s.side == super::Side::Primary {
                     self.resent.with_label_values(&[&volume]).inc_by(s.resent_blocks);
+                    self.written.with_label_values(&[&volume]).inc_by(s.written_blocks);
                 }
                 if !s.retained.is_empty() {
                     self.retained.with_label_values(&[&volume]).set(s.retained.len() as i64);
@@ -114,6 +127,7 @@ impl Collector for StepCollector {
             .flat_map(|m| m.collect())
             .collect();
         out.extend(self.resent.collect());
+        out.extend(self.written.collect());
         out
     }
 }
