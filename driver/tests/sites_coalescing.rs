@@ -27,7 +27,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use common::link::Rng;
 use common::sites::{
     freeze_and_read, metric, start_with, volume, wait_until, Options, Place, RawWriter, Sites, MEMBERS,
@@ -96,7 +96,6 @@ fn run(mode: Mode) -> Result<()> {
     let blocks = s.volume_bytes / RawWriter::BLOCK;
     let mut w = RawWriter::open(&s.devices)?;
     let client = s.primary.client()?;
-    let dadmin = s.dr.admin();
     let members = s.members();
     let mut before = fresh_sent(&s)?;
     let (mut writes, mut distinct, mut shipped) = (0, 0, 0);
@@ -109,24 +108,7 @@ fn run(mode: Mode) -> Result<()> {
             traced.push(write_epoch(&mut w, m, &mut rng, epoch, blocks)?);
         }
         let digests = client.block_on(freeze_and_read(&s, &members, epoch))?;
-        for (m, want) in digests.iter().enumerate() {
-            let mut got = None;
-            wait_until(
-                &format!("epoch {epoch} committed at the DR"),
-                Duration::from_secs(120),
-                || {
-                    got = client.block_on(dadmin.verify(&volume(m), epoch, s.volume_bytes)).ok();
-                    Ok(got.is_some())
-                },
-            )
-            .with_context(|| s.logs())?;
-            let got = got.context("verified")?;
-            ensure!(
-                got.epoch == epoch && got.hash == *want,
-                "epoch {epoch}, {}: the DR's image differs from the primary's frozen image",
-                volume(m)
-            );
-        }
+        s.check_dr_exact(&client, epoch, &digests)?;
         // The epoch is committed and nothing was written since its freeze:
         // every version the primary sent since the last commit belongs to it.
         let now = fresh_sent(&s)?;

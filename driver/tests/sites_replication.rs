@@ -111,24 +111,7 @@ fn run_epochs_at(name: &str, mode: Mode, epochs: u64, fault: Fault, place: Place
                 );
                 net.link_up(0)?;
             }
-            for (m, want) in digests.iter().enumerate() {
-                let mut got = None;
-                wait_until(
-                    &format!("epoch {epoch} committed at the DR"),
-                    Duration::from_secs(120),
-                    || {
-                        got = client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).ok();
-                        Ok(got.is_some())
-                    },
-                )
-                .with_context(|| format!("{}\n--- dr:\n{}", s.primary.log_tail(), s.dr.log_tail()))?;
-                let got = got.context("verified")?;
-                ensure!(
-                    got.epoch == epoch && got.hash == *want,
-                    "epoch {epoch}, {}: the DR's image differs from the primary's frozen image",
-                    volume(m)
-                );
-            }
+            s.check_dr_exact(&client, epoch, &digests)?;
             let status = client.block_on(padmin.status(&volume(0)))?;
             ensure!(status.link == "up", "link of {}: {:?}", volume(0), status.link);
             if fault == Fault::Restarts && epoch % 3 == 0 {
@@ -353,27 +336,11 @@ fn a_paired_volume_detaches_and_reattaches_with_its_stream() -> Result<()> {
     }
     let mut s = start("reattach", Mode::Continuous, Place::Loopback)?;
     let client = s.primary.client()?;
-    let (padmin, dadmin) = (s.primary.admin(), s.dr.admin());
+    let padmin = s.primary.admin();
     let members = s.members();
     let commit = |s: &Sites, epoch: u64| -> Result<()> {
         let digests = client.block_on(freeze_and_read(s, &members, epoch))?;
-        for (m, want) in digests.iter().enumerate() {
-            let mut got = None;
-            wait_until(
-                &format!("epoch {epoch} committed at the DR"),
-                Duration::from_secs(120),
-                || {
-                    got = client.block_on(dadmin.verify(&volume(m), epoch, VOLUME_BYTES)).ok();
-                    Ok(got.is_some())
-                },
-            )?;
-            ensure!(
-                got.context("verified")?.hash == *want,
-                "epoch {epoch}: {} differs",
-                volume(m)
-            );
-        }
-        Ok(())
+        s.check_dr_exact(&client, epoch, &digests)
     };
     std::fs::write(s.mounts[0].join("before"), vec![7u8; 1 << 20])?;
     commit(&s, 1)?;
@@ -731,7 +698,6 @@ fn rehearsal(fs: FsType) -> Result<()> {
         Place::Loopback,
         opts,
     )?;
-    let bytes = s.volume_bytes;
     let client = s.primary.client()?;
     let dadmin = s.dr.admin();
     let members = s.members();
@@ -744,20 +710,7 @@ fn rehearsal(fs: FsType) -> Result<()> {
         })?;
         acked_at.push(acked.iter().map(|a| a.load(Ordering::SeqCst)).collect());
         let digests = client.block_on(freeze_and_read(s, &members, epoch))?;
-        wait_until(
-            &format!("epoch {epoch} committed at the DR"),
-            Duration::from_secs(120),
-            || Ok(client.block_on(dadmin.verify(&volume(0), epoch, bytes)).is_ok()),
-        )?;
-        for (m, want) in digests.iter().enumerate() {
-            let got = client.block_on(dadmin.verify(&volume(m), epoch, bytes))?;
-            ensure!(
-                got.hash == *want,
-                "epoch {epoch}: the replica of {} is not the primary's image",
-                volume(m)
-            );
-        }
-        Ok(())
+        s.check_dr_exact(&client, epoch, &digests)
     };
     let result = (|s: &mut Sites| -> Result<()> {
         epoch_checked(s, 1, &mut acked_at)?;

@@ -419,6 +419,36 @@ impl Sites {
 }
 
 impl Sites {
+    /// Waits until the DR has committed `epoch` on every member, then
+    /// checks each member's image equals `digests` (the primary's images
+    /// read while frozen at `epoch`).
+    pub fn check_dr_exact(&self, client: &super::plane::PlaneClient, epoch: u64, digests: &[Vec<u8>]) -> Result<()> {
+        let dadmin = self.dr.admin();
+        for (m, want) in digests.iter().enumerate() {
+            let mut got = None;
+            wait_until(
+                &format!("epoch {epoch} committed at the DR"),
+                Duration::from_secs(120),
+                || {
+                    got = client
+                        .block_on(dadmin.verify(&volume(m), epoch, self.volume_bytes))
+                        .ok();
+                    Ok(got.is_some())
+                },
+            )
+            .with_context(|| self.logs())?;
+            let got = got.context("verified")?;
+            ensure!(
+                got.epoch == epoch && got.hash == *want,
+                "epoch {epoch}, {}: the DR's image differs from the primary's frozen image",
+                volume(m)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Sites {
     /// The Prometheus text the primary's data plane serves.
     pub fn scrape_primary(&self) -> Result<String> {
         self.scrape(0)
