@@ -19,6 +19,26 @@ pub struct DecisionRecord {
     pub aborted: Vec<GroupEpoch>,
 }
 
+impl DecisionRecord {
+    /// The decision this record holds for a member that staged `staged`:
+    /// fold it if the group committed it, drop it if the group moved past
+    /// it or aborted it, none while the group has not decided.
+    ///
+    /// A member that lost a decision in flight (a coordinator on another
+    /// node, a stream that broke) catches up from the record with it; the
+    /// answer is the one the coordinator gives a `Staged` report, so
+    /// delivering it again, late or twice is harmless.
+    pub fn decision_for(&self, staged: GroupEpoch) -> Option<FromCoordinator> {
+        if staged == self.committed {
+            Some(FromCoordinator::Fold { group: staged })
+        } else if staged < self.committed || self.aborted.contains(&staged) {
+            Some(FromCoordinator::Drop { group: staged })
+        } else {
+            None
+        }
+    }
+}
+
 /// Durable storage of the decision record.
 pub trait DecisionLog {
     /// Replace the record; durable when this returns.
@@ -54,17 +74,8 @@ impl<L: DecisionLog> Coordinator<L> {
     pub fn on_message(&mut self, msg: ToCoordinator) -> Result<(), StoreError> {
         match msg {
             ToCoordinator::Staged { member, group } => {
-                if group <= self.record.committed {
-                    let answer = if group == self.record.committed {
-                        FromCoordinator::Fold { group }
-                    } else {
-                        FromCoordinator::Drop { group }
-                    };
+                if let Some(answer) = self.record.decision_for(group) {
                     self.out.push((member, answer));
-                    return Ok(());
-                }
-                if self.record.aborted.contains(&group) {
-                    self.out.push((member, FromCoordinator::Drop { group }));
                     return Ok(());
                 }
                 let set = self.staged.entry(group).or_default();

@@ -77,6 +77,14 @@ fn run_mode(mode: Mode) {
         "a fault class was never exercised: {total:?}"
     );
     assert!(
+        n < 100
+            || (total.spanning > 0
+                && total.coordinator_crashes > 0
+                && total.coordinator_messages_lost > 0
+                && total.catch_ups > 0),
+        "no schedule spanning DR nodes crashed the coordinator alone, lost a report or decision, or caught up: {total:?}"
+    );
+    assert!(
         n < 100 || (total.resume_held > 0 && total.resume_missing > 0),
         "no reconnect found the DR holding part of what was sent and missing part: {total:?}"
     );

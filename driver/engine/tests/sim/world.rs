@@ -151,7 +151,9 @@ pub struct World {
     site_ids: [u64; 2],
     net: Vec<Net>,
     to_coord: Vec<ToCoordinator>,
-    from_coord: Vec<(u32, FromCoordinator)>,
+    /// Decisions on their way to members; with the report they answer
+    /// when they travel back in that report's reply (spanning groups).
+    from_coord: Vec<(u32, FromCoordinator, Option<ToCoordinator>)>,
     reference: Reference,
     next_group: GroupEpoch,
     pending: Option<GroupEpoch>,
@@ -206,6 +208,14 @@ pub struct World {
     rotted: Vec<BTreeSet<u64>>,
     /// Frames of an earlier incarnation come back from the network.
     replay_ghosts: bool,
+    /// The group's replicas span DR nodes: the coordinator runs on one of
+    /// them and crashes alone, reports and decisions cross a network that
+    /// loses them, and a member node catches up from the decision record
+    /// (re-reports its staged epoch, takes the record's decision for it).
+    spanning: bool,
+    /// Per member: its node lost a report or a decision and catches up at
+    /// its next subscription (the shell's reconnect).
+    catch_up: Vec<bool>,
     /// Per member: the last frames its primary sent (kept when ghosts replay).
     recent: Vec<Vec<ToReplica>>,
     /// Per member: frames of a crashed incarnation still out there.
@@ -265,6 +275,14 @@ pub struct RunStats {
     pub retained_promotes: u64,
     /// Retained points promoted (on copies) and checked against the model.
     pub retained_checks: u64,
+    /// Schedules whose replicas span DR nodes.
+    pub spanning: u64,
+    /// Reports and decisions lost between DR nodes.
+    pub coordinator_messages_lost: u64,
+    /// Crashes of the coordinator's node alone.
+    pub coordinator_crashes: u64,
+    /// Member nodes that caught up from the decision record.
+    pub catch_ups: u64,
 }
 
 impl RunStats {
@@ -295,6 +313,10 @@ impl RunStats {
         self.resume_resent += o.resume_resent;
         self.retained_promotes += o.retained_promotes;
         self.retained_checks += o.retained_checks;
+        self.spanning += o.spanning;
+        self.coordinator_messages_lost += o.coordinator_messages_lost;
+        self.coordinator_crashes += o.coordinator_crashes;
+        self.catch_ups += o.catch_ups;
     }
 }
 
@@ -356,6 +378,10 @@ impl World {
             rot_at_rest: 0.0,
             rotted: vec![BTreeSet::new(); cfg.members],
             replay_ghosts: false,
+            // Drawn apart from both streams, so a schedule that is not
+            // spanning runs exactly as before.
+            spanning: Rng::new(seed ^ 0x5BA2_2100).chance(0.25),
+            catch_up: vec![false; cfg.members],
             recent: vec![Vec::new(); cfg.members],
             ghosts: vec![Vec::new(); cfg.members],
             cuts_enabled: true,
@@ -394,6 +420,9 @@ impl World {
         if self.rot.chance(0.25) {
             self.rot_at_rest = [0.01, 0.05][self.rot.below(2) as usize];
         }
+        if self.spanning {
+            self.stats.spanning += 1;
+        }
         for step in 0..self.cfg.steps {
             let fault = self.rng.chance(fault_rate);
             let roll = self.rng.below(1000);
@@ -418,6 +447,7 @@ impl World {
             620..=949 => self.deliver_random(),
             950..=954 => self.duplicate_random(),
             955..=959 => self.checkpoint(m),
+            980..=989 if self.spanning => self.catch_up(m),
             960..=989 => self.connect(m),
             _ => self.restart_any(m),
         }
@@ -429,6 +459,9 @@ impl World {
             0..=99 => self.controller_abort(),
             100..=399 => self.disconnect(m),
             400..=599 => self.crash_primary(m),
+            600..=674 if self.spanning => self.crash_dr(),
+            675..=699 if self.spanning => self.crash_coordinator(),
+            700..=749 if self.spanning => self.lose_decision(),
             600..=749 => self.crash_dr(),
             750..=849 => self.failover(),
             _ => self.failback(),
@@ -1004,7 +1037,10 @@ impl World {
             }
             1 => {
                 let i = pick(&mut self.rng, self.from_coord.len());
-                let (m, msg) = self.from_coord.remove(i);
+                if self.spanning && self.rng.chance(0.05) {
+                    return self.lose_decision();
+                }
+                let (m, msg, _) = self.from_coord.remove(i);
                 self.deliver_from_coord(m as usize, msg)
             }
             c if c % 2 == 0 => {
@@ -1062,7 +1098,9 @@ impl World {
             }
         }
         self.net[m].to_primary.extend(replies);
-        if self.coord_up() {
+        // A coordinator in the replica's process takes the report or is down
+        // with it; one on another node gets it once it is back.
+        if self.coord_up() || self.spanning {
             self.to_coord.extend(to_coord);
         }
         self.after_replica_call(m, &before)
@@ -1153,11 +1191,22 @@ impl World {
         self.note(format!("  -> coord {msg:?}"));
         let dr = self.dr();
         let Some(Coord::Up(c)) = &mut self.coords[dr] else {
+            if self.spanning {
+                // The member's node keeps the report until a coordinator
+                // takes it.
+                self.to_coord.push(msg);
+            }
             return Ok(());
         };
-        c.on_message(msg).map_err(|e| format!("coordinator: {e}"))?;
+        c.on_message(msg.clone()).map_err(|e| format!("coordinator: {e}"))?;
         let out = c.take_out();
-        self.from_coord.extend(out);
+        let reporter = match msg {
+            ToCoordinator::Staged { member, .. } | ToCoordinator::Abort { member, .. } => member,
+        };
+        for (m, d) in out {
+            let answers = (self.spanning && m == reporter).then(|| msg.clone());
+            self.from_coord.push((m, d, answers));
+        }
         Ok(())
     }
 
@@ -1343,11 +1392,87 @@ impl World {
         Ok(())
     }
 
+    /// The coordinator's node crashes alone (spanning groups): its staged
+    /// sets and every report and decision in flight are lost; the members'
+    /// nodes and the primaries' sessions stay up.
+    fn crash_coordinator(&mut self) -> Outcome {
+        let dr = self.dr();
+        if self.phase == Phase::FailedOver || !self.coord_up() {
+            return Ok(());
+        }
+        self.note("crash the coordinator's node".into());
+        self.stats.coordinator_crashes += 1;
+        self.coords[dr] = match self.coords[dr].take() {
+            Some(Coord::Up(c)) => Some(Coord::Down(c.into_log())),
+            other => other,
+        };
+        // Reports stay queued at their nodes (a report is kept until a
+        // coordinator answers it); the replies and the streams die.
+        for (m, _, answers) in std::mem::take(&mut self.from_coord) {
+            match answers {
+                Some(report) => self.to_coord.push(report),
+                None => self.catch_up[m as usize] = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// A decision on its way to another node is lost: a report's reply
+    /// (its node sends the report again) or a decision stream that broke
+    /// (its node catches up when it subscribes again).
+    fn lose_decision(&mut self) -> Outcome {
+        if self.from_coord.is_empty() {
+            return Ok(());
+        }
+        let i = self.rng.below(self.from_coord.len() as u64) as usize;
+        let (m, msg, answers) = self.from_coord.remove(i);
+        self.note(format!("lost decision for r{m}: {msg:?}"));
+        self.stats.coordinator_messages_lost += 1;
+        match answers {
+            Some(report) => self.to_coord.push(report),
+            None => self.catch_up[m as usize] = true,
+        }
+        Ok(())
+    }
+
+    /// Member `m`'s node (re)subscribes to the coordinator's decisions: it
+    /// reports its staged epoch again and takes the record's decision for
+    /// it, both through the channels that reorder, delay and lose.
+    fn catch_up(&mut self, m: usize) -> Outcome {
+        let dr = self.dr();
+        let Some(Coord::Up(c)) = &self.coords[dr] else {
+            return Ok(());
+        };
+        let Vol::Replica(r) = &self.sites[dr][m] else {
+            return Ok(());
+        };
+        self.catch_up[m] = false;
+        self.stats.catch_ups += 1;
+        let Some(staged) = r.staged_group() else {
+            return Ok(());
+        };
+        let decision = c.record().decision_for(staged);
+        self.note(format!("catch up r{m}: staged g{staged}, record says {decision:?}"));
+        self.to_coord.push(ToCoordinator::Staged {
+            member: m as u32,
+            group: staged,
+        });
+        if let Some(d) = decision {
+            self.from_coord.push((m as u32, d, None));
+        }
+        Ok(())
+    }
+
     fn restart_dr(&mut self) -> Outcome {
         let dr = self.dr();
         if let Some(Coord::Down(log)) = &self.coords[dr] {
             let c = Coordinator::open(log.clone(), self.cfg.members as u32).map_err(|e| format!("coordinator: {e}"))?;
             self.coords[dr] = Some(Coord::Up(c));
+            if self.spanning {
+                // The members that stayed up learn it when their decision
+                // streams come back; the others re-report as they reopen.
+                self.catch_up = vec![true; self.cfg.members];
+            }
         }
         for m in 0..self.cfg.members {
             if !matches!(self.sites[dr][m], Vol::Down(_, false)) {
@@ -1838,7 +1963,7 @@ impl World {
 
     /// Every member up in its role, every link up, the coordinator up.
     fn healthy(&self) -> bool {
-        if self.phase == Phase::FailedOver || !self.coord_up() {
+        if self.phase == Phase::FailedOver || !self.coord_up() || self.catch_up.contains(&true) {
             return false;
         }
         let (prim, dr) = (self.prim, self.dr());
@@ -1954,7 +2079,10 @@ impl World {
         self.drain()?;
         if let Some(g) = self.pending {
             return err(format!(
-                "group epoch {g} neither committed nor aborted after the network healed"
+                "group epoch {g} neither committed nor aborted after the network healed (coordinator up: {}, reports queued: {:?}, catching up: {:?})",
+                self.coord_up(),
+                self.to_coord,
+                self.catch_up
             ));
         }
         let g = self.next_group;
@@ -1987,6 +2115,11 @@ impl World {
     fn drain_quiet(&mut self) -> Outcome {
         for _ in 0..20_000 {
             for m in 0..self.cfg.members {
+                if self.catch_up[m] {
+                    self.catch_up(m)?;
+                }
+            }
+            for m in 0..self.cfg.members {
                 self.connect(m)?;
             }
             let mut progressed = false;
@@ -2017,7 +2150,7 @@ impl World {
                     self.deliver_to_coord(msg)?;
                 }
                 if !self.from_coord.is_empty() {
-                    let (m, msg) = self.from_coord.remove(0);
+                    let (m, msg, _) = self.from_coord.remove(0);
                     self.deliver_from_coord(m as usize, msg)?;
                 }
                 progressed = true;
