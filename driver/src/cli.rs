@@ -276,6 +276,18 @@ pub struct ServeArgs {
     /// Bytes a second this node's replication streams may send together.
     #[arg(long, env = "FLOE_REPLICATION_LIMIT_BYTES")]
     pub replication_limit_bytes: Option<u64>,
+    /// The CA (PEM) that signs this site's node certificates: a node of
+    /// this site reaching a group coordinator here, or served by one, must
+    /// show one (with the replication certificate and key).
+    #[arg(long, env = "FLOE_SITE_CA")]
+    pub site_ca: Option<PathBuf>,
+    /// The DNS name this site's node certificates carry.
+    #[arg(long, env = "FLOE_SITE_NAME")]
+    pub site_name: Option<crate::model::PeerName>,
+    /// Where this node serves the coordinators of the DR groups it runs to
+    /// the site's other nodes (groups whose replicas span nodes), HOST:PORT.
+    #[arg(long, env = "FLOE_COORDINATOR_LISTEN")]
+    pub coordinator_listen: Option<std::net::SocketAddr>,
 }
 
 /// Flags of `floe-dataplane holder`.

@@ -1373,11 +1373,56 @@ async fn every_id_field_of_every_node_admin_rpc_refuses_a_path() -> Result<()> {
         peer_address: "198.18.0.1:7443".into(),
         generation: None,
         retained_points: 0,
+        ..Default::default()
+    };
+    // A DR pairing of one member, with a coordinator or hosted members.
+    let dr_pair = |coordinator: &str, hosted: Vec<u32>| wire::PairRequest {
+        role: wire::Role::Secondary.into(),
+        peer_address: String::new(),
+        generation,
+        members: vec![wire::GroupMember {
+            volume: "v".into(),
+            block_size: 4096,
+            blocks: 256,
+            region_blocks: 64,
+            mode: wire::ReplicationMode::Continuous.into(),
+            ..Default::default()
+        }],
+        coordinator_address: coordinator.into(),
+        hosted_members: hosted,
+        ..pair("g", "v")
     };
     let code = |e: Option<tonic::Status>| e.map(|s| s.code());
     let results: Vec<(&str, Option<Code>)> = vec![
         ("Pair.group", code(a.pair(pair(&bad, "v")).await.err())),
         ("Pair.members.volume", code(a.pair(pair("g", &bad)).await.err())),
+        (
+            "Pair.coordinator_address",
+            code(a.pair(dr_pair(&bad, Vec::new())).await.err()),
+        ),
+        (
+            "Pair.coordinator_address without a port",
+            code(a.pair(dr_pair("198.18.0.2", Vec::new())).await.err()),
+        ),
+        (
+            "Pair.hosted_members past the members",
+            code(a.pair(dr_pair("", vec![1])).await.err()),
+        ),
+        (
+            "Pair.hosted_members twice",
+            code(a.pair(dr_pair("", vec![0, 0])).await.err()),
+        ),
+        (
+            "Pair.coordinator_address on a primary",
+            code(
+                a.pair(wire::PairRequest {
+                    coordinator_address: "198.18.0.2:7444".into(),
+                    ..pair("g", "v")
+                })
+                .await
+                .err(),
+            ),
+        ),
         (
             "Pair.retained_points past 64",
             code(

@@ -120,7 +120,9 @@ fn run_epochs_at(name: &str, mode: Mode, epochs: u64, fault: Fault, place: Place
                     1 => (&mut s.primary, Signal::TERM),
                     2 => (&mut s.dr, Signal::KILL),
                     3 => (&mut s.primary, Signal::KILL),
-                    _ => (&mut s.dr, Signal::TERM),
+                    // Spread: the DR node that holds members but not the
+                    // coordinator.
+                    _ => (s.dr_others.first_mut().unwrap_or(&mut s.dr), Signal::TERM),
                 };
                 eprintln!("after epoch {epoch}: {signal:?} to the {} data plane", node.name);
                 node.stop_serve(signal)?;
@@ -160,11 +162,12 @@ fn run_epochs_at(name: &str, mode: Mode, epochs: u64, fault: Fault, place: Place
     }
     // The DR's images at the last epoch are clean ext4.
     for m in 0..MEMBERS {
-        let image =
-            s.dr.dir
-                .join("data/replication/dr/volumes")
-                .join(volume(m))
-                .join("image");
+        let image = s
+            .dr_node_of(m)
+            .dir
+            .join("data/replication/dr/volumes")
+            .join(volume(m))
+            .join("image");
         let out = std::process::Command::new("e2fsck").arg("-fn").arg(&image).output()?;
         ensure!(
             out.status.success(),
@@ -281,14 +284,18 @@ fn link_cuts_between_network_namespaces_keep_the_dr_exact() -> Result<()> {
     run_epochs("cuts", Mode::Continuous, cycles("LINK_CUTS", EPOCHS), Fault::LinkCuts)
 }
 
-/// Two nodes per site, the group's members on different primary nodes:
-/// one freeze over both nodes, every epoch exact at the DR.
+/// Two nodes per site, the group's members on different nodes at each
+/// site: one freeze over both primary nodes, the DR's second node reaching
+/// the group's coordinator on its first over the coordinator listener;
+/// every epoch exact at the DR. Each DR node's data plane is killed or
+/// restarted on the way (the coordinator's node by SIGKILL, the other by
+/// SIGTERM), and each primary node's.
 #[test]
-fn a_group_spread_over_two_primary_nodes_replicates_at_every_epoch() -> Result<()> {
-    if !ready("a_group_spread_over_two_primary_nodes_replicates_at_every_epoch") {
+fn a_group_spread_over_two_nodes_per_site_replicates_at_every_epoch() -> Result<()> {
+    if !ready("a_group_spread_over_two_nodes_per_site_replicates_at_every_epoch") {
         return Ok(());
     }
-    run_epochs_at("spread", Mode::Continuous, EPOCHS, Fault::None, Place::Spread)
+    run_epochs_at("spread", Mode::Continuous, EPOCHS, Fault::Restarts, Place::Spread)
 }
 
 #[test]

@@ -81,7 +81,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     bail!("the signal iterator ended")
 }
 
-/// The `--replication-*` flags: all four TLS flags or none.
+/// The `--replication-*` flags (all four TLS flags or none) and the
+/// `--site-*` ones (both or neither, on top of them).
 fn replication_config(args: &ServeArgs) -> Result<ReplicationConfig> {
     let tls = match (
         &args.replication_cert,
@@ -103,10 +104,26 @@ fn replication_config(args: &ServeArgs) -> Result<ReplicationConfig> {
             "--replication-listen needs --replication-cert, --replication-key, --replication-ca and --replication-peer"
         );
     }
+    let site_tls = match (&args.site_ca, &args.site_name, &tls) {
+        (Some(ca), Some(name), Some(own)) => Some(SiteTls {
+            cert: own.cert.clone(),
+            key: own.key.clone(),
+            ca: ca.clone(),
+            peer: name.clone(),
+        }),
+        (None, None, _) => None,
+        (Some(_), Some(_), None) => bail!("--site-ca and --site-name need the node's --replication-cert and --replication-key (and the rest of the --replication-* identity)"),
+        _ => bail!("--site-ca and --site-name go together: give both or neither"),
+    };
+    if args.coordinator_listen.is_some() && site_tls.is_none() {
+        bail!("--coordinator-listen needs --site-ca and --site-name (and the --replication-* identity)");
+    }
     Ok(ReplicationConfig {
         listen: args.replication_listen,
         tls,
         limit_bytes_per_second: args.replication_limit_bytes,
+        site_tls,
+        coordinator_listen: args.coordinator_listen,
     })
 }
 

@@ -9,10 +9,10 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use floe_engine::{
-    Coordinator, DecisionLog, DecisionRecord, EngineError, FromCoordinator, GroupEpoch, Primary, Replica, StoreError,
-    ToCoordinator, ToPrimary, ToReplica, VolumeStore,
+    Coordinator, DecisionLog, DecisionRecord, EngineError, FromCoordinator, GroupEpoch, MemberIndex, Primary, Replica,
+    StoreError, ToCoordinator, ToPrimary, ToReplica, VolumeStore,
 };
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 /// The primary volume a sender streams.
 pub trait PrimaryEnd: Send + Sync + 'static {
@@ -54,6 +54,8 @@ pub trait ReplicaEnd: Send + Sync + 'static {
     /// Makes what the replica received durable as its resume point (the
     /// receiver calls it every [`super::receiver::CHECKPOINT_EVERY`]).
     fn checkpoint(&self) -> Result<(), EngineError>;
+    /// The group epoch staged and awaiting its decision, if any.
+    fn staged_group(&self) -> Option<GroupEpoch>;
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,6 +184,9 @@ impl<S: VolumeStore + Send + 'static> ReplicaEnd for HostedReplica<S> {
     fn checkpoint(&self) -> Result<(), EngineError> {
         lock(&self.engine).checkpoint()
     }
+    fn staged_group(&self) -> Option<GroupEpoch> {
+        lock(&self.engine).staged_group()
+    }
 }
 
 /// Where a receiver sends its replica's reports.
@@ -211,25 +216,102 @@ pub enum CoordinatorError {
     NoMember(u32),
 }
 
-/// A group coordinator whose members all live in this process: a report is
-/// recorded and its decisions applied to the members before `report`
-/// returns, under one lock, so no one sees a decision half delivered.
+/// Where a member of a group lives, seen from its coordinator.
+#[derive(Clone)]
+pub enum MemberSink {
+    /// In this process: decisions are applied to it at once.
+    Here(Arc<dyn ReplicaEnd>),
+    /// On another node of the site: its decisions go out to the
+    /// subscribers of [`LocalCoordinator::subscribe`], or in the reply to
+    /// its own report.
+    Away,
+}
+
+/// A decision for a member on another node, with the record after it.
+pub type AwayDecision = (MemberIndex, FromCoordinator, DecisionRecord);
+
+/// Decisions a subscriber may fall behind by before it is dropped (and
+/// subscribes again, catching up from the record).
+const AWAY_BACKLOG: usize = 1024;
+
+/// A group coordinator hosted in this process: a report is recorded and
+/// its decisions applied to the members here before `report` returns,
+/// under one lock, so no one here sees a decision half delivered. The
+/// decisions for members on other nodes leave through [`Self::subscribe`].
 pub struct LocalCoordinator<L: DecisionLog> {
     inner: Mutex<Coordinator<L>>,
-    members: Vec<Arc<dyn ReplicaEnd>>,
+    members: Vec<MemberSink>,
     record: watch::Sender<DecisionRecord>,
+    away: broadcast::Sender<AwayDecision>,
 }
 
 impl<L: DecisionLog + Send + 'static> LocalCoordinator<L> {
     /// A coordinator over `log` for `members`, in member order.
-    pub fn open(log: L, members: Vec<Arc<dyn ReplicaEnd>>) -> Result<Self, StoreError> {
+    pub fn open(log: L, members: Vec<MemberSink>) -> Result<Self, StoreError> {
         let inner = Coordinator::open(log, members.len() as u32)?;
         let (record, _) = watch::channel(inner.record().clone());
         Ok(LocalCoordinator {
             inner: Mutex::new(inner),
             members,
             record,
+            away: broadcast::channel(AWAY_BACKLOG).0,
         })
+    }
+
+    /// Members in the group.
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether member `m` lives on another node.
+    pub fn is_away(&self, m: MemberIndex) -> bool {
+        matches!(self.members.get(m as usize), Some(MemberSink::Away))
+    }
+
+    /// The record now and every decision for a member on another node from
+    /// then on: none made in between is missed.
+    pub fn subscribe(&self) -> (DecisionRecord, broadcast::Receiver<AwayDecision>) {
+        let c = lock(&self.inner);
+        (c.record().clone(), self.away.subscribe())
+    }
+
+    /// Takes `msg` and delivers what it decided: to the members here at
+    /// once, to the reporter if it is away in the answer, to the other
+    /// members away through the subscribers. Answers the reporter's
+    /// decisions and the record after.
+    pub fn decide(&self, msg: ToCoordinator) -> Result<(Vec<FromCoordinator>, DecisionRecord), CoordinatorError> {
+        let reporter = match msg {
+            ToCoordinator::Staged { member, .. } | ToCoordinator::Abort { member, .. } => member,
+        };
+        if reporter as usize >= self.members.len() {
+            return Err(CoordinatorError::NoMember(reporter));
+        }
+        let mut c = lock(&self.inner);
+        let staged = matches!(msg, ToCoordinator::Staged { .. });
+        c.on_message(msg).map_err(CoordinatorError::Log)?;
+        let out = c.take_out();
+        if !out.is_empty() {
+            crate::failpoint::hit(crate::failpoint::DECIDED);
+        } else if staged {
+            crate::failpoint::hit(crate::failpoint::BETWEEN_STAGED);
+        }
+        let record = c.record().clone();
+        let mut answer = Vec::new();
+        for (member, decision) in out {
+            match self.members.get(member as usize) {
+                None => return Err(CoordinatorError::NoMember(member)),
+                Some(MemberSink::Here(end)) => {
+                    end.on_decision(decision)
+                        .map_err(|source| CoordinatorError::Member { member, source })?;
+                    end.replies().notify_one();
+                }
+                Some(MemberSink::Away) if member == reporter => answer.push(decision),
+                // No subscriber now: the member catches up when it subscribes.
+                Some(MemberSink::Away) => drop(self.away.send((member, decision, record.clone()))),
+            }
+        }
+        self.record.send_replace(record.clone());
+        Ok((answer, record))
     }
 
     /// The decision record, updated at every decision.
@@ -246,26 +328,8 @@ impl<L: DecisionLog + Send + 'static> LocalCoordinator<L> {
 }
 
 impl<L: DecisionLog + Send + 'static> CoordinatorPort for LocalCoordinator<L> {
+    /// A report of a member here (its decisions are applied, not answered).
     fn report(&self, msg: ToCoordinator) -> Result<(), CoordinatorError> {
-        let mut c = lock(&self.inner);
-        let staged = matches!(msg, ToCoordinator::Staged { .. });
-        c.on_message(msg).map_err(CoordinatorError::Log)?;
-        let out = c.take_out();
-        if !out.is_empty() {
-            crate::failpoint::hit(crate::failpoint::DECIDED);
-        } else if staged {
-            crate::failpoint::hit(crate::failpoint::BETWEEN_STAGED);
-        }
-        for (member, decision) in out {
-            let end = self
-                .members
-                .get(member as usize)
-                .ok_or(CoordinatorError::NoMember(member))?;
-            end.on_decision(decision)
-                .map_err(|source| CoordinatorError::Member { member, source })?;
-            end.replies().notify_one();
-        }
-        self.record.send_replace(c.record().clone());
-        Ok(())
+        self.decide(msg).map(drop)
     }
 }

@@ -4,6 +4,9 @@
 //! each bounded in time, so a peer that stalls holds up no one; a peer that
 //! fails one is counted (`rejected_total{reason="identity"}`) and dropped
 //! before it can send a frame.
+//!
+//! The same accept loop serves a node's coordinator listener
+//! ([`serve_router`]), to the nodes of its own site.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,14 +32,37 @@ pub async fn serve(
     receivers: Receivers,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let (ready, incoming) = mpsc::channel::<std::io::Result<TlsStream<TcpStream>>>(READY_QUEUE);
     let refused = receivers.unknown.clone();
+    let router = tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(true))
+        .add_service(receivers.service());
+    serve_router(
+        listener,
+        tls,
+        router,
+        move || refused.reject(Reason::Identity),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `router` on `listener` to peers that pass `tls` (a certificate of
+/// its CA carrying its peer's name) until `shutdown` resolves; `refused`
+/// counts the others.
+pub async fn serve_router(
+    listener: TcpListener,
+    tls: Arc<TlsSource>,
+    router: tonic::transport::server::Router,
+    refused: impl Fn() + Clone + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (ready, incoming) = mpsc::channel::<std::io::Result<TlsStream<TcpStream>>>(READY_QUEUE);
     let accept = tokio::spawn(async move {
         loop {
             let (tcp, from) = match listener.accept().await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    tracing::warn!(error = %e, "replication listener: accept failed");
+                    tracing::warn!(error = %e, "listener: accept failed");
                     continue;
                 }
             };
@@ -46,28 +72,26 @@ pub async fn serve(
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
-                        refused.reject(Reason::Identity);
-                        tracing::warn!(%from, error = %e, "replication listener: TLS handshake refused");
+                        refused();
+                        tracing::warn!(%from, error = %e, "listener: TLS handshake refused");
                         return;
                     }
                     Err(_) => {
-                        refused.reject(Reason::Identity);
-                        tracing::warn!(%from, "replication listener: TLS handshake timed out");
+                        refused();
+                        tracing::warn!(%from, "listener: TLS handshake timed out");
                         return;
                     }
                 };
                 if !tls.authorised(stream.get_ref().1.peer_certificates()) {
-                    refused.reject(Reason::Identity);
-                    tracing::warn!(%from, peer = %tls.peer(), "replication listener: a certificate for another name");
+                    refused();
+                    tracing::warn!(%from, peer = %tls.peer(), "listener: a certificate for another name");
                     return;
                 }
                 let _ = ready.send(Ok(stream)).await;
             });
         }
     });
-    let served = tonic::transport::Server::builder()
-        .http2_adaptive_window(Some(true))
-        .add_service(receivers.service())
+    let served = router
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
         .await;
     accept.abort();

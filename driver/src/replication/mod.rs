@@ -17,6 +17,9 @@
 //! - [`sender`]: the primary's end, one task per volume: dial, open, pump
 //!   with backpressure into the engine, reconnect with backoff.
 //! - [`receiver`]: the DR's end, the `Replication` service of a node.
+//! - [`remote`]: a group coordinator on another node of the site, as its
+//!   member nodes reach it (`node.proto`'s `GroupCoordinator`): the wire
+//!   form of reports, decisions and records, and the member's client.
 //! - [`tls`]: mutual TLS from files reloaded when they change, the peer
 //!   authorised by name; [`listener`]: the DR node's listener on it.
 //! - [`freeze`]: the group freeze (ready, quiesce, flip, thaw, abort on any
@@ -36,6 +39,7 @@ pub mod handshake;
 pub mod link;
 pub mod listener;
 pub mod receiver;
+pub mod remote;
 pub mod sender;
 pub mod tls;
 

@@ -385,6 +385,7 @@ pub fn stream_to_old_site(s: &Sites) -> wire::PairRequest {
             .collect(),
         peer_address: s.listen[1].to_string(),
         generation: None,
+        ..Default::default()
     }
 }
 

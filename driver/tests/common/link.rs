@@ -12,7 +12,7 @@ use anyhow::Result;
 use floe_driver::csi::remote::TlsFiles;
 use floe_driver::dataplane::freeze_member::LocalMember;
 use floe_driver::model::PeerName;
-use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
+use floe_driver::replication::endpoint::{HostedPrimary, HostedReplica, LocalCoordinator, MemberSink, ReplicaEnd};
 use floe_driver::replication::freeze::FreezeMember;
 use floe_driver::replication::handshake::Pairing;
 use floe_driver::replication::link::{LinkHandle, LinkMetrics};
@@ -262,7 +262,10 @@ pub async fn start_with(
             store, geo, m as u32, GENERATION,
         )?)));
     }
-    let members: Vec<Arc<dyn ReplicaEnd>> = replicas.iter().map(|r| Arc::clone(r) as Arc<dyn ReplicaEnd>).collect();
+    let members: Vec<MemberSink> = replicas
+        .iter()
+        .map(|r| MemberSink::Here(Arc::clone(r) as Arc<dyn ReplicaEnd>))
+        .collect();
     let coordinator = Arc::new(LocalCoordinator::open(FileDecisionLog::open(&dr_dir, GROUP)?, members)?);
     let registry = prometheus::Registry::new();
     let receivers = Receivers::new(LinkMetrics::register(&registry, "receiver")?);

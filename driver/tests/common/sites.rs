@@ -178,7 +178,10 @@ pub struct Sites {
     /// More primary nodes (`Place::Spread`), before `primary` in drop order
     /// does not matter: each tears itself down.
     pub others: Vec<Node>,
-    /// The primary node of each member: 0 `primary`, k `others[k - 1]`.
+    /// More DR nodes (`Place::Spread`): `dr` runs the group's coordinator.
+    pub dr_others: Vec<Node>,
+    /// The node of each member, at either site: 0 `primary` and `dr`, k
+    /// `others[k - 1]` and `dr_others[k - 1]`.
     pub owner: Vec<usize>,
     pub primary: Node,
     pub dr: Node,
@@ -200,7 +203,8 @@ pub enum Place {
     /// Each in a network namespace of its own, joined by veth pairs.
     Namespaces,
     /// As `Namespaces`, with two nodes per site: the group's members on
-    /// different primary nodes (the DR's replicas on its first node).
+    /// different nodes at each site (member m on node m % 2), the group's
+    /// coordinator on the DR's first node.
     Spread,
 }
 
@@ -289,22 +293,51 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
     let mut primary = Node::new(dir.path(), "primary", primary_args.clone())?;
     let mut dr = Node::new(dir.path(), "dr", dr_args)?;
     let mut others = Vec::new();
-    if place == Place::Spread {
+    let mut dr_others = Vec::new();
+    // The second DR node's replication listener, and the first's coordinator
+    // listener (the DR's nodes reach each other as site B's nodes).
+    let (listen_dr2, coordinator) = match &net {
+        Some(net) if place == Place::Spread => (net.socket(1, 1, 7443), Some(net.socket(1, 0, 7444))),
+        _ => (listen_dr, None),
+    };
+    if let Some(coordinator) = coordinator {
         others.push(Node::new(
             dir.path(),
             "primary-2",
             tls_args(&pki.sites[0], SITE_DNS[1]),
         )?);
+        // Site B's nodes trust site B's CA and name between themselves.
+        let site_b: [String; 4] = [
+            "--site-ca".into(),
+            pki.sites[1].ca.display().to_string(),
+            "--site-name".into(),
+            SITE_DNS[1].into(),
+        ];
+        dr.serve_args.extend(site_b.clone());
+        dr.serve_args
+            .extend(["--coordinator-listen".into(), coordinator.to_string()]);
+        let mut dr2_args = tls_args(&pki.sites[1], SITE_DNS[0]);
+        dr2_args.extend(site_b);
+        dr2_args.extend(["--replication-listen".into(), listen_dr2.to_string()]);
+        dr_others.push(Node::new(dir.path(), "dr-2", dr2_args)?);
     }
     if opts.power_cut {
-        for node in [&mut primary, &mut dr].into_iter().chain(others.iter_mut()) {
+        for node in [&mut primary, &mut dr]
+            .into_iter()
+            .chain(others.iter_mut())
+            .chain(dr_others.iter_mut())
+        {
             node.serve_env
                 .push((floe_driver::store::volatile::ENV.into(), "1".into()));
         }
     }
     if let Some(net) = &net {
         let placed = [(&mut primary, 0, 0), (&mut dr, 1, 0)].into_iter();
-        for (node, site, n) in placed.chain(others.iter_mut().map(|o| (o, 0, 1))) {
+        let more = others
+            .iter_mut()
+            .map(|o| (o, 0, 1))
+            .chain(dr_others.iter_mut().map(|o| (o, 1, 1)));
+        for (node, site, n) in placed.chain(more) {
             let net = Arc::clone(net);
             node.launch_with(Arc::new(move |cmd: &mut std::process::Command| {
                 net.within(site, n, || cmd.spawn())
@@ -317,6 +350,9 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
         o.start()?;
     }
     dr.start()?;
+    for o in &mut dr_others {
+        o.start()?;
+    }
 
     // Member m lives on primary node m % (nodes): each node makes, mounts
     // and pairs its own.
@@ -349,9 +385,11 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
                         ..Default::default()
                     })
                     .collect(),
-                peer_address: listen_dr.to_string(),
+                // Each primary node streams to the DR node of the same rank.
+                peer_address: if o == 0 { listen_dr } else { listen_dr2 }.to_string(),
                 generation: None,
                 retained_points: 0,
+                ..Default::default()
             }),
         )?;
         ensure!(
@@ -363,19 +401,33 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
             members[m] = member;
         }
     }
-    c.block_on(dr.admin().pair(wire::PairRequest {
-        group: GROUP.into(),
-        role: wire::Role::Secondary.into(),
-        members,
-        peer_address: String::new(),
-        generation,
-        retained_points: opts.retained,
-    }))?;
+    for o in 0..=dr_others.len() {
+        let node = if o == 0 { &dr } else { &dr_others[o - 1] };
+        let spread = !dr_others.is_empty();
+        c.block_on(node.admin().pair(wire::PairRequest {
+            group: GROUP.into(),
+            role: wire::Role::Secondary.into(),
+            members: members.clone(),
+            peer_address: String::new(),
+            generation,
+            retained_points: opts.retained,
+            coordinator_address: match coordinator {
+                Some(addr) if o > 0 => addr.to_string(),
+                _ => String::new(),
+            },
+            hosted_members: if spread {
+                (0..opts.members as u32).filter(|m| owner[*m as usize] == o).collect()
+            } else {
+                Vec::new()
+            },
+        }))?;
+    }
     Ok(Sites {
         metrics,
         listen,
         swapped: false,
         others,
+        dr_others,
         owner,
         _dir: dir,
         net,
@@ -389,6 +441,14 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
 }
 
 impl Sites {
+    /// The DR node holding member `m`'s replica.
+    pub fn dr_node_of(&self, m: usize) -> &Node {
+        match self.owner[m] {
+            o if o == 0 || self.dr_others.is_empty() => &self.dr,
+            o => &self.dr_others[o - 1],
+        }
+    }
+
     /// The `NodeAdmin` of the primary node holding member `m`.
     pub fn admin_of(&self, m: usize) -> floe_driver::node::rpc::member::AdminClient {
         match self.owner[m] {
@@ -423,8 +483,8 @@ impl Sites {
     /// checks each member's image equals `digests` (the primary's images
     /// read while frozen at `epoch`).
     pub fn check_dr_exact(&self, client: &super::plane::PlaneClient, epoch: u64, digests: &[Vec<u8>]) -> Result<()> {
-        let dadmin = self.dr.admin();
         for (m, want) in digests.iter().enumerate() {
+            let dadmin = self.dr_node_of(m).admin();
             let mut got = None;
             wait_until(
                 &format!("epoch {epoch} committed at the DR"),
@@ -470,19 +530,21 @@ impl Sites {
 
     /// The last lines of both nodes' `serve` logs, for a failure's context.
     pub fn logs(&self) -> String {
-        format!(
-            "{} (primary) log:\n{}\n{} (DR) log:\n{}",
-            self.primary.name,
-            self.primary.log_tail(),
-            self.dr.name,
-            self.dr.log_tail()
-        )
+        let mut out = String::new();
+        let nodes = [&self.primary, &self.dr]
+            .into_iter()
+            .chain(&self.others)
+            .chain(&self.dr_others);
+        for node in nodes {
+            out.push_str(&format!("{} log:\n{}\n", node.name, node.log_tail()));
+        }
+        out
     }
 
     /// After a failover: the promoted DR node is `primary` from now on,
     /// with `devices` and `mounts` its members', and the old primary `dr`.
     pub fn swap_roles(&mut self, devices: Vec<PathBuf>, mounts: Vec<PathBuf>) {
-        assert!(self.others.is_empty(), "one node per site");
+        assert!(self.others.is_empty() && self.dr_others.is_empty(), "one node per site");
         std::mem::swap(&mut self.primary, &mut self.dr);
         self.metrics.swap(0, 1);
         self.listen.swap(0, 1);

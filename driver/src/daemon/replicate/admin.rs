@@ -124,11 +124,17 @@ fn mode_to(m: &str) -> wire::ReplicationMode {
 
 /// A DR listener's address: `HOST:PORT`, HOST a name or an address
 /// (`[v6]` bracketed), PORT not 0.
-fn peer_address(v: &str) -> Result<()> {
+/// A listener's address (`field` of `Pair`): HOST:PORT, the host an IP
+/// address or a DNS name.
+fn listener_address(field: &'static str, v: &str) -> Result<()> {
     let bad = || Error::Invalid {
-        field: "peer_address",
+        field,
         value: v.chars().take(80).collect(),
-        expected: "HOST:PORT of the DR node's replication listener".into(),
+        expected: match field {
+            "peer_address" => "HOST:PORT of the DR node's replication listener",
+            _ => "HOST:PORT of the coordinator node's coordinator listener",
+        }
+        .into(),
     };
     let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
     let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
@@ -199,7 +205,29 @@ impl NodeAdmin for AdminService {
             }
         };
         if !req.peer_address.is_empty() {
-            peer_address(&req.peer_address)?;
+            listener_address("peer_address", &req.peer_address)?;
+        }
+        if !req.coordinator_address.is_empty() {
+            listener_address("coordinator_address", &req.coordinator_address)?;
+        }
+        let spanning = !req.coordinator_address.is_empty() || !req.hosted_members.is_empty();
+        if spanning && side != Side::Dr {
+            return Err(Error::Invalid {
+                field: "coordinator_address",
+                value: req.coordinator_address.clone(),
+                expected: "empty on a primary: a coordinator and hosted members are the DR's".into(),
+            }
+            .into());
+        }
+        let ascending = req.hosted_members.windows(2).all(|w| w[0] < w[1]);
+        let inside = req.hosted_members.iter().all(|&m| (m as usize) < req.members.len());
+        if !ascending || !inside {
+            return Err(Error::Invalid {
+                field: "hosted_members",
+                value: format!("{:?}", req.hosted_members.iter().take(16).collect::<Vec<_>>()),
+                expected: format!("member indexes below {}, ascending, each once", req.members.len()),
+            }
+            .into());
         }
         if u64::from(req.retained_points) > MAX_RETAINED {
             return Err(Error::Invalid {
@@ -213,6 +241,8 @@ impl NodeAdmin for AdminService {
             peer_address: (!req.peer_address.is_empty()).then_some(req.peer_address),
             generation: generation_of(req.generation),
             retained_points: req.retained_points,
+            coordinator: (!req.coordinator_address.is_empty()).then_some(req.coordinator_address),
+            hosted: req.hosted_members,
             ..PairArgs::default()
         };
         for m in req.members {
@@ -557,10 +587,10 @@ mod tests {
     #[test]
     fn peer_addresses_are_host_and_port() {
         for ok in ["198.18.2.1:7443", "dr-0.floe.example:7443", "[fd00::1]:7443"] {
-            assert!(peer_address(ok).is_ok(), "{ok}");
+            assert!(listener_address("peer_address", ok).is_ok(), "{ok}");
         }
         for bad in ["", "198.18.2.1", "host:0", "host:99999", ":7443", "a b:1", "h/../x:1"] {
-            assert!(peer_address(bad).is_err(), "{bad:?}");
+            assert!(listener_address("coordinator_address", bad).is_err(), "{bad:?}");
         }
     }
 

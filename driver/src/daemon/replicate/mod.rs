@@ -28,6 +28,7 @@
 //! starts from empty volumes on both sides.
 
 pub mod admin;
+mod coordinator;
 pub mod pairings;
 mod steps;
 
@@ -44,11 +45,14 @@ use self::pairings::{GroupRecord, MemberRecord, Pairings, Side};
 use crate::node::error::{chain, Error, Result};
 use crate::node::local::LocalVolumes;
 use crate::node::plane::volumes::{AttachObserver, Volumes};
-use crate::replication::endpoint::{CoordinatorPort, HostedPrimary, HostedReplica, LocalCoordinator, ReplicaEnd};
+use crate::replication::endpoint::{
+    CoordinatorPort, HostedPrimary, HostedReplica, LocalCoordinator, MemberSink, ReplicaEnd,
+};
 use crate::replication::handshake::Pairing;
 use crate::replication::link::{LinkHandle, LinkMetrics, LinkState};
 use crate::replication::listener;
 use crate::replication::receiver::{Paired, Receivers};
+use crate::replication::remote::{RemoteConfig, RemoteCoordinator};
 use crate::replication::sender::{self, SenderConfig};
 use crate::replication::tls::{SiteTls, TlsSource};
 use crate::store::{FileDecisionLog, FileStore};
@@ -63,6 +67,14 @@ pub struct ReplicationConfig {
     pub tls: Option<SiteTls>,
     /// Bytes a second this node's senders may send together.
     pub limit_bytes_per_second: Option<u64>,
+    /// This node's identity towards the other nodes of its site: its
+    /// replication certificate and key, trusting this site's CA and name
+    /// (needed to reach a group's coordinator on another node, or to
+    /// serve one).
+    pub site_tls: Option<SiteTls>,
+    /// Where this node serves the coordinators it runs to the site's other
+    /// nodes (none: it serves none).
+    pub coordinator_listen: Option<SocketAddr>,
 }
 
 /// A running sender.
@@ -72,19 +84,51 @@ struct Stream {
     link: LinkHandle,
 }
 
+/// Where a DR group's decisions are made.
+enum Decider {
+    /// In this process (this node runs the group's coordinator).
+    Here(Arc<LocalCoordinator<FileDecisionLog>>),
+    /// On another node of the site, reached over its coordinator listener.
+    Away(Arc<RemoteCoordinator>),
+}
+
+impl Decider {
+    /// Runs `f` on the decision record (as this node knows it) while no
+    /// decision reaches this node's replicas.
+    fn with_decisions_held<R>(&self, f: impl FnOnce(&floe_engine::DecisionRecord) -> R) -> R {
+        match self {
+            Decider::Here(c) => c.with_decisions_held(f),
+            Decider::Away(c) => c.with_decisions_held(f),
+        }
+    }
+
+    /// Where this node's receivers send their replicas' reports.
+    fn port(&self) -> Arc<dyn CoordinatorPort> {
+        match self {
+            Decider::Here(c) => Arc::clone(c) as _,
+            Decider::Away(c) => Arc::clone(c) as _,
+        }
+    }
+}
+
 /// A DR group hosted here.
 struct DrGroup {
-    coordinator: Arc<LocalCoordinator<FileDecisionLog>>,
-    /// Replicas in member order, by volume.
-    replicas: Vec<(String, Arc<HostedReplica<FileStore>>)>,
+    decider: Decider,
+    /// The replicas this node holds, in member order: member, volume, engine.
+    replicas: Vec<(u32, String, Arc<HostedReplica<FileStore>>)>,
 }
 
 impl DrGroup {
+    /// This node's replica of member `m`.
+    fn replica(&self, m: u32) -> Option<&Arc<HostedReplica<FileStore>>> {
+        self.replicas.iter().find(|(i, _, _)| *i == m).map(|(_, _, r)| r)
+    }
+
     /// The group epochs every member can still be promoted at: its retained
     /// points and its last fold (a point once a decided epoch folds), ascending.
     fn retained_points(&self) -> Vec<u64> {
         let mut common: Option<BTreeSet<u64>> = None;
-        for (_, r) in &self.replicas {
+        for (_, _, r) in &self.replicas {
             let points: BTreeSet<u64> = r.with(|r| {
                 let mut p = r.retained_points();
                 p.push(r.committed_group());
@@ -115,6 +159,9 @@ pub struct Replication {
     catalog: LocalVolumes,
     plane: Arc<Volumes>,
     tls: Option<Arc<TlsSource>>,
+    site_tls: Option<Arc<TlsSource>>,
+    /// Whether this node serves its coordinators to the site's other nodes.
+    serves_coordinators: bool,
     limit: Option<Arc<RateLimiter>>,
     rt: tokio::runtime::Handle,
     sender_metrics: LinkMetrics,
@@ -149,6 +196,12 @@ impl Replication {
             .map(TlsSource::load)
             .transpose()
             .map_err(|e| Error::Internal(format!("load the replication TLS files: {}", chain(&e))))?;
+        let site_tls = cfg
+            .site_tls
+            .clone()
+            .map(TlsSource::load)
+            .transpose()
+            .map_err(|e| Error::Internal(format!("load the site TLS files: {}", chain(&e))))?;
         let metrics = |side| {
             LinkMetrics::register(registry, side)
                 .map_err(|e| Error::Internal(format!("register the replication metrics: {e}")))
@@ -158,6 +211,8 @@ impl Replication {
             catalog,
             plane: Arc::clone(&plane),
             tls,
+            site_tls,
+            serves_coordinators: cfg.coordinator_listen.is_some(),
             limit: cfg.limit_bytes_per_second.map(sender::bandwidth_limit),
             rt,
             sender_metrics: metrics("sender")?,
@@ -197,6 +252,9 @@ impl Replication {
         }
         if let Some(addr) = cfg.listen {
             hub.listen(addr)?;
+        }
+        if let Some(addr) = cfg.coordinator_listen {
+            hub.serve_coordinators(addr)?;
         }
         for (store, primary) in plane.hosted() {
             hub.attached(&store, &primary);
@@ -240,6 +298,42 @@ impl Replication {
         Ok(())
     }
 
+    /// Serves the coordinators this node runs to the site's other nodes on
+    /// `addr` (mutual TLS: this site's CA and name).
+    fn serve_coordinators(self: &Arc<Self>, addr: SocketAddr) -> Result<()> {
+        let tls = self.site_tls.clone().ok_or_else(|| Error::Missing {
+            rpc: "--coordinator-listen",
+            field: "--site-ca",
+            hint: "the coordinator listener needs this site's CA and name (--site-ca, --site-name) besides the replication certificate",
+        })?;
+        let listener = {
+            let _entered = self.rt.enter();
+            let std = std::net::TcpListener::bind(addr).map_err(internal("bind the coordinator listener"))?;
+            std.set_nonblocking(true)
+                .map_err(internal("set the coordinator listener non-blocking"))?;
+            tokio::net::TcpListener::from_std(std).map_err(internal("register the coordinator listener"))?
+        };
+        let router =
+            tonic::transport::Server::builder().add_service(coordinator::CoordinatorService::server(Arc::clone(self)));
+        let refused = self.receivers.unknown.clone();
+        tracing::info!(%addr, "coordinator listener serving");
+        self.rt.spawn(async move {
+            let counted = move || refused.reject(crate::replication::link::Reason::Identity);
+            if let Err(e) = listener::serve_router(listener, tls, router, counted, std::future::pending()).await {
+                tracing::error!(error = %chain(&e), "the coordinator listener ended");
+            }
+        });
+        Ok(())
+    }
+
+    /// The coordinator of DR group `group`, if this node runs it.
+    fn coordinator_of(&self, group: &str) -> Option<Arc<LocalCoordinator<FileDecisionLog>>> {
+        match &self.lock().groups.get(group)?.decider {
+            Decider::Here(c) => Some(Arc::clone(c)),
+            Decider::Away(_) => None,
+        }
+    }
+
     /// Pairs `group` on this node; the same request again is accepted.
     pub(crate) fn pair(&self, group: &str, side: Side, req: PairArgs) -> Result<GroupRecord> {
         let record = match side {
@@ -271,6 +365,16 @@ impl Replication {
                     )));
                 }
             }
+        }
+        if side == Side::Dr && record.coordinator.is_some() && self.site_tls.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "group {group:?} has its coordinator on another node, but this data plane has no site identity: start it with --site-ca and --site-name"
+            )));
+        }
+        if side == Side::Dr && record.coordinator.is_none() && !record.hosted.is_empty() && !self.serves_coordinators {
+            return Err(Error::FailedPrecondition(format!(
+                "group {group:?} has members on other nodes and its coordinator here, but this data plane serves no coordinator listener: start it with --coordinator-listen"
+            )));
         }
         let dr = match side {
             Side::Dr => Some(self.open_dr_group(group, &record, true)?),
@@ -381,6 +485,8 @@ impl Replication {
             promoted_at: None,
             retained_points: req.retained_points,
             demoting: None,
+            coordinator: None,
+            hosted: Vec::new(),
         })
     }
 
@@ -395,10 +501,13 @@ impl Replication {
         };
         let mut replicas = Vec::new();
         for (i, m) in g.members.iter().enumerate() {
+            let member = i as u32;
+            if !g.hosts(member) {
+                continue;
+            }
             let (geo, _) = m
                 .shape()
                 .map_err(|e| Error::Internal(format!("member {:?}: {e}", m.volume)))?;
-            let member = i as u32;
             let engine = if create {
                 let store = FileStore::create(&dir, &m.volume, geo).map_err(store_err("create", &m.volume))?;
                 Replica::create(store, geo, member, g.generation())
@@ -409,31 +518,58 @@ impl Replication {
             .map_err(|e| Error::Internal(format!("the replica engine of {:?}: {e}", m.volume)))?;
             let mut engine = engine;
             engine.set_retention(g.retained_points as usize);
-            replicas.push((m.volume.clone(), Arc::new(HostedReplica::new(engine))));
+            replicas.push((member, m.volume.clone(), Arc::new(HostedReplica::new(engine))));
         }
-        let ends: Vec<Arc<dyn ReplicaEnd>> = replicas
-            .iter()
-            .map(|(_, r)| Arc::clone(r) as Arc<dyn ReplicaEnd>)
-            .collect();
-        let log = FileDecisionLog::open(&dir, name)
-            .map_err(|e| Error::Internal(format!("open the decision log of {name:?}: {}", chain(&e))))?;
-        let coordinator = Arc::new(
-            LocalCoordinator::open(log, ends)
-                .map_err(|e| Error::Internal(format!("open the coordinator of {name:?}: {}", chain(&e))))?,
-        );
+        let decider = match &g.coordinator {
+            None => {
+                let sinks: Vec<MemberSink> = (0..g.members.len() as u32)
+                    .map(|m| match replicas.iter().find(|(i, _, _)| *i == m) {
+                        Some((_, _, r)) => MemberSink::Here(Arc::clone(r) as Arc<dyn ReplicaEnd>),
+                        None => MemberSink::Away,
+                    })
+                    .collect();
+                let log = FileDecisionLog::open(&dir, name)
+                    .map_err(|e| Error::Internal(format!("open the decision log of {name:?}: {}", chain(&e))))?;
+                Decider::Here(Arc::new(LocalCoordinator::open(log, sinks).map_err(|e| {
+                    Error::Internal(format!("open the coordinator of {name:?}: {}", chain(&e)))
+                })?))
+            }
+            Some(address) => {
+                let tls = self.site_tls.clone().ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "group {name:?} has its coordinator on {address}, but this data plane has no site identity: start it with --site-ca and --site-name"
+                    ))
+                })?;
+                let members = replicas
+                    .iter()
+                    .map(|(m, _, r)| (*m, Arc::clone(r) as Arc<dyn ReplicaEnd>))
+                    .collect();
+                Decider::Away(RemoteCoordinator::start(
+                    RemoteConfig {
+                        group: name.to_owned(),
+                        address: address.clone(),
+                        tls,
+                        members,
+                    },
+                    &self.rt,
+                ))
+            }
+        };
         // The redo, now: an epoch a replica staged before the restart is
         // folded (or dropped) as the record decided, not at its primary's
         // next frame. Until then the record would name an epoch whose image
-        // that replica does not hold yet (Verify and Rehearse read it).
-        for (volume, r) in &replicas {
+        // that replica does not hold yet (Verify and Rehearse read it). A
+        // coordinator on another node takes the reports when it can.
+        let port = decider.port();
+        for (_, volume, r) in &replicas {
             for msg in r.with(|r| r.take_to_coordinator()) {
-                coordinator.report(msg).map_err(|e| {
+                port.report(msg).map_err(|e| {
                     Error::Internal(format!("redo the decisions of {name:?} for {volume:?}: {}", chain(&e)))
                 })?;
             }
         }
-        for (m, (volume, r)) in g.members.iter().zip(&replicas) {
-            let (geometry, mode) = m.shape().map_err(Error::Internal)?;
+        for (member, volume, r) in &replicas {
+            let (geometry, mode) = g.members[*member as usize].shape().map_err(Error::Internal)?;
             self.receivers.add(Paired {
                 pairing: Pairing {
                     group: name.to_owned(),
@@ -442,11 +578,11 @@ impl Replication {
                     mode,
                 },
                 end: Arc::clone(r) as Arc<dyn ReplicaEnd>,
-                coordinator: Arc::clone(&coordinator) as _,
+                coordinator: Arc::clone(&port),
                 incarnation: self.incarnation,
             });
         }
-        Ok(DrGroup { coordinator, replicas })
+        Ok(DrGroup { decider, replicas })
     }
 
     /// Promotes DR group `group` on this node (failover): every member at
@@ -483,10 +619,15 @@ impl Replication {
                 }
                 (Side::Dr, _) => {}
             }
+            if g.spans_nodes() {
+                return Err(Error::FailedPrecondition(format!(
+                    "group {group:?} spans DR nodes: promoting such a group is not built yet (docs/replication.md)"
+                )));
+            }
             if g.promoting.is_none() {
                 let dr = st.groups.get(group);
                 let committed = dr
-                    .map(|dr| dr.coordinator.with_decisions_held(|r| r.committed))
+                    .map(|dr| dr.decider.with_decisions_held(|r| r.committed))
                     .unwrap_or(0);
                 if committed == 0 {
                     return Err(Error::FailedPrecondition(format!(
@@ -511,7 +652,7 @@ impl Replication {
             let held: Vec<Weak<HostedReplica<FileStore>>> = st
                 .groups
                 .remove(group)
-                .map(|dr| dr.replicas.iter().map(|(_, r)| Arc::downgrade(r)).collect())
+                .map(|dr| dr.replicas.iter().map(|(_, _, r)| Arc::downgrade(r)).collect())
                 .unwrap_or_default();
             (g, held)
         };
@@ -717,11 +858,20 @@ impl Replication {
                 .get(group)
                 .filter(|g| g.side == Side::Dr)
                 .ok_or_else(|| Error::FailedPrecondition(format!("group {group:?} is not a DR group of this node")))?;
+            if g.spans_nodes() {
+                return Err(Error::FailedPrecondition(format!(
+                    "group {group:?} spans DR nodes: rehearsing such a group is not built yet (docs/replication.md)"
+                )));
+            }
             let dr = st
                 .groups
                 .get(group)
                 .ok_or_else(|| Error::Internal(format!("DR group {group:?} is not open")))?;
-            (Arc::clone(&dr.coordinator), dr.replicas.clone(), g.clone())
+            let Decider::Here(c) = &dr.decider else {
+                return Err(Error::Internal(format!("DR group {group:?} has its coordinator away")));
+            };
+            let replicas: Vec<_> = dr.replicas.iter().map(|(_, v, r)| (v.clone(), Arc::clone(r))).collect();
+            (Arc::clone(c), replicas, g.clone())
         };
         self.lock().rehearsing.insert(group.to_owned());
         let _rehearsing = Rehearsing { hub: self, group };
@@ -811,7 +961,13 @@ impl Replication {
         st.pairings
             .groups
             .iter()
-            .flat_map(|(g, r)| r.members.iter().map(move |m| (g.clone(), m.volume.clone())))
+            .flat_map(|(g, r)| {
+                r.members
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| r.hosts(*i as u32))
+                    .map(move |(_, m)| (g.clone(), m.volume.clone()))
+            })
             .collect()
     }
 
@@ -874,8 +1030,7 @@ impl Replication {
                 }
             }
             Side::Dr => {
-                if let Some(dr) = st.groups.get(group) {
-                    let (_, r) = &dr.replicas[member as usize];
+                if let Some(r) = st.groups.get(group).and_then(|dr| dr.replica(member)) {
                     r.with(|r| {
                         out.committed = r.committed_group();
                         out.staged = r.staged_group();
@@ -924,7 +1079,7 @@ impl Replication {
         volume: &str,
         f: impl FnOnce(&mut Replica<FileStore>, &floe_engine::DecisionRecord) -> R,
     ) -> Result<R> {
-        let (coordinator, replica) = {
+        let (decider, replica) = {
             let st = self.lock();
             let (group, g, member) = st
                 .pairings
@@ -937,9 +1092,16 @@ impl Replication {
                 .groups
                 .get(group)
                 .ok_or_else(|| Error::Internal(format!("DR group {group:?} of {g:?} is not open")))?;
-            (Arc::clone(&dr.coordinator), Arc::clone(&dr.replicas[member as usize].1))
+            let replica = dr
+                .replica(member)
+                .ok_or_else(|| Error::Internal(format!("DR group {group:?} has no replica of member {member}")))?;
+            let decider = match &dr.decider {
+                Decider::Here(c) => Decider::Here(Arc::clone(c)),
+                Decider::Away(c) => Decider::Away(Arc::clone(c)),
+            };
+            (decider, Arc::clone(replica))
         };
-        Ok(coordinator.with_decisions_held(|record| replica.with(|r| f(r, record))))
+        Ok(decider.with_decisions_held(|record| replica.with(|r| f(r, record))))
     }
 }
 
@@ -1006,6 +1168,11 @@ pub(crate) struct PairArgs {
     pub generation: Option<RoleGeneration>,
     /// The committed epochs kept while this node is the DR (K).
     pub retained_points: u32,
+    /// DR: the coordinator listener of the node running the coordinator
+    /// (none: this node).
+    pub coordinator: Option<String>,
+    /// DR: the members this node holds, ascending (empty: every one).
+    pub hosted: Vec<u32>,
 }
 
 fn member_record(volume: &str, shape: &MemberShape) -> MemberRecord {
@@ -1085,6 +1252,13 @@ fn dr_record(req: &PairArgs) -> Result<GroupRecord> {
         promoted_at: None,
         retained_points: req.retained_points,
         demoting: None,
+        coordinator: req.coordinator.clone(),
+        // Every member held is the same as none named.
+        hosted: if req.hosted.len() == req.volumes.len() {
+            Vec::new()
+        } else {
+            req.hosted.clone()
+        },
     })
 }
 
@@ -1194,7 +1368,7 @@ fn demoted_state(dr: Option<&DrGroup>, final_epoch: u64) -> Demoted {
         final_epoch,
         ..Demoted::default()
     };
-    for (volume, r) in dr.map(|d| d.replicas.as_slice()).unwrap_or_default() {
+    for (_, volume, r) in dr.map(|d| d.replicas.as_slice()).unwrap_or_default() {
         r.with(|r| {
             out.candidate_blocks += r.resync_candidates().map_or(0, |c| c.len() as u64);
             let names = r.store().snapshots().unwrap_or_default();

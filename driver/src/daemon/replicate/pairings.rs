@@ -85,6 +85,14 @@ pub struct GroupRecord {
     /// process dies in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demoting: Option<Demoting>,
+    /// DR, a group spanning the site's nodes: the coordinator listener of
+    /// the node running the group's coordinator (none: this node runs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
+    /// DR: the members whose replicas this node holds, ascending (empty:
+    /// every member).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosted: Vec<u32>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -102,6 +110,16 @@ pub struct Demoting {
 }
 
 impl GroupRecord {
+    /// Whether this node holds member `m` (a DR node may hold some only).
+    pub fn hosts(&self, m: u32) -> bool {
+        self.hosted.is_empty() || self.hosted.contains(&m)
+    }
+
+    /// Whether the group's replicas span nodes of this site.
+    pub fn spans_nodes(&self) -> bool {
+        self.coordinator.is_some() || !self.hosted.is_empty()
+    }
+
     /// The primary's role generation.
     pub fn generation(&self) -> RoleGeneration {
         RoleGeneration {
@@ -141,6 +159,7 @@ impl Pairings {
                 .iter()
                 .position(|m| m.volume == volume)
                 .map(|i| (name.as_str(), g, i as u32))
+                .filter(|&(_, g, i)| g.hosts(i))
         })
     }
 }
@@ -181,6 +200,8 @@ mod tests {
                 promoted_at: None,
                 retained_points: 4,
                 demoting: None,
+                coordinator: None,
+                hosted: Vec::new(),
             },
         );
         p.save(dir.path()).expect("save");
