@@ -1082,3 +1082,213 @@ fn handover_in_every_freeze_phase(mode: Mode) -> Result<()> {
     ensure!(written.load(Ordering::Relaxed) > 0, "the writers wrote nothing");
     Ok(())
 }
+
+/// The coordinator listener of a DR node, tried as a hostile peer would:
+/// the primary site's identity is refused at the handshake (and counted);
+/// a node of the DR's own site may speak only for the members it holds,
+/// about a group the listener's node coordinates, in well-formed messages.
+#[test]
+fn the_coordinator_listener_serves_only_its_site_and_the_members_away() -> Result<()> {
+    use floe_driver::model::PeerName;
+    use floe_driver::replication::tls::{dial, SiteTls, TlsSource};
+    use floe_proto::node::group_coordinator_client::GroupCoordinatorClient;
+    use tonic::Code;
+
+    if !ready("the_coordinator_listener_serves_only_its_site_and_the_members_away") {
+        return Ok(());
+    }
+    let opts = Options {
+        raw: true,
+        ..Options::default()
+    };
+    let s = start_with("coord-hostile", Mode::Continuous, Place::Spread, opts)?;
+    let net = Arc::clone(s.net.as_ref().context("namespaces")?);
+    let coordinator = net.socket(1, 0, 7444);
+    let tls = s._dir.path().join("tls");
+    let identity = |site: &str, peer: &str| -> Result<Arc<TlsSource>> {
+        Ok(TlsSource::load(SiteTls {
+            cert: tls.join(format!("{site}.crt")),
+            key: tls.join(format!("{site}.key")),
+            ca: tls.join(format!("{site}-ca.crt")),
+            peer: PeerName::parse("peer", peer)?,
+        })?)
+    };
+    // Calls from `node` of `site`, as `who`, each answering its gRPC code.
+    let calls = |site: usize, node: usize, who: Arc<TlsSource>| -> Result<Vec<(&'static str, Code)>> {
+        net.within(site, node, move || -> Result<Vec<(&'static str, Code)>> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let channel = match dial(&coordinator.to_string(), &who, Duration::from_secs(5)).await {
+                    Ok(c) => c,
+                    Err(_) => return Ok(vec![("dial", Code::Unavailable)]),
+                };
+                let mut c = GroupCoordinatorClient::new(channel);
+                let report = |member, kind: wire::ReportKind, epoch, group: &str| wire::ReportRequest {
+                    group: group.into(),
+                    member,
+                    kind: kind.into(),
+                    epoch,
+                };
+                let code = |r: std::result::Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
+                let staged = wire::ReportKind::Staged;
+                let mut out = Vec::new();
+                for (what, req) in [
+                    ("report for the coordinator's own member", report(0, staged, 1, GROUP)),
+                    ("report for no member", report(9, staged, 1, GROUP)),
+                    ("report of no kind", report(1, wire::ReportKind::Unspecified, 1, GROUP)),
+                    ("report of epoch 0", report(1, staged, 0, GROUP)),
+                    ("report for a bad group id", report(1, staged, 1, "../x")),
+                    ("report for a group not coordinated here", report(1, staged, 1, "nope")),
+                ] {
+                    out.push((what, code(c.report(req).await.map(drop))));
+                }
+                let follow = |members: Vec<u32>| wire::DecisionsRequest {
+                    group: GROUP.into(),
+                    members,
+                };
+                out.push((
+                    "decisions for no member",
+                    code(c.decisions(follow(vec![])).await.map(drop)),
+                ));
+                out.push((
+                    "decisions for the coordinator's own member",
+                    code(c.decisions(follow(vec![0])).await.map(drop)),
+                ));
+                let first = async {
+                    let mut updates = c.decisions(follow(vec![1])).await?.into_inner();
+                    let first = updates.message().await?;
+                    Ok::<_, tonic::Status>(first)
+                };
+                let first = match first.await {
+                    Ok(Some(u)) if u.decisions.is_empty() && u.record.as_ref().is_some_and(|r| r.committed == 0) => {
+                        Code::Ok
+                    }
+                    Ok(_) => Code::Internal,
+                    Err(s) => s.code(),
+                };
+                out.push(("decisions for its own member: the record first", first));
+                Ok(out)
+            })
+        })?
+    };
+    let rejected = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("floe_receiver_rejected_total{reason=\"identity\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    };
+    let before = rejected(&s.scrape(1)?);
+    // The primary site's node, with its own identity, expecting site B.
+    let outsider = calls(0, 0, identity("site-a", "site-b.floe.test")?)?;
+    ensure!(
+        outsider.iter().all(|(_, c)| *c != Code::Ok),
+        "the primary site's identity was served: {outsider:?}"
+    );
+    let after = rejected(&s.scrape(1)?);
+    ensure!(
+        after > before,
+        "the refused handshake was not counted ({before} → {after})"
+    );
+    // The DR's second node, with the DR site's identity.
+    let insider = calls(1, 1, identity("site-b", "site-b.floe.test")?)?;
+    let want = [
+        Code::FailedPrecondition,
+        Code::InvalidArgument,
+        Code::InvalidArgument,
+        Code::InvalidArgument,
+        Code::InvalidArgument,
+        Code::FailedPrecondition,
+        Code::InvalidArgument,
+        Code::FailedPrecondition,
+        Code::Ok,
+    ];
+    let got: Vec<Code> = insider.iter().map(|(_, c)| *c).collect();
+    ensure!(
+        got == want,
+        "the site's own node was answered {insider:?}, expected codes {want:?}"
+    );
+    Ok(())
+}
+
+/// A group spread over two DR nodes fails over at one cut: the node that
+/// follows the coordinator refuses to promote before the coordinator's node
+/// has (nothing changes on it); then each node promotes its members to the
+/// record the coordinator's node was promoted at, and every member's image
+/// is that epoch's frozen image, though a fourth epoch was streaming when
+/// the primary site was lost.
+#[test]
+fn a_group_spread_over_two_dr_nodes_fails_over_at_one_cut() -> Result<()> {
+    if !ready("a_group_spread_over_two_dr_nodes_fails_over_at_one_cut") {
+        return Ok(());
+    }
+    let opts = Options {
+        raw: true,
+        ..Options::default()
+    };
+    let mut s = start_with("spread-failover", Mode::Continuous, Place::Spread, opts)?;
+    let client = s.dr.client()?;
+    let members = s.members();
+    let mut w = RawWriter::open(&s.devices)?;
+    let mut frozen = Vec::new();
+    const EPOCHS: u64 = 3;
+    for epoch in 1..=EPOCHS {
+        for m in 0..s.devices.len() {
+            for b in 0..64 {
+                w.write(m, (b * 7 + epoch) % 256, epoch * 1000 + b)?;
+            }
+        }
+        wait_until("the members are ready", Duration::from_secs(120), || {
+            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        })?;
+        frozen = client.block_on(freeze_and_read(&s, &members, epoch))?;
+        s.check_dr_exact(&client, epoch, &frozen)?;
+    }
+    // Writes of the next epoch streaming, then the primary site is lost.
+    for m in 0..s.devices.len() {
+        for b in 0..16 {
+            w.write(m, b, 9_000 + b)?;
+        }
+    }
+    drop(w);
+    s.net.clone().context("namespaces")?.link_down(0)?;
+    s.primary.kill_all()?;
+    for o in &mut s.others {
+        o.kill_all()?;
+    }
+    let follower = s.dr_others.first().context("a second DR node")?.admin();
+    let early = client.block_on(follower.promote(GROUP, 2));
+    let refused = format!(
+        "{:#}",
+        early.as_ref().err().context("promoted before the coordinator's node")?
+    );
+    ensure!(
+        refused.contains("promote the node running its coordinator"),
+        "the follower's refusal does not say what to do: {refused}"
+    );
+    let at = client.block_on(s.dr.admin().promote(GROUP, 2))?;
+    ensure!(
+        at == EPOCHS,
+        "the coordinator's node promoted at epoch {at}, not {EPOCHS}"
+    );
+    for _ in 0..2 {
+        // Again answers the same.
+        let also = client.block_on(follower.promote(GROUP, 2))?;
+        ensure!(
+            also == at,
+            "the follower promoted at epoch {also}, the coordinator's node at {at}"
+        );
+    }
+    for (m, want) in frozen.iter().enumerate() {
+        let node = s.dr_node_of(m);
+        let device = node.client()?.attach(&volume(m))?;
+        let got = device_digest(&device, s.volume_bytes)?;
+        ensure!(
+            got == *want,
+            "{} promoted on {} is not epoch {at}'s frozen image",
+            volume(m),
+            node.name
+        );
+    }
+    Ok(())
+}

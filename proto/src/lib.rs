@@ -10,9 +10,10 @@
 //!   bidirectional `Replicate` rpc per paired volume carrying
 //!   [`replication::Frame`]s.
 //! - [`node`]: the controller-to-node API (`floe.node.v1`): `NodeAdmin`
-//!   (quiesce, freeze, thaw, abort, status, commit, promote, demote, verify)
-//!   and `NodeVolumes` (the volume, snapshot and group snapshot lifecycle of
-//!   one node, for a controller in split mode).
+//!   (quiesce, freeze, thaw, abort, status, commit, promote, demote, verify),
+//!   `NodeVolumes` (the volume, snapshot and group snapshot lifecycle of
+//!   one node, for a controller in split mode) and `GroupCoordinator` (a DR
+//!   group's coordinator, for the site's nodes that hold its other members).
 //!
 //! Each module has messages, a tonic server and a tonic client, plus the
 //! encoded `FileDescriptorSet` of its proto (imports included) as

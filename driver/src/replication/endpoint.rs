@@ -214,6 +214,9 @@ pub enum CoordinatorError {
     /// A report from a member the group does not have.
     #[error("member {0} is not in the group")]
     NoMember(u32),
+    /// The coordinator decides no more: the group is being promoted.
+    #[error("the group's coordinator is closed: the group is being promoted")]
+    Closed,
 }
 
 /// Where a member of a group lives, seen from its coordinator.
@@ -239,7 +242,8 @@ const AWAY_BACKLOG: usize = 1024;
 /// under one lock, so no one here sees a decision half delivered. The
 /// decisions for members on other nodes leave through [`Self::subscribe`].
 pub struct LocalCoordinator<L: DecisionLog> {
-    inner: Mutex<Coordinator<L>>,
+    /// The coordinator, and whether it was closed (decides no more).
+    inner: Mutex<(Coordinator<L>, bool)>,
     members: Vec<MemberSink>,
     record: watch::Sender<DecisionRecord>,
     away: broadcast::Sender<AwayDecision>,
@@ -251,7 +255,7 @@ impl<L: DecisionLog + Send + 'static> LocalCoordinator<L> {
         let inner = Coordinator::open(log, members.len() as u32)?;
         let (record, _) = watch::channel(inner.record().clone());
         Ok(LocalCoordinator {
-            inner: Mutex::new(inner),
+            inner: Mutex::new((inner, false)),
             members,
             record,
             away: broadcast::channel(AWAY_BACKLOG).0,
@@ -272,7 +276,16 @@ impl<L: DecisionLog + Send + 'static> LocalCoordinator<L> {
     /// then on: none made in between is missed.
     pub fn subscribe(&self) -> (DecisionRecord, broadcast::Receiver<AwayDecision>) {
         let c = lock(&self.inner);
-        (c.record().clone(), self.away.subscribe())
+        (c.0.record().clone(), self.away.subscribe())
+    }
+
+    /// Decides no more (a promotion reads the record after this): waits for
+    /// a decision under way, refuses every report after. Answers the final
+    /// record.
+    pub fn close(&self) -> DecisionRecord {
+        let mut c = lock(&self.inner);
+        c.1 = true;
+        c.0.record().clone()
     }
 
     /// Takes `msg` and delivers what it decided: to the members here at
@@ -286,7 +299,11 @@ impl<L: DecisionLog + Send + 'static> LocalCoordinator<L> {
         if reporter as usize >= self.members.len() {
             return Err(CoordinatorError::NoMember(reporter));
         }
-        let mut c = lock(&self.inner);
+        let mut guard = lock(&self.inner);
+        let (c, closed) = &mut *guard;
+        if *closed {
+            return Err(CoordinatorError::Closed);
+        }
         let staged = matches!(msg, ToCoordinator::Staged { .. });
         c.on_message(msg).map_err(CoordinatorError::Log)?;
         let out = c.take_out();
@@ -323,7 +340,7 @@ impl<L: DecisionLog + Send + 'static> LocalCoordinator<L> {
     /// one cut).
     pub fn with_decisions_held<R>(&self, f: impl FnOnce(&DecisionRecord) -> R) -> R {
         let c = lock(&self.inner);
-        f(c.record())
+        f(c.0.record())
     }
 }
 

@@ -421,6 +421,24 @@ async fn follow_once(
     }
 }
 
+/// The record group `group` was promoted at on its coordinator's node at
+/// `address` (`GroupCoordinator.FinalRecord`), as a message on failure.
+pub async fn final_record(address: &str, tls: &Arc<TlsSource>, group: &str) -> Result<DecisionRecord, String> {
+    let channel = dial(address, tls, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| format!("connect to the coordinator at {address}: {}", super::chain(&e)))?;
+    let answer = tokio::time::timeout(
+        REPORT_TIMEOUT,
+        GroupCoordinatorClient::new(channel).final_record(wire::FinalRecordRequest {
+            group: group.to_owned(),
+        }),
+    )
+    .await
+    .map_err(|_| format!("the coordinator at {address} did not answer in time"))?
+    .map_err(|s| format!("the coordinator at {address} answers {:?}: {}", s.code(), s.message()))?;
+    record_from_wire(answer.into_inner().record.as_ref()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

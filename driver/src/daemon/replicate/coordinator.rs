@@ -81,6 +81,20 @@ impl GroupCoordinator for CoordinatorService {
         }))
     }
 
+    async fn final_record(
+        &self,
+        request: Request<wire::FinalRecordRequest>,
+    ) -> std::result::Result<Response<wire::FinalRecordResponse>, Status> {
+        let group = ObjectId::parse("group", &request.into_inner().group).map_err(Error::from)?;
+        let hub = Arc::clone(&self.hub);
+        let record = tokio::task::spawn_blocking(move || hub.final_record(group.as_str()))
+            .await
+            .map_err(|e| Status::internal(format!("the call panicked: {e}")))??;
+        Ok(Response::new(wire::FinalRecordResponse {
+            record: Some(record_to_wire(&record)),
+        }))
+    }
+
     type DecisionsStream = Updates;
 
     async fn decisions(

@@ -7,6 +7,8 @@
 //!
 //! - [`pairings`]: the groups this node is paired in, on disk;
 //! - [`admin`]: the `NodeAdmin` service over [`Replication`];
+//! - `coordinator`: the `GroupCoordinator` service, on the coordinator
+//!   listener, over the coordinators this node runs;
 //! - `steps`: the role-change steps as metrics, read at each scrape;
 //! - here: [`Replication`], which owns the streams and the DR groups.
 //!
@@ -20,12 +22,16 @@
 //! coordinator live from `Pair` on, reopened at every start. Everything
 //! runs on the API's runtime; engine calls go to its blocking pool.
 //!
+//! A DR group's replicas may span the site's nodes: the node named at
+//! `Pair` runs the coordinator ([`Decider::Here`]) and serves it on its
+//! coordinator listener (`coordinator`), the others follow it
+//! ([`Decider::Away`], `replication::remote`).
+//!
 //! # Not yet
 //!
-//! The coordinator runs in the process of the DR node that holds all the
-//! group's replicas (a group spanning DR nodes needs the coordinator's
-//! reports over `node.proto`); membership is fixed at `Pair`; a pairing
-//! starts from empty volumes on both sides.
+//! Rehearse, retained points and failback of a group spanning DR nodes;
+//! membership is fixed at `Pair`; a pairing starts from empty volumes on
+//! both sides.
 
 pub mod admin;
 mod coordinator;
@@ -596,6 +602,10 @@ impl Replication {
     /// after it finished answers the same epoch.
     pub(crate) fn promote(&self, group: &str, site: u64, point: Option<u64>) -> Result<u64> {
         let dr_dir = self.dir.join("dr");
+        // A node that follows the group's coordinator on another node
+        // promotes to the record that node was promoted at: asked first, so
+        // nothing changes here before it exists.
+        let away_final = self.away_final_record(group)?;
         let record = {
             let mut st = self.lock();
             let g = st
@@ -619,16 +629,19 @@ impl Replication {
                 }
                 (Side::Dr, _) => {}
             }
-            if g.spans_nodes() {
+            if g.spans_nodes() && point.is_some() {
                 return Err(Error::FailedPrecondition(format!(
-                    "group {group:?} spans DR nodes: promoting such a group is not built yet (docs/replication.md)"
+                    "group {group:?} spans DR nodes: promoting it to a retained point is not built yet (docs/replication.md); promote it at its last committed epoch"
                 )));
             }
             if g.promoting.is_none() {
                 let dr = st.groups.get(group);
-                let committed = dr
-                    .map(|dr| dr.decider.with_decisions_held(|r| r.committed))
-                    .unwrap_or(0);
+                let committed = match &away_final {
+                    Some(record) => record.committed,
+                    None => dr
+                        .map(|dr| dr.decider.with_decisions_held(|r| r.committed))
+                        .unwrap_or(0),
+                };
                 if committed == 0 {
                     return Err(Error::FailedPrecondition(format!(
                         "group {group:?} has not committed a first epoch: the DR holds no consistent image to promote"
@@ -649,25 +662,41 @@ impl Replication {
                 self.save(&st)?;
             }
             let g = st.pairings.groups.get(group).cloned().expect("looked up above");
-            let held: Vec<Weak<HostedReplica<FileStore>>> = st
-                .groups
-                .remove(group)
+            let removed = st.groups.remove(group);
+            let held: Vec<Weak<HostedReplica<FileStore>>> = removed
+                .as_ref()
                 .map(|dr| dr.replicas.iter().map(|(_, _, r)| Arc::downgrade(r)).collect())
                 .unwrap_or_default();
+            // The coordinator decides no more: a report of another node
+            // under way is refused, so the record read below is final.
+            if let Some(DrGroup {
+                decider: Decider::Here(c),
+                ..
+            }) = &removed
+            {
+                c.close();
+            }
             (g, held)
         };
         let (record, held) = record;
         // No stream, no coordinator: then nothing holds the replicas.
-        for m in &record.members {
-            self.receivers.remove(&m.volume);
+        for (i, m) in record.members.iter().enumerate() {
+            if record.hosts(i as u32) {
+                self.receivers.remove(&m.volume);
+            }
         }
         wait_released(&held)?;
-        let log = FileDecisionLog::open(&dr_dir, group)
-            .map_err(|e| Error::Internal(format!("open the decision log of {group:?}: {}", chain(&e))))?;
-        let decision = floe_engine::Coordinator::open(log, record.members.len() as u32)
-            .map_err(|e| Error::Internal(format!("read the decisions of {group:?}: {}", chain(&e))))?
-            .record()
-            .clone();
+        let decision = match away_final {
+            Some(record) => record,
+            None => {
+                let log = FileDecisionLog::open(&dr_dir, group)
+                    .map_err(|e| Error::Internal(format!("open the decision log of {group:?}: {}", chain(&e))))?;
+                floe_engine::Coordinator::open(log, record.members.len() as u32)
+                    .map_err(|e| Error::Internal(format!("read the decisions of {group:?}: {}", chain(&e))))?
+                    .record()
+                    .clone()
+            }
+        };
         let epoch = record.promoting_point.unwrap_or(decision.committed);
         if let Some(p) = point.filter(|&p| p != epoch) {
             return Err(Error::FailedPrecondition(format!(
@@ -676,6 +705,9 @@ impl Replication {
         }
         let mut generation = record.generation();
         for (i, m) in record.members.iter().enumerate() {
+            if !record.hosts(i as u32) {
+                continue;
+            }
             let from = dr_dir.join("volumes").join(&m.volume);
             let (geo, mode) = m.shape().map_err(Error::Internal)?;
             if from.exists() {
@@ -717,6 +749,66 @@ impl Replication {
             "group promoted: its volumes are this node's"
         );
         Ok(epoch)
+    }
+
+    /// The record a follower of `group`'s coordinator promotes to: asked of
+    /// the coordinator's node, which answers once it has been promoted.
+    /// None when this node runs the coordinator, or is not a DR of `group`.
+    fn away_final_record(&self, group: &str) -> Result<Option<floe_engine::DecisionRecord>> {
+        let address = {
+            let st = self.lock();
+            match st.pairings.groups.get(group) {
+                Some(g) if g.side == Side::Dr => match &g.coordinator {
+                    Some(address) => address.clone(),
+                    None => return Ok(None),
+                },
+                _ => return Ok(None),
+            }
+        };
+        let tls = self.site_tls.clone().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "group {group:?} has its coordinator on {address}, but this data plane has no site identity: start it with --site-ca and --site-name"
+            ))
+        })?;
+        // Called from a blocking thread (an API call, or the start).
+        self.rt
+            .block_on(crate::replication::remote::final_record(&address, &tls, group))
+            .map(Some)
+            .map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "group {group:?} cannot be promoted on this node yet: {e}; promote the node running its coordinator ({address}) first"
+                ))
+            })
+    }
+
+    /// The record this node's coordinator of `group` was promoted at, for
+    /// the group's other DR nodes (`GroupCoordinator.FinalRecord`).
+    pub(crate) fn final_record(&self, group: &str) -> Result<floe_engine::DecisionRecord> {
+        let st = self.lock();
+        let g = st
+            .pairings
+            .groups
+            .get(group)
+            .ok_or_else(|| Error::FailedPrecondition(format!("group {group:?} is not paired on this node")))?;
+        if g.coordinator.is_some() || !g.spans_nodes() {
+            return Err(Error::FailedPrecondition(format!(
+                "this node does not run the coordinator of group {group:?} for other nodes"
+            )));
+        }
+        let closed = g.promoted_at.is_some() || (g.promoting.is_some() && !st.groups.contains_key(group));
+        if !closed {
+            return Err(Error::FailedPrecondition(format!(
+                "group {group:?} has not been promoted on its coordinator's node"
+            )));
+        }
+        let members = g.members.len() as u32;
+        drop(st);
+        let log = FileDecisionLog::open(&self.dir.join("dr"), group)
+            .map_err(|e| Error::Internal(format!("open the decision log of {group:?}: {}", chain(&e))))?;
+        Ok(floe_engine::Coordinator::open(log, members)
+            .map_err(|e| Error::Internal(format!("read the decisions of {group:?}: {}", chain(&e))))?
+            .record()
+            .clone())
     }
 
     /// Demotes primary group `group` on this node (the first step of a
