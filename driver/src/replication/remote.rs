@@ -38,6 +38,10 @@ pub const MAX_ABORTED: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a report may wait for its answer.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the coordinator's node sends the record on a quiet decision
+/// stream; a follower that hears nothing for three of them subscribes
+/// again (a partition that closes no connection).
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// A wire message that is not a valid report, decision or record.
 #[derive(Debug, thiserror::Error)]
@@ -389,9 +393,9 @@ async fn follow_once(
         .map_err(|s| format!("the coordinator refused the subscription: {}", s.message()))?
         .into_inner();
     loop {
-        let update = stream
-            .message()
+        let update = tokio::time::timeout(3 * HEARTBEAT, stream.message())
             .await
+            .map_err(|_| format!("no word from the coordinator in {:?}", 3 * HEARTBEAT))?
             .map_err(|s| format!("the decision stream broke: {}", s.message()))?
             .ok_or_else(|| "the coordinator ended the decision stream".to_owned())?;
         let record = record_from_wire(update.record.as_ref()).map_err(|e| e.to_string())?;

@@ -13,7 +13,7 @@ use floe_engine::DecisionLog;
 use floe_proto::node as wire;
 use floe_proto::node::group_coordinator_server::{GroupCoordinator, GroupCoordinatorServer};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -21,7 +21,7 @@ use super::Replication;
 use crate::model::ObjectId;
 use crate::node::error::{Error, Result};
 use crate::replication::endpoint::LocalCoordinator;
-use crate::replication::remote::{decision_to_wire, record_to_wire, report_from_wire};
+use crate::replication::remote::{decision_to_wire, record_to_wire, report_from_wire, HEARTBEAT};
 use crate::store::FileDecisionLog;
 
 /// The service.
@@ -133,7 +133,21 @@ impl GroupCoordinator for CoordinatorService {
                 ))))
             }
         });
-        let updates = tokio_stream::once(Ok(first)).chain(later);
+        // A heartbeat (the record as it stands) every `HEARTBEAT` while the
+        // coordinator lives, so a subscriber behind a silent partition
+        // notices and subscribes again.
+        let (now, alive) = (c.watch(), c.watch());
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let beats = IntervalStream::new(every)
+            .take_while(move |_| alive.has_changed().is_ok())
+            .map(move |_| {
+                Ok(wire::DecisionUpdate {
+                    decisions: Vec::new(),
+                    record: Some(record_to_wire(&now.borrow())),
+                })
+            });
+        let updates = tokio_stream::once(Ok(first)).chain(later.merge(beats));
         Ok(Response::new(Box::pin(updates)))
     }
 }
