@@ -141,12 +141,11 @@ impl GroupCoordinator for CoordinatorService {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let beats = IntervalStream::new(every)
             .take_while(move |_| alive.has_changed().is_ok())
-            .map(move |_| {
-                Ok(wire::DecisionUpdate {
-                    decisions: Vec::new(),
-                    record: Some(record_to_wire(&now.borrow())),
-                })
-            });
+            .map(move |_| wire::DecisionUpdate {
+                decisions: Vec::new(),
+                record: Some(record_to_wire(&now.borrow())),
+            })
+            .map(Ok);
         let updates = tokio_stream::once(Ok(first)).chain(later.merge(beats));
         Ok(Response::new(Box::pin(updates)))
     }
