@@ -29,6 +29,14 @@ impl DecisionRecord {
     /// answer is the one the coordinator gives a `Staged` report, so
     /// delivering it again, late or twice is harmless.
     pub fn decision_for(&self, staged: GroupEpoch) -> Option<FromCoordinator> {
+        if cfg!(feature = "bug-catch-up-folds-undecided") && staged > self.committed {
+            return Some(FromCoordinator::Fold { group: staged });
+        }
+        self.answer(staged)
+    }
+
+    /// The coordinator's answer to a `Staged` report of `staged`.
+    fn answer(&self, staged: GroupEpoch) -> Option<FromCoordinator> {
         if staged == self.committed {
             Some(FromCoordinator::Fold { group: staged })
         } else if staged < self.committed || self.aborted.contains(&staged) {
@@ -74,7 +82,7 @@ impl<L: DecisionLog> Coordinator<L> {
     pub fn on_message(&mut self, msg: ToCoordinator) -> Result<(), StoreError> {
         match msg {
             ToCoordinator::Staged { member, group } => {
-                if let Some(answer) = self.record.decision_for(group) {
+                if let Some(answer) = self.record.answer(group) {
                     self.out.push((member, answer));
                     return Ok(());
                 }
