@@ -1292,3 +1292,49 @@ fn a_group_spread_over_two_dr_nodes_fails_over_at_one_cut() -> Result<()> {
     }
     Ok(())
 }
+
+/// The DR's second node is cut off while the coordinator's node is killed
+/// and restarted: its decision stream and its report connection lead to a
+/// dead process. Healed, the group commits again at every epoch, each DR
+/// image exact: the follower notices (the dead kernel's FIN retransmitted
+/// after the heal, a report answered by a reset, or at the latest a missed
+/// heartbeat, `replication::remote::HEARTBEAT`), subscribes again and
+/// catches up.
+#[test]
+fn a_follower_cut_off_while_the_coordinator_restarts_catches_up() -> Result<()> {
+    use rustix::process::Signal;
+
+    if !ready("a_follower_cut_off_while_the_coordinator_restarts_catches_up") {
+        return Ok(());
+    }
+    let opts = Options {
+        raw: true,
+        ..Options::default()
+    };
+    let mut s = start_with("spread-partition", Mode::Continuous, Place::Spread, opts)?;
+    let net = Arc::clone(s.net.as_ref().context("namespaces")?);
+    let client = s.dr.client()?;
+    let members = s.members();
+    let mut w = RawWriter::open(&s.devices)?;
+    let mut epoch_once = |s: &Sites, epoch: u64| -> Result<()> {
+        for m in 0..s.devices.len() {
+            for b in 0..32 {
+                w.write(m, (b * 5 + epoch) % 256, epoch * 100 + b)?;
+            }
+        }
+        wait_until("the members are ready", Duration::from_secs(120), || {
+            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        })?;
+        let frozen = client.block_on(freeze_and_read(s, &members, epoch))?;
+        s.check_dr_exact(&client, epoch, &frozen)
+    };
+    epoch_once(&s, 1)?;
+    net.node_down(1, 1)?;
+    s.dr.stop_serve(Signal::KILL)?;
+    s.dr.start_serve()?;
+    net.node_up(1, 1)?;
+    for epoch in 2..=4 {
+        epoch_once(&s, epoch).with_context(|| s.logs())?;
+    }
+    Ok(())
+}

@@ -267,6 +267,29 @@ impl Net {
         })
     }
 
+    /// Cuts node `node` of `site` off from every other node, its own site's
+    /// included: its bridge port goes down (its end stays up, so its open
+    /// connections stall without a word).
+    pub fn node_down(&self, site: usize, node: usize) -> Result<()> {
+        self.check(site, node);
+        let dev = node_dev(site, node);
+        ip(&["-n", self.hub(), "link", "set", &dev, "down"])?;
+        wait_until(&format!("node {node} of site {site} is cut off"), SETTLE, || {
+            Ok(!link_state(self.hub(), &dev)?.up)
+        })
+    }
+
+    /// Joins node `node` of `site` again; returns once its port forwards.
+    pub fn node_up(&self, site: usize, node: usize) -> Result<()> {
+        self.check(site, node);
+        let dev = node_dev(site, node);
+        ip(&["-n", self.hub(), "link", "set", &dev, "up"])?;
+        wait_until(&format!("node {node} of site {site} forwards"), SETTLE, || {
+            let s = link_state(self.hub(), &dev)?;
+            Ok(s.up && s.forwarding)
+        })
+    }
+
     /// Joins the site again; returns once the uplink forwards.
     pub fn link_up(&self, site: usize) -> Result<()> {
         self.check(site, 0);
