@@ -53,7 +53,7 @@ pub mod replica;
 pub mod store;
 pub mod types;
 
-pub use coordinator::{Coordinator, DecisionLog, DecisionRecord};
+pub use coordinator::{Coordinator, DecisionLog, DecisionRecord, Membership, MembershipError};
 pub use error::{ConfigError, EngineError, StoreError};
 pub use frame::{FromCoordinator, MemberIndex, Payload, Reply, ShippedBlock, ToCoordinator, ToPrimary, ToReplica};
 pub use primary::{

@@ -34,6 +34,8 @@ use super::tls::{dial, TlsSource};
 /// Most aborted epochs a record may list (the coordinator keeps those after
 /// its last commit only).
 pub const MAX_ABORTED: usize = 4096;
+/// Most members a group may have.
+pub const MAX_MEMBERS: usize = 4096;
 /// Longest a report or a subscription may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a report may wait for its answer.
@@ -137,6 +139,14 @@ pub fn record_to_wire(r: &DecisionRecord) -> wire::DecisionRecord {
     wire::DecisionRecord {
         committed: r.committed,
         aborted: r.aborted.clone(),
+        membership: r
+            .membership
+            .iter()
+            .map(|m| wire::Membership {
+                from: m.from,
+                members: m.members.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -150,9 +160,35 @@ pub fn record_from_wire(r: Option<&wire::DecisionRecord>) -> Result<DecisionReco
     if let Some(&bad) = r.aborted.iter().find(|&&a| a <= r.committed) {
         return Err(invalid("record.aborted", bad, "epochs after the committed one"));
     }
+    if r.membership.len() > MAX_ABORTED {
+        return Err(invalid("record.membership", r.membership.len(), "at most 4096 changes"));
+    }
+    if !r.membership.windows(2).all(|w| w[0].from < w[1].from) {
+        return Err(invalid(
+            "record.membership",
+            "out of order",
+            "changes ascending by epoch",
+        ));
+    }
+    let mut membership = Vec::with_capacity(r.membership.len());
+    for m in &r.membership {
+        let ascending = m.members.windows(2).all(|w| w[0] < w[1]);
+        if m.members.is_empty() || m.members.len() > MAX_MEMBERS || !ascending {
+            return Err(invalid(
+                "record.membership.members",
+                m.members.len(),
+                "1 to 4096 member indexes, ascending",
+            ));
+        }
+        membership.push(floe_engine::Membership {
+            from: m.from,
+            members: m.members.clone(),
+        });
+    }
     Ok(DecisionRecord {
         committed: r.committed,
         aborted: r.aborted.clone(),
+        membership,
     })
 }
 
@@ -415,7 +451,7 @@ async fn follow_once(
                     member: *m,
                     group: staged,
                 });
-                if let Some(d) = record.decision_for(staged) {
+                if let Some(d) = record.decision_for(*m, staged) {
                     decisions.push((*m, d));
                 }
             }
@@ -464,6 +500,16 @@ mod tests {
         let r = DecisionRecord {
             committed: 5,
             aborted: vec![6, 8],
+            membership: vec![
+                floe_engine::Membership {
+                    from: 0,
+                    members: vec![0, 1],
+                },
+                floe_engine::Membership {
+                    from: 9,
+                    members: vec![0, 1, 2],
+                },
+            ],
         };
         assert_eq!(record_from_wire(Some(&record_to_wire(&r))).expect("valid"), r);
     }
@@ -490,12 +536,26 @@ mod tests {
         let stale = wire::DecisionRecord {
             committed: 5,
             aborted: vec![5],
+            ..Default::default()
         };
         assert!(record_from_wire(Some(&stale)).is_err());
         let huge = wire::DecisionRecord {
             committed: 0,
             aborted: (1..=MAX_ABORTED as u64 + 1).collect(),
+            ..Default::default()
         };
         assert!(record_from_wire(Some(&huge)).is_err());
+        let change = |from, members: Vec<u32>| wire::Membership { from, members };
+        for membership in [
+            vec![change(3, vec![0]), change(3, vec![1])],
+            vec![change(0, vec![])],
+            vec![change(0, vec![1, 0])],
+        ] {
+            let bad = wire::DecisionRecord {
+                membership,
+                ..Default::default()
+            };
+            assert!(record_from_wire(Some(&bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -54,6 +54,11 @@ impl Writer {
         self
     }
 
+    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
     pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
         self.out.extend_from_slice(&v.to_le_bytes());
         self
@@ -105,6 +110,10 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
     }
 
     pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {

@@ -32,6 +32,17 @@ fn encode(rec: &DecisionRecord) -> Vec<u8> {
     for &g in &rec.aborted {
         w.u64(g);
     }
+    // The trailer: the membership changes (a record written before them
+    // ends here, and reads as none).
+    if !rec.membership.is_empty() {
+        w.count(rec.membership.len());
+        for m in &rec.membership {
+            w.u64(m.from).count(m.members.len());
+            for &i in &m.members {
+                w.u32(i);
+            }
+        }
+    }
     w.finish()
 }
 
@@ -43,8 +54,25 @@ fn decode(payload: &[u8]) -> Result<DecisionRecord, DecodeError> {
     for _ in 0..n {
         aborted.push(r.u64()?);
     }
+    let mut membership = Vec::new();
+    if !r.at_end() {
+        let n = r.count("membership changes", 12)?;
+        for _ in 0..n {
+            let from = r.u64()?;
+            let k = r.count("members", 4)?;
+            let mut members = Vec::with_capacity(k);
+            for _ in 0..k {
+                members.push(r.u32()?);
+            }
+            membership.push(floe_engine::Membership { from, members });
+        }
+    }
     r.finish()?;
-    Ok(DecisionRecord { committed, aborted })
+    Ok(DecisionRecord {
+        committed,
+        aborted,
+        membership,
+    })
 }
 
 impl FileDecisionLog {
@@ -116,6 +144,10 @@ mod tests {
         let rec = DecisionRecord {
             committed: 7,
             aborted: vec![8, 10],
+            membership: vec![floe_engine::Membership {
+                from: 9,
+                members: vec![0, 2],
+            }],
         };
         log.record(&rec).expect("record");
         let again = FileDecisionLog::open_with(fs.clone(), Path::new("/data"), "g1").expect("reopen");
@@ -130,7 +162,7 @@ mod tests {
             for committed in 1..=3 {
                 log.record(&DecisionRecord {
                     committed,
-                    aborted: vec![],
+                    ..DecisionRecord::default()
                 })
                 .expect("record");
             }
@@ -160,6 +192,7 @@ mod tests {
                         let rec = DecisionRecord {
                             committed,
                             aborted: vec![committed + 1],
+                            membership: Vec::new(),
                         };
                         if log.record(&rec).is_err() {
                             break;
@@ -183,12 +216,23 @@ mod tests {
 
     #[test]
     fn decoding_refuses_garbage_without_panicking() {
+        let old = encode(&DecisionRecord {
+            committed: 1,
+            aborted: vec![2, 3],
+            membership: Vec::new(),
+        });
         let bytes = encode(&DecisionRecord {
             committed: 1,
             aborted: vec![2, 3],
+            membership: vec![floe_engine::Membership {
+                from: 4,
+                members: vec![0, 1, 5],
+            }],
         });
         for n in 0..bytes.len() {
-            assert!(decode(&bytes[..n]).is_err());
+            // Cut where the membership trailer starts, it is a record
+            // written before membership changes: the one cut that decodes.
+            assert_eq!(decode(&bytes[..n]).is_ok(), n == old.len(), "cut at {n}");
         }
         let mut x = 99u64;
         for _ in 0..1000 {

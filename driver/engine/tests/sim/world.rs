@@ -1451,7 +1451,7 @@ impl World {
         let Some(staged) = r.staged_group() else {
             return Ok(());
         };
-        let decision = c.record().decision_for(staged);
+        let decision = c.record().decision_for(m as u32, staged);
         self.note(format!("catch up r{m}: staged g{staged}, record says {decision:?}"));
         self.to_coord.push(ToCoordinator::Staged {
             member: m as u32,
