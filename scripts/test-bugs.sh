@@ -9,7 +9,7 @@
 # bug was not caught or the test could not be built.
 set -uo pipefail
 
-BUGS=(bug-no-cow bug-fold-before-decision bug-clear-intent-on-staged bug-accept-lower-seq bug-skip-manifest-hash bug-fold-skips-sync bug-accept-old-incarnation bug-candidates-miss-since-promotion bug-fold-skips-check bug-resume-trusts-block bug-resume-before-sync bug-snapshot-no-cow bug-undo-recaptured bug-rollback-not-candidates bug-catch-up-folds-undecided)
+BUGS=(bug-no-cow bug-fold-before-decision bug-clear-intent-on-staged bug-accept-lower-seq bug-skip-manifest-hash bug-fold-skips-sync bug-accept-old-incarnation bug-candidates-miss-since-promotion bug-fold-skips-check bug-resume-trusts-block bug-resume-before-sync bug-snapshot-no-cow bug-undo-recaptured bug-rollback-not-candidates bug-catch-up-folds-undecided bug-membership-ignored)
 SCHEDULES=10000
 
 root=$(cd "$(dirname "$0")/.." && pwd)

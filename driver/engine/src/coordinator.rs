@@ -175,7 +175,15 @@ impl<L: DecisionLog> Coordinator<L> {
                 }
                 let set = self.staged.entry(group).or_default();
                 set.insert(member);
-                let members = self.record.members_at(group).to_vec();
+                let members = if cfg!(feature = "bug-membership-ignored") {
+                    self.record
+                        .membership
+                        .first()
+                        .map(|m| m.members.clone())
+                        .unwrap_or_default()
+                } else {
+                    self.record.members_at(group).to_vec()
+                };
                 if members.iter().all(|m| set.contains(m)) {
                     self.record.committed = group;
                     self.record.aborted.retain(|&g| g > group);

@@ -85,6 +85,10 @@ fn run_mode(mode: Mode) {
         "no schedule spanning DR nodes crashed the coordinator alone, lost a report or decision, or caught up: {total:?}"
     );
     assert!(
+        n < 100 || (total.membership_changes > 0 && total.commits_after_change > 0),
+        "no schedule changed the group's membership and committed after: {total:?}"
+    );
+    assert!(
         n < 100 || (total.resume_held > 0 && total.resume_missing > 0),
         "no reconnect found the DR holding part of what was sent and missing part: {total:?}"
     );

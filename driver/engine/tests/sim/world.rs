@@ -138,6 +138,13 @@ struct ResumeWatch {
 /// Most blocks a `poll_send` of the simulation puts in one frame.
 const BATCH: u64 = 4;
 
+/// A membership change of a schedule: the slot leaves or joins the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reshape {
+    Leave(usize),
+    Join(usize),
+}
+
 #[derive(Clone)]
 pub struct World {
     cfg: Config,
@@ -216,6 +223,13 @@ pub struct World {
     /// Per member: its node lost a report or a decision and catches up at
     /// its next subscription (the shell's reconnect).
     catch_up: Vec<bool>,
+    /// The group's one membership change in this schedule, if any, and the
+    /// group epoch it took effect at once made.
+    reshape: Option<Reshape>,
+    reshaped_at: Option<GroupEpoch>,
+    /// Members the coordinator is opened with (the slot that joins later is
+    /// not one).
+    initial_members: usize,
     /// Per member: the last frames its primary sent (kept when ghosts replay).
     recent: Vec<Vec<ToReplica>>,
     /// Per member: frames of a crashed incarnation still out there.
@@ -283,6 +297,10 @@ pub struct RunStats {
     pub coordinator_crashes: u64,
     /// Member nodes that caught up from the decision record.
     pub catch_ups: u64,
+    /// Membership changes recorded (a member left or joined).
+    pub membership_changes: u64,
+    /// Epochs committed after a membership change.
+    pub commits_after_change: u64,
 }
 
 impl RunStats {
@@ -317,6 +335,8 @@ impl RunStats {
         self.coordinator_messages_lost += o.coordinator_messages_lost;
         self.coordinator_crashes += o.coordinator_crashes;
         self.catch_ups += o.catch_ups;
+        self.membership_changes += o.membership_changes;
+        self.commits_after_change += o.commits_after_change;
     }
 }
 
@@ -337,7 +357,21 @@ impl World {
             r.set_retention((seed % 3) as usize);
             repl.push(Vol::Replica(Box::new(r)));
         }
-        let coord = Coordinator::open(SimLog::default(), cfg.members as u32).expect("open coordinator");
+        // One schedule in four changes the membership once (a stream of its
+        // own: the other schedules replay unchanged): the last slot leaves
+        // the group, or it joins it, having taken no part before.
+        let mut shape = Rng::new(seed ^ 0x3E5A_9E00);
+        let last = cfg.members - 1;
+        let reshape = match (shape.chance(0.25), shape.chance(0.5)) {
+            (true, true) => Some(Reshape::Leave(last)),
+            (true, false) => Some(Reshape::Join(last)),
+            _ => None,
+        };
+        let initial_members = match reshape {
+            Some(Reshape::Join(_)) => last,
+            _ => cfg.members,
+        };
+        let coord = Coordinator::open(SimLog::default(), initial_members as u32).expect("open coordinator");
         World {
             cfg,
             geo,
@@ -382,6 +416,9 @@ impl World {
             // spanning runs exactly as before.
             spanning: Rng::new(seed ^ 0x5BA2_2100).chance(0.25),
             catch_up: vec![false; cfg.members],
+            reshape,
+            reshaped_at: None,
+            initial_members,
             recent: vec![Vec::new(); cfg.members],
             ghosts: vec![Vec::new(); cfg.members],
             cuts_enabled: true,
@@ -442,6 +479,7 @@ impl World {
             0..=219 => self.host_write(m),
             220..=249 => self.host_zero(m),
             250..=289 => self.host_flush(m),
+            290..=309 if self.reshape.is_some() && self.reshaped_at.is_none() => self.reshape_now(),
             290..=339 => self.freeze(),
             340..=619 => self.pump(m),
             620..=949 => self.deliver_random(),
@@ -665,6 +703,9 @@ impl World {
         self.reference.freeze(g);
         let mut refused = false;
         for m in 0..self.cfg.members {
+            if !self.member_at(m, g) {
+                continue;
+            }
             match self.primary(m) {
                 Some(p) => {
                     if p.freeze(g).is_err() {
@@ -680,7 +721,9 @@ impl World {
             self.abort_everywhere(g)?;
         }
         for m in 0..self.cfg.members {
-            self.reset_coalescing(m, false);
+            if self.member_at(m, g) {
+                self.reset_coalescing(m, false);
+            }
         }
         Ok(())
     }
@@ -696,6 +739,9 @@ impl World {
     fn abort_everywhere(&mut self, g: GroupEpoch) -> Outcome {
         self.abort_needed = Some(g);
         for m in 0..self.cfg.members {
+            if !self.member_at(m, g) {
+                continue;
+            }
             if let Some(p) = self.primary(m) {
                 p.abort(g).map_err(|e| format!("abort: {e}"))?;
             }
@@ -728,16 +774,22 @@ impl World {
             }
         }
         if let Some(g) = self.pending {
-            let all_consistent = (0..self.cfg.members).all(|m| self.consistent[m] >= g);
-            let resolved = (0..self.cfg.members).all(|m| self.consistent[m] >= g || self.aborted[m].contains(&g));
+            let members: Vec<usize> = (0..self.cfg.members).filter(|&m| self.member_at(m, g)).collect();
+            let all_consistent = members.iter().all(|&m| self.consistent[m] >= g);
+            let resolved = members
+                .iter()
+                .all(|&m| self.consistent[m] >= g || self.aborted[m].contains(&g));
             if resolved {
                 if all_consistent {
                     self.reported = self.reported.max(g);
                     self.stats.commits += 1;
+                    if self.reshaped_at.is_some_and(|e| g >= e) {
+                        self.stats.commits_after_change += 1;
+                    }
                 } else {
                     self.stats.aborts += 1;
                 }
-                if (0..self.cfg.members).any(|m| self.consistent[m] >= g) && !all_consistent {
+                if members.iter().any(|&m| self.consistent[m] >= g) && !all_consistent {
                     return err(format!("group epoch {g} both committed and aborted across members"));
                 }
                 self.note(format!(
@@ -1183,6 +1235,40 @@ impl World {
         self.collect_events()
     }
 
+    /// Whether slot `m` is in the group at group epoch `g`.
+    fn member_at(&self, m: usize, g: GroupEpoch) -> bool {
+        match (self.reshape, self.reshaped_at) {
+            (Some(Reshape::Join(j)), None) => m != j,
+            (Some(Reshape::Join(j)), Some(e)) => m != j || g >= e,
+            (Some(Reshape::Leave(l)), Some(e)) => m != l || g < e,
+            _ => true,
+        }
+    }
+
+    /// The controller changes the membership at the next group epoch, with
+    /// nothing pending: the coordinator records it first.
+    fn reshape_now(&mut self) -> Outcome {
+        let dr = self.dr();
+        if self.phase != Phase::Paired || self.pending.is_some() || self.abort_needed.is_some() || self.failovers > 0 {
+            return Ok(());
+        }
+        let Some(Coord::Up(c)) = &mut self.coords[dr] else {
+            return Ok(());
+        };
+        let e = self.next_group;
+        let members: Vec<u32> = match self.reshape {
+            Some(Reshape::Leave(l)) => (0..self.cfg.members).filter(|&m| m != l).map(|m| m as u32).collect(),
+            Some(Reshape::Join(_)) => (0..self.cfg.members as u32).collect(),
+            None => return Ok(()),
+        };
+        c.change_membership(e, members.clone())
+            .map_err(|err| format!("membership change at g{e} refused: {err}"))?;
+        self.reshaped_at = Some(e);
+        self.stats.membership_changes += 1;
+        self.note(format!("membership from g{e}: {members:?}"));
+        Ok(())
+    }
+
     fn coord_up(&self) -> bool {
         matches!(self.coords[self.dr()], Some(Coord::Up(_)))
     }
@@ -1466,7 +1552,8 @@ impl World {
     fn restart_dr(&mut self) -> Outcome {
         let dr = self.dr();
         if let Some(Coord::Down(log)) = &self.coords[dr] {
-            let c = Coordinator::open(log.clone(), self.cfg.members as u32).map_err(|e| format!("coordinator: {e}"))?;
+            let c =
+                Coordinator::open(log.clone(), self.initial_members as u32).map_err(|e| format!("coordinator: {e}"))?;
             self.coords[dr] = Some(Coord::Up(c));
             if self.spanning {
                 // The members that stayed up learn it when their decision
@@ -1494,7 +1581,12 @@ impl World {
     // ----- failover and failback ----------------------------------------------
 
     fn failover(&mut self) -> Outcome {
-        if self.phase != Phase::Paired || self.failovers >= 2 {
+        // Not yet modelled: a failover of a group whose membership differs
+        // from its slots (the promotion of the members of the promoted epoch
+        // alone). A member that will leave may fail over before it does; the
+        // membership then stays as it is.
+        let full = matches!((self.reshape, self.reshaped_at), (None | Some(Reshape::Leave(_)), None));
+        if self.phase != Phase::Paired || self.failovers >= 2 || !full {
             return Ok(());
         }
         if let Some((m, why)) = self.promote_refusal() {
@@ -1852,7 +1944,7 @@ impl World {
             r.set_retention(self.retain);
             replicas.push(r);
         }
-        let mut c = Coordinator::open(log, self.cfg.members as u32).map_err(|e| format!("coordinator: {e}"))?;
+        let mut c = Coordinator::open(log, self.initial_members as u32).map_err(|e| format!("coordinator: {e}"))?;
         let mut queue: Vec<ToCoordinator> = replicas.iter_mut().flat_map(|r| r.take_to_coordinator()).collect();
         while let Some(msg) = queue.pop() {
             c.on_message(msg).map_err(|e| format!("coordinator: {e}"))?;
@@ -1875,6 +1967,10 @@ impl World {
             .image_at(k)
             .ok_or(format!("I1: DR committed {k}, which the model never froze"))?;
         for (m, r) in replicas.into_iter().enumerate() {
+            if !self.member_at(m, k) {
+                // Not in the group at k: its image is no part of the cut.
+                continue;
+            }
             if r.resync_candidates().is_some() && !self.rotted[m].is_empty() && self.phase == Phase::Paired {
                 // Failed closed after rot at rest: promote must refuse, and
                 // no block of the image may hold bytes of no freeze point.
@@ -2088,7 +2184,7 @@ impl World {
         let g = self.next_group;
         self.freeze()?;
         self.drain()?;
-        if (0..self.cfg.members).any(|m| self.consistent[m] < g) {
+        if (0..self.cfg.members).any(|m| self.member_at(m, g) && self.consistent[m] < g) {
             return err(format!(
                 "final group epoch {g} not consistent on every member after the network healed"
             ));
