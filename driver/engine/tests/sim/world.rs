@@ -102,6 +102,10 @@ struct Failback {
     /// Per member: blocks the old primary wrote after the DR's last committed
     /// epoch, plus strays: what candidates must include.
     o_required: Vec<BTreeSet<u64>>,
+    /// Per member: its failback ended (a fold cleared its candidates); a
+    /// hash request after it repairs a refused fold and owes the failback
+    /// nothing.
+    done: Vec<bool>,
 }
 
 /// The last version of a block the primary shipped in an epoch.
@@ -905,7 +909,7 @@ impl World {
             ToReplica::ResyncHashRequest { blocks, .. } => {
                 // A request sent on a Welcome that predates the first fold
                 // is answered and then ignored.
-                let Some(fb) = &self.failback else {
+                let Some(fb) = self.failback.as_ref().filter(|fb| !fb.done[m]) else {
                     // The repair of a refused fold: the comparison re-sends.
                     self.reset_coalescing(m, true);
                     return Ok(());
@@ -1190,6 +1194,11 @@ impl World {
         };
         self.stats.corruptions_detected += r.stats().manifest_mismatches - before.manifest_mismatches;
         self.stats.folds_refused += r.stats().folds_refused - before.folds_refused;
+        if let Some(fb) = &mut self.failback {
+            if r.resync_candidates().is_none() && r.committed_group() > 0 {
+                fb.done[m] = true;
+            }
+        }
         if r.take_link_reset() {
             self.note(format!("  r{m} closes the session: a seal or a fold failed its check"));
             self.disconnect(m)?;
@@ -1697,6 +1706,7 @@ impl World {
             n_written: vec![BTreeSet::new(); self.cfg.members],
             n_at_welcome: vec![BTreeSet::new(); self.cfg.members],
             n_maybe: vec![BTreeSet::new(); self.cfg.members],
+            done: vec![false; self.cfg.members],
             o_written,
             o_required,
         });
