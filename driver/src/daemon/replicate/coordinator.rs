@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use super::Replication;
 use crate::model::ObjectId;
 use crate::node::error::{Error, Result};
-use crate::replication::endpoint::LocalCoordinator;
+use crate::replication::endpoint::{CoordinatorError, LocalCoordinator};
 use crate::replication::remote::{decision_to_wire, record_to_wire, report_from_wire, HEARTBEAT};
 use crate::store::FileDecisionLog;
 
@@ -74,7 +74,11 @@ impl GroupCoordinator for CoordinatorService {
         let (decisions, record) = tokio::task::spawn_blocking(move || c.decide(msg))
             .await
             .map_err(|e| Status::internal(format!("the report's call panicked: {e}")))?
-            .map_err(|e| Status::internal(crate::model::error_chain(&e)))?;
+            .map_err(|e| match e {
+                // Promoted here: the follower promotes too, or waits.
+                CoordinatorError::Closed => Status::failed_precondition(e.to_string()),
+                e => Status::internal(crate::model::error_chain(&e)),
+            })?;
         Ok(Response::new(wire::ReportResponse {
             decisions: decisions.iter().map(|d| decision_to_wire(req.member, d)).collect(),
             record: Some(record_to_wire(&record)),
