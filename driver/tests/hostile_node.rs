@@ -1397,6 +1397,34 @@ async fn every_id_field_of_every_node_admin_rpc_refuses_a_path() -> Result<()> {
         ("Pair.group", code(a.pair(pair(&bad, "v")).await.err())),
         ("Pair.members.volume", code(a.pair(pair("g", &bad)).await.err())),
         (
+            "Pair.members.peer_address",
+            code(
+                a.pair(wire::PairRequest {
+                    members: vec![wire::GroupMember {
+                        peer_address: bad.clone(),
+                        ..member("v")
+                    }],
+                    ..pair("g", "v")
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
+            "Pair.members.peer_address on a DR",
+            code(
+                a.pair(wire::PairRequest {
+                    members: vec![wire::GroupMember {
+                        peer_address: "198.18.0.2:7443".into(),
+                        ..dr_pair("", Vec::new()).members[0].clone()
+                    }],
+                    ..dr_pair("", Vec::new())
+                })
+                .await
+                .err(),
+            ),
+        ),
+        (
             "Pair.coordinator_address",
             code(a.pair(dr_pair(&bad, Vec::new())).await.err()),
         ),

@@ -1338,3 +1338,41 @@ fn a_follower_cut_off_while_the_coordinator_restarts_catches_up() -> Result<()> 
     }
     Ok(())
 }
+
+/// Each primary node streams its members to both DR nodes: four members,
+/// member m on primary node m % 2 and on DR node (m / 2) % 2, each naming
+/// its DR listener in `Pair`. Every epoch exact on the DR node holding
+/// each member.
+#[test]
+fn a_primary_node_streams_its_members_to_different_dr_nodes() -> Result<()> {
+    if !ready("a_primary_node_streams_its_members_to_different_dr_nodes") {
+        return Ok(());
+    }
+    let opts = Options {
+        raw: true,
+        members: 4,
+        cross: true,
+        ..Options::default()
+    };
+    let s = start_with("spread-cross", Mode::Continuous, Place::Spread, opts)?;
+    ensure!(
+        (0..4).any(|m| s.owner[m] != s.dr_owner[m]),
+        "the layout streams no member across"
+    );
+    let client = s.dr.client()?;
+    let members = s.members();
+    let mut w = RawWriter::open(&s.devices)?;
+    for epoch in 1..=3u64 {
+        for m in 0..s.devices.len() {
+            for b in 0..32 {
+                w.write(m, (b * 3 + epoch) % 256, epoch * 100 + b)?;
+            }
+        }
+        wait_until("the members are ready", Duration::from_secs(120), || {
+            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+        })?;
+        let frozen = client.block_on(freeze_and_read(&s, &members, epoch))?;
+        s.check_dr_exact(&client, epoch, &frozen).with_context(|| s.logs())?;
+    }
+    Ok(())
+}

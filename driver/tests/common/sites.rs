@@ -180,9 +180,10 @@ pub struct Sites {
     pub others: Vec<Node>,
     /// More DR nodes (`Place::Spread`): `dr` runs the group's coordinator.
     pub dr_others: Vec<Node>,
-    /// The node of each member, at either site: 0 `primary` and `dr`, k
-    /// `others[k - 1]` and `dr_others[k - 1]`.
+    /// The primary node of each member: 0 `primary`, k `others[k - 1]`.
     pub owner: Vec<usize>,
+    /// The DR node of each member: 0 `dr`, k `dr_others[k - 1]`.
+    pub dr_owner: Vec<usize>,
     pub primary: Node,
     pub dr: Node,
     pub net: Option<Arc<Net>>,
@@ -230,6 +231,10 @@ pub struct Options {
     pub limit_bytes_per_second: Option<u64>,
     /// Volumes in the group.
     pub members: usize,
+    /// `Place::Spread` only: member m's replica on DR node (m / 2) % 2
+    /// rather than m % 2, so each primary node streams to both DR nodes
+    /// (each member names its DR listener in `Pair`).
+    pub cross: bool,
 }
 
 impl Default for Options {
@@ -243,6 +248,7 @@ impl Default for Options {
             raw: false,
             limit_bytes_per_second: None,
             members: MEMBERS,
+            cross: false,
         }
     }
 }
@@ -357,6 +363,14 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
     // Member m lives on primary node m % (nodes): each node makes, mounts
     // and pairs its own.
     let owner: Vec<usize> = (0..opts.members).map(|m| m % (1 + others.len())).collect();
+    let dr_owner: Vec<usize> = (0..opts.members)
+        .map(|m| match (dr_others.is_empty(), opts.cross) {
+            (true, _) => 0,
+            (false, false) => owner[m],
+            (false, true) => (m / 2) % 2,
+        })
+        .collect();
+    let dr_listen = |o: usize| if o == 0 { listen_dr } else { listen_dr2 };
     let (mut devices, mut mounts) = (Vec::new(), Vec::new());
     for (m, &o) in owner.iter().enumerate() {
         let node = if o == 0 { &mut primary } else { &mut others[o - 1] };
@@ -382,11 +396,16 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
                     .iter()
                     .map(|m| wire::GroupMember {
                         volume: volume(*m),
+                        peer_address: if opts.cross {
+                            dr_listen(dr_owner[*m]).to_string()
+                        } else {
+                            String::new()
+                        },
                         ..Default::default()
                     })
                     .collect(),
                 // Each primary node streams to the DR node of the same rank.
-                peer_address: if o == 0 { listen_dr } else { listen_dr2 }.to_string(),
+                peer_address: dr_listen(o).to_string(),
                 generation: None,
                 retained_points: 0,
                 ..Default::default()
@@ -416,7 +435,9 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
                 _ => String::new(),
             },
             hosted_members: if spread {
-                (0..opts.members as u32).filter(|m| owner[*m as usize] == o).collect()
+                (0..opts.members as u32)
+                    .filter(|m| dr_owner[*m as usize] == o)
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -429,6 +450,7 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
         others,
         dr_others,
         owner,
+        dr_owner,
         _dir: dir,
         net,
         proxy,
@@ -443,8 +465,8 @@ pub fn start_with(name: &str, mode: Mode, place: Place, opts: Options) -> Result
 impl Sites {
     /// The DR node holding member `m`'s replica.
     pub fn dr_node_of(&self, m: usize) -> &Node {
-        match self.owner[m] {
-            o if o == 0 || self.dr_others.is_empty() => &self.dr,
+        match self.dr_owner[m] {
+            0 => &self.dr,
             o => &self.dr_others[o - 1],
         }
     }

@@ -131,7 +131,7 @@ fn listener_address(field: &'static str, v: &str) -> Result<()> {
         field,
         value: v.chars().take(80).collect(),
         expected: match field {
-            "peer_address" => "HOST:PORT of the DR node's replication listener",
+            "peer_address" | "members.peer_address" => "HOST:PORT of the DR node's replication listener",
             _ => "HOST:PORT of the coordinator node's coordinator listener",
         }
         .into(),
@@ -246,7 +246,20 @@ impl NodeAdmin for AdminService {
             ..PairArgs::default()
         };
         for m in req.members {
-            args.volumes.push(volume_id("members.volume", &m.volume)?);
+            let volume = volume_id("members.volume", &m.volume)?;
+            if !m.peer_address.is_empty() {
+                if side != Side::Primary {
+                    return Err(Error::Invalid {
+                        field: "members.peer_address",
+                        value: m.peer_address,
+                        expected: "empty on a DR: a member's DR listener is the primary's to name".into(),
+                    }
+                    .into());
+                }
+                listener_address("members.peer_address", &m.peer_address)?;
+                args.member_peers.insert(volume.clone(), m.peer_address.clone());
+            }
+            args.volumes.push(volume);
             if side == Side::Dr {
                 let bs = usize::try_from(m.block_size).unwrap_or(usize::MAX);
                 let geo = Geometry::new(bs, m.blocks, m.region_blocks).map_err(|e| Error::Invalid {
@@ -286,6 +299,8 @@ impl NodeAdmin for AdminService {
                         _ => wire::FsType::Ext4,
                     }
                     .into(),
+                    // The answer is what the DR's Pair takes: no listener.
+                    peer_address: String::new(),
                 })
                 .collect(),
             generation: Some(generation_to(record.generation())),

@@ -410,6 +410,7 @@ impl Replication {
             .get_mut(group)
             .ok_or_else(|| Error::Internal(format!("group {group:?} vanished")))?;
         g.peer_address = record.peer_address.clone();
+        g.member_peers = record.member_peers.clone();
         let saved = g.clone();
         self.save(&st)?;
         drop(st);
@@ -493,6 +494,7 @@ impl Replication {
             demoting: None,
             coordinator: None,
             hosted: Vec::new(),
+            member_peers: req.member_peers.clone(),
         })
     }
 
@@ -735,6 +737,7 @@ impl Replication {
         if let Some(g) = st.pairings.groups.get_mut(group) {
             g.side = Side::Primary;
             g.peer_address = None;
+            g.member_peers.clear();
             g.generation = (generation.counter, generation.site);
             g.promoting = None;
             g.promoting_point = None;
@@ -914,6 +917,7 @@ impl Replication {
         dr.side = Side::Dr;
         dr.generation = demoting.generation;
         dr.peer_address = None;
+        dr.member_peers.clear();
         dr.promoting = None;
         dr.promoted_at = None;
         dr.demoting = None;
@@ -1209,7 +1213,11 @@ impl AttachObserver for Replication {
         if g.side != Side::Primary || st.streams.contains_key(store) {
             return;
         }
-        let Some(addr) = g.peer_address.clone() else {
+        let Some(addr) = g
+            .peer_address
+            .as_ref()
+            .map(|a| g.member_peers.get(&volume).unwrap_or(a).clone())
+        else {
             tracing::info!(%volume, group, "promoted here: no stream until the old site fails back");
             return;
         };
@@ -1265,6 +1273,9 @@ pub(crate) struct PairArgs {
     pub coordinator: Option<String>,
     /// DR: the members this node holds, ascending (empty: every one).
     pub hosted: Vec<u32>,
+    /// Primary: the DR listener of each member that does not stream to
+    /// `peer_address`, by volume.
+    pub member_peers: std::collections::BTreeMap<String, String>,
 }
 
 fn member_record(volume: &str, shape: &MemberShape) -> MemberRecord {
@@ -1301,6 +1312,7 @@ fn same_primary_pairing(existing: &GroupRecord, requested: &GroupRecord) -> bool
         && existing.members == requested.members
         && existing.generation == requested.generation
         && existing.peer_address == requested.peer_address
+        && existing.member_peers == requested.member_peers
 }
 
 /// Whether pairing `requested` over `existing` starts a failback: the
@@ -1351,6 +1363,7 @@ fn dr_record(req: &PairArgs) -> Result<GroupRecord> {
         } else {
             req.hosted.clone()
         },
+        member_peers: std::collections::BTreeMap::new(),
     })
 }
 

@@ -93,6 +93,10 @@ pub struct GroupRecord {
     /// every member).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosted: Vec<u32>,
+    /// Primary: the DR listener of each member that does not stream to
+    /// `peer_address`, by volume.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub member_peers: BTreeMap<String, String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -202,6 +206,7 @@ mod tests {
                 demoting: None,
                 coordinator: None,
                 hosted: Vec::new(),
+                member_peers: BTreeMap::new(),
             },
         );
         p.save(dir.path()).expect("save");
