@@ -1233,16 +1233,7 @@ fn a_group_spread_over_two_dr_nodes_fails_over_at_one_cut() -> Result<()> {
     let mut frozen = Vec::new();
     const EPOCHS: u64 = 3;
     for epoch in 1..=EPOCHS {
-        for m in 0..s.devices.len() {
-            for b in 0..64 {
-                w.write(m, (b * 7 + epoch) % 256, epoch * 1000 + b)?;
-            }
-        }
-        wait_until("the members are ready", Duration::from_secs(120), || {
-            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
-        })?;
-        frozen = client.block_on(freeze_and_read(&s, &members, epoch))?;
-        s.check_dr_exact(&client, epoch, &frozen)?;
+        frozen = raw_epoch(&s, &client, &members, &mut w, epoch, 64)?;
     }
     // Writes of the next epoch streaming, then the primary site is lost.
     for m in 0..s.devices.len() {
@@ -1316,18 +1307,7 @@ fn a_follower_cut_off_while_the_coordinator_restarts_catches_up() -> Result<()> 
     let client = s.dr.client()?;
     let members = s.members();
     let mut w = RawWriter::open(&s.devices)?;
-    let mut epoch_once = |s: &Sites, epoch: u64| -> Result<()> {
-        for m in 0..s.devices.len() {
-            for b in 0..32 {
-                w.write(m, (b * 5 + epoch) % 256, epoch * 100 + b)?;
-            }
-        }
-        wait_until("the members are ready", Duration::from_secs(120), || {
-            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
-        })?;
-        let frozen = client.block_on(freeze_and_read(s, &members, epoch))?;
-        s.check_dr_exact(&client, epoch, &frozen)
-    };
+    let mut epoch_once = |s: &Sites, epoch: u64| raw_epoch(s, &client, &members, &mut w, epoch, 32).map(drop);
     epoch_once(&s, 1)?;
     net.node_down(1, 1)?;
     s.dr.stop_serve(Signal::KILL)?;
@@ -1363,16 +1343,31 @@ fn a_primary_node_streams_its_members_to_different_dr_nodes() -> Result<()> {
     let members = s.members();
     let mut w = RawWriter::open(&s.devices)?;
     for epoch in 1..=3u64 {
-        for m in 0..s.devices.len() {
-            for b in 0..32 {
-                w.write(m, (b * 3 + epoch) % 256, epoch * 100 + b)?;
-            }
-        }
-        wait_until("the members are ready", Duration::from_secs(120), || {
-            Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
-        })?;
-        let frozen = client.block_on(freeze_and_read(&s, &members, epoch))?;
-        s.check_dr_exact(&client, epoch, &frozen).with_context(|| s.logs())?;
+        raw_epoch(&s, &client, &members, &mut w, epoch, 32).with_context(|| s.logs())?;
     }
     Ok(())
+}
+
+/// One group epoch on raw members: `blocks` block writes to each (distinct
+/// stamps per epoch), then ready, frozen (the devices read while frozen)
+/// and checked exact at the DR. Each member's frozen digest.
+fn raw_epoch(
+    s: &Sites,
+    client: &common::plane::PlaneClient,
+    members: &[Arc<dyn floe_driver::replication::freeze::FreezeMember>],
+    w: &mut RawWriter,
+    epoch: u64,
+    blocks: u64,
+) -> Result<Vec<Vec<u8>>> {
+    for m in 0..s.devices.len() {
+        for b in 0..blocks {
+            w.write(m, (b * 7 + epoch) % 256, epoch * 1000 + b)?;
+        }
+    }
+    wait_until("the members are ready", Duration::from_secs(120), || {
+        Ok(members.iter().all(|m| client.block_on(m.ready(epoch)).is_ok()))
+    })?;
+    let frozen = client.block_on(freeze_and_read(s, members, epoch))?;
+    s.check_dr_exact(client, epoch, &frozen)?;
+    Ok(frozen)
 }

@@ -281,19 +281,27 @@ impl Replication {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A TCP listener on `addr` (`what` names it in errors), registered with
+    /// the runtime.
+    fn bind(&self, addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
+        let _entered = self.rt.enter();
+        let fail = |step: &str| {
+            let what = what.to_owned();
+            let step = step.to_owned();
+            move |e: std::io::Error| Error::Internal(format!("{step} {what} on {addr}: {e}"))
+        };
+        let std = std::net::TcpListener::bind(addr).map_err(fail("bind"))?;
+        std.set_nonblocking(true).map_err(fail("make non-blocking"))?;
+        tokio::net::TcpListener::from_std(std).map_err(fail("register"))
+    }
+
     fn listen(&self, addr: SocketAddr) -> Result<()> {
         let tls = self.tls.clone().ok_or_else(|| Error::Missing {
             rpc: "--replication-listen",
             field: "--replication-cert",
             hint: "the replication listener needs this node's certificate, key, the peer site's CA and name",
         })?;
-        let listener = {
-            let _entered = self.rt.enter();
-            let std = std::net::TcpListener::bind(addr).map_err(internal("bind the replication listener"))?;
-            std.set_nonblocking(true)
-                .map_err(internal("set the replication listener non-blocking"))?;
-            tokio::net::TcpListener::from_std(std).map_err(internal("register the replication listener"))?
-        };
+        let listener = self.bind(addr, "the replication listener")?;
         let receivers = self.receivers.clone();
         tracing::info!(%addr, "replication listener serving");
         self.rt.spawn(async move {
@@ -312,13 +320,7 @@ impl Replication {
             field: "--site-ca",
             hint: "the coordinator listener needs this site's CA and name (--site-ca, --site-name) besides the replication certificate",
         })?;
-        let listener = {
-            let _entered = self.rt.enter();
-            let std = std::net::TcpListener::bind(addr).map_err(internal("bind the coordinator listener"))?;
-            std.set_nonblocking(true)
-                .map_err(internal("set the coordinator listener non-blocking"))?;
-            tokio::net::TcpListener::from_std(std).map_err(internal("register the coordinator listener"))?
-        };
+        let listener = self.bind(addr, "the coordinator listener")?;
         let router =
             tonic::transport::Server::builder().add_service(coordinator::CoordinatorService::server(Arc::clone(self)));
         let refused = self.receivers.unknown.clone();
