@@ -196,18 +196,15 @@ impl Replication {
         let dir = data_dir.join("replication");
         crate::dataplane::localsock::private_dir(&dir).map_err(internal("create the replication directory"))?;
         let incarnation = next_incarnation(&dir)?;
-        let tls = cfg
-            .tls
-            .clone()
-            .map(TlsSource::load)
-            .transpose()
-            .map_err(|e| Error::Internal(format!("load the replication TLS files: {}", chain(&e))))?;
-        let site_tls = cfg
-            .site_tls
-            .clone()
-            .map(TlsSource::load)
-            .transpose()
-            .map_err(|e| Error::Internal(format!("load the site TLS files: {}", chain(&e))))?;
+        let load = |files: &Option<SiteTls>, what: &str| {
+            files
+                .clone()
+                .map(TlsSource::load)
+                .transpose()
+                .map_err(|e| Error::Internal(format!("load the {what} TLS files: {}", chain(&e))))
+        };
+        let tls = load(&cfg.tls, "replication")?;
+        let site_tls = load(&cfg.site_tls, "site")?;
         let metrics = |side| {
             LinkMetrics::register(registry, side)
                 .map_err(|e| Error::Internal(format!("register the replication metrics: {e}")))
