@@ -91,6 +91,7 @@ struct Stream {
 }
 
 /// Where a DR group's decisions are made.
+#[derive(Clone)]
 enum Decider {
     /// In this process (this node runs the group's coordinator).
     Here(Arc<LocalCoordinator<FileDecisionLog>>),
@@ -1190,11 +1191,7 @@ impl Replication {
             let replica = dr
                 .replica(member)
                 .ok_or_else(|| Error::Internal(format!("DR group {group:?} has no replica of member {member}")))?;
-            let decider = match &dr.decider {
-                Decider::Here(c) => Decider::Here(Arc::clone(c)),
-                Decider::Away(c) => Decider::Away(Arc::clone(c)),
-            };
-            (decider, Arc::clone(replica))
+            (dr.decider.clone(), Arc::clone(replica))
         };
         Ok(decider.with_decisions_held(|record| replica.with(|r| f(r, record))))
     }
